@@ -1,0 +1,59 @@
+# composefs toolchain — top-level entry points.
+#   make demo       set everything up, then build a sample image and print digests
+#   make test       set everything up, then run the whole test suite (CI runs this)
+#   make bench      run the benchmarks (not part of the tests)
+#   make qemu-test  kernel-level tests in a QEMU guest
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV     := $(CURDIR)/.venv
+PY       := $(VENV)/bin/python
+STAMPS   := $(CURDIR)/.venv/.stamps
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# System packages needed by the tool, its tests and its benchmarks.
+APT_PACKAGES := fsverity erofs-utils e2fsprogs attr util-linux python3-venv openssl
+
+NATIVE_SRC := $(shell find native/src -name '*.rs') native/Cargo.toml native/Cargo.lock pyproject.toml
+
+.PHONY: help setup demo test unit-test bench qemu-test clean
+help:
+	@sed -n 's/^#   //p' Makefile
+
+$(STAMPS)/apt: Makefile
+	@mkdir -p $(STAMPS)
+	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+		echo ">> installing system packages: $(APT_PACKAGES)"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
+	fi
+	@touch $@
+
+$(STAMPS)/venv: $(STAMPS)/apt pyproject.toml
+	@[ -x $(PY) ] || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q 'maturin>=1.5,<2' 'click>=8.1' pytest hypothesis pytest-virtualenv pyroute2
+	@touch $@
+
+# Release build of the Rust extension, installed into .venv (Python sources are linked, not copied).
+$(STAMPS)/native: $(STAMPS)/venv $(NATIVE_SRC)
+	@echo ">> building composefs._native (release)"
+	@cd $(CURDIR) && VIRTUAL_ENV=$(VENV) PATH=$(VENV)/bin:$$PATH $(VENV)/bin/maturin develop --release -q
+	@touch $@
+
+setup: $(STAMPS)/native
+
+demo: setup
+	@PATH=$(VENV)/bin:$$PATH bash bench/../tests/demo.sh
+
+unit-test: setup
+	@$(PY) -m pytest -q
+
+test: setup
+	@$(PY) -m pytest -q -ra
+
+bench: setup
+	@$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) native/target

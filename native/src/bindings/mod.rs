@@ -1,0 +1,14 @@
+//! Thin pyo3 bindings: argument conversion, GIL release, error mapping. No policy here.
+
+use pyo3::prelude::*;
+
+mod errors;
+mod fsverity;
+
+pub use errors::to_pyerr;
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    errors::register(m)?;
+    fsverity::register(m)?;
+    Ok(())
+}

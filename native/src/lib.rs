@@ -1,0 +1,17 @@
+//! Rust core of the composefs toolchain.
+//!
+//! Each concern has its own module; the pyo3 layer in [`bindings`] stays thin and only converts
+//! arguments, results and errors.
+
+pub mod fsverity;
+pub mod tree;
+
+mod bindings;
+
+use pyo3::prelude::*;
+
+/// The `composefs._native` extension module.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    bindings::register(m)
+}

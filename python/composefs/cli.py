@@ -37,6 +37,14 @@ def cli() -> None:
     """
 
 
+# Sub-commands live in their own modules (one room per concern) and register here.
+def _register_commands() -> None:
+    pass
+
+
+_register_commands()
+
+
 def main() -> None:
     cli(prog_name="cfsctl")
 

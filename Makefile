@@ -44,7 +44,7 @@ $(STAMPS)/native: $(STAMPS)/venv $(NATIVE_SRC)
 setup: $(STAMPS)/native
 
 demo: setup
-	@PATH=$(VENV)/bin:$$PATH bash bench/../tests/demo.sh
+	@PATH=$(VENV)/bin:$$PATH bash tests/demo.sh
 
 unit-test: setup
 	@$(PY) -m pytest -q

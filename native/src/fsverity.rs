@@ -142,12 +142,25 @@ pub(crate) fn root_from_level0(params: &Params, mut level: Vec<u8>) -> Vec<u8> {
     let bs = params.block_size as usize;
     let ds = params.alg.digest_size();
     let hasher = BlockHasher::new(params);
+    // Levels above this many blocks are hashed in parallel, in runs of this many blocks.
+    const PAR_BLOCKS: usize = 64;
     while level.len() > ds {
-        let mut next = Vec::with_capacity(level.len().div_ceil(bs) * ds);
-        for block in level.chunks(bs) {
-            hasher.hash_block(block, bs, &mut next);
-        }
-        level = next;
+        level = if level.len() > bs * PAR_BLOCKS * 2 {
+            use rayon::prelude::*;
+            let parts: Vec<Vec<u8>> = level
+                .par_chunks(bs * PAR_BLOCKS)
+                .map(|run| {
+                    let mut out = Vec::with_capacity(PAR_BLOCKS * ds);
+                    hash_blocks(&hasher, run, bs, &mut out);
+                    out
+                })
+                .collect();
+            parts.concat()
+        } else {
+            let mut next = Vec::with_capacity(level.len().div_ceil(bs) * ds);
+            hash_blocks(&hasher, &level, bs, &mut next);
+            next
+        };
     }
     level
 }
@@ -169,48 +182,139 @@ pub(crate) fn descriptor_digest(params: &Params, root_hash: &[u8], data_size: u6
     }
 }
 
-/// Digest of an in-memory byte string.
+/// How large inputs are split for hashing on several threads.
+///
+/// Inputs of at least `parallel_threshold` bytes are cut into contiguous ranges of `chunk_size`
+/// bytes (rounded up to a multiple of the Merkle block size); the level-0 hashes of the ranges are
+/// computed in parallel on the current rayon pool, then concatenated in order, so the result is
+/// bit-identical with the sequential computation. Smaller inputs are hashed sequentially.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chunking {
+    pub parallel_threshold: u64,
+    pub chunk_size: u64,
+}
+
+/// Files of at least this many bytes are hashed on several threads by default.
+pub const DEFAULT_PARALLEL_THRESHOLD: u64 = 8 << 20;
+/// Default size of the contiguous ranges a large input is cut into.
+pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
+
+impl Default for Chunking {
+    fn default() -> Self {
+        Chunking { parallel_threshold: DEFAULT_PARALLEL_THRESHOLD, chunk_size: DEFAULT_CHUNK_SIZE }
+    }
+}
+
+impl Chunking {
+    /// Never split: everything on the calling thread.
+    pub fn sequential() -> Self {
+        Chunking { parallel_threshold: u64::MAX, ..Chunking::default() }
+    }
+
+    fn is_parallel(&self, size: u64) -> bool {
+        size > 0 && size >= self.parallel_threshold
+    }
+
+    /// The range size in bytes: a non-zero multiple of the block size.
+    fn range_size(&self, block_size: usize) -> u64 {
+        let bs = block_size as u64;
+        self.chunk_size.max(1).div_ceil(bs) * bs
+    }
+}
+
+/// Bytes read at a time: a multiple of every allowed block size, small enough to stay in L2.
+const READ_BUF_SIZE: usize = 256 << 10;
+
+thread_local! {
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Run `f` with this thread's read buffer (allocated once per thread, reused for every file).
+/// `f` must not re-enter rayon (a stolen task could then ask for the same buffer).
+fn with_read_buf<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
+    READ_BUF.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < READ_BUF_SIZE {
+                buf.resize(READ_BUF_SIZE, 0);
+            }
+            f(&mut buf[..READ_BUF_SIZE])
+        }
+        // Not expected; stay correct anyway.
+        Err(_) => f(&mut vec![0u8; READ_BUF_SIZE]),
+    })
+}
+
+/// Hash every `bs`-sized block of `data` (the last one zero-padded), appending to `out`.
+fn hash_blocks(hasher: &BlockHasher, data: &[u8], bs: usize, out: &mut Vec<u8>) {
+    for block in data.chunks(bs) {
+        hasher.hash_block(block, bs, out);
+    }
+}
+
+/// Level-0 hashes of `data`, split into ranges hashed in parallel.
+fn level0_parallel_bytes(params: &Params, data: &[u8], chunking: &Chunking) -> Vec<u8> {
+    use rayon::prelude::*;
+    let bs = params.block_size as usize;
+    let ds = params.alg.digest_size();
+    let range = chunking.range_size(bs) as usize;
+    let hasher = BlockHasher::new(params);
+    let parts: Vec<Vec<u8>> = data
+        .par_chunks(range)
+        .map(|part| {
+            let mut out = Vec::with_capacity(part.len().div_ceil(bs) * ds);
+            hash_blocks(&hasher, part, bs, &mut out);
+            out
+        })
+        .collect();
+    parts.concat()
+}
+
+/// Digest of an in-memory byte string (parallel when it is large).
 pub fn digest_bytes(data: &[u8], params: &Params) -> Vec<u8> {
+    digest_bytes_with(data, params, &Chunking::default())
+}
+
+/// [`digest_bytes`] with explicit chunking.
+pub fn digest_bytes_with(data: &[u8], params: &Params, chunking: &Chunking) -> Vec<u8> {
     let bs = params.block_size as usize;
     let root = if data.is_empty() {
         vec![0u8; params.alg.digest_size()]
+    } else if chunking.is_parallel(data.len() as u64) {
+        root_from_level0(params, level0_parallel_bytes(params, data, chunking))
     } else {
         let hasher = BlockHasher::new(params);
         let mut level0 = Vec::with_capacity(data.len().div_ceil(bs) * params.alg.digest_size());
-        for block in data.chunks(bs) {
-            hasher.hash_block(block, bs, &mut level0);
-        }
+        hash_blocks(&hasher, data, bs, &mut level0);
         root_from_level0(params, level0)
     };
     descriptor_digest(params, &root, data.len() as u64)
 }
 
-/// Digest of everything `reader` yields.
+/// Digest of everything `reader` yields (sequential, read to end of file).
 pub fn digest_reader<R: Read>(mut reader: R, params: &Params) -> io::Result<Vec<u8>> {
     let bs = params.block_size as usize;
     let hasher = BlockHasher::new(params);
     let mut level0 = Vec::new();
-    let mut buf = vec![0u8; bs.max(1 << 20)];
-    let mut total: u64 = 0;
-    loop {
-        // Fill the buffer completely (or to EOF) so blocks are never split across reads.
-        let mut filled = 0;
-        while filled < buf.len() {
-            match reader.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+    let total = with_read_buf(|buf| -> io::Result<u64> {
+        let mut total: u64 = 0;
+        loop {
+            // Fill the buffer completely (or to EOF) so blocks are never split across reads.
+            let mut filled = 0;
+            while filled < buf.len() {
+                match reader.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            hash_blocks(&hasher, &buf[..filled], bs, &mut level0);
+            total += filled as u64;
+            if filled < buf.len() {
+                return Ok(total);
             }
         }
-        for block in buf[..filled].chunks(bs) {
-            hasher.hash_block(block, bs, &mut level0);
-        }
-        total += filled as u64;
-        if filled < buf.len() {
-            break;
-        }
-    }
+    })?;
     let root = if total == 0 {
         vec![0u8; params.alg.digest_size()]
     } else {
@@ -219,15 +323,136 @@ pub fn digest_reader<R: Read>(mut reader: R, params: &Params) -> io::Result<Vec<
     Ok(descriptor_digest(params, &root, total))
 }
 
-/// Digest of a regular file's contents.
-pub fn digest_file(path: &Path, params: &Params) -> Result<Vec<u8>, Error> {
+/// Append the level-0 hashes of `file[start..start + len]`, read with `pread`.
+/// `start` must be a multiple of the block size.
+fn hash_file_range(
+    file: &File,
+    start: u64,
+    len: u64,
+    hasher: &BlockHasher,
+    bs: usize,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    with_read_buf(|buf| {
+        let end = start + len;
+        let mut pos = start;
+        while pos < end {
+            let want = (buf.len() as u64).min(end - pos) as usize;
+            let mut filled = 0;
+            while filled < want {
+                match file.read_at(&mut buf[filled..want], pos + filled as u64) {
+                    Ok(0) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "file shrank while it was being read",
+                        ))
+                    }
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            hash_blocks(hasher, &buf[..want], bs, out);
+            pos += want as u64;
+        }
+        Ok(())
+    })
+}
+
+/// Digest of the first `size` bytes of `file`, its ranges hashed in parallel.
+fn digest_file_parallel(file: &File, size: u64, params: &Params, chunking: &Chunking) -> io::Result<Vec<u8>> {
+    use rayon::prelude::*;
+    let bs = params.block_size as usize;
+    let ds = params.alg.digest_size();
+    let range = chunking.range_size(bs);
+    let hasher = BlockHasher::new(params);
+    let parts: Vec<Vec<u8>> = (0..size.div_ceil(range))
+        .into_par_iter()
+        .map(|i| {
+            let start = i * range;
+            let len = range.min(size - start);
+            let mut out = Vec::with_capacity((len as usize).div_ceil(bs) * ds);
+            hash_file_range(file, start, len, &hasher, bs, &mut out)?;
+            Ok(out)
+        })
+        .collect::<io::Result<_>>()?;
+    let root = root_from_level0(params, parts.concat());
+    Ok(descriptor_digest(params, &root, size))
+}
+
+/// Open `path` for reading without blocking on FIFOs or taking a controlling terminal, and make
+/// sure it is a regular file. Returns the file and its size.
+fn open_regular(path: &Path) -> Result<(File, u64), Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
     let io_err = |source| Error::Io { path: path.to_path_buf(), source };
-    let file = File::open(path).map_err(io_err)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(io_err)?;
     let meta = file.metadata().map_err(io_err)?;
+    if meta.is_dir() {
+        return Err(io_err(io::Error::from_raw_os_error(libc::EISDIR)));
+    }
     if !meta.is_file() {
         return Err(Error::NotRegular { path: path.to_path_buf() });
     }
-    digest_reader(file, params).map_err(io_err)
+    // Back to plain blocking reads (O_NONBLOCK was only for the open).
+    // SAFETY: fcntl on a descriptor we own, with an integer argument.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, 0) } != 0 {
+        return Err(io_err(io::Error::last_os_error()));
+    }
+    Ok((file, meta.len()))
+}
+
+/// Digest of a regular file's contents. Large files are hashed on several threads of the current
+/// rayon pool (see [`Chunking`]).
+pub fn digest_file(path: &Path, params: &Params) -> Result<Vec<u8>, Error> {
+    digest_file_with(path, params, &Chunking::default())
+}
+
+/// [`digest_file`] with explicit chunking.
+pub fn digest_file_with(path: &Path, params: &Params, chunking: &Chunking) -> Result<Vec<u8>, Error> {
+    let (file, size) = open_regular(path)?;
+    let io_err = |source| Error::Io { path: path.to_path_buf(), source };
+    if chunking.is_parallel(size) {
+        digest_file_parallel(&file, size, params, chunking).map_err(io_err)
+    } else {
+        // Small files: read to end of file, like fsverity-utils.
+        digest_reader(&file, params).map_err(io_err)
+    }
+}
+
+/// Digests of many files, computed in parallel on `threads` threads (`None`: one per CPU),
+/// returned in the order of `paths`. Large files are also split (see [`Chunking`]).
+pub fn digest_files<P: AsRef<Path> + Sync>(
+    paths: &[P],
+    params: &Params,
+    threads: Option<usize>,
+) -> Vec<Result<Vec<u8>, Error>> {
+    digest_files_with(paths, params, threads, &Chunking::default())
+}
+
+/// [`digest_files`] with explicit chunking.
+pub fn digest_files_with<P: AsRef<Path> + Sync>(
+    paths: &[P],
+    params: &Params,
+    threads: Option<usize>,
+    chunking: &Chunking,
+) -> Vec<Result<Vec<u8>, Error>> {
+    use rayon::prelude::*;
+    let work = || -> Vec<Result<Vec<u8>, Error>> {
+        paths.par_iter().map(|p| digest_file_with(p.as_ref(), params, chunking)).collect()
+    };
+    match threads {
+        None => work(),
+        Some(n) => match rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build() {
+            Ok(pool) => pool.install(work),
+            Err(_) => work(),
+        },
+    }
 }
 
 /// The default composefs digest (sha256, 4 KiB blocks, no salt) of a byte string.
@@ -272,6 +497,75 @@ mod tests {
             let r = digest_reader(&data[..], &Params::default()).unwrap();
             assert_eq!(hex(&r), want, "reader, size {n}");
         }
+    }
+
+    fn temp_path(tag: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("cfs-fsverity-{}-{tag}", std::process::id()))
+    }
+
+    #[test]
+    fn parallel_equals_sequential() {
+        // Sizes around block and range edges; tiny ranges so even small inputs are split.
+        let data = stream(3 * 65536 + 4097);
+        let salts: [&[u8]; 3] = [b"", b"\x01", &[0xab; 32]];
+        for alg in [HashAlg::Sha256, HashAlg::Sha512] {
+            for bs in [1024u32, 4096, 65536] {
+                for salt in salts {
+                    let params = Params::new(alg, bs, salt.to_vec()).unwrap();
+                    for n in [1usize, 1024, 4096, 65536, 65537, 2 * 65536 + 1, data.len()] {
+                        let d = &data[..n];
+                        let want = digest_bytes_with(d, &params, &Chunking::sequential());
+                        for chunk in [1u64, 1024, 5000, 65536, 1 << 20] {
+                            let c = Chunking { parallel_threshold: 0, chunk_size: chunk };
+                            assert_eq!(digest_bytes_with(d, &params, &c), want, "{alg:?} {bs} {n} {chunk}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn file_paths_agree() {
+        let data = stream(5 * 4096 * 128 + 17); // several level-0 hash blocks, three levels
+        let path = temp_path("agree");
+        std::fs::write(&path, &data).unwrap();
+        for alg in [HashAlg::Sha256, HashAlg::Sha512] {
+            let params = Params::new(alg, 4096, b"salt".to_vec()).unwrap();
+            let want = digest_bytes_with(&data, &params, &Chunking::sequential());
+            assert_eq!(digest_file_with(&path, &params, &Chunking::sequential()).unwrap(), want);
+            for chunk in [4096u64, 100_000, 1 << 20] {
+                let c = Chunking { parallel_threshold: 1, chunk_size: chunk };
+                assert_eq!(digest_file_with(&path, &params, &c).unwrap(), want);
+            }
+            let many = digest_files(&[&path, &path], &params, Some(2));
+            assert_eq!(many.len(), 2);
+            for r in many {
+                assert_eq!(r.unwrap(), want);
+            }
+        }
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn file_errors() {
+        let params = Params::default();
+        let dir = std::env::temp_dir();
+        match digest_file(&dir, &params) {
+            Err(Error::Io { source, .. }) => assert_eq!(source.raw_os_error(), Some(libc::EISDIR)),
+            other => panic!("directory: {other:?}"),
+        }
+        let missing = temp_path("missing");
+        let results = digest_files(&[missing.clone(), dir.clone()], &params, None);
+        match &results[0] {
+            Err(Error::Io { source, path }) => {
+                assert_eq!(source.kind(), io::ErrorKind::NotFound);
+                assert_eq!(path, &missing);
+            }
+            other => panic!("missing: {other:?}"),
+        }
+        assert!(results[1].is_err());
+        assert!(matches!(digest_file(Path::new("/dev/null"), &params), Err(Error::NotRegular { .. })));
     }
 
     #[test]

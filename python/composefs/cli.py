@@ -39,7 +39,9 @@ def cli() -> None:
 
 # Sub-commands live in their own modules (one room per concern) and register here.
 def _register_commands() -> None:
-    pass
+    from .cmd_digest import digest
+
+    cli.add_command(digest)
 
 
 _register_commands()

@@ -329,12 +329,13 @@ impl XattrEntry {
     /// Encode a whole entry (header, suffix, value, padding) for a full key.
     pub fn encode_full(key: &[u8], value: &[u8], out: &mut Vec<u8>) {
         let (index, suffix) = xattr_split(key);
+        let start = out.len();
         out.push(suffix.len() as u8);
         out.push(index);
         out.extend_from_slice(&(value.len() as u16).to_le_bytes());
         out.extend_from_slice(suffix);
         out.extend_from_slice(value);
-        while out.len() % 4 != 0 {
+        while (out.len() - start) % 4 != 0 {
             out.push(0);
         }
     }

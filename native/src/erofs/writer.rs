@@ -750,5 +750,10 @@ fn encode_inode(
             Kind::Other => {}
         }
     }
+    debug_assert_eq!(
+        out.len() as u64,
+        n.ipad + if n.compact { 32 } else { 64 } + n.xattr_size as u64 + n.tail,
+        "inode record {i} size"
+    );
     out
 }

@@ -400,14 +400,14 @@ def test_cli_bad_options(sample, options, message):
     r = cfsctl("digest", *options, names[0], cwd=cwd)
     assert r.returncode == 2
     assert r.stdout == ""
-    assert "Usage: cfsctl digest [OPTIONS] FILES..." in r.stderr
+    assert "Usage: cfsctl digest [OPTIONS] FILE..." in r.stderr
     assert message in r.stderr
 
 
 def test_cli_needs_a_file():
     r = cfsctl("digest")
     assert r.returncode == 2
-    assert "Missing argument 'FILES...'" in r.stderr
+    assert "Missing argument 'FILE...'" in r.stderr
 
 
 def test_cli_help_explains():

@@ -251,14 +251,38 @@ def test_digest_files_reports_errors_in_place(odd_paths, tmp_path):
         assert isinstance(result, exc) and result.errno == code and result.filename == str(path)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can read a file without read permission")
-def test_unreadable_file(tmp_path):
-    path = tmp_path / "secret"
-    path.write_bytes(b"x")
-    path.chmod(0)
-    with pytest.raises(PermissionError) as info:
-        fsverity.digest_file(path)
-    assert info.value.filename == str(path)
+@pytest.fixture
+def unreadable(tmp_path_factory):
+    """(path, command prefix): a file the prefixed command cannot read. As root, the command runs
+    as `nobody` through setpriv, in a directory nobody may enter."""
+    if os.geteuid() != 0:
+        path = tmp_path_factory.mktemp("perm") / "secret"
+        path.write_bytes(b"secret")
+        path.chmod(0)
+        return path, []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is needed to drop root privileges")
+    import tempfile
+
+    top = Path(tempfile.mkdtemp(prefix="cfs-perm-", dir="/tmp"))
+    top.chmod(0o755)
+    path = top / "secret"
+    path.write_bytes(b"secret")
+    path.chmod(0o600)
+    yield path, [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    shutil.rmtree(top)
+
+
+def test_unreadable_file(unreadable):
+    path, prefix = unreadable
+    code = (
+        "import sys\nfrom composefs import fsverity\n"
+        "try:\n    fsverity.digest_file(sys.argv[1])\n"
+        "except PermissionError as e:\n    print(e.errno, e.filename)\n"
+    )
+    r = subprocess.run([*prefix, sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"{errno.EACCES} {path}\n", "")
 
 
 # --- CLI -----------------------------------------------------------------------------------------
@@ -314,6 +338,20 @@ def test_cli_errors_keep_going(sample, odd_paths):
     assert r.stdout.splitlines() == want
 
 
+def test_cli_unreadable_file(unreadable):
+    path, prefix = unreadable
+    ok = path.parent / "ok"
+    ok.write_bytes(b"ok")
+    ok.chmod(0o644)
+    r = subprocess.run(
+        [*prefix, sys.executable, "-m", "composefs.cli", "digest", str(path), str(ok)],
+        capture_output=True, text=True, cwd="/",
+    )
+    assert r.returncode == 1
+    assert r.stderr == f"cfsctl: error: {path}: Permission denied\n"
+    assert r.stdout == f"sha256:{fsverity.digest_bytes(b'ok').hex()} {ok}\n"
+
+
 def test_cli_json(sample, odd_paths):
     cwd, names = sample
     missing = str(odd_paths["missing"][0])
@@ -362,14 +400,14 @@ def test_cli_bad_options(sample, options, message):
     r = cfsctl("digest", *options, names[0], cwd=cwd)
     assert r.returncode == 2
     assert r.stdout == ""
-    assert "Usage: cfsctl digest [OPTIONS] FILES..." in r.stderr
+    assert "Usage: cfsctl digest [OPTIONS] FILE..." in r.stderr
     assert message in r.stderr
 
 
 def test_cli_needs_a_file():
     r = cfsctl("digest")
     assert r.returncode == 2
-    assert "Missing argument 'FILES...'" in r.stderr
+    assert "Missing argument 'FILE...'" in r.stderr
 
 
 def test_cli_help_explains():

@@ -223,7 +223,7 @@ impl Chunking {
 }
 
 /// Bytes read at a time: a multiple of every allowed block size, small enough to stay in L2.
-const READ_BUF_SIZE: usize = 256 << 10;
+const READ_BUF_SIZE: usize = 128 << 10;
 
 thread_local! {
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };

@@ -60,10 +60,12 @@ def _encode(text: str) -> bytes:
     "-j",
     "--threads",
     type=click.IntRange(min=1),
+    metavar="N",
     default=None,
     help="Worker threads [default: one per CPU].",
 )
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=True))
+# Plain strings: every check (exists, readable, regular) is reported per file by the digest itself.
+@click.argument("files", nargs=-1, required=True, metavar="FILE...")
 @click.pass_context
 def digest(ctx, hash_alg, block_size, salt, compact, as_json, threads, files):
     """Print the fs-verity digest of each FILE.

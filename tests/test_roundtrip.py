@@ -64,6 +64,10 @@ def dumps(draw):
 
     def gen_dir(path, depth):
         names = draw(st.lists(name_st, max_size=7 if depth < 3 else 2, unique=True))
+        if depth < 2 and draw(st.integers(0, 9)) == 0:
+            # A wide directory: its entries spill over several 4 KiB blocks.
+            n, length = draw(st.integers(20, 400)), draw(st.integers(1, 240))
+            names += [b"w%04d" % i + b"x" * length for i in range(n)]
         for nm in names:
             p = path + b"/" + nm
             kind = draw(st.sampled_from(["dir", "inline", "object", "empty", "symlink", "chr", "blk", "fifo",
@@ -135,7 +139,7 @@ def fsck_ok(path):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
 @given(dump=dumps())
 def test_dump_image_dump_roundtrip(dump, tmp_path_factory):
     d = tmp_path_factory.mktemp("rt")
@@ -156,7 +160,7 @@ def test_dump_image_dump_roundtrip(dump, tmp_path_factory):
     assert _native.image_to_dump(str(img2)) == dump1
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
 @given(dump=dumps())
 def test_bytes_do_not_depend_on_threads(dump):
     images = {_native.build_from_dump(dump, None, threads=t, return_image=True)["image"] for t in (1, 2, 3)}

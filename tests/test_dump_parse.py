@@ -107,3 +107,14 @@ def test_error_leaves_no_file(tmp_path):
     with pytest.raises(_native.FormatError):
         _native.build_from_dump(ROOT + line(b"/a/b"), str(img))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_overlay_xattrs_count_against_the_xattr_budget():
+    """Like libcomposefs: the writer's own metacopy/redirect xattrs share the per-inode budget,
+    so a file whose xattrs nearly fill it is refused when it needs them (and accepted when not)."""
+    big = b"user.a=" + b"v" * 32700
+    obj = b"/f 10 100644 1 0 0 0 0.0 3d/" + b"4" * 62 + b" - " + b"3d" + b"4" * 62 + b" " + big + b"\n"
+    with pytest.raises(_native.FormatError, match="too many xattrs"):
+        _native.build_from_dump(ROOT + obj, None)
+    small = b"/f 10 100644 1 0 0 0 0.0 - 0123456789 - " + big + b"\n"
+    assert _native.build_from_dump(ROOT + small, None)["inline_files"] == 1

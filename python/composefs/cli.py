@@ -42,6 +42,11 @@ def _register_commands() -> None:
     from .cmd_digest import digest
 
     cli.add_command(digest)
+    from .cmd_build import build
+    from .cmd_info import info
+
+    cli.add_command(build)
+    cli.add_command(info)
 
 
 _register_commands()

@@ -82,6 +82,32 @@ pub struct Image {
 }
 
 const OVL: &[u8] = b"trusted.overlay.";
+/// LCFS_INODE_EXTERNAL_XATTR_MAX: what libcomposefs lets one inode's xattrs take.
+const XATTR_BUDGET: usize = 65535 / 2;
+
+impl Node<'_> {
+    /// Set an xattr the way lcfs_node_set_xattr does, including its size account: the overlay
+    /// xattrs the writer adds can exceed the budget, and mkcomposefs then refuses the tree.
+    fn set_xattr(&mut self, key: &[u8], value: Vec<u8>) -> Result<(), WriteError> {
+        if let Some(old) = self.xattrs.remove(key) {
+            if self.xattrs.is_empty() {
+                self.budget = 0;
+            } else {
+                self.budget = self.budget.saturating_sub(7 + key.len() + old.len());
+            }
+        }
+        let mut entry = 7 + key.len() + value.len();
+        if self.xattrs.is_empty() {
+            entry += XATTR_HEADER_SIZE;
+        }
+        if self.budget + entry > XATTR_BUDGET {
+            return Err(WriteError::XattrsTooLarge(self.budget + entry));
+        }
+        self.budget += entry;
+        self.xattrs.insert(key.to_vec(), value);
+        Ok(())
+    }
+}
 const OVL_ESC: &[u8] = b"trusted.overlay.overlay.";
 
 enum Kind<'a> {
@@ -103,6 +129,8 @@ struct Node<'a> {
     size: u64,
     kind: Kind<'a>,
     xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// libcomposefs' per-inode xattr size account (limit [`XATTR_BUDGET`]).
+    budget: usize,
     /// Directory entries including `.` and `..`, sorted: (name, node index).
     dirents: Vec<(&'a [u8], usize)>,
     // Layout.
@@ -261,6 +289,7 @@ fn write_image_inner(tree: &Tree, opts: &Options) -> Result<Image, WriteError> {
             size,
             kind,
             xattrs: BTreeMap::new(),
+            budget: 0,
             dirents: Vec::new(),
             compact: false,
             n_blocks: 0,
@@ -361,7 +390,14 @@ fn write_image_inner(tree: &Tree, opts: &Options) -> Result<Image, WriteError> {
             } else {
                 x.key.clone()
             };
-            n.xattrs.insert(key, x.value.clone());
+            // Renaming does not change libcomposefs' account: it counts the input key.
+            if n.xattrs.is_empty() {
+                n.budget += XATTR_HEADER_SIZE;
+            }
+            match n.xattrs.insert(key, x.value.clone()) {
+                None => n.budget += 7 + x.key.len() + x.value.len(),
+                Some(old) => n.budget = (n.budget + x.value.len()).saturating_sub(old.len()),
+            }
         }
         if let Kind::Reg { external: true, .. } = n.kind {
             let (payload, digest) = match &ino.data {
@@ -373,11 +409,11 @@ fn write_image_inner(tree: &Tree, opts: &Options) -> Result<Image, WriteError> {
                 meta.extend_from_slice(&[0, 36, 0, 1]);
                 meta.extend_from_slice(d);
             }
-            n.xattrs.insert(b"trusted.overlay.metacopy".to_vec(), meta);
+            n.set_xattr(b"trusted.overlay.metacopy", meta)?;
             if let Some(p) = payload.filter(|p| !p.is_empty()) {
                 let mut v = b"/".to_vec();
                 v.extend_from_slice(p);
-                n.xattrs.insert(b"trusted.overlay.redirect".to_vec(), v);
+                n.set_xattr(b"trusted.overlay.redirect", v)?;
             }
         }
     }
@@ -389,22 +425,22 @@ fn write_image_inner(tree: &Tree, opts: &Options) -> Result<Image, WriteError> {
         n.size = 0;
         n.mode = mode::S_IFREG | (n.mode & !mode::S_IFMT);
         n.kind = Kind::Reg { inline: None, external: false };
-        n.xattrs.insert(b"trusted.overlay.overlay.whiteout".to_vec(), Vec::new());
-        n.xattrs.insert(b"user.overlay.whiteout".to_vec(), Vec::new());
+        n.set_xattr(b"trusted.overlay.overlay.whiteout", Vec::new())?;
+        n.set_xattr(b"user.overlay.whiteout", Vec::new())?;
         stats.whiteouts += 1;
         let parent = n.parent;
         let p = &mut nodes[parent];
-        p.xattrs.insert(b"trusted.overlay.overlay.whiteouts".to_vec(), Vec::new());
-        p.xattrs.insert(b"user.overlay.whiteouts".to_vec(), Vec::new());
+        p.set_xattr(b"trusted.overlay.overlay.whiteouts", Vec::new())?;
+        p.set_xattr(b"user.overlay.whiteouts", Vec::new())?;
         if version >= 1 {
-            p.xattrs.insert(b"trusted.overlay.overlay.opaque".to_vec(), b"x".to_vec());
-            p.xattrs.insert(b"user.overlay.opaque".to_vec(), b"x".to_vec());
+            p.set_xattr(b"trusted.overlay.overlay.opaque", b"x".to_vec())?;
+            p.set_xattr(b"user.overlay.opaque", b"x".to_vec())?;
         }
     }
-    nodes[0].xattrs.insert(b"trusted.overlay.opaque".to_vec(), b"y".to_vec());
+    nodes[0].set_xattr(b"trusted.overlay.opaque", b"y".to_vec())?;
     if let Some(se) = nodes[0].xattrs.get(b"security.selinux".as_slice()).cloned() {
         for n in nodes.iter_mut().filter(|n| n.src.is_none()) {
-            n.xattrs.insert(b"security.selinux".to_vec(), se.clone());
+            n.set_xattr(b"security.selinux", se.clone())?;
         }
     }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import re
 import struct
@@ -118,24 +119,37 @@ def fs_type(path: os.PathLike) -> str:
     return typ
 
 
-def project_digest(path: os.PathLike) -> str | None:
-    """Our own fs-verity digest of a file ('sha256:HEX'), or None if the project has no API yet."""
+@functools.lru_cache(maxsize=None)
+def _project_digest_impl():
+    """How the project computes fs-verity digests: 'api', 'cli' or None (asked once per session:
+    starting a Python CLI costs seconds under TCG)."""
     try:
         from composefs import fsverity as cfs_fsverity  # type: ignore[attr-defined]
+
+        if callable(getattr(cfs_fsverity, "digest_file", None)):
+            return "api"
     except ImportError:
-        cfs_fsverity = None
-    fn = getattr(cfs_fsverity, "digest_file", None) if cfs_fsverity else None
-    if fn is not None:
-        d = fn(str(path))
+        pass
+    r = run("cfsctl", "digest", "--help", check=False)
+    return "cli" if r.returncode == 0 else None
+
+
+def project_digest(path: os.PathLike) -> str | None:
+    """Our own fs-verity digest of a file ('sha256:HEX'), or None if the project has no API yet."""
+    impl = _project_digest_impl()
+    if impl == "api":
+        from composefs import fsverity as cfs_fsverity  # type: ignore[attr-defined]
+
+        d = cfs_fsverity.digest_file(str(path))
         if isinstance(d, (bytes, bytearray)):
             d = d.hex()
         d = str(d)
         return d if d.startswith("sha256:") else "sha256:" + d
-    r = run("cfsctl", "digest", path, check=False)
-    if r.returncode == 0:
-        m = re.search(r"\b([0-9a-f]{64})\b", r.stdout)
-        if m:
-            return "sha256:" + m.group(1)
+    if impl == "cli":
+        out = run("cfsctl", "digest", path).stdout
+        m = re.search(r"\b([0-9a-f]{64})\b", out)
+        assert m, f"no digest in cfsctl digest output: {out!r}"
+        return "sha256:" + m.group(1)
     return None
 
 

@@ -30,7 +30,8 @@ What happens:
      guest's dmesg holds no BUG/WARNING/Oops/general protection/... line. On failure the tail of
      the guest dmesg and of the console log are printed.
 
-Artefacts in qemu/work/run/: console.log (serial console), dmesg.txt, junit.xml, job.sh, shell.sh.
+Artefacts in qemu/work/run/: console.log (serial console), dmesg.txt, junit.xml, qemu.cmd, job.sh
+(pytest; extra arguments are appended) and shell.sh (bash in the test environment; for --shell).
 Exit status: 0 pass, 1 fail, 2 usage/host set-up error.
 """
 
@@ -141,7 +142,7 @@ def write_job(rundir: Path, nonce: str, modules: list[Path], pytest_args: list[s
     head += f"cd {shlex.quote(str(REPO))} || exit 125\n"
     pytest = [str(venv_bin / "python"), "-m", "pytest", "-p", "no:cacheprovider",
               "--junitxml=/run/cfs/out/junit.xml", *pytest_args]
-    (rundir / "job.sh").write_text(head + "exec " + shlex.join(pytest) + "\n")
+    (rundir / "job.sh").write_text(head + "exec " + shlex.join(pytest) + ' "$@"\n')
     (rundir / "shell.sh").write_text(head + "export TERM=${TERM:-linux}\nexec bash -i\n")
 
 

@@ -8,6 +8,7 @@ import os
 import re
 import struct
 import subprocess
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,17 +39,24 @@ def drop_caches() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def kmsg_mark() -> int:
-    """A position in the kernel log; pass it to kmsg_since() to get the lines logged after it."""
-    return len(read_dmesg())
+def kmsg_mark() -> str:
+    """Writes a unique line into the kernel log; kmsg_since(mark) returns the lines logged after it."""
+    mark = f"cfs-test-mark {uuid.uuid4().hex}"
+    with open("/dev/kmsg", "w") as f:
+        f.write(mark + "\n")
+    return mark
 
 
 def read_dmesg() -> list[str]:
     return run("dmesg").stdout.splitlines()
 
 
-def kmsg_since(mark: int) -> list[str]:
-    return read_dmesg()[mark:]
+def kmsg_since(mark: str) -> list[str]:
+    lines = read_dmesg()
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].endswith(mark):
+            return lines[i + 1:]
+    raise AssertionError(f"kernel log mark {mark!r} not found (ring buffer wrapped?)")
 
 
 # --- FIEMAP: where a file's blocks are on the device --------------------------------------------

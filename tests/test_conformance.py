@@ -9,7 +9,7 @@ import struct
 import subprocess
 
 import pytest
-from conftest import CONFORMANCE, cfsctl
+from cfsrun import CONFORMANCE, cfsctl
 
 DUMPS = CONFORMANCE / "dumps"
 

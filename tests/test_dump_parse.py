@@ -118,3 +118,31 @@ def test_overlay_xattrs_count_against_the_xattr_budget():
         _native.build_from_dump(ROOT + obj, None)
     small = b"/f 10 100644 1 0 0 0 0.0 - 0123456789 - " + big + b"\n"
     assert _native.build_from_dump(ROOT + small, None)["inline_files"] == 1
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+VALID = (
+    ROOT
+    + b"/d 0 40755 2 0 0 0 1.5 - - - user.a=b\n"
+    + b"/d/f 3 100644 1 0 0 0 0.0 - ab\\x00 - trusted.overlay.x=1\n"
+    + b"/d/l 2 120777 1 0 0 0 0.0 ab - -\n"
+    + b"/d/o 9 100644 2 0 0 0 0.0 3d/" + b"4" * 62 + b" - 3d" + b"4" * 62 + b"\n"
+    + b"/h 0 @100644 0 0 0 0 0.0 /d/o - -\n"
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(edits=st.lists(st.tuples(st.integers(0, len(VALID) - 1), st.binary(max_size=3)), min_size=1, max_size=6))
+def test_mutated_dumps_are_accepted_or_refused_cleanly(edits):
+    """Whatever the bytes, the parser either builds an image or raises FormatError."""
+    data = bytearray(VALID)
+    for pos, new in edits:
+        data[pos : pos + 1] = new
+    try:
+        res = _native.build_from_dump(bytes(data), None, return_image=True)
+    except _native.FormatError as e:
+        assert str(e)
+    else:
+        assert len(res["image"]) == res["image_size"]

@@ -24,7 +24,7 @@ def _out(data: bytes) -> None:
     out.flush()
 
 
-def _objects(images, basedir: str | None, missing: bool) -> list[str]:
+def _objects(images, basedir: str | None, missing: bool) -> list[bytes]:
     objs: set[bytes] = set()
     for img in images:
         objs.update(_call(_native.image_objects, img))
@@ -33,7 +33,14 @@ def _objects(images, basedir: str | None, missing: bool) -> list[str]:
         base = os.fsencode(basedir) if basedir is not None else None
         # Like composefs-info: without a basedir every object counts as missing.
         names = [o for o in names if base is None or not os.path.exists(os.path.join(base, o.lstrip(b"/")))]
-    return [os.fsdecode(o) for o in names]
+    return names
+
+
+def _print_names(names: list[bytes], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps([os.fsdecode(n) for n in names]))
+    else:
+        _out(b"".join(n + b"\n" for n in names))
 
 
 images_arg = click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
@@ -65,8 +72,7 @@ def dump(images):
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def objects(images, as_json):
     """List the backing objects (XX/<rest>) the images refer to, sorted, each once."""
-    names = _objects(images, None, missing=False)
-    click.echo(json.dumps(names) if as_json else "".join(n + "\n" for n in names), nl=False if not as_json else True)
+    _print_names(_objects(images, None, missing=False), as_json)
 
 
 @info.command("missing-objects")
@@ -78,8 +84,7 @@ def missing_objects(images, basedir, as_json):
     """List the objects the images refer to that are missing from --basedir."""
     if basedir is not None and not os.path.isdir(basedir):
         raise CfsError("can't open basedir", basedir)
-    names = _objects(images, basedir, missing=True)
-    click.echo(json.dumps(names) if as_json else "".join(n + "\n" for n in names), nl=False if not as_json else True)
+    _print_names(_objects(images, basedir, missing=True), as_json)
 
 
 @info.command("header")

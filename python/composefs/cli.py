@@ -39,7 +39,10 @@ def cli() -> None:
 
 # Sub-commands live in their own modules (one room per concern) and register here.
 def _register_commands() -> None:
-    pass
+    from . import cmd_install_helper, cmd_mount
+
+    cmd_mount.register(cli)  # mount, umount
+    cmd_install_helper.register(cli)
 
 
 _register_commands()

@@ -86,6 +86,16 @@ def digest(ctx, hash_alg, block_size, salt, compact, as_json, threads, files):
     )
     failed = False
     records = []
+    # Lines are collected and written in few calls (20,000 separate writes cost more than the
+    # hashing of small files); pending output is flushed before each error to keep the order.
+    out = click.get_binary_stream("stdout")
+    pending: list[bytes] = []
+
+    def flush():
+        out.write(b"".join(pending))
+        out.flush()
+        pending.clear()
+
     for path, result in zip(files, results):
         if isinstance(result, BaseException):
             failed = True
@@ -94,6 +104,7 @@ def digest(ctx, hash_alg, block_size, salt, compact, as_json, threads, files):
             if result.filename is None:
                 result.filename = path
             err = describe_oserror(result)
+            flush()
             click.echo(b"cfsctl: error: " + _encode(str(err)) + b"\n", err=True, nl=False)
             if as_json:
                 records.append(
@@ -107,9 +118,10 @@ def digest(ctx, hash_alg, block_size, salt, compact, as_json, threads, files):
                  "salt": salt.hex(), "digest": result.hex()}
             )
         elif compact:
-            click.echo(result.hex())
+            pending.append(result.hex().encode() + b"\n")
         else:
-            click.echo(f"{hash_alg}:{result.hex()} ".encode() + _encode(path) + b"\n", nl=False)
+            pending.append(f"{hash_alg}:{result.hex()} ".encode() + _encode(path) + b"\n")
+    flush()
     if as_json:
         click.echo(json.dumps(records, indent=2))
     if failed:

@@ -4,6 +4,8 @@
 //! arguments, results and errors.
 
 pub mod fsverity;
+pub mod scan;
+pub mod store;
 pub mod tree;
 
 mod bindings;

@@ -103,6 +103,15 @@ fn store_dict<'py>(py: Python<'py>, s: &StoreStats) -> PyResult<Bound<'py, PyDic
     Ok(d)
 }
 
+/// A path argument: str, bytes (names need not be UTF-8) or os.PathLike.
+fn to_path(obj: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    if let Ok(b) = obj.downcast::<PyBytes>() {
+        return Ok(PathBuf::from(std::ffi::OsStr::from_bytes(b.as_bytes())));
+    }
+    obj.extract()
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -170,20 +179,22 @@ fn entries_list<'py>(py: Python<'py>, tree: &Tree) -> PyResult<Bound<'py, PyList
 #[allow(clippy::too_many_arguments)]
 fn scan_directory<'py>(
     py: Python<'py>,
-    source: PathBuf,
+    source: &Bound<'py, PyAny>,
     no_hardlinks: bool,
     skip_devices: bool,
     skip_xattrs: bool,
     user_xattrs: bool,
     use_epoch: bool,
     threads: usize,
-    store: Option<PathBuf>,
+    store: Option<&Bound<'py, PyAny>>,
     sync: bool,
     progress: Option<PyRef<'py, ScanProgress>>,
     entries: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let opts = ScanOptions { no_hardlinks, skip_devices, skip_xattrs, user_xattrs, use_epoch, threads };
     let progress = progress.map(|p| p.inner.clone());
+    let source = to_path(source)?;
+    let store = store.map(to_path).transpose()?;
     let (tree, stats, store_stats) = py.allow_threads(|| -> PyResult<_> {
         let store = match &store {
             Some(p) => Some(Store::open(p).map_err(|e| e.to_pyerr())?),
@@ -214,7 +225,8 @@ fn scan_directory<'py>(
 
 /// Insert one file into an object store; returns (hex digest, size, "stored" | "reused").
 #[pyfunction]
-fn store_insert(py: Python<'_>, store: PathBuf, path: PathBuf) -> PyResult<(String, u64, &'static str)> {
+fn store_insert(py: Python<'_>, store: &Bound<'_, PyAny>, path: &Bound<'_, PyAny>) -> PyResult<(String, u64, &'static str)> {
+    let (store, path) = (to_path(store)?, to_path(path)?);
     py.allow_threads(|| {
         let s = Store::open(&store).map_err(|e| e.to_pyerr())?;
         let (d, size, how) = s.insert_path(&path).map_err(|e| e.to_pyerr())?;

@@ -286,3 +286,24 @@ def test_unreadable_entry_error_names_path(what):
         assert filename == bad
     finally:
         subprocess.run(["rm", "-rf", tmp], check=True)
+
+
+def test_deep_tree(tmp_path):
+    """2000 nested directories (paths near PATH_MAX) are walked without overflowing a stack."""
+    root = os.fsencode(tmp_path / "src")
+    os.mkdir(root)
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        for _ in range(2000):
+            os.mkdir(b"a", dir_fd=fd)
+            nfd = os.open(b"a", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        with open(os.open(b"leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "wb") as f:
+            f.write(b"x" * 100)
+    finally:
+        os.close(fd)
+    r = scan_directory(root, entries=True)
+    assert r["stats"]["directories"] == 2001
+    leaf = [e for e in r["entries"] if e["path"].endswith(b"/leaf")]
+    assert len(leaf) == 1 and leaf[0]["path"].count(b"/") == 2001 and leaf[0]["digest"]

@@ -194,7 +194,9 @@ pub fn scan(
     if opts.skip_xattrs && opts.user_xattrs {
         return Err(Error::ConflictingOptions);
     }
-    let mut builder = rayon::ThreadPoolBuilder::new();
+    // The walk recurses once per directory level (paths reach PATH_MAX = 4096 bytes, so up to
+    // 2048 levels): give the workers room.
+    let mut builder = rayon::ThreadPoolBuilder::new().stack_size(64 << 20);
     if opts.threads > 0 {
         builder = builder.num_threads(opts.threads);
     }

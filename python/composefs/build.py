@@ -141,3 +141,38 @@ class ProgressLine:
             self.stream.write("\n")
             self.stream.flush()
         return False
+
+
+def build_image(
+    source: str | os.PathLike,
+    image: str | os.PathLike | None,
+    options: ScanOptions = ScanOptions(),
+    *,
+    store: str | os.PathLike | None = None,
+    min_version: int = 0,
+    max_version: int = 1,
+    progress: bool | TextIO = False,
+    return_image: bool = False,
+) -> dict[str, Any]:
+    """Scan ``source``, fill ``store`` (if given, then ``syncfs`` it) and write the composefs
+    image to ``image`` atomically (``None``: compute only). Returns the image digest, version,
+    counts, plus the scan ``stats`` and ``store`` dicts (see ``scan_directory``)."""
+    options.check()
+    if not os.path.isdir(source):
+        if not os.path.lexists(source):
+            raise CfsError("No such file or directory", source)
+        raise CfsError("not a directory", source)
+    stream = sys.stderr if progress is True else (progress or None)
+    counter = _native.ScanProgress() if stream is not None else None
+    kwargs = options.native_kwargs()
+    if store is not None:
+        kwargs["store"] = os.fspath(store)
+    try:
+        with ProgressLine(counter, stream):
+            return _native.build_from_directory(
+                os.fspath(source), None if image is None else os.fspath(image), min_version=min_version,
+                max_version=max_version, progress=counter, return_image=return_image, **kwargs)
+    except _native.FormatError as e:
+        raise CfsError(str(e), source) from None
+    except ValueError as e:
+        raise CfsError(str(e)) from None

@@ -4,6 +4,7 @@ use pyo3::prelude::*;
 
 mod errors;
 mod fsverity;
+mod image;
 mod scan;
 
 pub use errors::to_pyerr;
@@ -11,6 +12,7 @@ pub use errors::to_pyerr;
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     fsverity::register(m)?;
+    image::register(m)?;
     scan::register(m)?;
     Ok(())
 }

@@ -223,6 +223,90 @@ fn scan_directory<'py>(
     Ok(d)
 }
 
+/// Scan `source` (filling `store` when given), write the composefs image of the tree to
+/// `image_path` atomically (when given; its bytes under `image` with `return_image`), `syncfs`
+/// the store and the image's filesystem when `sync`. Returns the image's `digest`, `version`,
+/// counts, and the scan's `stats` and `store` dicts.
+#[pyfunction]
+#[pyo3(signature = (source, image_path=None, *, min_version=0, max_version=1, no_hardlinks=false,
+                    skip_devices=false, skip_xattrs=false, user_xattrs=false, use_epoch=false,
+                    threads=0, store=None, sync=true, progress=None, return_image=false))]
+#[allow(clippy::too_many_arguments)]
+fn build_from_directory<'py>(
+    py: Python<'py>,
+    source: &Bound<'py, PyAny>,
+    image_path: Option<&Bound<'py, PyAny>>,
+    min_version: u32,
+    max_version: u32,
+    no_hardlinks: bool,
+    skip_devices: bool,
+    skip_xattrs: bool,
+    user_xattrs: bool,
+    use_epoch: bool,
+    threads: usize,
+    store: Option<&Bound<'py, PyAny>>,
+    sync: bool,
+    progress: Option<PyRef<'py, ScanProgress>>,
+    return_image: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    use crate::erofs::build;
+    let opts = ScanOptions { no_hardlinks, skip_devices, skip_xattrs, user_xattrs, use_epoch, threads };
+    let wopts = crate::erofs::writer::Options { min_version, max_version, threads };
+    let progress = progress.map(|p| p.inner.clone());
+    let source = to_path(source)?;
+    let store = store.map(to_path).transpose()?;
+    let image_path = image_path.map(to_path).transpose()?;
+    let build_err = |e: build::BuildError| match e {
+        build::BuildError::Io { path, source } => os_error(&source, Some(&path)),
+        other => PyValueError::new_err(other.to_string()),
+    };
+    let (built, stats, store_stats, objects) = py.allow_threads(|| -> PyResult<_> {
+        let store = match &store {
+            Some(p) => Some(Store::open(p).map_err(|e| e.to_pyerr())?),
+            None => None,
+        };
+        let (tree, stats) =
+            scan::scan(&source, &opts, store.as_ref(), progress.as_deref()).map_err(|e| e.to_pyerr())?;
+        let built = build::build(&tree, &wopts).map_err(build_err)?;
+        if let Some(p) = &image_path {
+            build::write_atomic(p, &built.image.bytes).map_err(build_err)?;
+        }
+        if let Some(s) = &store {
+            if sync {
+                s.sync().map_err(|e| e.to_pyerr())?;
+            }
+        }
+        Ok((built, stats, store.map(|s| s.stats()), build::object_stats(&tree)))
+    })?;
+    let d = PyDict::new(py);
+    let s = &built.image.stats;
+    d.set_item("digest", hex(&built.digest))?;
+    d.set_item("version", built.image.version)?;
+    d.set_item("image_size", s.image_size)?;
+    d.set_item("inodes", s.inodes)?;
+    d.set_item("directories", s.directories)?;
+    d.set_item("regular_files", s.regular_files)?;
+    d.set_item("inline_files", s.inline_files)?;
+    d.set_item("object_files", s.object_files)?;
+    d.set_item("symlinks", s.symlinks)?;
+    d.set_item("devices", s.devices)?;
+    d.set_item("whiteouts", s.whiteouts)?;
+    d.set_item("hardlinks", s.hardlinks)?;
+    d.set_item("shared_xattrs", s.shared_xattrs)?;
+    d.set_item("objects", objects.0)?;
+    d.set_item("object_bytes", objects.1)?;
+    d.set_item("file_bytes", objects.2)?;
+    d.set_item("stats", stats_dict(py, &stats)?)?;
+    match &store_stats {
+        Some(st) => d.set_item("store", store_dict(py, st)?)?,
+        None => d.set_item("store", py.None())?,
+    }
+    if return_image {
+        d.set_item("image", PyBytes::new(py, &built.image.bytes))?;
+    }
+    Ok(d)
+}
+
 /// Insert one file into an object store; returns (hex digest, size, "stored" | "reused").
 #[pyfunction]
 fn store_insert(py: Python<'_>, store: &Bound<'_, PyAny>, path: &Bound<'_, PyAny>) -> PyResult<(String, u64, &'static str)> {
@@ -238,6 +322,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ScanProgress>()?;
     m.add_function(wrap_pyfunction!(scan_directory, m)?)?;
     m.add_function(wrap_pyfunction!(store_insert, m)?)?;
+    m.add_function(wrap_pyfunction!(build_from_directory, m)?)?;
     m.add("INLINE_MAX", scan::INLINE_MAX)?;
     Ok(())
 }

@@ -40,7 +40,11 @@ def cli() -> None:
 # Sub-commands live in their own modules (one room per concern) and register here.
 def _register_commands() -> None:
     from . import cmd_install_helper, cmd_mount
+    from .cmd_build import build
+    from .cmd_info import info
 
+    cli.add_command(build)
+    cli.add_command(info)
     cmd_mount.register(cli)  # mount, umount
     cmd_install_helper.register(cli)
 

@@ -87,12 +87,13 @@ def assert_clean(tmp, images, before_tmp):
 
 
 class Built:
-    def __init__(self, base: str, many: int = 0, large: int = 6 * 1024 * 1024, seed: int = 1, name="img"):
+    def __init__(self, base: str, many: int = 0, large: int = 6 * 1024 * 1024, seed: int = 1, name="img",
+                 writer: str | None = None):
         self.base = base
         self.src = cfs_images.make_tree(os.path.join(base, f"src-{name}"), many=many, large=large, seed=seed)
         self.store = os.path.join(base, "store")
         self.image = os.path.join(base, f"{name}.cfs")
-        self.builder = cfs_images.build_image(self.src, self.image, self.store, base)
+        self.builder = cfs_images.build_image(self.src, self.image, self.store, base, writer)
         self.snap = cfs_images.snapshot(self.src)
 
 
@@ -158,6 +159,23 @@ def test_mount_big_tree_equals_source_then_umount_leaves_nothing(big, mnt, tmp_p
     assert json.loads(r.stdout)["fstype"] == "overlay"
     assert_clean(str(tmp_path), [big.image], before)
     assert os.listdir(mnt) == []
+
+
+@needs_mount
+def test_images_come_from_our_writer(small, big):
+    assert (small.builder, big.builder) == ("cfsctl", "cfsctl")
+
+
+@needs_mount
+def test_image_from_mkfs_erofs_mounts_too(mnt, tmp_path):
+    """An image packed by erofs-utils from a staging tree in the composefs layout mounts the same."""
+    b = Built(str(tmp_path), many=50, large=100_000, writer="mkfs.erofs")
+    assert b.builder == "mkfs.erofs"
+    cfsctl("mount", b.image, mnt, "--basedir", b.store, check=True)
+    try:
+        compare(b.snap, mnt)
+    finally:
+        cfsctl("umount", mnt, check=True)
 
 
 # Every way the stock mount can be assembled, as chosen on older kernels.

@@ -4,7 +4,8 @@
 composefs image plus objects; ``snapshot`` records a tree entry by entry so a mounted image can be
 compared with its source.
 
-``build_image`` uses our own ``cfsctl build`` when the CLI has it; until then it stages the tree in
+``build_image`` uses our own writer (``cfsctl build --from-dump`` of a dump of the tree) when the
+CLI has it; without it, it stages the tree in
 exactly the composefs layout (each regular file a sparse file of its size with the overlay
 ``metacopy`` and ``redirect`` xattrs, contents moved to ``objects/XX/<62 hex>``) and packs the
 staging tree with ``mkfs.erofs``: the same layout our writer produces, so mounting is exercised
@@ -172,16 +173,26 @@ def snapshot(root: str, content: bool = True) -> dict:
 
 
 def cfsctl_has_build() -> bool:
+    """Our own image writer (`cfsctl build --from-dump`) is available."""
     r = subprocess.run([sys.executable, "-m", "composefs.cli", "build", "--help"], capture_output=True, text=True)
-    return r.returncode == 0 and "--digest-store" in r.stdout
+    return r.returncode == 0 and "--from-dump" in r.stdout
 
 
-def build_image(src: str, image: str, store: str, work: str) -> str:
-    """Build ``image`` from the tree ``src``, putting contents into ``store/XX/<rest>``."""
+def build_image(src: str, image: str, store: str, work: str, writer: str | None = None) -> str:
+    """Build ``image`` from the tree ``src``, putting contents into ``store/XX/<rest>``.
+
+    Returns which writer made it: "cfsctl" (our EROFS writer, fed a dump of the tree) or
+    "mkfs.erofs" (the staging stand-in, when the writer is not there).
+    """
     os.makedirs(store, exist_ok=True)
-    if cfsctl_has_build():
-        subprocess.run([sys.executable, "-m", "composefs.cli", "build", "--digest-store", store, src, image],
-                       check=True, capture_output=True)
+    if writer == "cfsctl" or (writer is None and cfsctl_has_build()):
+        dump = os.path.join(work, "tree-" + os.path.basename(image) + ".dump")
+        write_dump(src, dump, store)
+        r = subprocess.run([sys.executable, "-m", "composefs.cli", "build", "--from-dump", dump, image],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"cfsctl build failed: {r.stderr}")
+        os.unlink(dump)
         return "cfsctl"
     stage = os.path.join(work, "stage-" + os.path.basename(image))
     _stage(src, stage, store)
@@ -247,3 +258,64 @@ def _stage(src: str, stage: str, store: str) -> None:
             _copy_meta(p, q, st)
     for dirpath, out_dir in reversed(dirs):
         _copy_meta(dirpath, out_dir, os.lstat(dirpath))
+
+
+# --- composefs-dump(5) of a tree, for `cfsctl build --from-dump` ----------------------------------
+
+
+def _esc(b: bytes, extra: bytes = b"") -> str:
+    out = []
+    for c in b:
+        ch = bytes([c])
+        if ch == b"\\":
+            out.append("\\\\")
+        elif ch == b"\n":
+            out.append("\\n")
+        elif ch == b"\t":
+            out.append("\\t")
+        elif ch == b"\r":
+            out.append("\\r")
+        elif c <= 0x20 or c >= 0x7F or ch in extra:
+            out.append(f"\\x{c:02x}")
+        else:
+            out.append(ch.decode())
+    return "".join(out)
+
+
+def write_dump(src: str, dump: str, store: str) -> None:
+    """Describe ``src`` as a composefs dump; regular file contents go into ``store``."""
+    lines = []
+    seen: dict[tuple[int, int], bytes] = {}
+    srcb = os.fsencode(src)
+    for dirpath, dirnames, filenames in os.walk(srcb):
+        dirnames.sort()
+        for name in [b""] + sorted(filenames) + [n for n in dirnames if os.path.islink(os.path.join(dirpath, n))]:
+            p = os.path.join(dirpath, name) if name else dirpath
+            rel = b"/" + os.path.relpath(p, srcb) if p != srcb else b"/"
+            st = os.lstat(p)
+            key = (st.st_dev, st.st_ino)
+            if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1 and key in seen:
+                lines.append(f"{_esc(rel)} 0 @{st.st_mode:o} 1 0 0 0 0.0 {_esc(seen[key])} - -")
+                continue
+            seen[key] = rel
+            payload, digest, size = "-", "-", st.st_size
+            if stat.S_ISREG(st.st_mode) and st.st_size:
+                with open(p, "rb") as f:
+                    h = add_object(store, f.read())
+                payload, digest = f"{h[:2]}/{h[2:]}", h
+            elif stat.S_ISLNK(st.st_mode):
+                payload = _esc(os.readlink(p))
+            elif stat.S_ISDIR(st.st_mode):
+                size = 0
+            elif not stat.S_ISREG(st.st_mode):
+                size = 0
+            xattrs = []
+            for n in sorted(os.listxattr(p, follow_symlinks=False)):
+                v = os.getxattr(p, n, follow_symlinks=False)
+                xattrs.append(f"{_esc(n.encode(), b'=')}={_esc(v, b'=')}")
+            mt = st.st_mtime_ns
+            fields = [_esc(rel), str(size), f"{st.st_mode:o}", str(st.st_nlink), str(st.st_uid), str(st.st_gid),
+                      str(st.st_rdev), f"{mt // 10**9}.{mt % 10**9}", payload, "-", digest, *xattrs]
+            lines.append(" ".join(fields))
+    with open(dump, "w") as f:
+        f.write("\n".join(lines) + "\n")

@@ -87,12 +87,13 @@ def assert_clean(tmp, images, before_tmp):
 
 
 class Built:
-    def __init__(self, base: str, many: int = 0, large: int = 6 * 1024 * 1024, seed: int = 1, name="img"):
+    def __init__(self, base: str, many: int = 0, large: int = 6 * 1024 * 1024, seed: int = 1, name="img",
+                 writer: str | None = None):
         self.base = base
         self.src = cfs_images.make_tree(os.path.join(base, f"src-{name}"), many=many, large=large, seed=seed)
         self.store = os.path.join(base, "store")
         self.image = os.path.join(base, f"{name}.cfs")
-        self.builder = cfs_images.build_image(self.src, self.image, self.store, base)
+        self.builder = cfs_images.build_image(self.src, self.image, self.store, base, writer)
         self.snap = cfs_images.snapshot(self.src)
 
 
@@ -160,11 +161,30 @@ def test_mount_big_tree_equals_source_then_umount_leaves_nothing(big, mnt, tmp_p
     assert os.listdir(mnt) == []
 
 
+@needs_mount
+def test_images_come_from_our_writer(small, big):
+    assert (small.builder, big.builder) == ("cfsctl", "cfsctl")
+
+
+@needs_mount
+def test_image_from_mkfs_erofs_mounts_too(mnt, tmp_path):
+    """An image packed by erofs-utils from a staging tree in the composefs layout mounts the same."""
+    b = Built(str(tmp_path), many=50, large=100_000, writer="mkfs.erofs")
+    assert b.builder == "mkfs.erofs"
+    cfsctl("mount", b.image, mnt, "--basedir", b.store, check=True)
+    try:
+        compare(b.snap, mnt)
+    finally:
+        cfsctl("umount", mnt, check=True)
+
+
 # Every way the stock mount can be assembled, as chosen on older kernels.
 STRATEGIES = [
     ("file", "new"),  # 6.13+: EROFS from the file, layers as fds
     ("loop", "new"),  # no file-backed EROFS: read-only autoclear loop device
     ("file", "new-paths"),  # 6.7-6.12: lowerdir+=/proc/self/fd/N, datadir+=PATH
+    ("file", "attached"),  # before 6.15 overlayfs refuses detached layers: a brief temporary mount
+    ("loop", "attached"),
     ("file", "mixed"),  # 6.5/6.6: fsmount'ed EROFS, mount(2) with lowerdir=/proc/self/fd/N::OBJ
     ("loop", "mixed"),
     ("file", "legacy"),  # no new mount API: EROFS on a temporary mount point, detached afterwards
@@ -196,7 +216,7 @@ def test_odd_paths_are_escaped(small, tmp_path):
     m = tmp_path / "mount point, with:odd\\chars"
     m.mkdir()
     try:
-        for api in ("new", "mixed", "legacy"):
+        for api in ("new", "attached", "mixed", "legacy"):
             cfsctl("mount", small.image, m, "--basedir", store, "--mount-api", api, check=True)
             with open(m / "small.txt", "rb") as f:
                 assert f.read() == b"hello composefs\n"

@@ -221,6 +221,18 @@ def openssl_sha256() -> float:
     return float(m.group(1)) * 1000
 
 
+def settle(limit: int = 64 << 20, wait: float = 60.0) -> None:
+    """`sync`, then wait (up to `wait` s) until the kernel has little dirty data left, so one
+    fresh-store build does not pay for the writeback of the previous one."""
+    subprocess.run(["sync"], check=True, timeout=TIMEOUT)
+    end = time.monotonic() + wait
+    while time.monotonic() < end:
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        if (int(info["Dirty"].split()[0]) + int(info["Writeback"].split()[0])) * 1024 < limit:
+            return
+        time.sleep(0.5)
+
+
 def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -316,11 +328,19 @@ def run(workdir: Path) -> list[dict]:
         stores = {OURS: workdir / "store-ours", REF: workdir / "store-ref"}
         images = {OURS: workdir / "image-ours.cfs", REF: workdir / "image-ref.cfs"}
 
+        used: list[Path] = []
+
         def fresh(tool):
+            # A new, empty directory each time: deleting a store of 10^5 files is slow here (ext4
+            # `discard` waits on every unlink), so the old ones go only after the timings.
+            stores[tool] = workdir / f"store-{'ours' if tool == OURS else 'ref'}-{len(used)}"
             shutil.rmtree(stores[tool], ignore_errors=True)
-            images[tool].unlink(missing_ok=True)
             stores[tool].mkdir()
-            subprocess.run(["sync"], check=True, timeout=TIMEOUT)
+            used.append(stores[tool])
+            images[tool].unlink(missing_ok=True)
+            tools[tool][tools[tool].index("--digest-store") + 1 if tool == OURS else -3] = (
+                str(stores[tool]) if tool == OURS else f"--digest-store={stores[tool]}")
+            settle()
 
         case = Case(f"{label}: into a fresh store", content)
         tools = {OURS: [ours, "build", "--print-digest", "--digest-store", str(stores[OURS]), str(src), str(images[OURS])]}
@@ -330,8 +350,9 @@ def run(workdir: Path) -> list[dict]:
         rows += case.rows(OURS, REF)
         if label == "corpus":
             dump = make_dump(workdir, ours, images[OURS], ref_info, images[REF])
-        for tool in stores:
-            shutil.rmtree(stores[tool], ignore_errors=True)
+        log(f"removing {len(used)} stores")
+        for store in used:
+            shutil.rmtree(store, ignore_errors=True)
         if label == "corpus" and dump is not None:
             case = Case(f"--from-dump, {DUMP_ENTRIES:,} entries", dump.stat().st_size)
             tools = {OURS: [ours, "build", "--from-dump", str(dump), str(workdir / "dump-ours.cfs")]}

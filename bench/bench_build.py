@@ -306,6 +306,9 @@ def run(workdir: Path) -> list[dict]:
     log(f"ours: {ours}; reference: {ref or 'not found (set MKCOMPOSEFS=/path/to/mkcomposefs)'}")
     corpus = workdir / "corpus"
     make_corpus(corpus)
+    if (workdir / "trash").exists():
+        log("removing the stores of the previous run")
+        shutil.rmtree(workdir / "trash", ignore_errors=True)
     rate = openssl_sha256()
     rows: list[dict] = [{"case": "SHA-256, one core", "tool": "openssl speed", "seconds": None, "rate": rate,
                          "note": f"load {loadavg()} at start"}]
@@ -332,7 +335,7 @@ def run(workdir: Path) -> list[dict]:
 
         def fresh(tool):
             # A new, empty directory each time: deleting a store of 10^5 files is slow here (ext4
-            # `discard` waits on every unlink), so the old ones go only after the timings.
+            # `discard` waits on every unlink), so the old ones go at the next run's start.
             stores[tool] = workdir / f"store-{'ours' if tool == OURS else 'ref'}-{len(used)}"
             shutil.rmtree(stores[tool], ignore_errors=True)
             stores[tool].mkdir()
@@ -350,9 +353,10 @@ def run(workdir: Path) -> list[dict]:
         rows += case.rows(OURS, REF)
         if label == "corpus":
             dump = make_dump(workdir, ours, images[OURS], ref_info, images[REF])
-        log(f"removing {len(used)} stores")
-        for store in used:
-            shutil.rmtree(store, ignore_errors=True)
+        trash = workdir / "trash"
+        trash.mkdir(exist_ok=True)
+        for store in used:  # removed at the start of the next run, before any timing
+            store.rename(trash / f"{time.time_ns()}-{store.name}")
         if label == "corpus" and dump is not None:
             case = Case(f"--from-dump, {DUMP_ENTRIES:,} entries", dump.stat().st_size)
             tools = {OURS: [ours, "build", "--from-dump", str(dump), str(workdir / "dump-ours.cfs")]}

@@ -9,6 +9,7 @@ import sys
 import click
 
 from . import _native
+from .build import ScanOptions, build_image
 from .errors import CfsError
 
 VERSION_MAX = 1
@@ -28,13 +29,20 @@ def _versions(min_version: int | None, max_version: int | None) -> tuple[int, in
     return lo, max(lo, hi)
 
 
-def build_from_directory(source: str, image: str | None, *, digest_store: str | None, **options) -> dict:
-    """Build from a directory tree (scan, hash, optionally fill a digest store).
-
-    Wired by the `scan` work (native/src/scan.rs, native/src/store.rs); until then directory
-    sources are refused clearly.
-    """
-    raise CfsError("directory sources are not supported yet; use --from-dump with a composefs-dump(5) file", source)
+def build_from_directory(source: str, image: str | None, *, digest_store: str | None, no_hardlinks: bool = False,
+                         return_image: bool = False, **options) -> dict:
+    """Build from a directory tree: scan, hash, optionally fill a digest store (see build.py)."""
+    scan = ScanOptions(no_hardlinks=no_hardlinks, skip_devices=options["skip_devices"],
+                       skip_xattrs=options["skip_xattrs"], user_xattrs=options["user_xattrs"],
+                       use_epoch=options["use_epoch"], threads=options["threads"])
+    result = build_image(source, image, scan, store=digest_store, min_version=options["min_version"],
+                         max_version=options["max_version"], progress=sys.stderr.isatty(),
+                         return_image=return_image)
+    st = result.get("store")
+    # What this build wrote into the store and what it found there already.
+    result["stored_bytes"] = st["bytes_stored"] if st else 0
+    result["deduplicated_bytes"] = st["bytes_reused"] if st else 0
+    return result
 
 
 def build_from_dump(source: str, image: str | None, *, return_image: bool = False, **options) -> dict:
@@ -61,6 +69,9 @@ def build_from_dump(source: str, image: str | None, *, return_image: bool = Fals
 @click.option("--digest-store", metavar="DIR", help="Copy file contents into this object store (directory sources).")
 @click.option("--print-digest", is_flag=True, help="Print the image's fs-verity digest (what mount's digest= takes).")
 @click.option("--print-digest-only", is_flag=True, help="Print the digest and write no image (no IMAGE argument).")
+@click.option("--no-hardlinks", is_flag=True,
+              help="Directory sources: give every name its own inode, as mkcomposefs 1.0 does. By default "
+                   "names of one source inode (hardlinks) stay one inode in the image.")
 @click.option("--min-version", type=int, default=None, metavar="N",
               help=f"Lowest format version to use (default {DEFAULT_MIN_VERSION}).")
 @click.option("--max-version", type=int, default=None, metavar="N",
@@ -73,12 +84,19 @@ def build_from_dump(source: str, image: str | None, *, return_image: bool = Fals
               help="Worker threads (default: all CPUs). The image bytes never depend on it.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (digest, entry counts, bytes).")
 def build(source, image, from_dump, digest_store, print_digest, print_digest_only, min_version, max_version,
-          use_epoch, skip_devices, skip_xattrs, user_xattrs, threads, as_json):
+          use_epoch, skip_devices, skip_xattrs, user_xattrs, threads, as_json, no_hardlinks):
     """Build a composefs image IMAGE from SOURCE (a directory, or a dump with --from-dump).
 
     The image is byte-identical with what mkcomposefs 1.0.8 writes for the same input. IMAGE
     '-' writes to standard output. The file is written atomically: a temporary file next to
     it, renamed into place when complete.
+
+    Directory sources are walked and hashed on all CPUs (a progress line on stderr when it is a
+    terminal); files of 1..64 bytes are inlined, larger ones become objects named by their
+    fs-verity digest, copied into --digest-store DIR when given (atomically, deduplicated,
+    flushed with one syncfs before exit). Names of one source inode (hardlinks) stay one inode
+    by default; --no-hardlinks reproduces mkcomposefs 1.0, which gives each name its own inode.
+    Mount points below SOURCE are descended into, as mkcomposefs does.
 
     Unlike mkcomposefs 1.0.8, --use-epoch, --skip-devices, --skip-xattrs and --user-xattrs
     also apply to dump sources.
@@ -104,7 +122,8 @@ def build(source, image, from_dump, digest_store, print_digest, print_digest_onl
     else:
         if digest_store is None and not os.path.isdir(source) and os.path.exists(source):
             raise CfsError("not a directory (use --from-dump for a dump file)", source)
-        result = build_from_directory(source, target, digest_store=digest_store, return_image=to_stdout, **options)
+        result = build_from_directory(source, target, digest_store=digest_store, no_hardlinks=no_hardlinks,
+                                      return_image=to_stdout, **options)
     if to_stdout:
         out = click.get_binary_stream("stdout")
         out.write(result.pop("image"))
@@ -119,7 +138,7 @@ def build(source, image, from_dump, digest_store, print_digest, print_digest_onl
                                                "object_files", "symlinks", "devices", "whiteouts", "hardlinks")},
             "shared_xattrs": result["shared_xattrs"],
             "objects": result["objects"],
-            "bytes_stored": result["object_bytes"],
+            "bytes_stored": result.get("stored_bytes", result["object_bytes"]),
             "bytes_deduplicated": result["deduplicated_bytes"],
         }
         click.echo(json.dumps(summary, indent=2), err=to_stdout)

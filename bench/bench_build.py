@@ -17,7 +17,8 @@ tree (`openssl speed -evp sha256 -bytes 4096`, one core, x2).
 
 The reference is `$MKCOMPOSEFS` or `mkcomposefs` on PATH (with `composefs-info` beside it);
 without it only our rows are shown. Ours is `$CFSCTL`, else `cfsctl` of the running Python's
-environment.
+environment, run with `--no-hardlinks` so that both tools write the same image (mkcomposefs 1.0
+breaks hardlinks; /usr has some).
 """
 
 from __future__ import annotations
@@ -322,7 +323,7 @@ def run(workdir: Path) -> list[dict]:
         log(f"warming the page cache: {src}")
         warm(src)
         case = Case(f"{label}: --print-digest-only", content)
-        tools = {OURS: [ours, "build", "--print-digest-only", str(src)]}
+        tools = {OURS: [ours, "build", "--no-hardlinks", "--print-digest-only", str(src)]}
         if ref:
             tools[REF] = [ref, "--print-digest-only", str(src)]
         case.measure(tools, REPEAT)
@@ -346,7 +347,8 @@ def run(workdir: Path) -> list[dict]:
             settle()
 
         case = Case(f"{label}: into a fresh store", content)
-        tools = {OURS: [ours, "build", "--print-digest", "--digest-store", str(stores[OURS]), str(src), str(images[OURS])]}
+        tools = {OURS: [ours, "build", "--no-hardlinks", "--print-digest", "--digest-store", str(stores[OURS]), str(src),
+                             str(images[OURS])]}
         if ref:
             tools[REF] = [ref, "--print-digest", f"--digest-store={stores[REF]}", str(src), str(images[REF])]
         case.measure(tools, STORE_REPEAT, before=fresh)

@@ -307,3 +307,19 @@ def test_deep_tree(tmp_path):
     assert r["stats"]["directories"] == 2001
     leaf = [e for e in r["entries"] if e["path"].endswith(b"/leaf")]
     assert len(leaf) == 1 and leaf[0]["path"].count(b"/") == 2001 and leaf[0]["digest"]
+    _remove_chain(root)
+
+
+def _remove_chain(root: bytes) -> None:
+    """Remove root/a/a/.../leaf without recursion: pytest's own tmp_path cleanup (shutil.rmtree)
+    recurses once per level and overflows Python's stack on 2000 levels."""
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        while os.path.isdir(os.path.join(root, b"a", b"a")):
+            os.rename(b"a/a", b"b", src_dir_fd=fd, dst_dir_fd=fd)
+            os.rmdir(b"a", dir_fd=fd)
+            os.rename(b"b", b"a", src_dir_fd=fd, dst_dir_fd=fd)
+        os.unlink(b"a/leaf", dir_fd=fd)
+        os.rmdir(b"a", dir_fd=fd)
+    finally:
+        os.close(fd)

@@ -3,6 +3,8 @@
 //! Each concern has its own module; the pyo3 layer in [`bindings`] stays thin and only converts
 //! arguments, results and errors.
 
+pub mod dump;
+pub mod erofs;
 pub mod fsverity;
 pub mod tree;
 

@@ -127,6 +127,11 @@ impl Inode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tree {
     pub inodes: Vec<Inode>,
+    /// For an inode named by several entries (a hardlink), the entry `(directory, name)` that
+    /// "holds" it: mkcomposefs places such an inode where its non-`@` dump line sits, which
+    /// decides the inode order in an image. Inodes not listed here are held by their first
+    /// entry in breadth-first order. Producers that do not care leave it empty.
+    pub primary: std::collections::HashMap<InodeId, (InodeId, Vec<u8>)>,
 }
 
 impl Default for Tree {
@@ -139,7 +144,7 @@ impl Tree {
     /// A tree holding only `root`, which must be a directory.
     pub fn new(root: Inode) -> Tree {
         assert!(root.is_dir(), "root must be a directory");
-        Tree { inodes: vec![root] }
+        Tree { inodes: vec![root], primary: Default::default() }
     }
 
     pub fn root(&self) -> &Inode {
@@ -203,6 +208,39 @@ impl Tree {
                 }
             }
         }
+    }
+
+    /// For every inode, the entry `(directory, index in its entries)` that holds it: the
+    /// directory's own entry for directories, [`Tree::primary`] when it names a real entry of
+    /// that inode, else the first entry naming it in breadth-first order. `None` for the root
+    /// and for unreachable inodes.
+    pub fn holders(&self) -> Vec<Option<(InodeId, usize)>> {
+        let mut out: Vec<Option<(InodeId, usize)>> = vec![None; self.inodes.len()];
+        for (&ino, (dir, name)) in &self.primary {
+            if ino < self.inodes.len() && *dir < self.inodes.len() {
+                let entries = self.inodes[*dir].entries();
+                if let Ok(i) = entries.binary_search_by(|e| e.name.as_slice().cmp(name)) {
+                    if entries[i].inode == ino && !self.inodes[ino].is_dir() {
+                        out[ino] = Some((*dir, i));
+                    }
+                }
+            }
+        }
+        let mut queue = std::collections::VecDeque::from([ROOT]);
+        let mut seen = vec![false; self.inodes.len()];
+        seen[ROOT] = true;
+        while let Some(dir) = queue.pop_front() {
+            for (i, e) in self.inodes[dir].entries().iter().enumerate() {
+                if e.inode != ROOT && out[e.inode].is_none() {
+                    out[e.inode] = Some((dir, i));
+                }
+                if self.inodes[e.inode].is_dir() && !seen[e.inode] {
+                    seen[e.inode] = true;
+                    queue.push_back(e.inode);
+                }
+            }
+        }
+        out
     }
 
     /// Derive link counts from the tree: directories get 2 + number of subdirectories, other

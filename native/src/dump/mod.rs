@@ -1,0 +1,67 @@
+//! The composefs-dump(5) text format: one line per path,
+//! `PATH SIZE MODE NLINK UID GID RDEV MTIME PAYLOAD CONTENT DIGEST XATTR...`.
+//!
+//! Fields are separated by single spaces; `-` stands for an absent optional field; bytes are
+//! escaped as `\\`, `\n`, `\r`, `\t` or `\xNN`. A mode starting with `@` marks a hardlink whose
+//! PAYLOAD is the path of its target. [`parse`] reads a dump into a [`crate::tree::Tree`]
+//! (refusing what mkcomposefs refuses, with the line number); [`write`] prints a tree exactly
+//! as `composefs-info dump` does.
+
+pub mod parse;
+pub mod write;
+
+pub use parse::{parse, ParseError, ParseErrorKind};
+pub use write::write_dump;
+
+/// Longest file name (bytes).
+pub const NAME_MAX: usize = 255;
+/// Longest symlink target / payload (PATH_MAX - 1).
+pub const PATH_MAX: usize = 4096;
+/// Longest xattr key.
+pub const XATTR_NAME_MAX: usize = 255;
+/// Longest xattr value.
+pub const XATTR_VALUE_MAX: usize = 65535;
+/// Largest inline content accepted from a dump (LCFS_INLINE_CONTENT_MAX).
+pub const INLINE_CONTENT_MAX: usize = 5000;
+/// Per-inode budget for xattrs from external input (LCFS_INODE_EXTERNAL_XATTR_MAX).
+pub const INODE_EXTERNAL_XATTR_MAX: usize = 65535 / 2;
+
+/// How a field is escaped when written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Escape {
+    /// Paths: everything outside `!`..`~` as `\xNN`.
+    Standard,
+    /// Payloads and contents: like `Standard`, and a lone `-` as `\x2d`.
+    LoneDash,
+    /// Xattr keys and values: like `Standard`, and `=` as `\x3d`.
+    Equal,
+}
+
+pub(crate) fn escape_into(out: &mut Vec<u8>, val: &[u8], how: Escape) {
+    if how == Escape::LoneDash && val == b"-" {
+        out.extend_from_slice(b"\\x2d");
+        return;
+    }
+    for &c in val {
+        match c {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'=' if how == Escape::Equal => out.extend_from_slice(b"\\x3d"),
+            0x21..=0x7e => out.push(c),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(&[b'\\', b'x', HEX[(c >> 4) as usize], HEX[(c & 15) as usize]]);
+            }
+        }
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}

@@ -1,0 +1,113 @@
+//! Dump writer: [`Tree`] → text, byte for byte as `composefs-info dump` prints it (depth-first,
+//! names sorted; a hardlink's extra names as `@` lines pointing at the entry holding the inode).
+
+use super::*;
+use crate::tree::{InodeData, InodeId, Tree, ROOT};
+
+fn line(out: &mut Vec<u8>, tree: &Tree, path: &[u8], id: InodeId, link_to: Option<&[u8]>) {
+    let ino = &tree.inodes[id];
+    escape_into(out, if path.is_empty() { b"/" } else { path }, Escape::Standard);
+    out.extend_from_slice(
+        format!(
+            " {} {}{:o} {} {} {} {} {}.{} ",
+            ino.size,
+            if link_to.is_some() { "@" } else { "" },
+            ino.mode,
+            ino.nlink,
+            ino.uid,
+            ino.gid,
+            ino.rdev,
+            ino.mtime.sec,
+            ino.mtime.nsec
+        )
+        .as_bytes(),
+    );
+    let (payload, content, digest) = match &ino.data {
+        InodeData::Regular { inline, payload, digest } => (payload.as_deref(), inline.as_deref(), digest.as_ref()),
+        InodeData::Symlink { target } => (Some(target.as_slice()), None, None),
+        _ => (None, None, None),
+    };
+    match link_to.or(payload) {
+        Some(p) => escape_into(out, p, Escape::LoneDash),
+        None => out.push(b'-'),
+    }
+    out.push(b' ');
+    match content {
+        Some(c) => escape_into(out, c, Escape::LoneDash),
+        None => out.push(b'-'),
+    }
+    out.push(b' ');
+    match digest {
+        Some(d) => out.extend_from_slice(hex(d).as_bytes()),
+        None => out.push(b'-'),
+    }
+    for x in &ino.xattrs {
+        out.push(b' ');
+        escape_into(out, &x.key, Escape::Equal);
+        out.push(b'=');
+        escape_into(out, &x.value, Escape::Equal);
+    }
+    out.push(b'\n');
+}
+
+/// Print `tree` in composefs-dump(5) format.
+pub fn write_dump(tree: &Tree) -> Vec<u8> {
+    let holders = tree.holders();
+    // Full path of every holding entry, for `@` lines.
+    let mut dir_path: Vec<Option<Vec<u8>>> = vec![None; tree.inodes.len()];
+    dir_path[ROOT] = Some(Vec::new());
+    let holder_path = |dir_path: &Vec<Option<Vec<u8>>>, id: InodeId| -> Option<Vec<u8>> {
+        let (d, i) = holders[id]?;
+        let mut p = dir_path[d].clone()?;
+        p.push(b'/');
+        p.extend_from_slice(&tree.inodes[d].entries()[i].name);
+        Some(p)
+    };
+    // Directory paths first (breadth-first, each directory once).
+    let mut queue = std::collections::VecDeque::from([ROOT]);
+    while let Some(d) = queue.pop_front() {
+        for e in tree.inodes[d].entries() {
+            if tree.inodes[e.inode].is_dir() && dir_path[e.inode].is_none() && e.inode != ROOT {
+                let mut p = dir_path[d].clone().unwrap();
+                p.push(b'/');
+                p.extend_from_slice(&e.name);
+                dir_path[e.inode] = Some(p);
+                queue.push_back(e.inode);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    line(&mut out, tree, b"", ROOT, None);
+    // Depth-first, pre-order, with an explicit stack of (dir, next entry index).
+    let mut seen = vec![false; tree.inodes.len()];
+    seen[ROOT] = true;
+    let mut stack: Vec<(InodeId, usize)> = vec![(ROOT, 0)];
+    while let Some(top) = stack.last_mut() {
+        let (d, i) = *top;
+        let entries = tree.inodes[d].entries();
+        if i >= entries.len() {
+            stack.pop();
+            continue;
+        }
+        top.1 += 1;
+        let e = &entries[i];
+        let mut path = dir_path[d].clone().unwrap_or_default();
+        path.push(b'/');
+        path.extend_from_slice(&e.name);
+        let child = &tree.inodes[e.inode];
+        if child.is_dir() {
+            if seen[e.inode] {
+                continue;
+            }
+            seen[e.inode] = true;
+            line(&mut out, tree, &path, e.inode, None);
+            stack.push((e.inode, 0));
+        } else if holders[e.inode] == Some((d, i)) {
+            line(&mut out, tree, &path, e.inode, None);
+        } else {
+            let target = holder_path(&dir_path, e.inode).unwrap_or_default();
+            line(&mut out, tree, &path, e.inode, Some(&target));
+        }
+    }
+    out
+}

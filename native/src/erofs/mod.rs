@@ -1,0 +1,5 @@
+//! The composefs EROFS image: on-disk structures ([`format`]), the writer and the reader.
+
+pub mod format;
+pub mod reader;
+pub mod writer;

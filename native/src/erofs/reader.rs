@@ -1,0 +1,410 @@
+//! The composefs EROFS reader: image bytes → [`Tree`], undoing what the writer added (the root's
+//! `00`..`ff` whiteouts and opaque mark, overlay metadata xattrs, escaped whiteouts, the escaping
+//! of `trusted.overlay.*`) so that dump → image → dump round-trips. Every offset and length is
+//! checked: a malformed image gives a [`ReadError`], never a panic.
+
+use super::format::*;
+use crate::tree::{mode, DirEntry, Inode, InodeData, InodeId, Timespec, Tree, Xattr, ROOT};
+use std::collections::{HashMap, VecDeque};
+
+/// Why an image cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    #[error("image too small ({0} bytes)")]
+    TooSmall(usize),
+    #[error("not a composefs image (bad magic)")]
+    BadMagic,
+    #[error("unsupported composefs header version {0}")]
+    BadVersion(u32),
+    #[error("not an EROFS image (bad superblock magic)")]
+    BadSuperMagic,
+    #[error("unsupported block size 2^{0}")]
+    BadBlockSize(u8),
+    #[error("corrupt image: inode {nid}: {what}")]
+    Corrupt { nid: u64, what: String },
+}
+
+/// A loaded image.
+pub struct Loaded {
+    pub tree: Tree,
+    /// composefs format version from the header.
+    pub version: u32,
+    pub flags: u32,
+}
+
+struct Ctx<'a> {
+    img: &'a [u8],
+    meta: usize,
+    xattr_base: usize,
+    sb: Superblock,
+}
+
+fn corrupt(nid: u64, what: impl Into<String>) -> ReadError {
+    ReadError::Corrupt { nid, what: what.into() }
+}
+
+struct RawInode<'a> {
+    di: DiskInode,
+    /// Inode start offset in the image.
+    off: usize,
+    xattrs: Vec<(Vec<u8>, &'a [u8])>,
+}
+
+impl<'a> Ctx<'a> {
+    fn slice(&self, nid: u64, off: u64, len: u64, what: &str) -> Result<&'a [u8], ReadError> {
+        let end = off.checked_add(len).ok_or_else(|| corrupt(nid, format!("{what} out of range")))?;
+        if end > self.img.len() as u64 {
+            return Err(corrupt(nid, format!("{what} beyond the end of the image")));
+        }
+        Ok(&self.img[off as usize..end as usize])
+    }
+
+    fn inode(&self, nid: u64) -> Result<RawInode<'a>, ReadError> {
+        let off = (self.meta as u64)
+            .checked_add(nid.checked_mul(SLOT_SIZE).ok_or_else(|| corrupt(nid, "nid out of range"))?)
+            .ok_or_else(|| corrupt(nid, "nid out of range"))?;
+        let head = self.slice(nid, off, COMPACT_SIZE as u64, "inode")?;
+        let di = if head[0] & 1 == 0 {
+            DiskInode::decode(head)
+        } else {
+            DiskInode::decode(self.slice(nid, off, EXTENDED_SIZE as u64, "inode")?)
+        }
+        .ok_or_else(|| corrupt(nid, "truncated inode"))?;
+        let xsize = di.xattr_size() as u64;
+        let xarea = self.slice(nid, off + di.disk_size() as u64, xsize, "xattrs")?;
+        let mut xattrs = Vec::new();
+        if xsize > 0 {
+            let h = XattrIbodyHeader::decode(xarea);
+            let shared_end = XATTR_HEADER_SIZE + 4 * h.shared_count as usize;
+            if shared_end > xarea.len() {
+                return Err(corrupt(nid, "shared xattr ids beyond the xattr area"));
+            }
+            // Inline entries first, then shared ones (the reference reader's order).
+            let mut p = shared_end;
+            while p + XATTR_ENTRY_SIZE < xarea.len() {
+                let e = XattrEntry::decode(&xarea[p..]);
+                let total = e.total_size();
+                if p + XATTR_ENTRY_SIZE + e.name_len as usize + e.value_size as usize > xarea.len() {
+                    return Err(corrupt(nid, "xattr entry beyond the xattr area"));
+                }
+                xattrs.push(self.xattr_from(nid, &xarea[p..], e)?);
+                p += total;
+            }
+            for i in 0..h.shared_count as usize {
+                let id = u32::from_le_bytes(xarea[XATTR_HEADER_SIZE + 4 * i..][..4].try_into().unwrap()) as u64;
+                let eoff = self.xattr_base as u64 + id * 4;
+                let head = self.slice(nid, eoff, XATTR_ENTRY_SIZE as u64, "shared xattr")?;
+                let e = XattrEntry::decode(head);
+                let body = self.slice(
+                    nid,
+                    eoff,
+                    (XATTR_ENTRY_SIZE + e.name_len as usize + e.value_size as usize) as u64,
+                    "shared xattr",
+                )?;
+                xattrs.push(self.xattr_from(nid, body, e)?);
+            }
+        }
+        Ok(RawInode { di, off: off as usize, xattrs })
+    }
+
+    fn xattr_from(&self, nid: u64, b: &'a [u8], e: XattrEntry) -> Result<(Vec<u8>, &'a [u8]), ReadError> {
+        let name = &b[XATTR_ENTRY_SIZE..XATTR_ENTRY_SIZE + e.name_len as usize];
+        let value = &b[XATTR_ENTRY_SIZE + e.name_len as usize..][..e.value_size as usize];
+        let key = xattr_join(e.name_index, name).ok_or_else(|| corrupt(nid, format!("unknown xattr prefix {}", e.name_index)))?;
+        if key.is_empty() || key.contains(&0) {
+            return Err(corrupt(nid, "invalid xattr name"));
+        }
+        Ok((key, value))
+    }
+
+    /// Bytes of an inode's data: full blocks from `raw_blkaddr`, then the inline tail.
+    fn data(&self, nid: u64, raw: &RawInode<'a>, size: u64) -> Result<Vec<&'a [u8]>, ReadError> {
+        let layout = raw.di.layout();
+        let (blocks_len, tail_len) = match layout {
+            LAYOUT_FLAT_PLAIN => (size, 0),
+            LAYOUT_FLAT_INLINE => (size - size % BLOCK_SIZE, size % BLOCK_SIZE),
+            other => return Err(corrupt(nid, format!("unexpected data layout {other}"))),
+        };
+        let mut parts = Vec::new();
+        if blocks_len > 0 {
+            parts.push(self.slice(nid, raw.di.i_u as u64 * BLOCK_SIZE, blocks_len, "data blocks")?);
+        }
+        if tail_len > 0 {
+            let toff = (raw.off + raw.di.disk_size() + raw.di.xattr_size()) as u64;
+            if toff / BLOCK_SIZE != (toff + tail_len - 1) / BLOCK_SIZE {
+                return Err(corrupt(nid, "inline data crosses a block boundary"));
+            }
+            parts.push(self.slice(nid, toff, tail_len, "inline data")?);
+        }
+        Ok(parts)
+    }
+}
+
+/// Parse one directory block: (name, nid) pairs.
+fn dir_block(nid: u64, blk: &[u8]) -> Result<Vec<(&[u8], u64)>, ReadError> {
+    if blk.len() < DIRENT_SIZE {
+        return Err(corrupt(nid, "directory block too small"));
+    }
+    let first = Dirent::decode(blk);
+    let n = first.nameoff as usize / DIRENT_SIZE;
+    if first.nameoff as usize % DIRENT_SIZE != 0 || n == 0 || first.nameoff as usize > blk.len() {
+        return Err(corrupt(nid, "bad directory entry table"));
+    }
+    let ents: Vec<Dirent> = (0..n).map(|i| Dirent::decode(&blk[i * DIRENT_SIZE..])).collect();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let start = ents[i].nameoff as usize;
+        let end = if i + 1 < n { ents[i + 1].nameoff as usize } else { blk.len() };
+        if start > end || end > blk.len() {
+            return Err(corrupt(nid, "bad directory entry name offset"));
+        }
+        let mut name = &blk[start..end];
+        if i + 1 == n {
+            if let Some(z) = name.iter().position(|&c| c == 0) {
+                name = &name[..z];
+            }
+        }
+        if name.is_empty() || name.len() > 255 || name.contains(&b'/') || name.contains(&0) {
+            return Err(corrupt(nid, "invalid name in directory"));
+        }
+        out.push((name, ents[i].nid));
+    }
+    Ok(out)
+}
+
+const OVL: &[u8] = b"trusted.overlay.";
+const OVL_ESC: &[u8] = b"trusted.overlay.overlay.";
+
+/// Load a composefs image.
+pub fn read_image(img: &[u8]) -> Result<Loaded, ReadError> {
+    if img.len() < SUPER_OFFSET as usize + SUPER_SIZE {
+        return Err(ReadError::TooSmall(img.len()));
+    }
+    let h = CfsHeader::decode(img);
+    if h.magic != CFS_MAGIC {
+        return Err(ReadError::BadMagic);
+    }
+    if h.version != CFS_HEADER_VERSION {
+        return Err(ReadError::BadVersion(h.version));
+    }
+    let sb = Superblock::decode(&img[SUPER_OFFSET as usize..]);
+    if sb.magic != EROFS_MAGIC {
+        return Err(ReadError::BadSuperMagic);
+    }
+    if sb.blkszbits as u32 != BLOCK_BITS {
+        return Err(ReadError::BadBlockSize(sb.blkszbits));
+    }
+    let meta = sb.meta_blkaddr as u64 * BLOCK_SIZE;
+    let xattr_base = sb.xattr_blkaddr as u64 * BLOCK_SIZE;
+    if meta >= img.len() as u64 || xattr_base > img.len() as u64 {
+        return Err(corrupt(sb.root_nid as u64, "metadata or xattr area beyond the image"));
+    }
+    let ctx = Ctx { img, meta: meta as usize, xattr_base: xattr_base as usize, sb };
+    let build_time = Timespec { sec: ctx.sb.build_time as i64, nsec: ctx.sb.build_time_nsec };
+
+    let mut tree: Option<Tree> = None;
+    let mut id_of: HashMap<u64, InodeId> = HashMap::new();
+    // Every entry in breadth-first order, whiteouts included: (dir, name, nid).
+    let mut seq: Vec<(InodeId, Vec<u8>, u64)> = Vec::new();
+    let mut all_nids: Vec<u64> = Vec::new();
+    let mut queue: VecDeque<(u64, InodeId)> = VecDeque::new();
+    let mut whiteout_children: Vec<InodeId> = Vec::new();
+
+    // Build one inode (not its directory entries).
+    let load = |nid: u64| -> Result<Option<Inode>, ReadError> {
+        let raw = ctx.inode(nid)?;
+        let di = &raw.di;
+        let m = di.mode as u32;
+        let t = m & mode::S_IFMT;
+        let mtime = if di.compact { build_time } else { Timespec { sec: di.mtime as i64, nsec: di.mtime_nsec } };
+        let mut ino = Inode {
+            mode: m,
+            uid: di.uid,
+            gid: di.gid,
+            nlink: di.nlink,
+            rdev: 0,
+            mtime,
+            size: di.size,
+            xattrs: Vec::new(),
+            data: InodeData::Special,
+        };
+        match t {
+            mode::S_IFCHR | mode::S_IFBLK => {
+                ino.rdev = di.i_u as u64;
+                if t == mode::S_IFCHR && di.i_u == 0 {
+                    return Ok(None); // a real whiteout: the root's synthetic ones
+                }
+            }
+            mode::S_IFDIR => ino.data = InodeData::Directory { entries: Vec::new() },
+            mode::S_IFLNK => {
+                if di.size == 0 || di.size >= 4096 {
+                    return Err(corrupt(nid, "bad symlink size"));
+                }
+                let target: Vec<u8> = ctx.data(nid, &raw, di.size)?.concat();
+                if target.contains(&0) {
+                    return Err(corrupt(nid, "NUL in symlink target"));
+                }
+                ino.data = InodeData::Symlink { target };
+            }
+            mode::S_IFREG => {
+                let inline = if di.size > 0 && di.layout() != LAYOUT_CHUNK_BASED {
+                    if di.size > img.len() as u64 {
+                        return Err(corrupt(nid, "inline file larger than the image"));
+                    }
+                    Some(ctx.data(nid, &raw, di.size)?.concat())
+                } else {
+                    None
+                };
+                ino.data = InodeData::Regular { inline, payload: None, digest: None };
+            }
+            mode::S_IFIFO | mode::S_IFSOCK => {}
+            _ => return Err(corrupt(nid, format!("bad mode {m:o}"))),
+        }
+        for (key, value) in raw.xattrs {
+            let is_reg = ino.is_regular();
+            if key == b"trusted.overlay.redirect" {
+                if let InodeData::Regular { payload, .. } = &mut ino.data {
+                    let v = if value.len() > 1 && value[0] == b'/' { &value[1..] } else { value };
+                    *payload = Some(v.to_vec());
+                }
+                continue;
+            }
+            if key == b"trusted.overlay.metacopy" {
+                if let InodeData::Regular { digest, .. } = &mut ino.data {
+                    if value.len() == 36 {
+                        *digest = Some(value[4..36].try_into().unwrap());
+                    }
+                }
+                continue;
+            }
+            if key == b"trusted.overlay.overlay.whiteout" && is_reg {
+                ino.mode = (ino.mode & !mode::S_IFMT) | mode::S_IFCHR;
+                ino.rdev = 0;
+                ino.size = 0;
+                ino.data = InodeData::Special;
+                continue;
+            }
+            if key == b"trusted.overlay.overlay.whiteouts" || key == b"user.overlay.whiteout" || key == b"user.overlay.whiteouts" {
+                continue;
+            }
+            let key = if key.starts_with(OVL) {
+                if !key.starts_with(OVL_ESC) {
+                    continue;
+                }
+                let mut k = b"trusted.".to_vec();
+                k.extend_from_slice(&key[OVL.len()..]);
+                k
+            } else {
+                key
+            };
+            match ino.xattrs.iter_mut().find(|x| x.key == key) {
+                Some(x) => x.value = value.to_vec(),
+                None => ino.xattrs.push(Xattr { key, value: value.to_vec() }),
+            }
+        }
+        Ok(Some(ino))
+    };
+
+    let root_nid = ctx.sb.root_nid as u64;
+    let root = load(root_nid)?.ok_or_else(|| corrupt(root_nid, "root is not a directory"))?;
+    if !root.is_dir() {
+        return Err(corrupt(root_nid, "root is not a directory"));
+    }
+    let t = tree.insert(Tree::new(root));
+    id_of.insert(root_nid, ROOT);
+    queue.push_back((root_nid, ROOT));
+    while let Some((dnid, did)) = queue.pop_front() {
+        let raw = ctx.inode(dnid)?;
+        let size = raw.di.size;
+        let parts = ctx.data(dnid, &raw, size)?;
+        let mut blocks: Vec<&[u8]> = Vec::new();
+        for p in parts {
+            let mut rest = p;
+            while !rest.is_empty() {
+                let n = rest.len().min(BLOCK_SIZE as usize);
+                blocks.push(&rest[..n]);
+                rest = &rest[n..];
+            }
+        }
+        let mut entries: Vec<DirEntry> = Vec::new();
+        let mut has_whiteout = false;
+        for blk in blocks {
+            for (name, nid) in dir_block(dnid, blk)? {
+                if name == b"." || name == b".." {
+                    continue;
+                }
+                seq.push((did, name.to_vec(), nid));
+                let id = match id_of.get(&nid) {
+                    Some(&id) => {
+                        if t.inodes[id].is_dir() {
+                            return Err(corrupt(nid, "directory linked twice (hardlink or cycle)"));
+                        }
+                        id
+                    }
+                    None => {
+                        all_nids.push(nid);
+                        match load(nid)? {
+                            None => continue,
+                            Some(ino) => {
+                                let is_dir = ino.is_dir();
+                                if ino.is_whiteout() {
+                                    has_whiteout = true;
+                                }
+                                let id = t.push(ino);
+                                id_of.insert(nid, id);
+                                if is_dir {
+                                    queue.push_back((nid, id));
+                                }
+                                id
+                            }
+                        }
+                    }
+                };
+                entries.push(DirEntry { name: name.to_vec(), inode: id });
+            }
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        if entries.windows(2).any(|w| w[0].name == w[1].name) {
+            return Err(corrupt(dnid, "duplicate name in directory"));
+        }
+        if has_whiteout {
+            whiteout_children.push(did);
+        }
+        t.inodes[did].data = InodeData::Directory { entries };
+    }
+    // Whiteout children that were hardlinks were not seen as new inodes above; catch them.
+    for d in 0..t.inodes.len() {
+        if t.inodes[d].is_dir() && t.inodes[d].entries().iter().any(|e| t.inodes[e.inode].is_whiteout()) && !whiteout_children.contains(&d) {
+            whiteout_children.push(d);
+        }
+    }
+    // Format 1 marks directories holding whiteouts opaque=x; the writer adds it again.
+    if h.composefs_version >= 1 {
+        for d in whiteout_children {
+            t.inodes[d].xattrs.retain(|x| {
+                !((x.key == b"trusted.overlay.opaque" || x.key == b"user.overlay.opaque") && x.value == b"x")
+            });
+        }
+    }
+    // Which entry holds each hardlinked inode: match entries in breadth-first order against
+    // the inodes in nid order (the writer places inodes in that order).
+    all_nids.sort_unstable();
+    let mut count: HashMap<InodeId, usize> = HashMap::new();
+    for (_, _, nid) in &seq {
+        if let Some(id) = id_of.get(nid) {
+            *count.entry(*id).or_default() += 1;
+        }
+    }
+    let mut p = 0;
+    for (dir, name, nid) in seq {
+        if p < all_nids.len() && all_nids[p] == nid {
+            p += 1;
+            if let Some(&id) = id_of.get(&nid) {
+                if count.get(&id).copied().unwrap_or(0) > 1 {
+                    t.primary.insert(id, (dir, name));
+                }
+            }
+        }
+    }
+    Ok(Loaded { tree: tree.unwrap(), version: h.composefs_version, flags: h.flags })
+}

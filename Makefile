@@ -57,3 +57,24 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) native/target
+
+# ---- QEMU guest tests (see qemu/README.md) ------------------------------------------------------
+# Boots Debian's 6.12 kernel under QEMU/TCG once and runs tests/guest there (real fs-verity, our
+# kernel module). Options go to qemu/run.py, e.g.: make qemu-test QEMU_ARGS="--keep -- tests/guest -x"
+QEMU_APT_PACKAGES := qemu-system-x86 busybox-static cpio tiny-initramfs linux-image-6.12-amd64 \
+	linux-headers-6.12-amd64 e2fsprogs xz-utils kmod
+QEMU_ARGS ?=
+APT_LOCK := -o DPkg::Lock::Timeout=600
+
+$(STAMPS)/qemu-apt: Makefile
+	@mkdir -p $(STAMPS)
+	@if ! dpkg -s $(QEMU_APT_PACKAGES) >/dev/null 2>&1; then \
+		echo ">> installing QEMU guest packages: $(QEMU_APT_PACKAGES)"; \
+		for i in 1 2 3 4 5; do $(SUDO) apt-get $(APT_LOCK) update -qq && break; sleep 20; done; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get $(APT_LOCK) install -y -qq --no-install-recommends \
+			$(QEMU_APT_PACKAGES); \
+	fi
+	@touch $@
+
+qemu-test: setup $(STAMPS)/qemu-apt
+	@$(SUDO) $(PY) qemu/run.py $(QEMU_ARGS)

@@ -39,7 +39,11 @@ def cli() -> None:
 
 # Sub-commands live in their own modules (one room per concern) and register here.
 def _register_commands() -> None:
-    pass
+    from .cmd_build import build
+    from .cmd_info import info
+
+    cli.add_command(build)
+    cli.add_command(info)
 
 
 _register_commands()

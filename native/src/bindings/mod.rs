@@ -4,11 +4,13 @@ use pyo3::prelude::*;
 
 mod errors;
 mod fsverity;
+mod image;
 
 pub use errors::to_pyerr;
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     fsverity::register(m)?;
+    image::register(m)?;
     Ok(())
 }

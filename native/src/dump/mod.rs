@@ -11,7 +11,7 @@ pub mod parse;
 pub mod write;
 
 pub use parse::{parse, ParseError, ParseErrorKind};
-pub use write::write_dump;
+pub use write::{objects, write_dump, write_ls};
 
 /// Longest file name (bytes).
 pub const NAME_MAX: usize = 255;

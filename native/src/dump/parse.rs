@@ -75,12 +75,21 @@ pub enum ParseErrorKind {
     XattrsTooLarge,
 }
 
-/// A refused dump: the 1-based line number and the reason.
+/// A refused dump: the 1-based line number (0: the dump as a whole) and the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}: {kind}")]
 pub struct ParseError {
     pub line: usize,
     pub kind: ParseErrorKind,
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}", self.kind)
+        } else {
+            write!(f, "line {}: {}", self.line, self.kind)
+        }
+    }
 }
 
 fn lossy(b: &[u8]) -> String {

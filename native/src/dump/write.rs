@@ -111,3 +111,78 @@ pub fn write_dump(tree: &Tree) -> Vec<u8> {
     }
     out
 }
+
+/// `composefs-info ls`: one line per path (depth-first): directories end in `/`, symlinks show
+/// `-> target`, object-backed files `@ payload`; extra names of a hardlink show the path only.
+pub fn write_ls(tree: &Tree) -> Vec<u8> {
+    let holders = tree.holders();
+    let mut out = Vec::new();
+    let mut seen = vec![false; tree.inodes.len()];
+    seen[ROOT] = true;
+    let mut stack: Vec<(InodeId, usize, Vec<u8>)> = vec![(ROOT, 0, Vec::new())];
+    while let Some(top) = stack.last_mut() {
+        let (d, i) = (top.0, top.1);
+        let entries = tree.inodes[d].entries();
+        if i >= entries.len() {
+            stack.pop();
+            continue;
+        }
+        top.1 += 1;
+        let e = &entries[i];
+        let mut path = top.2.clone();
+        path.push(b'/');
+        path.extend_from_slice(&e.name);
+        // Paths keep spaces unescaped here (isprint instead of isgraph).
+        for part in path.split(|&c| c == b' ').enumerate() {
+            if part.0 > 0 {
+                out.push(b' ');
+            }
+            escape_into(&mut out, part.1, Escape::Standard);
+        }
+        let child = &tree.inodes[e.inode];
+        if holders[e.inode] == Some((d, i)) || child.is_dir() {
+            match &child.data {
+                InodeData::Directory { .. } => out.extend_from_slice(b"/\t"),
+                InodeData::Symlink { target } => {
+                    out.extend_from_slice(b"\t-> ");
+                    escape_into(&mut out, target, Escape::Standard);
+                }
+                InodeData::Regular { payload: Some(p), .. } => {
+                    out.extend_from_slice(b"\t@ ");
+                    escape_into(&mut out, p, Escape::Standard);
+                }
+                _ => {}
+            }
+        }
+        out.push(b'\n');
+        if child.is_dir() && !seen[e.inode] {
+            seen[e.inode] = true;
+            stack.push((e.inode, 0, path));
+        }
+    }
+    out
+}
+
+/// The distinct object paths (payloads of regular files), sorted.
+pub fn objects(tree: &Tree) -> Vec<Vec<u8>> {
+    let mut reachable = vec![false; tree.inodes.len()];
+    tree.walk_breadth_first(|_, e| reachable[e.inode] = true);
+    let mut v: Vec<Vec<u8>> = tree
+        .inodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| reachable[*i])
+        .filter_map(|(_, ino)| match &ino.data {
+            InodeData::Regular { payload: Some(p), .. } => Some(p.clone()),
+            _ => None,
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Lower-case hex of a digest.
+pub fn hex_digest(d: &[u8]) -> String {
+    hex(d)
+}

@@ -366,3 +366,66 @@ pub fn chunk_bits(size: u64) -> u32 {
 pub fn chunk_count(size: u64) -> u64 {
     size.div_ceil(1u64 << chunk_bits(size))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_bits_cover_the_file_in_one_chunk() {
+        assert_eq!(chunk_bits(1), 12);
+        assert_eq!(chunk_bits(4096), 12);
+        assert_eq!(chunk_bits(4097), 13);
+        assert_eq!(chunk_bits(1 << 32), 32);
+        assert_eq!(chunk_bits((1 << 32) + 1), 33);
+        assert_eq!(chunk_bits(u64::MAX), 43);
+        assert_eq!(chunk_count(1 << 40), 1);
+        assert_eq!(chunk_count((1u64 << 43) * 3), 3);
+    }
+
+    #[test]
+    fn xattr_prefixes_split_and_join() {
+        for key in [&b"user.x"[..], b"trusted.overlay.y", b"security.selinux", b"system.posix_acl_access", b"other.z"] {
+            let (i, s) = xattr_split(key);
+            assert_eq!(xattr_join(i, s).unwrap(), key);
+        }
+        assert_eq!(xattr_split(b"system.posix_acl_default"), (3, &b""[..]));
+        assert_eq!(xattr_join(5, b"x"), None);
+    }
+
+    #[test]
+    fn inodes_encode_and_decode() {
+        for compact in [true, false] {
+            let i = DiskInode {
+                compact,
+                format: DiskInode::make_format(compact, LAYOUT_CHUNK_BASED),
+                xattr_icount: 7,
+                mode: 0o100644,
+                nlink: 3,
+                size: 123456,
+                i_u: 0xabcd,
+                ino: 42,
+                uid: 1000,
+                gid: 100,
+                mtime: if compact { 0 } else { 99 },
+                mtime_nsec: if compact { 0 } else { 5 },
+            };
+            let mut b = Vec::new();
+            i.encode_into(&mut b);
+            assert_eq!(b.len(), i.disk_size());
+            assert_eq!(DiskInode::decode(&b).unwrap(), i);
+            assert_eq!(i.layout(), LAYOUT_CHUNK_BASED);
+            assert_eq!(i.xattr_size(), 12 + 6 * 4);
+        }
+        let sb = Superblock { magic: EROFS_MAGIC, root_nid: 36, inos: 5, blocks: 9, ..Default::default() };
+        assert_eq!(Superblock::decode(&sb.encode()), sb);
+    }
+
+    #[test]
+    fn xattr_entries_are_padded_from_their_own_start() {
+        let mut out = vec![0u8; 3];
+        XattrEntry::encode_full(b"user.ab", b"v", &mut out);
+        assert_eq!(out.len() - 3, XattrEntry::full_size(b"user.ab", 1));
+        assert_eq!(out.len() - 3, 8);
+    }
+}

@@ -81,7 +81,7 @@ impl<'a> Ctx<'a> {
             }
             // Inline entries first, then shared ones (the reference reader's order).
             let mut p = shared_end;
-            while p + XATTR_ENTRY_SIZE < xarea.len() {
+            while p + XATTR_ENTRY_SIZE <= xarea.len() {
                 let e = XattrEntry::decode(&xarea[p..]);
                 let total = e.total_size();
                 if p + XATTR_ENTRY_SIZE + e.name_len as usize + e.value_size as usize > xarea.len() {

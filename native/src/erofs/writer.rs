@@ -20,6 +20,39 @@ use crate::tree::{mode, InodeData, InodeId, Timespec, Tree, ROOT};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 
+/// A fast non-cryptographic hasher (FxHash's multiply-rotate) for the interning tables.
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().unwrap()));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(b) ^ rest.len() as u64);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl FxHasher {
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type FastHash = std::hash::BuildHasherDefault<FxHasher>;
+
 /// Why an image cannot be written.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -82,6 +115,32 @@ pub struct Image {
 }
 
 const OVL: &[u8] = b"trusted.overlay.";
+/// LCFS_INODE_EXTERNAL_XATTR_MAX: what libcomposefs lets one inode's xattrs take.
+const XATTR_BUDGET: usize = 65535 / 2;
+
+impl Node<'_> {
+    /// Set an xattr the way lcfs_node_set_xattr does, including its size account: the overlay
+    /// xattrs the writer adds can exceed the budget, and mkcomposefs then refuses the tree.
+    fn set_xattr(&mut self, key: &[u8], value: Vec<u8>) -> Result<(), WriteError> {
+        if let Some(old) = self.xattrs.remove(key) {
+            if self.xattrs.is_empty() {
+                self.budget = 0;
+            } else {
+                self.budget = self.budget.saturating_sub(7 + key.len() + old.len());
+            }
+        }
+        let mut entry = 7 + key.len() + value.len();
+        if self.xattrs.is_empty() {
+            entry += XATTR_HEADER_SIZE;
+        }
+        if self.budget + entry > XATTR_BUDGET {
+            return Err(WriteError::XattrsTooLarge(self.budget + entry));
+        }
+        self.budget += entry;
+        self.xattrs.insert(key.to_vec(), value);
+        Ok(())
+    }
+}
 const OVL_ESC: &[u8] = b"trusted.overlay.overlay.";
 
 enum Kind<'a> {
@@ -103,6 +162,8 @@ struct Node<'a> {
     size: u64,
     kind: Kind<'a>,
     xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// libcomposefs' per-inode xattr size account (limit [`XATTR_BUDGET`]).
+    budget: usize,
     /// Directory entries including `.` and `..`, sorted: (name, node index).
     dirents: Vec<(&'a [u8], usize)>,
     // Layout.
@@ -261,6 +322,7 @@ fn write_image_inner(tree: &Tree, opts: &Options) -> Result<Image, WriteError> {
             size,
             kind,
             xattrs: BTreeMap::new(),
+            budget: 0,
             dirents: Vec::new(),
             compact: false,
             n_blocks: 0,
@@ -361,7 +423,14 @@ fn write_image_inner(tree: &Tree, opts: &Options) -> Result<Image, WriteError> {
             } else {
                 x.key.clone()
             };
-            n.xattrs.insert(key, x.value.clone());
+            // Renaming does not change libcomposefs' account: it counts the input key.
+            if n.xattrs.is_empty() {
+                n.budget += XATTR_HEADER_SIZE;
+            }
+            match n.xattrs.insert(key, x.value.clone()) {
+                None => n.budget += 7 + x.key.len() + x.value.len(),
+                Some(old) => n.budget = (n.budget + x.value.len()).saturating_sub(old.len()),
+            }
         }
         if let Kind::Reg { external: true, .. } = n.kind {
             let (payload, digest) = match &ino.data {
@@ -373,11 +442,11 @@ fn write_image_inner(tree: &Tree, opts: &Options) -> Result<Image, WriteError> {
                 meta.extend_from_slice(&[0, 36, 0, 1]);
                 meta.extend_from_slice(d);
             }
-            n.xattrs.insert(b"trusted.overlay.metacopy".to_vec(), meta);
+            n.set_xattr(b"trusted.overlay.metacopy", meta)?;
             if let Some(p) = payload.filter(|p| !p.is_empty()) {
                 let mut v = b"/".to_vec();
                 v.extend_from_slice(p);
-                n.xattrs.insert(b"trusted.overlay.redirect".to_vec(), v);
+                n.set_xattr(b"trusted.overlay.redirect", v)?;
             }
         }
     }
@@ -389,22 +458,22 @@ fn write_image_inner(tree: &Tree, opts: &Options) -> Result<Image, WriteError> {
         n.size = 0;
         n.mode = mode::S_IFREG | (n.mode & !mode::S_IFMT);
         n.kind = Kind::Reg { inline: None, external: false };
-        n.xattrs.insert(b"trusted.overlay.overlay.whiteout".to_vec(), Vec::new());
-        n.xattrs.insert(b"user.overlay.whiteout".to_vec(), Vec::new());
+        n.set_xattr(b"trusted.overlay.overlay.whiteout", Vec::new())?;
+        n.set_xattr(b"user.overlay.whiteout", Vec::new())?;
         stats.whiteouts += 1;
         let parent = n.parent;
         let p = &mut nodes[parent];
-        p.xattrs.insert(b"trusted.overlay.overlay.whiteouts".to_vec(), Vec::new());
-        p.xattrs.insert(b"user.overlay.whiteouts".to_vec(), Vec::new());
+        p.set_xattr(b"trusted.overlay.overlay.whiteouts", Vec::new())?;
+        p.set_xattr(b"user.overlay.whiteouts", Vec::new())?;
         if version >= 1 {
-            p.xattrs.insert(b"trusted.overlay.overlay.opaque".to_vec(), b"x".to_vec());
-            p.xattrs.insert(b"user.overlay.opaque".to_vec(), b"x".to_vec());
+            p.set_xattr(b"trusted.overlay.overlay.opaque", b"x".to_vec())?;
+            p.set_xattr(b"user.overlay.opaque", b"x".to_vec())?;
         }
     }
-    nodes[0].xattrs.insert(b"trusted.overlay.opaque".to_vec(), b"y".to_vec());
+    nodes[0].set_xattr(b"trusted.overlay.opaque", b"y".to_vec())?;
     if let Some(se) = nodes[0].xattrs.get(b"security.selinux".as_slice()).cloned() {
         for n in nodes.iter_mut().filter(|n| n.src.is_none()) {
-            n.xattrs.insert(b"security.selinux".to_vec(), se.clone());
+            n.set_xattr(b"security.selinux", se.clone())?;
         }
     }
 
@@ -428,35 +497,52 @@ fn write_image_inner(tree: &Tree, opts: &Options) -> Result<Image, WriteError> {
 
     // 5. Shared xattrs.
     let xattrs: Vec<BTreeMap<Vec<u8>, Vec<u8>>> = nodes.iter_mut().map(|n| std::mem::take(&mut n.xattrs)).collect();
-    let mut counts: HashMap<(&[u8], &[u8]), u32> = HashMap::new();
-    for xs in &xattrs {
-        for (k, v) in xs {
-            *counts.entry((k.as_slice(), v.as_slice())).or_default() += 1;
-        }
-    }
-    let mut shared: Vec<(&[u8], &[u8])> = counts.iter().filter(|(_, &c)| c > 1).map(|(kv, _)| *kv).collect();
-    shared.sort_by(|a, b| b.0.cmp(a.0).then(b.1.len().cmp(&a.1.len())).then(b.1.cmp(a.1)));
-    let mut shared_off: HashMap<(&[u8], &[u8]), u64> = HashMap::new();
+    // Intern every distinct key+value once (one hash per xattr), then work with ids.
+    let mut ids: HashMap<(&[u8], &[u8]), u32, FastHash> = HashMap::default();
+    let mut uniq: Vec<(&[u8], &[u8])> = Vec::new();
+    let mut counts: Vec<u32> = Vec::new();
+    let node_ids: Vec<Vec<u32>> = xattrs
+        .iter()
+        .map(|xs| {
+            xs.iter()
+                .map(|(k, v)| {
+                    let id = *ids.entry((k.as_slice(), v.as_slice())).or_insert_with(|| {
+                        uniq.push((k.as_slice(), v.as_slice()));
+                        counts.push(0);
+                        (uniq.len() - 1) as u32
+                    });
+                    counts[id as usize] += 1;
+                    id
+                })
+                .collect()
+        })
+        .collect();
+    drop(ids);
+    let mut shared: Vec<u32> = (0..uniq.len() as u32).filter(|&i| counts[i as usize] > 1).collect();
+    shared.sort_by(|&a, &b| {
+        let (a, b) = (uniq[a as usize], uniq[b as usize]);
+        b.0.cmp(a.0).then(b.1.len().cmp(&a.1.len())).then(b.1.cmp(a.1))
+    });
+    let mut shared_off: Vec<Option<u64>> = vec![None; uniq.len()];
     let mut shared_size = 0u64;
-    for kv in &shared {
-        shared_off.insert(*kv, shared_size);
-        shared_size += XattrEntry::full_size(kv.0, kv.1.len()) as u64;
+    for &id in &shared {
+        let (k, v) = uniq[id as usize];
+        shared_off[id as usize] = Some(shared_size);
+        shared_size += XattrEntry::full_size(k, v.len()) as u64;
     }
     stats.shared_xattrs = shared.len() as u64;
-    // Per node: which xattrs are shared (the first 128 sharable ones).
-    let node_shared: Vec<Vec<bool>> = xattrs
+    // Per node and xattr: its offset in the shared table, for the first 128 sharable ones.
+    let node_shared: Vec<Vec<Option<u64>>> = node_ids
         .iter()
         .map(|xs| {
             let mut c = 0;
-            xs
-                .iter()
-                .map(|(k, v)| {
-                    if c < XATTR_LONG_PREFIX && shared_off.contains_key(&(k.as_slice(), v.as_slice())) {
+            xs.iter()
+                .map(|&id| match shared_off[id as usize] {
+                    Some(off) if c < XATTR_LONG_PREFIX => {
                         c += 1;
-                        true
-                    } else {
-                        false
+                        Some(off)
                     }
+                    _ => None,
                 })
                 .collect()
         })
@@ -501,7 +587,7 @@ fn write_image_inner(tree: &Tree, opts: &Options) -> Result<Image, WriteError> {
         let mut n_shared = 0usize;
         let mut unshared = 0usize;
         for ((k, v), sh) in xattrs[i].iter().zip(&node_shared[i]) {
-            if *sh {
+            if sh.is_some() {
                 n_shared += 1;
             } else {
                 unshared += XattrEntry::full_size(k, v.len());
@@ -571,7 +657,7 @@ fn write_image_inner(tree: &Tree, opts: &Options) -> Result<Image, WriteError> {
     let shared_base = inodes_end % BLOCK_SIZE;
     let records: Vec<Vec<u8>> = (0..nodes.len())
         .into_par_iter()
-        .map(|i| encode_inode(&nodes, i, &xattrs[i], &node_shared[i], &shared_off, shared_base))
+        .map(|i| encode_inode(&nodes, i, &xattrs[i], &node_shared[i], shared_base))
         .collect();
 
     let mut out: Vec<u8> = Vec::with_capacity((data_start + n_data_blocks * BLOCK_SIZE) as usize);
@@ -602,7 +688,8 @@ fn write_image_inner(tree: &Tree, opts: &Options) -> Result<Image, WriteError> {
     }
     pad_to(&mut out, SLOT_SIZE);
     debug_assert_eq!(out.len() as u64, inodes_end);
-    for (k, v) in &shared {
+    for &id in &shared {
+        let (k, v) = uniq[id as usize];
         XattrEntry::encode_full(k, v, &mut out);
     }
     pad_to(&mut out, BLOCK_SIZE);
@@ -670,8 +757,7 @@ fn encode_inode(
     nodes: &[Node],
     i: usize,
     xattrs: &BTreeMap<Vec<u8>, Vec<u8>>,
-    shared_flags: &[bool],
-    shared_off: &HashMap<(&[u8], &[u8]), u64>,
+    shared: &[Option<u64>],
     shared_base: u64,
 ) -> Vec<u8> {
     let n = &nodes[i];
@@ -720,16 +806,13 @@ fn encode_inode(
         for k in xattrs.keys() {
             filter |= xattr_filter_bit(k);
         }
-        let n_shared = shared_flags.iter().filter(|s| **s).count();
+        let n_shared = shared.iter().filter(|s| s.is_some()).count();
         XattrIbodyHeader { name_filter: !filter, shared_count: n_shared as u8 }.encode_into(&mut out);
-        for ((k, v), sh) in xattrs.iter().zip(shared_flags) {
-            if *sh {
-                let off = shared_base + shared_off[&(k.as_slice(), v.as_slice())];
-                out.extend_from_slice(&((off / 4) as u32).to_le_bytes());
-            }
+        for off in shared.iter().flatten() {
+            out.extend_from_slice(&(((shared_base + off) / 4) as u32).to_le_bytes());
         }
-        for ((k, v), sh) in xattrs.iter().zip(shared_flags) {
-            if !*sh {
+        for ((k, v), sh) in xattrs.iter().zip(shared) {
+            if sh.is_none() {
                 XattrEntry::encode_full(k, v, &mut out);
             }
         }

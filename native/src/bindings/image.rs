@@ -1,0 +1,149 @@
+//! Bindings for the dump format and the EROFS image (`crate::dump`, `crate::erofs`).
+use super::errors::{os_error, FormatError};
+use crate::dump;
+use crate::erofs::build::{self, BuildError, Flags};
+use crate::erofs::reader::{self, ReadError};
+use crate::erofs::writer::{Options, WriteError};
+use crate::tree::Tree;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+use std::path::{Path, PathBuf};
+
+fn build_err(e: BuildError) -> PyErr {
+    match e {
+        BuildError::Io { path, source } => os_error(&source, Some(&path)),
+        BuildError::ConflictingFlags => PyValueError::new_err(e.to_string()),
+        BuildError::Write(WriteError::BadVersion(_)) | BuildError::Write(WriteError::Threads(_)) => {
+            PyValueError::new_err(e.to_string())
+        }
+        BuildError::Write(w) => FormatError::new_err(w.to_string()),
+    }
+}
+
+fn read_err(e: ReadError) -> PyErr {
+    FormatError::new_err(e.to_string())
+}
+
+fn read_file(path: &Path) -> PyResult<Vec<u8>> {
+    std::fs::read(path).map_err(|e| os_error(&e, Some(path)))
+}
+
+fn load_image(path: &Path) -> PyResult<reader::Loaded> {
+    let bytes = read_file(path)?;
+    reader::read_image(&bytes).map_err(read_err)
+}
+
+/// The source of a dump: bytes, or a path to read.
+#[derive(FromPyObject)]
+enum DumpSource {
+    Bytes(Vec<u8>),
+    Path(PathBuf),
+}
+
+/// Parse a dump (bytes or a path), apply mkcomposefs' filters, write the image (atomically,
+/// when `image_path` is given; its bytes under `image` with `return_image`) and return a dict: `digest` (hex fs-verity sha256 of the
+/// image), `version`, `image_size` and entry/byte counts.
+#[pyfunction]
+#[pyo3(signature = (source, image_path=None, *, min_version=0, max_version=1, threads=0,
+                    use_epoch=false, skip_devices=false, skip_xattrs=false, user_xattrs=false,
+                    return_image=false))]
+#[allow(clippy::too_many_arguments)]
+fn build_from_dump<'py>(
+    py: Python<'py>,
+    source: DumpSource,
+    image_path: Option<PathBuf>,
+    min_version: u32,
+    max_version: u32,
+    threads: usize,
+    use_epoch: bool,
+    skip_devices: bool,
+    skip_xattrs: bool,
+    user_xattrs: bool,
+    return_image: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let flags = Flags { use_epoch, skip_devices, skip_xattrs, user_xattrs };
+    let opts = Options { min_version, max_version, threads };
+    let (built, objects) = py.allow_threads(|| -> PyResult<_> {
+        let text = match &source {
+            DumpSource::Bytes(b) => std::borrow::Cow::Borrowed(b.as_slice()),
+            DumpSource::Path(p) => std::borrow::Cow::Owned(read_file(p)?),
+        };
+        let mut tree: Tree = dump::parse(&text).map_err(|e| FormatError::new_err(e.to_string()))?;
+        build::apply_flags(&mut tree, flags).map_err(build_err)?;
+        let built = build::build(&tree, &opts).map_err(build_err)?;
+        if let Some(p) = &image_path {
+            build::write_atomic(p, &built.image.bytes).map_err(build_err)?;
+        }
+        Ok((built, build::object_stats(&tree)))
+    })?;
+    let d = PyDict::new(py);
+    let s = &built.image.stats;
+    d.set_item("digest", dump::write::hex_digest(&built.digest))?;
+    d.set_item("version", built.image.version)?;
+    d.set_item("image_size", s.image_size)?;
+    d.set_item("inodes", s.inodes)?;
+    d.set_item("directories", s.directories)?;
+    d.set_item("regular_files", s.regular_files)?;
+    d.set_item("inline_files", s.inline_files)?;
+    d.set_item("object_files", s.object_files)?;
+    d.set_item("symlinks", s.symlinks)?;
+    d.set_item("devices", s.devices)?;
+    d.set_item("whiteouts", s.whiteouts)?;
+    d.set_item("hardlinks", s.hardlinks)?;
+    d.set_item("shared_xattrs", s.shared_xattrs)?;
+    d.set_item("objects", objects.0)?;
+    d.set_item("object_bytes", objects.1)?;
+    d.set_item("file_bytes", objects.2)?;
+    d.set_item("deduplicated_bytes", objects.2 - objects.1.min(objects.2))?;
+    if return_image {
+        d.set_item("image", PyBytes::new(py, &built.image.bytes))?;
+    }
+    Ok(d)
+}
+
+/// The image's tree in composefs-dump(5) format.
+#[pyfunction]
+fn image_to_dump<'py>(py: Python<'py>, image_path: PathBuf) -> PyResult<Bound<'py, PyBytes>> {
+    let out = py.allow_threads(|| -> PyResult<Vec<u8>> { Ok(dump::write_dump(&load_image(&image_path)?.tree)) })?;
+    Ok(PyBytes::new(py, &out))
+}
+
+/// `composefs-info ls` output for an image.
+#[pyfunction]
+fn image_ls<'py>(py: Python<'py>, image_path: PathBuf) -> PyResult<Bound<'py, PyBytes>> {
+    let out = py.allow_threads(|| -> PyResult<Vec<u8>> { Ok(dump::write_ls(&load_image(&image_path)?.tree)) })?;
+    Ok(PyBytes::new(py, &out))
+}
+
+/// The distinct object paths (`XX/<rest>`) an image refers to, sorted, as bytes.
+#[pyfunction]
+fn image_objects(py: Python<'_>, image_path: PathBuf) -> PyResult<Vec<Py<PyBytes>>> {
+    let objs = py.allow_threads(|| -> PyResult<Vec<Vec<u8>>> { Ok(dump::objects(&load_image(&image_path)?.tree)) })?;
+    Ok(objs.into_iter().map(|o| PyBytes::new(py, &o).unbind()).collect())
+}
+
+/// Header facts of an image: `version` (composefs format), `flags`, `digest` (fs-verity).
+#[pyfunction]
+fn image_info<'py>(py: Python<'py>, image_path: PathBuf) -> PyResult<Bound<'py, PyDict>> {
+    let (version, flags, digest) = py.allow_threads(|| -> PyResult<_> {
+        let bytes = read_file(&image_path)?;
+        let loaded = reader::read_image(&bytes).map_err(read_err)?;
+        let d = crate::fsverity::digest_bytes(&bytes, &crate::fsverity::Params::default());
+        Ok((loaded.version, loaded.flags, d))
+    })?;
+    let d = PyDict::new(py);
+    d.set_item("version", version)?;
+    d.set_item("flags", flags)?;
+    d.set_item("digest", dump::write::hex_digest(&digest))?;
+    Ok(d)
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(build_from_dump, m)?)?;
+    m.add_function(wrap_pyfunction!(image_to_dump, m)?)?;
+    m.add_function(wrap_pyfunction!(image_ls, m)?)?;
+    m.add_function(wrap_pyfunction!(image_objects, m)?)?;
+    m.add_function(wrap_pyfunction!(image_info, m)?)?;
+    Ok(())
+}

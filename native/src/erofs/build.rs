@@ -1,0 +1,143 @@
+//! From a tree to an image file: mkcomposefs' build flags, the writer, the image's fs-verity
+//! digest and an atomic write (temporary file in the target directory, then rename).
+
+use super::writer::{self, Image, Options, WriteError};
+use crate::tree::{mode, InodeData, Tree, ROOT};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// mkcomposefs' source filters.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Flags {
+    /// All mtimes become 0.0.
+    pub use_epoch: bool,
+    /// Drop character and block devices (whiteouts included).
+    pub skip_devices: bool,
+    /// Drop every xattr.
+    pub skip_xattrs: bool,
+    /// Keep only `user.*` xattrs.
+    pub user_xattrs: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("--skip-xattrs and --user-xattrs conflict")]
+    ConflictingFlags,
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// Apply `flags` to `tree` in place.
+pub fn apply_flags(tree: &mut Tree, flags: Flags) -> Result<(), BuildError> {
+    if flags.skip_xattrs && flags.user_xattrs {
+        return Err(BuildError::ConflictingFlags);
+    }
+    for ino in tree.inodes.iter_mut() {
+        if flags.use_epoch {
+            ino.mtime = Default::default();
+        }
+        if flags.skip_xattrs {
+            ino.xattrs.clear();
+        } else if flags.user_xattrs {
+            ino.xattrs.retain(|x| x.key.starts_with(b"user."));
+        }
+    }
+    if flags.skip_devices {
+        let is_dev: Vec<bool> =
+            tree.inodes.iter().map(|i| matches!(i.file_type(), mode::S_IFCHR | mode::S_IFBLK)).collect();
+        for ino in tree.inodes.iter_mut() {
+            if let InodeData::Directory { entries } = &mut ino.data {
+                entries.retain(|e| !is_dev[e.inode]);
+            }
+        }
+        // Unreachable device inodes stay in the vector; the writer only walks entries.
+    }
+    let _ = ROOT;
+    Ok(())
+}
+
+/// Object statistics of a tree: (distinct objects, their bytes, bytes of all object-backed
+/// files counted per inode).
+pub fn object_stats(tree: &Tree) -> (u64, u64, u64) {
+    let mut seen: HashMap<&[u8], u64> = HashMap::new();
+    let mut reachable = vec![false; tree.inodes.len()];
+    tree.walk_breadth_first(|_, e| reachable[e.inode] = true);
+    let mut total = 0;
+    for (i, ino) in tree.inodes.iter().enumerate() {
+        if !reachable[i] {
+            continue;
+        }
+        if let InodeData::Regular { inline: None, payload: Some(p), .. } = &ino.data {
+            if ino.size > 0 {
+                total += ino.size;
+                seen.insert(p.as_slice(), ino.size);
+            }
+        }
+    }
+    (seen.len() as u64, seen.values().sum(), total)
+}
+
+/// Write `bytes` to `path` atomically: a temporary file next to it, then rename. Nothing is
+/// left behind on error.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
+    let io = |source| BuildError::Io { path: path.to_path_buf(), source };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().ok_or_else(|| io(std::io::Error::from_raw_os_error(libc::EISDIR)))?;
+    let mut tmp = None;
+    for attempt in 0..100u32 {
+        let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let mut t = dir.join(format!(".{}.tmp{}-{}-{}", name.to_string_lossy(), std::process::id(), nonce, attempt));
+        if t.as_os_str().len() > 4000 {
+            t = dir.join(format!(".cfs.tmp{}-{}-{}", std::process::id(), nonce, attempt));
+        }
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&t) {
+            Ok(f) => {
+                tmp = Some((t, f));
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io(e)),
+        }
+    }
+    let (tmp_path, mut f) = tmp.ok_or_else(|| io(std::io::Error::from_raw_os_error(libc::EEXIST)))?;
+    let result = (|| -> std::io::Result<()> {
+        f.write_all(bytes)?;
+        // Regular permissions (0666 & ~umask), like fopen(3) in mkcomposefs.
+        let mask = unsafe {
+            let m = libc::umask(0o022);
+            libc::umask(m);
+            m
+        };
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o666 & !(mask as u32)))?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp_path, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp_path);
+        return Err(io(e));
+    }
+    Ok(())
+}
+
+/// A built image with its digest.
+pub struct Built {
+    pub image: Image,
+    pub digest: [u8; 32],
+}
+
+/// Build the image of `tree` and its fs-verity digest.
+pub fn build(tree: &Tree, opts: &Options) -> Result<Built, BuildError> {
+    let image = writer::write_image(tree, opts)?;
+    let d = crate::fsverity::digest_bytes(&image.bytes, &crate::fsverity::Params::default());
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(&d);
+    Ok(Built { image, digest })
+}

@@ -1,0 +1,127 @@
+"""``cfsctl build``: make a composefs image, like ``mkcomposefs``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from . import _native
+from .errors import CfsError
+
+VERSION_MAX = 1
+DEFAULT_MIN_VERSION = 0
+DEFAULT_MAX_VERSION = 1
+
+
+def _versions(min_version: int | None, max_version: int | None) -> tuple[int, int]:
+    """mkcomposefs' rule: defaults 0..1; once either is given, the other defaults to 0."""
+    if min_version is None and max_version is None:
+        lo, hi = DEFAULT_MIN_VERSION, DEFAULT_MAX_VERSION
+    else:
+        lo, hi = min_version or 0, max_version or 0
+    for name, v in (("min", lo), ("max", hi)):
+        if not 0 <= v <= VERSION_MAX:
+            raise click.BadParameter(f"{v}: supported versions are 0..{VERSION_MAX}", param_hint=f"--{name}-version")
+    return lo, max(lo, hi)
+
+
+def build_from_directory(source: str, image: str | None, *, digest_store: str | None, **options) -> dict:
+    """Build from a directory tree (scan, hash, optionally fill a digest store).
+
+    Wired by the `scan` work (native/src/scan.rs, native/src/store.rs); until then directory
+    sources are refused clearly.
+    """
+    raise CfsError("directory sources are not supported yet; use --from-dump with a composefs-dump(5) file", source)
+
+
+def build_from_dump(source: str, image: str | None, *, return_image: bool = False, **options) -> dict:
+    """Build from a dump file (``-``: standard input)."""
+    if source == "-":
+        data: bytes | str = sys.stdin.buffer.read()
+        shown = "<stdin>"
+    else:
+        data = os.fspath(source)
+        shown = source
+    try:
+        return _native.build_from_dump(data, image, return_image=return_image, **options)
+    except _native.FormatError as e:
+        raise CfsError(str(e), shown) from None
+    except ValueError as e:
+        raise CfsError(str(e)) from None
+
+
+@click.command("build")
+@click.argument("source")
+@click.argument("image", required=False)
+@click.option("--from-dump", "--from-file", "from_dump", is_flag=True,
+              help="SOURCE is a composefs-dump(5) file ('-' for standard input), not a directory.")
+@click.option("--digest-store", metavar="DIR", help="Copy file contents into this object store (directory sources).")
+@click.option("--print-digest", is_flag=True, help="Print the image's fs-verity digest (what mount's digest= takes).")
+@click.option("--print-digest-only", is_flag=True, help="Print the digest and write no image (no IMAGE argument).")
+@click.option("--min-version", type=int, default=None, metavar="N",
+              help=f"Lowest format version to use (default {DEFAULT_MIN_VERSION}).")
+@click.option("--max-version", type=int, default=None, metavar="N",
+              help=f"Highest format version allowed (default {DEFAULT_MAX_VERSION}); 1 is used only for whiteouts.")
+@click.option("--use-epoch", is_flag=True, help="Make all mtimes zero.")
+@click.option("--skip-devices", is_flag=True, help="Leave out character and block devices.")
+@click.option("--skip-xattrs", is_flag=True, help="Leave out all extended attributes.")
+@click.option("--user-xattrs", is_flag=True, help="Keep only user.* extended attributes.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Worker threads (default: all CPUs). The image bytes never depend on it.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (digest, entry counts, bytes).")
+def build(source, image, from_dump, digest_store, print_digest, print_digest_only, min_version, max_version,
+          use_epoch, skip_devices, skip_xattrs, user_xattrs, threads, as_json):
+    """Build a composefs image IMAGE from SOURCE (a directory, or a dump with --from-dump).
+
+    The image is byte-identical with what mkcomposefs 1.0.8 writes for the same input. IMAGE
+    '-' writes to standard output. The file is written atomically: a temporary file next to
+    it, renamed into place when complete.
+
+    Unlike mkcomposefs 1.0.8, --use-epoch, --skip-devices, --skip-xattrs and --user-xattrs
+    also apply to dump sources.
+    """
+    if not source:
+        raise click.UsageError("Empty source path specified")
+    if print_digest_only:
+        if image is not None:
+            raise click.UsageError("Cannot specify destination path with --print-digest-only")
+    elif image is None:
+        raise click.UsageError("No destination path specified")
+    if skip_xattrs and user_xattrs:
+        raise click.UsageError("--skip-xattrs and --user-xattrs conflict")
+    if image == "-" and sys.stdout.isatty():
+        raise CfsError("stdout is a tty; refusing to write an image to it")
+    lo, hi = _versions(min_version, max_version)
+    options = dict(min_version=lo, max_version=hi, threads=threads or 0, use_epoch=use_epoch,
+                   skip_devices=skip_devices, skip_xattrs=skip_xattrs, user_xattrs=user_xattrs)
+    to_stdout = image == "-"
+    target = None if print_digest_only or to_stdout else image
+    if from_dump:
+        result = build_from_dump(source, target, return_image=to_stdout, **options)
+    else:
+        if digest_store is None and not os.path.isdir(source) and os.path.exists(source):
+            raise CfsError("not a directory (use --from-dump for a dump file)", source)
+        result = build_from_directory(source, target, digest_store=digest_store, return_image=to_stdout, **options)
+    if to_stdout:
+        out = click.get_binary_stream("stdout")
+        out.write(result.pop("image"))
+        out.flush()
+    if as_json:
+        summary = {
+            "image": None if target is None and not to_stdout else image,
+            "digest": result["digest"],
+            "version": result["version"],
+            "image_size": result["image_size"],
+            "entries": {k: result[k] for k in ("inodes", "directories", "regular_files", "inline_files",
+                                               "object_files", "symlinks", "devices", "whiteouts", "hardlinks")},
+            "shared_xattrs": result["shared_xattrs"],
+            "objects": result["objects"],
+            "bytes_stored": result["object_bytes"],
+            "bytes_deduplicated": result["deduplicated_bytes"],
+        }
+        click.echo(json.dumps(summary, indent=2), err=to_stdout)
+    elif print_digest or print_digest_only:
+        click.echo(result["digest"], err=to_stdout)

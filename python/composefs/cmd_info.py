@@ -1,0 +1,103 @@
+"""``cfsctl info``: inspect composefs images, like ``composefs-info``."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import click
+
+from . import _native
+from .errors import CfsError
+
+
+def _call(fn, path):
+    try:
+        return fn(path)
+    except _native.FormatError as e:
+        raise CfsError(str(e), path) from None
+
+
+def _out(data: bytes) -> None:
+    out = click.get_binary_stream("stdout")
+    out.write(data)
+    out.flush()
+
+
+def _objects(images, basedir: str | None, missing: bool) -> list[bytes]:
+    objs: set[bytes] = set()
+    for img in images:
+        objs.update(_call(_native.image_objects, img))
+    names = sorted(objs)
+    if missing:
+        base = os.fsencode(basedir) if basedir is not None else None
+        # Like composefs-info: without a basedir every object counts as missing.
+        names = [o for o in names if base is None or not os.path.exists(os.path.join(base, o.lstrip(b"/")))]
+    return names
+
+
+def _print_names(names: list[bytes], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps([os.fsdecode(n) for n in names]))
+    else:
+        _out(b"".join(n + b"\n" for n in names))
+
+
+images_arg = click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+
+
+@click.group("info")
+def info():
+    """Show what composefs images hold (the output formats of composefs-info)."""
+
+
+@info.command("ls")
+@images_arg
+def ls(images):
+    """List every path; directories end in '/', symlinks show '-> TARGET', files '@ OBJECT'."""
+    for img in images:
+        _out(_call(_native.image_ls, img))
+
+
+@info.command("dump")
+@images_arg
+def dump(images):
+    """Print the tree in composefs-dump(5) format (feed it to 'cfsctl build --from-dump')."""
+    for img in images:
+        _out(_call(_native.image_to_dump, img))
+
+
+@info.command("objects")
+@images_arg
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def objects(images, as_json):
+    """List the backing objects (XX/<rest>) the images refer to, sorted, each once."""
+    _print_names(_objects(images, None, missing=False), as_json)
+
+
+@info.command("missing-objects")
+@images_arg
+@click.option("--basedir", metavar="DIR", type=click.Path(file_okay=False),
+              help="Object directory to check (without it, every object is listed).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def missing_objects(images, basedir, as_json):
+    """List the objects the images refer to that are missing from --basedir."""
+    if basedir is not None and not os.path.isdir(basedir):
+        raise CfsError("can't open basedir", basedir)
+    _print_names(_objects(images, basedir, missing=True), as_json)
+
+
+@info.command("header")
+@images_arg
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def header(images, as_json):
+    """Show each image's format version, header flags and fs-verity digest."""
+    rows = []
+    for img in images:
+        d = _call(_native.image_info, img)
+        rows.append({"image": img, **d})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            click.echo(f"{r['image']}: version {r['version']} flags {r['flags']:#x} digest {r['digest']}")

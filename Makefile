@@ -78,3 +78,10 @@ $(STAMPS)/qemu-apt: Makefile
 
 qemu-test: setup $(STAMPS)/qemu-apt
 	@$(SUDO) $(PY) qemu/run.py $(QEMU_ARGS)
+
+# The guest suite is part of the full test run (one boot, a few minutes under TCG).
+test: qemu-test
+
+.PHONY: qemu-clean
+qemu-clean:
+	rm -rf qemu/work

@@ -35,7 +35,7 @@ while read -r m; do
     insmod "/lib/modules/$m" 2>/dev/null || say "warning: insmod $m failed (ignored; harmless if built in or an alternative is loaded)"
 done </modules.list
 
-mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose host /host || fatal "cannot mount host root over 9p"
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=524288 host /host || fatal "cannot mount host root over 9p"
 mount -t 9p -o trans=virtio,version=9p2000.L,cache=none,msize=262144 out /out || fatal "cannot mount the out share"
 [ -r /out/job.env ] || fatal "no /out/job.env"
 . /out/job.env

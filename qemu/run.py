@@ -30,7 +30,8 @@ What happens:
      guest's dmesg holds no BUG/WARNING/Oops/general protection/... line. On failure the tail of
      the guest dmesg and of the console log are printed.
 
-Artefacts in qemu/work/run/: console.log (serial console), dmesg.txt, junit.xml, job.sh, shell.sh.
+Artefacts in qemu/work/run/: console.log (serial console), dmesg.txt, junit.xml, qemu.cmd, job.sh
+(pytest; extra arguments are appended) and shell.sh (bash in the test environment; for --shell).
 Exit status: 0 pass, 1 fail, 2 usage/host set-up error.
 """
 
@@ -141,7 +142,7 @@ def write_job(rundir: Path, nonce: str, modules: list[Path], pytest_args: list[s
     head += f"cd {shlex.quote(str(REPO))} || exit 125\n"
     pytest = [str(venv_bin / "python"), "-m", "pytest", "-p", "no:cacheprovider",
               "--junitxml=/run/cfs/out/junit.xml", *pytest_args]
-    (rundir / "job.sh").write_text(head + "exec " + shlex.join(pytest) + "\n")
+    (rundir / "job.sh").write_text(head + "exec " + shlex.join(pytest) + ' "$@"\n')
     (rundir / "shell.sh").write_text(head + "export TERM=${TERM:-linux}\nexec bash -i\n")
 
 
@@ -160,11 +161,14 @@ def qemu_cmd(args, kver: str, initrd: Path, rundir: Path, img: Path) -> list[str
         chardev = f"stdio,id=ser0,signal=off,logfile={console}"
     else:
         chardev = f"file,id=ser0,path={console}"
-    append = "console=ttyS0 panic=-1 mitigations=off loglevel=7 " + args.append
+    # Emulated CPUs on a busy host can stall for seconds: raise the RCU-stall and soft-lockup
+    # thresholds so only real hangs are reported (the global timeout catches those anyway).
+    append = ("console=ttyS0 panic=-1 mitigations=off loglevel=7 "
+              "rcupdate.rcu_cpu_stall_timeout=120 watchdog_thresh=60 " + args.append)
     return [
         "qemu-system-x86_64",
         "-accel", "tcg,thread=multi",
-        "-cpu", "max",
+        "-cpu", args.cpu,
         "-smp", str(args.smp),
         "-m", args.mem,
         "-nodefaults", "-no-user-config", "-display", "none",
@@ -249,6 +253,7 @@ def main() -> int:
     ap.add_argument("--shell", action="store_true", help="interactive guest console instead of pytest")
     ap.add_argument("--timeout", type=float, default=float(os.environ.get("CFS_QEMU_TIMEOUT", 1200)))
     ap.add_argument("--mem", default="2G")
+    ap.add_argument("--cpu", default="max", help="QEMU CPU model (default: max)")
     ap.add_argument("--smp", type=int, default=2)
     ap.add_argument("--disk-size", default="4G")
     ap.add_argument("--disk-dir", type=Path, help="preload the verity disk with this directory (mkfs.ext4 -d)")
@@ -265,6 +270,11 @@ def main() -> int:
 
     if shutil.which("qemu-system-x86_64") is None:
         print("qemu: qemu-system-x86_64 not installed; run `make qemu-test`", file=sys.stderr)
+        return 2
+    hidden = [d for d in ("/tmp", "/run", "/proc", "/sys", "/dev") if str(REPO) == d or str(REPO).startswith(d + "/")]
+    if hidden:
+        print(f"qemu: the repository ({REPO}) is under {hidden[0]}, which the guest replaces with its own;"
+              " use a checkout elsewhere (e.g. under /var/tmp or /work)", file=sys.stderr)
         return 2
     if not (REPO / ".venv" / "bin" / "python").exists():
         print("qemu: no .venv; run `make setup` first (make qemu-test does)", file=sys.stderr)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import re
 import struct
 import subprocess
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,17 +39,24 @@ def drop_caches() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def kmsg_mark() -> int:
-    """A position in the kernel log; pass it to kmsg_since() to get the lines logged after it."""
-    return len(read_dmesg())
+def kmsg_mark() -> str:
+    """Writes a unique line into the kernel log; kmsg_since(mark) returns the lines logged after it."""
+    mark = f"cfs-test-mark {uuid.uuid4().hex}"
+    with open("/dev/kmsg", "w") as f:
+        f.write(mark + "\n")
+    return mark
 
 
 def read_dmesg() -> list[str]:
     return run("dmesg").stdout.splitlines()
 
 
-def kmsg_since(mark: int) -> list[str]:
-    return read_dmesg()[mark:]
+def kmsg_since(mark: str) -> list[str]:
+    lines = read_dmesg()
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].endswith(mark):
+            return lines[i + 1:]
+    raise AssertionError(f"kernel log mark {mark!r} not found (ring buffer wrapped?)")
 
 
 # --- FIEMAP: where a file's blocks are on the device --------------------------------------------
@@ -118,24 +127,37 @@ def fs_type(path: os.PathLike) -> str:
     return typ
 
 
-def project_digest(path: os.PathLike) -> str | None:
-    """Our own fs-verity digest of a file ('sha256:HEX'), or None if the project has no API yet."""
+@functools.lru_cache(maxsize=None)
+def _project_digest_impl():
+    """How the project computes fs-verity digests: 'api', 'cli' or None (asked once per session:
+    starting a Python CLI costs seconds under TCG)."""
     try:
         from composefs import fsverity as cfs_fsverity  # type: ignore[attr-defined]
+
+        if callable(getattr(cfs_fsverity, "digest_file", None)):
+            return "api"
     except ImportError:
-        cfs_fsverity = None
-    fn = getattr(cfs_fsverity, "digest_file", None) if cfs_fsverity else None
-    if fn is not None:
-        d = fn(str(path))
+        pass
+    r = run("cfsctl", "digest", "--help", check=False)
+    return "cli" if r.returncode == 0 else None
+
+
+def project_digest(path: os.PathLike) -> str | None:
+    """Our own fs-verity digest of a file ('sha256:HEX'), or None if the project has no API yet."""
+    impl = _project_digest_impl()
+    if impl == "api":
+        from composefs import fsverity as cfs_fsverity  # type: ignore[attr-defined]
+
+        d = cfs_fsverity.digest_file(str(path))
         if isinstance(d, (bytes, bytearray)):
             d = d.hex()
         d = str(d)
         return d if d.startswith("sha256:") else "sha256:" + d
-    r = run("cfsctl", "digest", path, check=False)
-    if r.returncode == 0:
-        m = re.search(r"\b([0-9a-f]{64})\b", r.stdout)
-        if m:
-            return "sha256:" + m.group(1)
+    if impl == "cli":
+        out = run("cfsctl", "digest", path).stdout
+        m = re.search(r"\b([0-9a-f]{64})\b", out)
+        assert m, f"no digest in cfsctl digest output: {out!r}"
+        return "sha256:" + m.group(1)
     return None
 
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import cfsctl
+from cfsrun import cfsctl
 
 from composefs import _native
 

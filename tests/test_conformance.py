@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 from cfsdump import canonical
-from conftest import CONFORMANCE, cfsctl
+from cfsrun import CONFORMANCE, cfsctl
 
 DUMPS = CONFORMANCE / "dumps"
 

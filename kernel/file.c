@@ -1,0 +1,246 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * composefs: regular file I/O.
+ *
+ * Files whose image entry carries trusted.overlay.metacopy and an absolute
+ * trusted.overlay.redirect are served by the object file found under the
+ * first basedir holding it: read_iter, mmap and splice_read go to the
+ * backing file, so the page cache is the object file's and is shared by
+ * every mount using that object.  Other regular files (inline or block
+ * data in the image) are read from the image through a private mapping.
+ */
+#include <linux/fs.h>
+#include <linux/file.h>
+#include <linux/namei.h>
+#include <linux/mount.h>
+#include <linux/pagemap.h>
+#include <linux/highmem.h>
+#include <linux/fsverity.h>
+#include <linux/backing-file.h>
+#include "internal.h"
+
+/* check the object's fs-verity digest against the one the image records */
+static int cfs_verify_object(struct cfs_sb_info *sbi, struct cfs_inode *cino,
+			     const struct path *path)
+{
+	u8 digest[FS_VERITY_MAX_DIGEST_SIZE];
+	struct inode *real = d_inode(path->dentry);
+	const u8 *mc = cino->metacopy;
+	int len = cino->metacopy_len;
+	int dsize;
+	u8 alg;
+
+	if (sbi->verity_check == CFS_VERITY_NONE)
+		return 0;
+
+	if (len > 0 && (len < CFS_METACOPY_HDR || len > CFS_METACOPY_MAX ||
+			mc[0] != 0 || mc[1] != len)) {
+		pr_warn_ratelimited("composefs: bad metacopy xattr (nid %llu)\n",
+				    cino->ci.nid);
+		return -EIO;
+	}
+	if (len == 0 || mc[3] == 0) {
+		if (sbi->verity_check == CFS_VERITY_REQUIRED) {
+			pr_warn_ratelimited("composefs: file (nid %llu) records no digest\n",
+					    cino->ci.nid);
+			return -EIO;
+		}
+		return 0;
+	}
+
+	if (!fsverity_active(real) && IS_VERITY(real)) {
+		/* load the verity info, as overlayfs does */
+		struct file *f = kernel_file_open(path, O_RDONLY, current_cred());
+
+		if (IS_ERR(f))
+			return -EIO;
+		fput(f);
+	}
+	dsize = fsverity_get_digest(real, digest, &alg, NULL);
+	if (dsize <= 0) {
+		pr_warn_ratelimited("composefs: object %s has no fs-verity digest\n",
+				    cino->redirect);
+		return -EIO;
+	}
+	if (dsize != len - CFS_METACOPY_HDR || alg != mc[3] ||
+	    memcmp(digest, mc + CFS_METACOPY_HDR, dsize)) {
+		pr_warn_ratelimited("composefs: object %s has the wrong fs-verity digest\n",
+				    cino->redirect);
+		return -EIO;
+	}
+	return 0;
+}
+
+/* find (once) the object under the basedirs and verify it */
+static int cfs_get_backing(struct inode *inode, struct path *out)
+{
+	struct cfs_sb_info *sbi = CFS_SB(inode->i_sb);
+	struct cfs_inode *cino = CFS_I(inode);
+	const struct cred *old_cred;
+	struct path p = {};
+	unsigned int i;
+	int err = -EIO;
+
+	mutex_lock(&cino->backing_lock);
+	if (cino->backing.dentry) {
+		*out = cino->backing;
+		path_get(out);
+		mutex_unlock(&cino->backing_lock);
+		return 0;
+	}
+
+	old_cred = override_creds(sbi->creds);
+	for (i = 0; i < sbi->nbasedirs; i++) {
+		if (vfs_path_lookup(sbi->basedirs[i].dentry,
+				    sbi->basedirs[i].mnt, cino->redirect + 1,
+				    LOOKUP_NO_SYMLINKS, &p))
+			continue;
+		if (d_is_reg(p.dentry))
+			break;
+		path_put(&p);
+		p.dentry = NULL;
+	}
+	if (!p.dentry) {
+		pr_warn_ratelimited("composefs: object %s not found\n",
+				    cino->redirect);
+	} else {
+		err = cfs_verify_object(sbi, cino, &p);
+		if (err)
+			path_put(&p);
+	}
+	revert_creds(old_cred);
+
+	if (!err) {
+		cino->backing = p;
+		path_get(&p);
+		*out = p;
+	}
+	mutex_unlock(&cino->backing_lock);
+	return err;
+}
+
+static int cfs_backed_open(struct inode *inode, struct file *file)
+{
+	struct cfs_sb_info *sbi = CFS_SB(inode->i_sb);
+	const struct cred *old_cred;
+	struct file *realfile;
+	struct inode *realinode;
+	struct path real;
+	int flags, err;
+
+	err = cfs_get_backing(inode, &real);
+	if (err)
+		return err;
+
+	flags = (file->f_flags & ~(O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC)) |
+		O_NOATIME;
+	realinode = d_inode(real.dentry);
+	old_cred = override_creds(sbi->creds);
+	err = inode_permission(mnt_idmap(real.mnt), realinode,
+			       MAY_OPEN | MAY_READ);
+	if (err) {
+		realfile = ERR_PTR(err);
+	} else {
+		if (!inode_owner_or_capable(mnt_idmap(real.mnt), realinode))
+			flags &= ~O_NOATIME;
+		realfile = backing_file_open(file, flags, &real, current_cred());
+	}
+	revert_creds(old_cred);
+	path_put(&real);
+	if (IS_ERR(realfile))
+		return PTR_ERR(realfile);
+
+	file->private_data = realfile;
+	return 0;
+}
+
+static int cfs_backed_release(struct inode *inode, struct file *file)
+{
+	fput(file->private_data);
+	return 0;
+}
+
+static ssize_t cfs_backed_read_iter(struct kiocb *iocb, struct iov_iter *iter)
+{
+	struct file *file = iocb->ki_filp;
+	struct backing_file_ctx ctx = {
+		.cred = CFS_SB(file_inode(file)->i_sb)->creds,
+		.user_file = file,
+	};
+
+	if (!iov_iter_count(iter))
+		return 0;
+	return backing_file_read_iter(file->private_data, iter, iocb,
+				      iocb->ki_flags, &ctx);
+}
+
+static ssize_t cfs_backed_splice_read(struct file *in, loff_t *ppos,
+				      struct pipe_inode_info *pipe,
+				      size_t len, unsigned int flags)
+{
+	struct backing_file_ctx ctx = {
+		.cred = CFS_SB(file_inode(in)->i_sb)->creds,
+		.user_file = in,
+	};
+
+	return backing_file_splice_read(in->private_data, ppos, pipe, len,
+					flags, &ctx);
+}
+
+static int cfs_backed_mmap(struct file *file, struct vm_area_struct *vma)
+{
+	struct backing_file_ctx ctx = {
+		.cred = CFS_SB(file_inode(file)->i_sb)->creds,
+		.user_file = file,
+	};
+
+	return backing_file_mmap(file->private_data, vma, &ctx);
+}
+
+const struct file_operations cfs_backed_fops = {
+	.open		= cfs_backed_open,
+	.release	= cfs_backed_release,
+	.llseek		= generic_file_llseek,
+	.read_iter	= cfs_backed_read_iter,
+	.splice_read	= cfs_backed_splice_read,
+	.mmap		= cfs_backed_mmap,
+};
+
+/* O_DIRECT is passed on to the backing file */
+const struct address_space_operations cfs_backed_aops = {
+	.direct_IO	= noop_direct_IO,
+};
+
+/* files whose data is in the image itself */
+static int cfs_read_folio(struct file *file, struct folio *folio)
+{
+	struct inode *inode = folio->mapping->host;
+	u64 pos = folio_pos(folio);
+	size_t fsize = folio_size(folio), n = 0;
+	void *kaddr;
+	int err = 0;
+
+	if (pos < inode->i_size)
+		n = min_t(u64, fsize, inode->i_size - pos);
+	kaddr = kmap_local_folio(folio, 0);
+	if (n)
+		err = cfs_image_read_data(CFS_IMG(inode), &CFS_I(inode)->ci,
+					  pos, kaddr, n);
+	memset(kaddr + n, 0, fsize - n);
+	kunmap_local(kaddr);
+	if (!err)
+		folio_mark_uptodate(folio);
+	folio_unlock(folio);
+	return err;
+}
+
+const struct address_space_operations cfs_data_aops = {
+	.read_folio	= cfs_read_folio,
+};
+
+const struct file_operations cfs_data_fops = {
+	.llseek		= generic_file_llseek,
+	.read_iter	= generic_file_read_iter,
+	.splice_read	= filemap_splice_read,
+	.mmap		= generic_file_readonly_mmap,
+};

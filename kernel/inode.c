@@ -1,0 +1,128 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * composefs: building VFS inodes from image inodes.
+ */
+#include <linux/fs.h>
+#include <linux/slab.h>
+#include <linux/string.h>
+#include "internal.h"
+
+const struct inode_operations cfs_file_iops = {
+	.listxattr	= cfs_listxattr,
+	.get_inode_acl	= cfs_get_inode_acl,
+};
+
+const struct inode_operations cfs_symlink_iops = {
+	.get_link	= simple_get_link,
+	.listxattr	= cfs_listxattr,
+};
+
+const struct inode_operations cfs_special_iops = {
+	.listxattr	= cfs_listxattr,
+	.get_inode_acl	= cfs_get_inode_acl,
+};
+
+static int cfs_fill_symlink(struct inode *inode)
+{
+	struct cfs_inode *cino = CFS_I(inode);
+	size_t len = cino->ci.size;
+	char *link;
+	int err;
+
+	link = kmalloc(len + 1, GFP_KERNEL);
+	if (!link)
+		return -ENOMEM;
+	err = cfs_image_read_data(CFS_IMG(inode), &cino->ci, 0, link, len);
+	link[len] = '\0';
+	if (!err && strlen(link) != len)
+		err = -EFSCORRUPTED;
+	if (err) {
+		kfree(link);
+		return err;
+	}
+	inode->i_link = link;
+	return 0;
+}
+
+static int cfs_fill_inode(struct inode *inode)
+{
+	struct cfs_inode *cino = CFS_I(inode);
+	struct cfs_inode_info *ci = &cino->ci;
+	struct timespec64 ts;
+	int err;
+
+	err = cfs_image_read_inode(CFS_IMG(inode), inode->i_ino, ci);
+	if (err)
+		return err;
+
+	inode->i_mode = ci->mode;
+	i_uid_write(inode, ci->uid);
+	i_gid_write(inode, ci->gid);
+	set_nlink(inode, ci->nlink);
+	inode->i_size = ci->size;
+	inode->i_blocks = round_up(ci->size, CFS_BLKSIZE) >> 9;
+	/* like EROFS: one timestamp for mtime, atime and ctime */
+	ts.tv_sec = ci->mtime;
+	ts.tv_nsec = ci->mtime_nsec;
+	inode_set_mtime_to_ts(inode, ts);
+	inode_set_atime_to_ts(inode, ts);
+	inode_set_ctime_to_ts(inode, ts);
+
+	switch (inode->i_mode & S_IFMT) {
+	case S_IFDIR:
+		inode->i_op = &cfs_dir_iops;
+		inode->i_fop = &cfs_dir_fops;
+		break;
+	case S_IFREG:
+		err = cfs_read_overlay_xattrs(inode);
+		if (err)
+			return err;
+		inode->i_op = &cfs_file_iops;
+		if (cfs_is_backed(inode)) {
+			inode->i_fop = &cfs_backed_fops;
+			inode->i_mapping->a_ops = &cfs_backed_aops;
+		} else {
+			inode->i_fop = &cfs_data_fops;
+			inode->i_mapping->a_ops = &cfs_data_aops;
+		}
+		break;
+	case S_IFLNK:
+		err = cfs_fill_symlink(inode);
+		if (err)
+			return err;
+		inode->i_op = &cfs_symlink_iops;
+		break;
+	default:
+		init_special_inode(inode, inode->i_mode,
+				   new_decode_dev(ci->rdev));
+		inode->i_op = &cfs_special_iops;
+		break;
+	}
+	return 0;
+}
+
+/* the inode number is the nid, so hardlinks share one inode */
+struct inode *cfs_iget(struct super_block *sb, u64 nid)
+{
+	struct inode *inode;
+	int err;
+
+	if (nid != (unsigned long)nid)
+		return ERR_PTR(-EFSCORRUPTED);
+	inode = iget_locked(sb, nid);
+	if (!inode)
+		return ERR_PTR(-ENOMEM);
+	if (!(inode->i_state & I_NEW))
+		return inode;
+
+	err = cfs_fill_inode(inode);
+	if (err) {
+		if (err == -EFSCORRUPTED)
+			pr_warn_ratelimited("composefs: corrupt inode (nid %llu)\n",
+					    nid);
+		iget_failed(inode);
+		return ERR_PTR(err);
+	}
+	unlock_new_inode(inode);
+	return inode;
+}

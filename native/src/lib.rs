@@ -6,6 +6,8 @@
 pub mod dump;
 pub mod erofs;
 pub mod fsverity;
+pub mod scan;
+pub mod store;
 pub mod tree;
 
 mod bindings;

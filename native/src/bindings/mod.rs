@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 mod errors;
 mod fsverity;
 mod image;
+mod scan;
 
 pub use errors::to_pyerr;
 
@@ -12,5 +13,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     fsverity::register(m)?;
     image::register(m)?;
+    scan::register(m)?;
     Ok(())
 }

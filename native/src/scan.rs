@@ -1,0 +1,541 @@
+//! Building a [`Tree`] from a real directory, the way `mkcomposefs SOURCE IMAGE` does
+//! (composefs 1.0.8 `lcfs_build` / `lcfs_load_node_from_file`), in two parallel phases:
+//!
+//! 1. **walk**: every directory is read, every entry `lstat`ed, its xattrs listed
+//!    (`llistxattr`/`lgetxattr`) and symlink targets read, directories in parallel (rayon);
+//! 2. **contents**: every distinct regular file (by `(st_dev, st_ino)`) is opened once, in
+//!    parallel on all cores: non-empty files of at most 64 bytes are inlined (mkcomposefs'
+//!    `LCFS_RECOMMENDED_INLINE_CONTENT_MAX`, limit included), larger ones are fs-verity hashed
+//!    in a streaming fashion (contents are never held in memory) and get the payload
+//!    `XX/<62 hex>`; with a [`Store`] they are also inserted into it. Empty files get neither.
+//!
+//! Like mkcomposefs, the walk descends into mount points (it does not stay on one filesystem)
+//! and never follows symlinks except for the source path itself.
+//!
+//! Hardlinks: by default entries naming the same `(st_dev, st_ino)` become one inode with
+//! several entries (the source's structure is preserved). With `no_hardlinks` every entry gets
+//! its own inode, which is what mkcomposefs 1.0 produces.
+//!
+//! The result does not depend on the number of threads: inode ids are assigned in a sequential
+//! depth-first pass over the sorted names, and contents are joined back in that order.
+
+use crate::store::{self, open_regular, Store};
+use crate::tree::{mode, Digest, Inode, InodeData, InodeId, Timespec, Tree, Xattr, ROOT};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+
+/// Largest content (in bytes) inlined into the image; mkcomposefs inlines `0 < size <= 64`.
+pub const INLINE_MAX: u64 = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{}: not a directory", path.display())]
+    NotADirectory { path: PathBuf },
+    #[error("{}: file changed while it was being read", path.display())]
+    Changed { path: PathBuf },
+    #[error("--skip-xattrs and --user-xattrs conflict")]
+    ConflictingOptions,
+    #[error("cannot start {0} threads: {1}")]
+    Threads(usize, String),
+}
+
+impl From<store::Error> for Error {
+    fn from(e: store::Error) -> Error {
+        match e {
+            store::Error::Io { path, source } => Error::Io { path, source },
+            store::Error::Changed { path } => Error::Changed { path },
+        }
+    }
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |source| Error::Io { path: path.to_path_buf(), source }
+}
+
+/// What to keep from the source (the mkcomposefs options of the same names).
+#[derive(Clone, Debug, Default)]
+pub struct ScanOptions {
+    /// Give every directory entry its own inode (mkcomposefs 1.0 output).
+    pub no_hardlinks: bool,
+    /// Leave out character and block devices (`--skip-devices`; whiteouts are chardevs too).
+    pub skip_devices: bool,
+    /// Record no xattrs (`--skip-xattrs`).
+    pub skip_xattrs: bool,
+    /// Record only `user.*` xattrs (`--user-xattrs`).
+    pub user_xattrs: bool,
+    /// All mtimes 0 (`--use-epoch`).
+    pub use_epoch: bool,
+    /// Worker threads; 0 means one per core.
+    pub threads: usize,
+}
+
+/// Live counters, readable from another thread while a scan runs (for progress bars).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// 0 = not started, 1 = walking, 2 = reading contents, 3 = done.
+    pub phase: AtomicU8,
+    pub entries: AtomicU64,
+    pub files_total: AtomicU64,
+    pub bytes_total: AtomicU64,
+    pub files_done: AtomicU64,
+    pub bytes_done: AtomicU64,
+}
+
+pub const PHASE_WALK: u8 = 1;
+pub const PHASE_CONTENTS: u8 = 2;
+pub const PHASE_DONE: u8 = 3;
+
+/// Totals of one scan.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanStats {
+    /// Directory entries, the root included.
+    pub entries: u64,
+    pub inodes: u64,
+    pub directories: u64,
+    pub regular_files: u64,
+    pub symlinks: u64,
+    /// Fifos, sockets and devices.
+    pub special_files: u64,
+    /// Entries beyond the first naming an inode (0 with `no_hardlinks`).
+    pub hardlinks: u64,
+    pub inline_files: u64,
+    pub empty_files: u64,
+    /// Regular inodes backed by an object.
+    pub object_files: u64,
+    /// Distinct digests among them.
+    pub distinct_objects: u64,
+    /// Bytes of file contents read (each distinct source inode once).
+    pub bytes_read: u64,
+    /// Contents bytes of object-backed inodes in the tree.
+    pub object_bytes: u64,
+}
+
+/// Metadata of one entry, from `lstat`.
+#[derive(Clone, Copy, Debug)]
+struct Stat {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    nlink: u64,
+    rdev: u64,
+    size: u64,
+    mtime: Timespec,
+    dev: u64,
+    ino: u64,
+}
+
+impl Stat {
+    fn from_meta(m: &std::fs::Metadata, use_epoch: bool) -> Stat {
+        Stat {
+            mode: m.mode(),
+            uid: m.uid(),
+            gid: m.gid(),
+            nlink: m.nlink(),
+            rdev: m.rdev(),
+            size: m.size(),
+            mtime: if use_epoch {
+                Timespec::default()
+            } else {
+                Timespec { sec: m.mtime(), nsec: m.mtime_nsec() as u32 }
+            },
+            dev: m.dev(),
+            ino: m.ino(),
+        }
+    }
+    fn file_type(&self) -> u32 {
+        self.mode & mode::S_IFMT
+    }
+}
+
+enum Kind {
+    Dir(Vec<Node>),
+    Symlink(Vec<u8>),
+    Other,
+}
+
+/// Result of the walk for one entry.
+struct Node {
+    name: Vec<u8>,
+    st: Stat,
+    xattrs: Vec<Xattr>,
+    kind: Kind,
+}
+
+/// Contents of one regular file.
+#[derive(Clone, Debug)]
+enum Content {
+    Empty,
+    Inline(Vec<u8>),
+    Object { digest: Digest, size: u64 },
+}
+
+/// A regular file to read: the inodes that share it and a path to it.
+struct Work {
+    inodes: Vec<InodeId>,
+    path: PathBuf,
+    size: u64,
+}
+
+/// Scan `root` into a tree; with `store`, also insert every object-backed file into it.
+pub fn scan(
+    root: &Path,
+    opts: &ScanOptions,
+    store: Option<&Store>,
+    progress: Option<&Progress>,
+) -> Result<(Tree, ScanStats), Error> {
+    if opts.skip_xattrs && opts.user_xattrs {
+        return Err(Error::ConflictingOptions);
+    }
+    // The walk recurses once per directory level (paths reach PATH_MAX = 4096 bytes, so up to
+    // 2048 levels): give the workers room.
+    let mut builder = rayon::ThreadPoolBuilder::new().stack_size(64 << 20);
+    if opts.threads > 0 {
+        builder = builder.num_threads(opts.threads);
+    }
+    let pool = builder.build().map_err(|e| Error::Threads(opts.threads, e.to_string()))?;
+    let local = Progress::default();
+    let progress = progress.unwrap_or(&local);
+    pool.install(|| scan_in_pool(root, opts, store, progress))
+}
+
+fn scan_in_pool(root: &Path, opts: &ScanOptions, store: Option<&Store>, progress: &Progress) -> Result<(Tree, ScanStats), Error> {
+    progress.phase.store(PHASE_WALK, Relaxed);
+    // The source itself may be a symlink to a directory (the only symlink followed).
+    let meta = std::fs::metadata(root).map_err(io_at(root))?;
+    if !meta.is_dir() {
+        return Err(Error::NotADirectory { path: root.to_path_buf() });
+    }
+    let root_path = if std::fs::symlink_metadata(root).map_err(io_at(root))?.file_type().is_symlink() {
+        std::fs::canonicalize(root).map_err(io_at(root))?
+    } else {
+        root.to_path_buf()
+    };
+    let root_node = load_entry(&root_path, Vec::new(), opts, progress)?.expect("a directory is never skipped");
+
+    // Flatten into the tree, sequentially and in name order (deterministic ids).
+    let Node { st, xattrs, kind, .. } = root_node;
+    let mut tree = Tree::new(make_inode(&st, xattrs, &kind));
+    let mut stats = ScanStats { entries: 1, inodes: 1, directories: 1, ..Default::default() };
+    let mut flat = Flattener { tree: &mut tree, opts, links: HashMap::new(), work: Vec::new(), work_of: HashMap::new(), stats: &mut stats };
+    if let Kind::Dir(children) = kind {
+        flat.add_children(ROOT, &root_path, children);
+    }
+    let work = std::mem::take(&mut flat.work);
+    drop(flat);
+
+    // Contents, in parallel.
+    progress.files_total.store(work.len() as u64, Relaxed);
+    progress.bytes_total.store(work.iter().map(|w| w.size).sum(), Relaxed);
+    progress.phase.store(PHASE_CONTENTS, Relaxed);
+    let contents: Vec<Content> = work
+        .par_iter()
+        .map(|w| {
+            let c = read_content(&w.path, w.size, store);
+            progress.files_done.fetch_add(1, Relaxed);
+            progress.bytes_done.fetch_add(w.size, Relaxed);
+            c
+        })
+        .collect::<Result<_, _>>()?;
+
+    let mut digests = std::collections::HashSet::new();
+    for (w, c) in work.iter().zip(contents) {
+        match &c {
+            Content::Object { size, digest, .. } => {
+                stats.bytes_read += size;
+                digests.insert(*digest);
+            }
+            Content::Inline(b) => stats.bytes_read += b.len() as u64,
+            Content::Empty => {}
+        }
+        for &id in &w.inodes {
+            let ino = &mut tree.inodes[id];
+            match &c {
+                Content::Empty => {
+                    ino.size = 0;
+                    stats.empty_files += 1;
+                }
+                Content::Inline(b) => {
+                    ino.size = b.len() as u64;
+                    ino.data = InodeData::Regular { inline: Some(b.clone()), payload: None, digest: None };
+                    stats.inline_files += 1;
+                }
+                Content::Object { digest, size, .. } => {
+                    ino.size = *size;
+                    ino.data = InodeData::Regular {
+                        inline: None,
+                        payload: Some(store::object_name(digest).into_bytes()),
+                        digest: Some(*digest),
+                    };
+                    stats.object_files += 1;
+                    stats.object_bytes += size;
+                }
+            }
+        }
+    }
+    stats.distinct_objects = digests.len() as u64;
+    tree.compute_nlink();
+    progress.phase.store(PHASE_DONE, Relaxed);
+    Ok((tree, stats))
+}
+
+struct Flattener<'a> {
+    tree: &'a mut Tree,
+    opts: &'a ScanOptions,
+    /// (dev, ino) -> inode, for preserved hardlinks.
+    links: HashMap<(u64, u64), InodeId>,
+    work: Vec<Work>,
+    /// (dev, ino) -> index in `work`, so a file is read once even with `no_hardlinks`.
+    work_of: HashMap<(u64, u64), usize>,
+    stats: &'a mut ScanStats,
+}
+
+impl Flattener<'_> {
+    fn add_children(&mut self, dir: InodeId, dir_path: &Path, children: Vec<Node>) {
+        for node in children {
+            let Node { name, st, xattrs, kind } = node;
+            let path = dir_path.join(OsStr::from_bytes(&name));
+            self.stats.entries += 1;
+            let key = (st.dev, st.ino);
+            let is_dir = matches!(kind, Kind::Dir(_));
+            if !is_dir && !self.opts.no_hardlinks && st.nlink > 1 {
+                if let Some(&id) = self.links.get(&key) {
+                    self.tree.link(dir, name, id);
+                    self.stats.hardlinks += 1;
+                    continue;
+                }
+            }
+            let id = self.tree.push(make_inode(&st, xattrs, &kind));
+            self.stats.inodes += 1;
+            self.tree.link(dir, name, id);
+            match st.file_type() {
+                mode::S_IFDIR => self.stats.directories += 1,
+                mode::S_IFREG => self.stats.regular_files += 1,
+                mode::S_IFLNK => self.stats.symlinks += 1,
+                _ => self.stats.special_files += 1,
+            }
+            if !is_dir && st.nlink > 1 {
+                self.links.insert(key, id);
+            }
+            match kind {
+                Kind::Dir(children) => self.add_children(id, &path, children),
+                _ if st.file_type() == mode::S_IFREG && st.size == 0 => self.stats.empty_files += 1,
+                _ if st.file_type() == mode::S_IFREG => {
+                    if let Some(&w) = self.work_of.get(&key).filter(|_| st.nlink > 1) {
+                        self.work[w].inodes.push(id);
+                    } else {
+                        if st.nlink > 1 {
+                            self.work_of.insert(key, self.work.len());
+                        }
+                        self.work.push(Work { inodes: vec![id], path, size: st.size });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn make_inode(st: &Stat, xattrs: Vec<Xattr>, kind: &Kind) -> Inode {
+    let data = match kind {
+        Kind::Dir(_) => InodeData::Directory { entries: Vec::new() },
+        Kind::Symlink(t) => InodeData::Symlink { target: t.clone() },
+        Kind::Other if st.file_type() == mode::S_IFREG => InodeData::Regular { inline: None, payload: None, digest: None },
+        Kind::Other => InodeData::Special,
+    };
+    let is_dev = matches!(st.file_type(), mode::S_IFCHR | mode::S_IFBLK);
+    Inode {
+        mode: st.mode,
+        uid: st.uid,
+        gid: st.gid,
+        nlink: st.nlink.min(u32::MAX as u64) as u32,
+        rdev: if is_dev { st.rdev } else { 0 },
+        mtime: st.mtime,
+        size: match kind {
+            Kind::Symlink(t) => t.len() as u64,
+            _ => st.size,
+        },
+        xattrs,
+        data,
+    }
+}
+
+/// `lstat` one entry, read its xattrs and symlink target, and walk it if it is a directory.
+/// `None` when options leave it out.
+fn load_entry(path: &Path, name: Vec<u8>, opts: &ScanOptions, progress: &Progress) -> Result<Option<Node>, Error> {
+    let meta = std::fs::symlink_metadata(path).map_err(io_at(path))?;
+    let st = Stat::from_meta(&meta, opts.use_epoch);
+    if opts.skip_devices && matches!(st.file_type(), mode::S_IFCHR | mode::S_IFBLK) {
+        return Ok(None);
+    }
+    progress.entries.fetch_add(1, Relaxed);
+    let xattrs = if opts.skip_xattrs { Vec::new() } else { read_xattrs(path, opts.user_xattrs)? };
+    let kind = match st.file_type() {
+        mode::S_IFDIR => Kind::Dir(walk_dir(path, opts, progress)?),
+        mode::S_IFLNK => Kind::Symlink(std::fs::read_link(path).map_err(io_at(path))?.into_os_string().into_vec()),
+        _ => Kind::Other,
+    };
+    Ok(Some(Node { name, st, xattrs, kind }))
+}
+
+use std::os::unix::ffi::OsStringExt;
+
+fn walk_dir(path: &Path, opts: &ScanOptions, progress: &Progress) -> Result<Vec<Node>, Error> {
+    let mut names = Vec::new();
+    for ent in std::fs::read_dir(path).map_err(io_at(path))? {
+        let ent = ent.map_err(io_at(path))?;
+        names.push(ent.file_name().into_vec());
+    }
+    names.sort_unstable();
+    let nodes: Vec<Option<Node>> = names
+        .into_par_iter()
+        .map(|name| {
+            let p = path.join(OsStr::from_bytes(&name));
+            load_entry(&p, name, opts, progress)
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(nodes.into_iter().flatten().collect())
+}
+
+fn cpath(path: &Path) -> Result<CString, Error> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::Io { path: path.to_path_buf(), source: io::Error::from_raw_os_error(libc::EINVAL) })
+}
+
+/// The entry's own xattrs (not a symlink target's), in `llistxattr` order.
+fn read_xattrs(path: &Path, user_only: bool) -> Result<Vec<Xattr>, Error> {
+    let c = cpath(path)?;
+    let list = loop {
+        let n = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOTSUP) {
+                return Ok(Vec::new()); // filesystem without xattrs
+            }
+            return Err(io_at(path)(e));
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; n as usize];
+        let m = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if m < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ERANGE) {
+                continue; // grew meanwhile
+            }
+            return Err(io_at(path)(e));
+        }
+        buf.truncate(m as usize);
+        break buf;
+    };
+    let mut out = Vec::new();
+    for key in list.split(|&b| b == 0).filter(|k| !k.is_empty()) {
+        if user_only && !key.starts_with(b"user.") {
+            continue;
+        }
+        let ckey = CString::new(key).expect("xattr names have no NUL");
+        let value = loop {
+            let n = unsafe { libc::lgetxattr(c.as_ptr(), ckey.as_ptr(), std::ptr::null_mut(), 0) };
+            if n < 0 {
+                return Err(io_at(path)(io::Error::last_os_error()));
+            }
+            let mut buf = vec![0u8; n as usize];
+            let m = unsafe { libc::lgetxattr(c.as_ptr(), ckey.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+            if m < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::ERANGE) {
+                    continue;
+                }
+                return Err(io_at(path)(e));
+            }
+            buf.truncate(m as usize);
+            break buf;
+        };
+        out.push(Xattr { key: key.to_vec(), value });
+    }
+    Ok(out)
+}
+
+/// Read one regular file: inline it, or hash it (and store it). `size` is its `lstat` size,
+/// which decides between inline and object like mkcomposefs; the recorded size is what was
+/// actually read, so a file that changes during the scan never gets a size its digest lacks.
+fn read_content(path: &Path, size: u64, store: Option<&Store>) -> Result<Content, Error> {
+    let file = open_regular(path)?;
+    if size <= INLINE_MAX {
+        let mut buf = Vec::with_capacity(INLINE_MAX as usize + 1);
+        (&file).take(INLINE_MAX + 1).read_to_end(&mut buf).map_err(io_at(path))?;
+        if buf.is_empty() {
+            return Ok(Content::Empty);
+        }
+        if buf.len() as u64 <= INLINE_MAX {
+            return Ok(Content::Inline(buf));
+        }
+        // It grew past the inline limit meanwhile: treat it as an object below.
+    }
+    let (digest, size) = store::hash_fd(&file).map_err(io_at(path))?;
+    if let Some(s) = store {
+        s.insert_fd(&file, path, &digest, size)?;
+    }
+    Ok(Content::Object { digest, size })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("cfs-scan-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    #[test]
+    fn scans_files_links_and_inline_limit() {
+        let d = tmpdir("basic");
+        std::fs::write(d.join("empty"), b"").unwrap();
+        std::fs::write(d.join("i64"), [1u8; 64]).unwrap();
+        std::fs::write(d.join("o65"), [2u8; 65]).unwrap();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::fs::hard_link(d.join("o65"), d.join("sub/hard")).unwrap();
+        symlink("../i64", d.join("sub/ln")).unwrap();
+        for threads in [1, 2, 3] {
+            let opts = ScanOptions { threads, ..Default::default() };
+            let (t, s) = scan(&d, &opts, None, None).unwrap();
+            assert_eq!(s.entries, 7);
+            assert_eq!(s.hardlinks, 1);
+            let i = t.resolve(b"i64").unwrap();
+            assert!(matches!(&t.inodes[i].data, InodeData::Regular { inline: Some(b), .. } if b.len() == 64));
+            let o = t.resolve(b"o65").unwrap();
+            assert_eq!(t.resolve(b"sub/hard"), Some(o));
+            assert_eq!(t.inodes[o].nlink, 2);
+            let InodeData::Regular { digest: Some(dg), payload: Some(p), .. } = &t.inodes[o].data else { panic!() };
+            assert_eq!(*dg, crate::fsverity::sha256_digest(&[2u8; 65]));
+            assert_eq!(p.len(), 65);
+            let l = t.resolve(b"sub/ln").unwrap();
+            assert_eq!(t.inodes[l].data, InodeData::Symlink { target: b"../i64".to_vec() });
+            let e = t.resolve(b"empty").unwrap();
+            assert_eq!(t.inodes[e].data, InodeData::Regular { inline: None, payload: None, digest: None });
+        }
+        let opts = ScanOptions { no_hardlinks: true, ..Default::default() };
+        let (t, s) = scan(&d, &opts, None, None).unwrap();
+        assert_eq!(s.hardlinks, 0);
+        assert_ne!(t.resolve(b"o65"), t.resolve(b"sub/hard"));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn missing_source_names_path() {
+        let err = scan(Path::new("/nonexistent/cfs"), &ScanOptions::default(), None, None).unwrap_err();
+        assert!(err.to_string().starts_with("/nonexistent/cfs: "), "{err}");
+    }
+}

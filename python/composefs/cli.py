@@ -47,6 +47,10 @@ def _register_commands() -> None:
 
     cli.add_command(build)
     cli.add_command(info)
+    from . import cmd_install_helper, cmd_mount
+
+    cmd_mount.register(cli)  # mount, umount
+    cmd_install_helper.register(cli)
 
 
 _register_commands()

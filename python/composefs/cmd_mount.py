@@ -1,0 +1,82 @@
+"""``cfsctl mount`` and ``cfsctl umount``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .mount import BACKENDS, MOUNT_APIS, MountError, MountRequest, ObjectDir, mount_image, unmount
+
+
+def parse_attr_list(text: str | None) -> list[str]:
+    if not text:
+        return []
+    return [a for a in (x.strip() for x in text.split(",")) if a]
+
+
+@click.command("mount")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("--basedir", "basedirs", multiple=True, required=True, metavar="DIR",
+              help="Object directory holding the file contents (objects/XX/...); repeat to search "
+                   "several, in order.")
+@click.option("--digest", metavar="HEX",
+              help="The image's expected fs-verity sha256 digest; checked before mounting. "
+                   "Implies --verity-check 2.")
+@click.option("--verity-check", type=click.IntRange(0, 2), default=None,
+              help="0: no checks (default); 1: files whose image entry records a digest must have "
+                   "fs-verity with exactly that digest; 2: every file must record and match one.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="kernel: the composefs module; overlay: EROFS + overlayfs on a stock kernel; "
+                   "auto: the module when /proc/filesystems lists composefs, else overlay.")
+@click.option("--upperdir", metavar="DIR", help="Writable overlay upper directory (with --workdir).")
+@click.option("--workdir", metavar="DIR", help="overlayfs work directory, on the upperdir's filesystem.")
+@click.option("-o", "--options", "attrs", metavar="OPTS",
+              help="Mount attributes, comma separated: ro, nosuid, nodev, noexec, noatime, ...")
+@click.option("--json", "as_json", is_flag=True, help="Print what was mounted as JSON.")
+@click.option("--erofs-source", type=click.Choice(["auto", "file", "loop"]), default="auto", hidden=True)
+@click.option("--mount-api", type=click.Choice(MOUNT_APIS), default="auto", hidden=True)
+def mount_cmd(image, mountpoint, basedirs, digest, verity_check, backend, upperdir, workdir, attrs,
+              as_json, erofs_source, mount_api):
+    """Mount the composefs IMAGE on MOUNTPOINT, file contents served from --basedir.
+
+    \b
+    Example:
+      cfsctl mount app.cfs /mnt/app --basedir /var/lib/composefs/objects
+      cfsctl umount /mnt/app
+
+    Needs root. Only the final mount is left behind: on a stock kernel the image's EROFS mount is
+    detached and held by the overlay, and a loop device (only used on kernels that cannot mount
+    EROFS from a file) clears itself when the mount goes.
+    """
+    req = MountRequest(image=image, mountpoint=mountpoint, basedirs=[ObjectDir(b) for b in basedirs],
+                       digest=digest, verity_check=verity_check, backend=backend, upperdir=upperdir,
+                       workdir=workdir, attrs=parse_attr_list(attrs), erofs_source=erofs_source,
+                       mount_api=mount_api)
+    result = mount_image(req)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+
+
+@click.command("umount")
+@click.argument("mountpoint", type=click.Path())
+@click.option("-l", "--lazy", is_flag=True, help="Detach now, clean up when no longer busy (MNT_DETACH).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was unmounted as JSON.")
+def umount_cmd(mountpoint, lazy, as_json):
+    """Unmount the composefs mount on MOUNTPOINT.
+
+    Refuses mounts that are not composefs mounts. Everything the mount created (the overlay, the
+    detached EROFS layer and any loop device) goes with it.
+    """
+    info = unmount(mountpoint, lazy=lazy)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(mount_cmd)
+    cli.add_command(umount_cmd)
+
+
+__all__ = ["mount_cmd", "umount_cmd", "register", "MountError"]

@@ -165,6 +165,8 @@ STRATEGIES = [
     ("file", "new"),  # 6.13+: EROFS from the file, layers as fds
     ("loop", "new"),  # no file-backed EROFS: read-only autoclear loop device
     ("file", "new-paths"),  # 6.7-6.12: lowerdir+=/proc/self/fd/N, datadir+=PATH
+    ("file", "attached"),  # before 6.15 overlayfs refuses detached layers: a brief temporary mount
+    ("loop", "attached"),
     ("file", "mixed"),  # 6.5/6.6: fsmount'ed EROFS, mount(2) with lowerdir=/proc/self/fd/N::OBJ
     ("loop", "mixed"),
     ("file", "legacy"),  # no new mount API: EROFS on a temporary mount point, detached afterwards
@@ -196,7 +198,7 @@ def test_odd_paths_are_escaped(small, tmp_path):
     m = tmp_path / "mount point, with:odd\\chars"
     m.mkdir()
     try:
-        for api in ("new", "mixed", "legacy"):
+        for api in ("new", "attached", "mixed", "legacy"):
             cfsctl("mount", small.image, m, "--basedir", store, "--mount-api", api, check=True)
             with open(m / "small.txt", "rb") as f:
                 assert f.read() == b"hello composefs\n"

@@ -44,7 +44,7 @@ KERNEL_FSTYPE = "composefs"
 # Mount attributes a user may ask for (mount(8) names).
 ATTR_NAMES = tuple(api.MOUNT_ATTRS)
 EROFS_MAGIC = (0xE0F5E1E2).to_bytes(4, "little")
-MOUNT_APIS = ("auto", "new", "new-paths", "mixed", "legacy")
+MOUNT_APIS = ("auto", "new", "new-paths", "attached", "mixed", "legacy")
 
 
 class MountError(CfsError):
@@ -97,6 +97,7 @@ class MountRequest:
     # How to build the stock mount; "auto" picks the best the kernel has. Tests force the others.
     erofs_source: str = "auto"  # auto | file | loop
     # new: fsopen/fsmount for both; new-paths: the same, layers always given as paths (6.7-6.12);
+    # attached: new-paths with the EROFS mount briefly attached to a temporary directory (< 6.15);
     # mixed: EROFS by fsmount, overlay by mount(2) with lowerdir=/proc/self/fd/N::... (6.5, 6.6);
     # legacy: mount(2) only, EROFS on a temporary mount point (kernels before 5.2).
     mount_api: str = "auto"  # auto | new | new-paths | mixed | legacy
@@ -393,15 +394,52 @@ def _mount_overlay(req, imgfd, image, mountpoint, basedirs, level, upper, work, 
     result.mount_api = how
     with contextlib.ExitStack() as stack:
         lower = _erofs_lower(req, imgfd, image, use_new, result, stack)
-        done = False
-        if how in ("new", "new-paths"):
-            done = _overlay_new(req, lower, mountpoint, basedirs, level, upper, work, result,
-                                fds=how == "new")
-            if not done:  # kernel older than 6.7: no lowerdir+/datadir+, use mount(2)'s lowerdir=
-                result.mount_api = "mixed"
-        if not done:
-            _overlay_legacy(req, lower, mountpoint, basedirs, level, upper, work)
-            result.layers_by = "string"
+        if how == "attached":
+            lower = _attach_lower(lower, stack)
+        try:
+            _stack_overlay(req, how, lower, mountpoint, basedirs, level, upper, work, result)
+        except MountError:
+            if lower.mntfd is None or req.mount_api != "auto":
+                raise
+            # Before 6.15 overlayfs cannot take a layer from a detached mount ("failed to clone
+            # lowerpath", EINVAL): attach the EROFS mount on a private temporary directory for the
+            # moment overlayfs takes hold of it, then detach it and remove the directory.
+            lower = _attach_lower(lower, stack)
+            _stack_overlay(req, "new-paths", lower, mountpoint, basedirs, level, upper, work, result)
+            result.mount_api = "attached" if result.mount_api == "new-paths" else result.mount_api
+
+
+def _stack_overlay(req, how, lower, mountpoint, basedirs, level, upper, work, result) -> None:
+    done = False
+    if how in ("new", "new-paths", "attached"):
+        done = _overlay_new(req, lower, mountpoint, basedirs, level, upper, work, result,
+                            fds=how == "new")
+        result.mount_api = how
+        if not done:  # kernel older than 6.7: no lowerdir+/datadir+, use mount(2)'s lowerdir=
+            result.mount_api = "mixed"
+    if not done:
+        _overlay_legacy(req, lower, mountpoint, basedirs, level, upper, work)
+        result.layers_by = "string"
+
+
+def _temp_dir(stack: contextlib.ExitStack) -> str:
+    base = "/run/composefs" if os.path.isdir("/run") else None
+    if base:
+        os.makedirs(base, mode=0o700, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="erofs.", dir=base)
+    stack.callback(_remove_dir, tmp)
+    return tmp
+
+
+def _attach_lower(lower: _Lower, stack: contextlib.ExitStack) -> _Lower:
+    """Attach a detached EROFS mount on a temporary directory (detached again when done)."""
+    tmp = _temp_dir(stack)
+    try:
+        api.move_mount_to(lower.mntfd, tmp)
+    except OSError as e:
+        raise _explain(e, "attaching the EROFS layer") from None
+    stack.callback(_detach, tmp)
+    return _Lower(tmpdir=tmp)
 
 
 def _erofs_lower(req, imgfd, image, use_new, result, stack) -> _Lower:
@@ -454,11 +492,7 @@ def _erofs_fsmount(source: str) -> int:
 
 def _erofs_tmp_mount(source: str, stack: contextlib.ExitStack) -> _Lower:
     """Kernels without fsmount: a private temporary mount point, detached once overlay holds it."""
-    base = "/run/composefs" if os.path.isdir("/run") else None
-    if base:
-        os.makedirs(base, mode=0o700, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="erofs.", dir=base)
-    stack.callback(_remove_dir, tmp)
+    tmp = _temp_dir(stack)
     api.mount(source, tmp, "erofs", api.MS_RDONLY | api.MS_NODEV, None)
     stack.callback(_detach, tmp)
     return _Lower(tmpdir=tmp)
@@ -529,9 +563,10 @@ def _add_layer(fs: int, key: str, fd: int | None, path: str, opened: list[int], 
         try:
             api.fsconfig_fd(fs, key, fd, shown=path)
             return "fd"
-        except OSError as e:
-            if e.errno != errno.EINVAL:
-                raise _explain(e, f"overlay {key}") from None
+        except OSError:
+            # Before 6.13 overlayfs takes layers only as strings (6.12 answers EBADF, older EINVAL);
+            # the path below reaches the same layer (/proc/self/fd/N for the detached EROFS mount).
+            pass
     try:
         api.fsconfig_string(fs, key, path)
         return "path"

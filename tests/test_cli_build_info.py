@@ -112,7 +112,7 @@ def test_version_one_only_when_asked_without_whiteouts(tiny, tmp_path):
         (["--from-dump", "--threads", "0", "TINY", "out"], 2, "--threads"),
         (["--from-dump", "--skip-xattrs", "--user-xattrs", "TINY", "out"], 2, "conflict"),
         (["--from-dump", "missing.dump", "out"], 1, "missing.dump: No such file or directory"),
-        (["DIR", "out"], 1, "directory sources are not supported yet"),
+        (["nodir", "out"], 1, "nodir: No such file or directory"),
         (["TINY", "out"], 1, "not a directory (use --from-dump"),
     ],
 )

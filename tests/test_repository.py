@@ -250,6 +250,27 @@ def test_kill_during_import_then_fsck(repo, tmp_path):
     assert images(repo)["x"]["objects"] == 80
 
 
+def test_kill_during_gc_then_fsck(repo, tmp_path):
+    _big_tree(tmp_path / "keep", 20, 50000, 4)
+    run_ok("import", tmp_path / "keep", "--name", "keep", "--repo", repo)
+    for delay in (0.05, 0.15, 0.3):
+        src = tmp_path / f"junk{delay}"
+        _big_tree(src, 1500, 100, 5)
+        run_ok("import", src, "--name", "junk", "--repo", repo)
+        run_ok("rm", "junk", "--repo", repo)
+        p = subprocess.Popen([sys.executable, "-m", "composefs.cli", "gc", "--repo", repo],
+                             stdout=subprocess.DEVNULL)
+        time.sleep(delay)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        r = cfsctl("fsck", "--repo", repo, "--json")
+        assert r.returncode == 0, r.stdout
+    run_ok("gc", "--repo", repo)
+    assert images(repo)["keep"]["objects"] == 20
+    assert len([p for p in (repo / "objects").rglob("*") if p.is_file()]) == 20
+    run_ok("fsck", "--repo", repo)
+
+
 def test_api_resolve(repo, trees):
     a, _ = trees
     run_ok("import", a, "--name", "a", "--repo", repo)

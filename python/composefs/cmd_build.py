@@ -31,10 +31,14 @@ def _versions(min_version: int | None, max_version: int | None) -> tuple[int, in
 def build_from_directory(source: str, image: str | None, *, digest_store: str | None, **options) -> dict:
     """Build from a directory tree (scan, hash, optionally fill a digest store).
 
-    Wired by the `scan` work (native/src/scan.rs, native/src/store.rs); until then directory
-    sources are refused clearly.
+    Several names of one source inode stay one inode (mkcomposefs 1.0 breaks hardlinks).
     """
-    raise CfsError("directory sources are not supported yet; use --from-dump with a composefs-dump(5) file", source)
+    if not os.path.isdir(source):
+        raise CfsError("not a directory" if os.path.exists(source) else "No such file or directory", source)
+    try:
+        return _native.build_from_directory(os.fspath(source), image, digest_store, **options)
+    except ValueError as e:
+        raise CfsError(str(e), source) from None
 
 
 def build_from_dump(source: str, image: str | None, *, return_image: bool = False, **options) -> dict:

@@ -50,7 +50,8 @@ def mount_cmd(image, mountpoint, basedirs, repo_path, digest, verity_check, back
       cfsctl mount app.cfs /mnt/app --basedir /var/lib/composefs/objects
       cfsctl umount /mnt/app
 
-    IMAGE is an image file when that path exists; anything else is an image name or digest
+    IMAGE is an image file when that path exists (or --basedir is given, or it holds a '/');
+    anything else is an image name or digest
     (or unique digest prefix) in the repository, whose digest is then verified before mounting
     (by fs-verity when the image file has it, else computed in software).
 
@@ -59,7 +60,7 @@ def mount_cmd(image, mountpoint, basedirs, repo_path, digest, verity_check, back
     EROFS from a file) clears itself when the mount goes.
     """
     basedirs = list(basedirs)
-    if not os.path.exists(image):
+    if not os.path.exists(image) and not basedirs and "/" not in image:
         from .repository import Repository, default_path, verified_image_for_mount
 
         repo = Repository.open(repo_path or default_path())
@@ -68,6 +69,8 @@ def mount_cmd(image, mountpoint, basedirs, repo_path, digest, verity_check, back
         digest = digest or repo_digest
         basedirs.append(repo.objects)
     elif not basedirs:
+        if not os.path.exists(image):
+            raise MountError("image does not exist", image)
         raise MountError("an image file needs --basedir (the object directory)", image)
     req = MountRequest(image=image, mountpoint=mountpoint, basedirs=[ObjectDir(b) for b in basedirs],
                        digest=digest, verity_check=verity_check, backend=backend, upperdir=upperdir,

@@ -368,6 +368,19 @@ def _esc(b: bytes, eq: bool = False) -> bytes:
     return bytes(out) if out else b"-"
 
 
+def _syncfs(path: str) -> None:
+    import ctypes
+
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fd) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e), path)
+    finally:
+        os.close(fd)
+
+
 # --- import --------------------------------------------------------------------------------------
 
 
@@ -392,6 +405,7 @@ def import_archive(repo, archive: str, name: str) -> dict:
                         tf.close()
                     done()
             dump = merger.dump()
+            _syncfs(repo.objects)  # objects durable before an image names them
         r = repo.import_dump(dump, name, os.path.abspath(archive), kind="oci",
                              extra={"manifest.json": ref.manifest, "config.json": ref.config})
     finally:

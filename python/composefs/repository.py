@@ -327,8 +327,18 @@ class Repository:
         for d in live:
             if os.path.exists(self.image_path(d)):
                 needed.update(self.image_objects(d))
-        dead_objects = []
         freed = 0
+        # Images first, then objects: a gc killed half-way leaves only unused objects behind,
+        # never an image whose objects are gone.
+        for d in dead_images:
+            p = self.image_path(d)
+            freed += os.lstat(p).st_size
+            if not dry_run:
+                os.unlink(p)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p + ".json")
+                shutil.rmtree(p + ".oci", ignore_errors=True)
+        dead_objects = []
         for sub in sorted(os.listdir(self.objects)):
             subdir = os.path.join(self.objects, sub)
             if len(sub) != 2 or not os.path.isdir(subdir):
@@ -343,14 +353,6 @@ class Repository:
                     dead_objects.append(rel)
                     if not dry_run:
                         os.unlink(p)
-        for d in dead_images:
-            p = self.image_path(d)
-            freed += os.lstat(p).st_size
-            if not dry_run:
-                os.unlink(p)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(p + ".json")
-                shutil.rmtree(p + ".oci", ignore_errors=True)
         # side files whose image is gone
         if not dry_run:
             for e in os.listdir(self.images_dir):

@@ -287,3 +287,76 @@ def test_oci_mount(repo, tmp_path):
         assert stat.S_ISFIFO((mnt / "fifo").lstat().st_mode)
     finally:
         cfsctl("umount", mnt)
+
+
+def _tree_of(root: Path) -> dict:
+    out = {"/": ("d", 0o755)}
+    for dirpath, dirs, files in os.walk(root):
+        for n in dirs + files:
+            p = Path(dirpath) / n
+            rel = "/" + str(p.relative_to(root))
+            st = p.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("l", os.fsencode(os.readlink(p)))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("d", stat.S_IMODE(st.st_mode))
+            else:
+                out[rel] = ("f", stat.S_IMODE(st.st_mode), p.read_bytes())
+    return out
+
+
+def _tree_of_image(repo: Path, digest: str) -> dict:
+    dump = parse_dump(cfsctl("info", "dump", repo / "images" / digest).stdout)
+    out = {}
+    for path, f in dump.items():
+        full = dump[unescape(f[8]).decode()] if f[2].startswith(b"@") else f
+        mode = int(full[2].lstrip(b"@"), 8)
+        if stat.S_ISLNK(mode):
+            out[unescape(path.encode()).decode()] = ("l", unescape(full[8]))
+        elif stat.S_ISDIR(mode):
+            out[path] = ("d", stat.S_IMODE(mode))
+        else:
+            if full[8] != b"-":
+                data = (repo / "objects" / full[8].decode()).read_bytes()
+            else:
+                data = unescape(full[9]) if full[9] != b"-" else b""
+            out[path] = ("f", stat.S_IMODE(mode), data)
+    return out
+
+
+@pytest.mark.skipif(shutil.which("umoci") is None, reason="umoci is not installed (APT_PACKAGES has it)")
+def test_oci_import_of_an_umoci_image(repo, tmp_path):
+    """A layout written by a real tool: two layers, the second deleting a file and a directory
+    (umoci writes whiteouts) and adding files; the image must equal the final tree."""
+    lay, bundle = tmp_path / "lay", tmp_path / "bundle"
+    rootless = [] if os.geteuid() == 0 else ["--rootless"]
+
+    def umoci(*args):
+        r = subprocess.run(["umoci", *args], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, (args, r.stderr)
+
+    umoci("init", "--layout", lay)
+    umoci("new", "--image", f"{lay}:t")
+    umoci("unpack", *rootless, "--image", f"{lay}:t", bundle)
+    rootfs = bundle / "rootfs"
+    (rootfs / "usr" / "bin").mkdir(parents=True)
+    (rootfs / "etc" / "old").mkdir(parents=True)
+    (rootfs / "usr" / "bin" / "prog").write_bytes(os.urandom(20000))
+    os.chmod(rootfs / "usr" / "bin" / "prog", 0o755)
+    os.link(rootfs / "usr" / "bin" / "prog", rootfs / "usr" / "bin" / "prog-link")
+    (rootfs / "etc" / "old" / "x").write_bytes(os.urandom(3000))
+    (rootfs / "etc" / "hosts").write_bytes(b"127.0.0.1 localhost\n")
+    (rootfs / "usr" / "bin" / "sh").symlink_to("prog")
+    umoci("repack", "--image", f"{lay}:t", bundle)
+    bundle = tmp_path / "bundle2"  # repack diffs against what was unpacked: unpack again
+    umoci("unpack", *rootless, "--image", f"{lay}:t", bundle)
+    rootfs = bundle / "rootfs"
+    shutil.rmtree(rootfs / "etc" / "old")
+    (rootfs / "usr" / "bin" / "sh").unlink()
+    (rootfs / "etc" / "hosts").write_bytes(b"changed\n")
+    (rootfs / "new").write_bytes(os.urandom(5000))
+    umoci("repack", "--image", f"{lay}:t", bundle)
+    r = import_ok(repo, lay, "u")
+    assert r["layers"] == 2
+    assert _tree_of_image(repo, r["digest"]) == _tree_of(rootfs)
+    assert cfsctl("fsck", "--repo", repo).returncode == 0

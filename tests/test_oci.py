@@ -75,6 +75,8 @@ def layer3(tf):
     entry(tf, "usr/bin/tool", BIG["tool2"], mode=0o755)  # replaces one name only; link keeps old
     entry(tf, "usr/bin/.wh.other", b"")
     entry(tf, "empty", b"")
+    entry(tf, "../../evil", b"outside the root")  # ignored
+    entry(tf, "usr/../dotdot", b"resolved")
 
 
 def expected_files():
@@ -88,10 +90,11 @@ def expected_files():
         "/keep": ("f", BIG["keep"]),
         "/opq/new": ("f", BIG["opq-new"]),
         "/empty": ("f", b""),
+        "/dotdot": ("f", b"resolved"),
     }
 
 
-ABSENT = ["/to-delete", "/gone/a", "/opq/old", "/opq/sub", "/usr/bin/other"]
+ABSENT = ["/evil", "/to-delete", "/gone/a", "/opq/old", "/opq/sub", "/usr/bin/other"]
 
 
 def compress(data: bytes, how: str) -> bytes:

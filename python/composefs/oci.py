@@ -198,9 +198,19 @@ class Node:
     layer: int = 0
 
 
-def _split(name: str) -> list[bytes]:
-    raw = os.fsencode(name)
-    return [p for p in raw.split(b"/") if p not in (b"", b".")]
+def _split(name: str) -> list[bytes] | None:
+    """Path components of a tar member name, ``..`` resolved; ``None`` if it escapes the root."""
+    out: list[bytes] = []
+    for p in os.fsencode(name).split(b"/"):
+        if p in (b"", b"."):
+            continue
+        if p == b"..":
+            if not out:
+                return None
+            out.pop()
+            continue
+        out.append(p)
+    return out
 
 
 class Merger:
@@ -244,6 +254,8 @@ class Merger:
         self.layer += 1
         for m in tf:
             parts = _split(m.name)
+            if parts is None:  # "../x": outside the image; ignored as container runtimes do
+                continue
             if not parts:
                 if m.isdir():
                     self._meta(self.root, m)
@@ -259,7 +271,8 @@ class Merger:
                 continue
             parent = self._dir(parent_parts)
             if m.islnk():
-                target = self._lookup(_split(m.linkname))
+                link = _split(m.linkname)
+                target = self._lookup(link) if link else None
                 if target is None or target.children is not None:
                     raise CfsError(f"layer {self.layer}: hardlink {m.name} to missing {m.linkname}")
                 parent.children[base] = target

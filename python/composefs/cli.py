@@ -51,6 +51,12 @@ def _register_commands() -> None:
 
     cmd_mount.register(cli)  # mount, umount
     cmd_install_helper.register(cli)
+    from . import cmd_repo
+
+    cmd_repo.register(cli)  # init, import, images, rm, gc, fsck
+    from . import cmd_oci
+
+    cmd_oci.register(cli)  # oci import
 
 
 _register_commands()

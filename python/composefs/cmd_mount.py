@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -16,11 +17,14 @@ def parse_attr_list(text: str | None) -> list[str]:
 
 
 @click.command("mount")
-@click.argument("image", type=click.Path(dir_okay=False))
+@click.argument("image", metavar="IMAGE|NAME|DIGEST")
 @click.argument("mountpoint", type=click.Path(file_okay=False))
-@click.option("--basedir", "basedirs", multiple=True, required=True, metavar="DIR",
+@click.option("--basedir", "basedirs", multiple=True, metavar="DIR",
               help="Object directory holding the file contents (objects/XX/...); repeat to search "
-                   "several, in order.")
+                   "several, in order. Needed for an image file; for a repository image the "
+                   "repository's objects/ is used.")
+@click.option("--repo", "repo_path", metavar="PATH", envvar="CFS_REPO", default=None,
+              help="Repository to look NAME|DIGEST up in (default as for 'cfsctl init').")
 @click.option("--digest", metavar="HEX",
               help="The image's expected fs-verity sha256 digest; checked before mounting. "
                    "Implies --verity-check 2.")
@@ -37,7 +41,7 @@ def parse_attr_list(text: str | None) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print what was mounted as JSON.")
 @click.option("--erofs-source", type=click.Choice(["auto", "file", "loop"]), default="auto", hidden=True)
 @click.option("--mount-api", type=click.Choice(MOUNT_APIS), default="auto", hidden=True)
-def mount_cmd(image, mountpoint, basedirs, digest, verity_check, backend, upperdir, workdir, attrs,
+def mount_cmd(image, mountpoint, basedirs, repo_path, digest, verity_check, backend, upperdir, workdir, attrs,
               as_json, erofs_source, mount_api):
     """Mount the composefs IMAGE on MOUNTPOINT, file contents served from --basedir.
 
@@ -46,10 +50,28 @@ def mount_cmd(image, mountpoint, basedirs, digest, verity_check, backend, upperd
       cfsctl mount app.cfs /mnt/app --basedir /var/lib/composefs/objects
       cfsctl umount /mnt/app
 
+    IMAGE is an image file when that path exists (or --basedir is given, or it holds a '/');
+    anything else is an image name or digest
+    (or unique digest prefix) in the repository, whose digest is then verified before mounting
+    (by fs-verity when the image file has it, else computed in software).
+
     Needs root. Only the final mount is left behind: on a stock kernel the image's EROFS mount is
     detached and held by the overlay, and a loop device (only used on kernels that cannot mount
     EROFS from a file) clears itself when the mount goes.
     """
+    basedirs = list(basedirs)
+    if not os.path.exists(image) and not basedirs and "/" not in image:
+        from .repository import Repository, default_path, verified_image_for_mount
+
+        repo = Repository.open(repo_path or default_path())
+        with repo.locked():
+            image, repo_digest = verified_image_for_mount(repo, image)
+        digest = digest or repo_digest
+        basedirs.append(repo.objects)
+    elif not basedirs:
+        if not os.path.exists(image):
+            raise MountError("image does not exist", image)
+        raise MountError("an image file needs --basedir (the object directory)", image)
     req = MountRequest(image=image, mountpoint=mountpoint, basedirs=[ObjectDir(b) for b in basedirs],
                        digest=digest, verity_check=verity_check, backend=backend, upperdir=upperdir,
                        workdir=workdir, attrs=parse_attr_list(attrs), erofs_source=erofs_source,

@@ -175,7 +175,7 @@ def test_tampered_object_gives_eio(setup, backend, level):
 @pytest.mark.parametrize("level", ["1", "2"])
 def test_object_without_fsverity_is_refused_when_checking(setup, backend, level):
     store = setup.store_copy("noverity")
-    victim = os.path.join(store, os.path.relpath(setup.object_of("small.txt"), setup.store))
+    victim = os.path.join(store, os.path.relpath(setup.object_of("large.bin"), setup.store))  # over 64 bytes: has an object
     content = read(victim)
     os.unlink(victim)
     with open(victim, "wb") as f:  # same bytes, no fs-verity
@@ -184,7 +184,7 @@ def test_object_without_fsverity_is_refused_when_checking(setup, backend, level)
            check=True)
     try:
         with pytest.raises(OSError) as ei:
-            read(os.path.join(setup.mnt, "small.txt"))
+            read(os.path.join(setup.mnt, "large.bin"))
         assert ei.value.errno == errno.EIO
         assert read(os.path.join(setup.mnt, "block")) == read(os.path.join(setup.src, "block"))
     finally:

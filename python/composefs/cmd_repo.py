@@ -1,0 +1,159 @@
+"""Repository commands: ``cfsctl init``, ``import``, ``images``, ``rm``, ``gc``, ``fsck``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from .errors import CfsError
+from .repository import Repository, default_path
+
+repo_option = click.option(
+    "--repo", "repo_path", metavar="PATH", envvar="CFS_REPO", default=None,
+    help="Repository directory (default: $CFS_REPO, else /var/lib/composefs as root, "
+         "~/.local/share/composefs otherwise).")
+
+
+def open_repo(path: str | None) -> Repository:
+    return Repository.open(path or default_path())
+
+
+def _human(n: int) -> str:
+    f = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if f < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{f:.1f} {unit}"
+        f /= 1024
+    return str(n)
+
+
+@click.command("init")
+@repo_option
+def init_cmd(repo_path):
+    """Create a repository (objects/, images/, refs/, meta.json); harmless if it exists."""
+    repo = Repository.init(repo_path or default_path())
+    click.echo(repo.path)
+
+
+def report_import(r: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+        return
+    click.echo(f"{r['name']} sha256:{r['digest']} {r['entries']} entries, {r['objects']} objects "
+               f"({_human(r['object_bytes'])})")
+    if r["missing_objects"]:
+        click.echo(f"cfsctl: warning: {r['missing_objects']} of {r['objects']} objects are not in the "
+                   "repository's object store; the image cannot be read in full until they are added",
+                   err=True)
+
+
+@click.command("import")
+@click.argument("source", type=click.Path())
+@click.option("--name", required=True, help="Name (ref) for the image.")
+@click.option("--from-dump", is_flag=True,
+              help="SOURCE is a composefs-dump(5) file ('-' for stdin), not a directory.")
+@repo_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def import_cmd(source, name, from_dump, repo_path, as_json):
+    """Build SOURCE into the repository as image NAME.
+
+    A directory is scanned and its files are stored in the object store; a dump's objects must
+    already be there (the number missing is reported). NAME is replaced if it exists.
+    """
+    repo = open_repo(repo_path)
+    with repo.locked():
+        if from_dump:
+            if source == "-":
+                r = repo.import_dump(sys.stdin.buffer.read(), name, "-")
+            else:
+                if not os.path.isfile(source):
+                    raise CfsError("No such file" if not os.path.exists(source) else "not a regular file", source)
+                r = repo.import_dump(os.path.abspath(source), name, os.path.abspath(source))
+        else:
+            r = repo.import_directory(source, name)
+    report_import(r, as_json)
+
+
+@click.command("images")
+@repo_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def images_cmd(repo_path, as_json):
+    """List the repository's images: name, digest, entries, object bytes, unique and shared bytes.
+
+    Unique bytes are those of objects no other named image uses; shared bytes the rest.
+    """
+    repo = open_repo(repo_path)
+    with repo.locked():
+        imgs = repo.list_images()
+    if as_json:
+        click.echo(json.dumps(imgs, indent=2))
+        return
+    click.echo(f"{'NAME':<24} {'DIGEST':<14} {'ENTRIES':>8} {'BYTES':>11} {'UNIQUE':>11} {'SHARED':>11}")
+    for i in imgs:
+        if i.get("missing"):
+            click.echo(f"{i['name']:<24} {i['digest'][:12]:<14} (image file missing)")
+            continue
+        click.echo(f"{i['name']:<24} {i['digest'][:12]:<14} {i['entries']:>8} {_human(i['bytes']):>11} "
+                   f"{_human(i['unique_bytes']):>11} {_human(i['shared_bytes']):>11}")
+
+
+@click.command("rm")
+@click.argument("names", nargs=-1, required=True)
+@repo_option
+def rm_cmd(names, repo_path):
+    """Remove image names; 'cfsctl gc' then frees what nothing refers to."""
+    repo = open_repo(repo_path)
+    with repo.locked():
+        for n in names:
+            repo.remove_ref(n)
+
+
+@click.command("gc")
+@click.option("--dry-run", "-n", is_flag=True, help="Only say what would be removed.")
+@repo_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def gc_cmd(dry_run, repo_path, as_json):
+    """Remove images no name refers to and objects no remaining image uses.
+
+    Waits for running imports to finish (it takes the repository's lock exclusively).
+    """
+    repo = open_repo(repo_path)
+    with repo.locked(exclusive=True):
+        r = repo.gc(dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+        return
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} {len(r['images_removed'])} images and {r['objects_removed']} objects, "
+               f"{_human(r['bytes_freed'])}")
+
+
+@click.command("fsck")
+@repo_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def fsck_cmd(repo_path, as_json):
+    """Check the repository: every object's content against its name (in parallel), every image's
+    digest against its name and its objects present, every name pointing at an image.
+
+    Exits 1 when a problem is found.
+    """
+    repo = open_repo(repo_path)
+    with repo.locked():
+        r = repo.fsck()
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+    else:
+        for p in r["problems"]:
+            click.echo(f"cfsctl: {p['kind']}: {p['path']}: {p['message']}", err=True)
+        click.echo(f"checked {r['objects']} objects and {r['images']} images: "
+                   f"{len(r['problems'])} problems")
+    if r["problems"]:
+        sys.exit(1)
+
+
+def register(cli: click.Group) -> None:
+    for c in (init_cmd, import_cmd, images_cmd, rm_cmd, gc_cmd, fsck_cmd):
+        cli.add_command(c)

@@ -9,7 +9,7 @@ Usage (from the repository root, as root, after `make setup`; `make qemu-test` d
     qemu/run.py --no-build-module                # do not build or load kernel/*.ko
     qemu/run.py --keep                           # keep the verity disk image in qemu/work/run/
     qemu/run.py --shell                          # interactive busybox console instead of pytest
-    qemu/run.py --timeout 1800                   # global timeout in seconds (default 1200)
+    qemu/run.py --timeout 1800                   # global timeout in seconds (default 2400)
 
     make qemu-test QEMU_ARGS="--keep -- tests/guest/test_verity.py -x"   # same options via make
 
@@ -251,7 +251,7 @@ def main() -> int:
     ap.add_argument("--no-build-module", action="store_true", help="do not build/load kernel/*.ko")
     ap.add_argument("--keep", action="store_true", help="keep the verity disk image after a passing run")
     ap.add_argument("--shell", action="store_true", help="interactive guest console instead of pytest")
-    ap.add_argument("--timeout", type=float, default=float(os.environ.get("CFS_QEMU_TIMEOUT", 1200)))
+    ap.add_argument("--timeout", type=float, default=float(os.environ.get("CFS_QEMU_TIMEOUT", 2400)))
     ap.add_argument("--mem", default="2G")
     ap.add_argument("--cpu", default="max", help="QEMU CPU model (default: max)")
     ap.add_argument("--smp", type=int, default=2)

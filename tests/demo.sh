@@ -30,3 +30,32 @@ else
     echo "MISMATCH between cfsctl digest and fsverity digest" >&2
     exit 1
 fi
+
+echo
+echo "== cfsctl build: the tree becomes an image plus a content-addressed object store"
+cfsctl build "$work/tree" "$work/sample.cfs" --digest-store "$work/objects" --print-digest
+echo "objects: $(find "$work/objects" -type f | wc -l) files in $work/objects (XX/<62 hex>, named by fs-verity digest)"
+echo
+echo "== cfsctl info ls sample.cfs"
+cfsctl info ls "$work/sample.cfs"
+echo
+echo "== a repository: two images sharing one store"
+cfsctl init --repo "$work/repo" >/dev/null
+cfsctl import --repo "$work/repo" "$work/tree" --name sample >/dev/null
+echo "extra file" > "$work/tree/etc/extra"
+cfsctl import --repo "$work/repo" "$work/tree" --name sample-v2 >/dev/null
+cfsctl images --repo "$work/repo"
+
+if [ "$(id -u)" = 0 ] && grep -qw overlay /proc/filesystems && grep -qw erofs /proc/filesystems; then
+    echo
+    echo "== cfsctl mount sample-v2 (root: erofs + overlayfs, or the composefs module when loaded)"
+    mkdir -p "$work/mnt"
+    cfsctl mount --repo "$work/repo" sample-v2 "$work/mnt"
+    trap 'umount -l "$work/mnt" 2>/dev/null || true; rm -rf "$work"' EXIT
+    echo "mounted; /etc/motd reads: $(cat "$work/mnt/etc/motd")"
+    if cmp -s "$work/mnt/usr/share/doc/big.bin" "$work/tree/usr/share/doc/big.bin"; then
+        echo "big.bin through the mount equals the source"
+    fi
+    cfsctl umount "$work/mnt"
+    echo "unmounted"
+fi

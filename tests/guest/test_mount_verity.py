@@ -193,22 +193,17 @@ def test_object_without_fsverity_is_refused_when_checking(setup, backend, level)
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_verity_check_2_requires_a_recorded_digest(setup, backend):
-    """An image entry that records no digest (metacopy header only) passes 1, fails 2."""
-    stage_src = os.path.join(setup.base, "nodigest-src")
-    os.makedirs(stage_src)
-    with open(os.path.join(stage_src, "f"), "wb") as f:
-        f.write(b"no digest recorded\n")
+    """An image entry that records no digest (empty metacopy xattr) passes 1, fails 2."""
     h = cfs_images.add_object(setup.store, b"no digest recorded\n")
     enable_verity(os.path.join(setup.store, h[:2], h[2:]))
-    stage = os.path.join(setup.base, "nodigest-stage")
-    os.makedirs(stage)
-    p = os.path.join(stage, "f")
-    open(p, "wb").close()
-    os.truncate(p, 19)
-    os.setxattr(p, "trusted.overlay.metacopy", bytes([0, 4, 0, 0]))  # header only (len 4, algo 0): no digest
-    os.setxattr(p, "trusted.overlay.redirect", f"/{h[:2]}/{h[2:]}".encode())
+    # Our writer, like mkcomposefs, records an empty trusted.overlay.metacopy for a file whose dump
+    # line has a payload but no digest: the object is redirected to, no digest is recorded.
+    dump = os.path.join(setup.base, "nodigest.dump")
+    with open(dump, "w") as f:
+        f.write("/ 0 40755 2 0 0 0 0.0 - - -\n")
+        f.write(f"/f 19 100644 1 0 0 0 0.0 {h[:2]}/{h[2:]} - -\n")
     image = os.path.join(setup.base, "nodigest.cfs")
-    subprocess.run(["mkfs.erofs", "--quiet", image, stage], check=True, capture_output=True)
+    cfsctl("build", "--from-dump", dump, image, check=True)
     cfsctl("mount", image, setup.mnt, "--basedir", setup.store, "--verity-check", "1", "--backend", backend,
            check=True)
     try:

@@ -50,7 +50,7 @@ unit-test: setup
 	@$(PY) -m pytest -q
 
 test: setup
-	@$(PY) -m pytest -q -ra
+	@rm -rf $(CURDIR)/.pytest-tmp && $(PY) -m pytest -q -ra --basetemp=$(CURDIR)/.pytest-tmp
 
 bench: setup
 	@$(PY) bench/run.py

@@ -10,6 +10,30 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use std::path::{Path, PathBuf};
 
+/// The summary of a built image shared by dump and directory builds: digest, version, size, entry
+/// counts, and `objects` = (distinct objects, their bytes, bytes of all object-backed files).
+pub(super) fn built_dict<'py>(py: Python<'py>, built: &build::Built, objects: (u64, u64, u64)) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    let s = &built.image.stats;
+    d.set_item("digest", dump::write::hex_digest(&built.digest))?;
+    d.set_item("version", built.image.version)?;
+    d.set_item("image_size", s.image_size)?;
+    d.set_item("inodes", s.inodes)?;
+    d.set_item("directories", s.directories)?;
+    d.set_item("regular_files", s.regular_files)?;
+    d.set_item("inline_files", s.inline_files)?;
+    d.set_item("object_files", s.object_files)?;
+    d.set_item("symlinks", s.symlinks)?;
+    d.set_item("devices", s.devices)?;
+    d.set_item("whiteouts", s.whiteouts)?;
+    d.set_item("hardlinks", s.hardlinks)?;
+    d.set_item("shared_xattrs", s.shared_xattrs)?;
+    d.set_item("objects", objects.0)?;
+    d.set_item("object_bytes", objects.1)?;
+    d.set_item("file_bytes", objects.2)?;
+    Ok(d)
+}
+
 fn build_err(e: BuildError) -> PyErr {
     match e {
         BuildError::Io { path, source } => os_error(&source, Some(&path)),
@@ -77,24 +101,7 @@ fn build_from_dump<'py>(
         }
         Ok((built, build::object_stats(&tree)))
     })?;
-    let d = PyDict::new(py);
-    let s = &built.image.stats;
-    d.set_item("digest", dump::write::hex_digest(&built.digest))?;
-    d.set_item("version", built.image.version)?;
-    d.set_item("image_size", s.image_size)?;
-    d.set_item("inodes", s.inodes)?;
-    d.set_item("directories", s.directories)?;
-    d.set_item("regular_files", s.regular_files)?;
-    d.set_item("inline_files", s.inline_files)?;
-    d.set_item("object_files", s.object_files)?;
-    d.set_item("symlinks", s.symlinks)?;
-    d.set_item("devices", s.devices)?;
-    d.set_item("whiteouts", s.whiteouts)?;
-    d.set_item("hardlinks", s.hardlinks)?;
-    d.set_item("shared_xattrs", s.shared_xattrs)?;
-    d.set_item("objects", objects.0)?;
-    d.set_item("object_bytes", objects.1)?;
-    d.set_item("file_bytes", objects.2)?;
+    let d = built_dict(py, &built, objects)?;
     d.set_item("deduplicated_bytes", objects.2 - objects.1.min(objects.2))?;
     if return_image {
         d.set_item("image", PyBytes::new(py, &built.image.bytes))?;

@@ -278,24 +278,7 @@ fn build_from_directory<'py>(
         }
         Ok((built, stats, store.map(|s| s.stats()), build::object_stats(&tree)))
     })?;
-    let d = PyDict::new(py);
-    let s = &built.image.stats;
-    d.set_item("digest", hex(&built.digest))?;
-    d.set_item("version", built.image.version)?;
-    d.set_item("image_size", s.image_size)?;
-    d.set_item("inodes", s.inodes)?;
-    d.set_item("directories", s.directories)?;
-    d.set_item("regular_files", s.regular_files)?;
-    d.set_item("inline_files", s.inline_files)?;
-    d.set_item("object_files", s.object_files)?;
-    d.set_item("symlinks", s.symlinks)?;
-    d.set_item("devices", s.devices)?;
-    d.set_item("whiteouts", s.whiteouts)?;
-    d.set_item("hardlinks", s.hardlinks)?;
-    d.set_item("shared_xattrs", s.shared_xattrs)?;
-    d.set_item("objects", objects.0)?;
-    d.set_item("object_bytes", objects.1)?;
-    d.set_item("file_bytes", objects.2)?;
+    let d = super::image::built_dict(py, &built, objects)?;
     d.set_item("stats", stats_dict(py, &stats)?)?;
     match &store_stats {
         Some(st) => d.set_item("store", store_dict(py, st)?)?,

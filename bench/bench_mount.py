@@ -43,6 +43,27 @@ def walk(path: str) -> tuple[float, float, int]:
     return wall, r1.children_system - r0.children_system, p.stdout.count(b"\n")
 
 
+def reference_helper() -> str | None:
+    """The reference ``mount.composefs`` (composefs 1.0.x, C): ``$MOUNT_COMPOSEFS``, else the one
+    beside ``$MKCOMPOSEFS`` (a hand-built reference tree), else None. Never a PATH lookup: our own
+    helper is installed as ``/sbin/mount.composefs`` by ``cfsctl install-helper``."""
+    cands = [os.environ.get("MOUNT_COMPOSEFS")]
+    if os.environ.get("MKCOMPOSEFS"):
+        cands.append(os.path.join(os.path.dirname(os.environ["MKCOMPOSEFS"]), "mount.composefs"))
+    return next((c for c in cands if c and os.access(c, os.X_OK)), None)
+
+
+def process_latency(mount_cmd: list[str], umount_cmd: list[str], repeat: int) -> float:
+    """Median wall seconds of running the mount command then the unmount command as processes."""
+    lat = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        subprocess.run(mount_cmd, check=True)
+        subprocess.run(umount_cmd, check=True)
+        lat.append(time.perf_counter() - t)
+    return statistics.median(lat)
+
+
 def measure(entries: int = 100_000, repeat: int = 20, workdir: str | None = None) -> dict:
     if os.geteuid() != 0:
         raise SystemExit("bench_mount needs root")
@@ -69,13 +90,19 @@ def measure(entries: int = 100_000, repeat: int = 20, workdir: str | None = None
                 cm.unmount(mnt)
                 lat.append(time.perf_counter() - t)
             res[f"mount_umount_{label}_median_ms"] = round(statistics.median(lat) * 1e3, 2)
-        lat = []
-        for _ in range(max(5, repeat // 4)):
-            t = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "composefs.cli", "mount", image, mnt, "--basedir", store], check=True)
-            subprocess.run([sys.executable, "-m", "composefs.cli", "umount", mnt], check=True)
-            lat.append(time.perf_counter() - t)
-        res["cli_mount_umount_median_ms"] = round(statistics.median(lat) * 1e3, 1)
+        venv_bin = os.path.dirname(sys.executable)
+        runs = {
+            "cli": ([os.path.join(venv_bin, "cfsctl"), "mount", image, mnt, "--basedir", store],
+                    [os.path.join(venv_bin, "cfsctl"), "umount", mnt]),
+            "helper": ([os.path.join(venv_bin, "mount.composefs"), image, mnt, "-o", f"basedir={store}"],
+                       ["umount", mnt]),
+        }
+        ref = reference_helper()
+        if ref:
+            res["reference_helper"] = ref
+            runs["reference"] = ([ref, image, mnt, "-o", f"basedir={store}"], ["umount", mnt])
+        for label, (mcmd, ucmd) in runs.items():
+            res[f"{label}_mount_umount_median_ms"] = round(process_latency(mcmd, ucmd, repeat) * 1e3, 1)
 
         cm.mount_image(req())
         try:
@@ -106,9 +133,19 @@ def run(workdir) -> list[dict]:
          "seconds": r["mount_umount_file_median_ms"] / 1e3},
         {"case": "mount+umount, loop device (median of 20)", "tool": "composefs.mount (in process)",
          "seconds": r["mount_umount_loop_median_ms"] / 1e3},
-        {"case": "mount+umount (median)", "tool": "cfsctl mount / cfsctl umount",
+        {"case": "mount+umount as processes (median of 20)", "tool": "cfsctl mount; cfsctl umount",
          "seconds": r["cli_mount_umount_median_ms"] / 1e3},
+        {"case": "mount+umount as processes (median of 20)", "tool": "mount.composefs (ours); umount(8)",
+         "seconds": r["helper_mount_umount_median_ms"] / 1e3},
     ]
+    if "reference_mount_umount_median_ms" in r:
+        rows.append({"case": "mount+umount as processes (median of 20)",
+                     "tool": "mount.composefs (reference 1.0.x); umount(8)",
+                     "seconds": r["reference_mount_umount_median_ms"] / 1e3,
+                     "note": f"ours (helper) {r['helper_mount_umount_median_ms'] / r['reference_mount_umount_median_ms']:.1f}x"})
+    else:
+        rows.append({"case": "mount+umount as processes", "tool": "mount.composefs (reference)",
+                     "seconds": None, "note": "not found: set MOUNT_COMPOSEFS or MKCOMPOSEFS"})
     for temp in ("cold", "warm"):
         m, s = r[f"walk_mounted_{temp}_s"], r[f"walk_source_{temp}_s"]
         rows.append({"case": f"find -ls of {r['entries']} entries, {temp}", "tool": "mounted image",

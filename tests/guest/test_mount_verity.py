@@ -9,6 +9,7 @@ module when it is loaded).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -92,6 +93,40 @@ class Setup:
             enable_verity(o)
         return dst
 
+    def store_with_replaced_object(self, name: str, rel: str, change, verity: bool) -> tuple[str, bytes]:
+        """A store copy in which the object of `rel` is replaced by `change(old bytes)`, with or
+        without fs-verity of its own (a fs-verity file cannot be rewritten in place)."""
+        store = self.store_copy(name)
+        victim = os.path.join(store, os.path.relpath(self.object_of(rel), self.store))
+        data = change(read(victim))
+        os.unlink(victim)
+        with open(victim, "wb") as f:
+            f.write(data)
+        if verity:
+            enable_verity(victim)
+        return store, data
+
+    @contextlib.contextmanager
+    def mounted(self, store: str, level: str, backend: str):
+        cfsctl("mount", self.image, self.mnt, "--basedir", store, "--verity-check", level, "--backend", backend,
+               check=True)
+        try:
+            yield self.mnt
+        finally:
+            cfsctl("umount", self.mnt, check=True)
+
+    def assert_eio_only_for(self, bad: str, good: str) -> None:
+        with pytest.raises(OSError) as ei:
+            read(os.path.join(self.mnt, bad))
+        assert ei.value.errno == errno.EIO
+        assert read(os.path.join(self.mnt, good)) == read(os.path.join(self.src, good))
+
+
+def flip_byte_100(data: bytes) -> bytes:
+    b = bytearray(data)
+    b[100] ^= 0xFF
+    return bytes(b)
+
 
 @pytest.fixture
 def setup():
@@ -145,50 +180,21 @@ def test_digest_given_for_image_without_fsverity_is_refused(setup):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("level", ["1", "2"])
 def test_tampered_object_gives_eio(setup, backend, level):
-    store = setup.store_copy("tampered")
-    victim = os.path.join(store, os.path.relpath(setup.object_of("block"), setup.store))
-    data = bytearray(read(victim))
-    data[100] ^= 0xFF
-    os.unlink(victim)  # a fs-verity file cannot be rewritten: replace it, with verity of its own
-    with open(victim, "wb") as f:
-        f.write(data)
-    enable_verity(victim)
-    cfsctl("mount", setup.image, setup.mnt, "--basedir", store, "--verity-check", level, "--backend", backend,
-           check=True)
-    try:
-        with pytest.raises(OSError) as ei:
-            read(os.path.join(setup.mnt, "block"))
-        assert ei.value.errno == errno.EIO
-        assert read(os.path.join(setup.mnt, "large.bin")) == read(os.path.join(setup.src, "large.bin"))
-    finally:
-        cfsctl("umount", setup.mnt, check=True)
+    store, data = setup.store_with_replaced_object("tampered", "block", flip_byte_100, verity=True)
+    with setup.mounted(store, level, backend):
+        setup.assert_eio_only_for("block", good="large.bin")
     # Without checks the tampered bytes are served: the checks above are what caught it.
-    cfsctl("mount", setup.image, setup.mnt, "--basedir", store, "--verity-check", "0", "--backend", backend,
-           check=True)
-    try:
-        assert read(os.path.join(setup.mnt, "block")) == bytes(data)
-    finally:
-        cfsctl("umount", setup.mnt, check=True)
+    with setup.mounted(store, "0", backend) as mnt:
+        assert read(os.path.join(mnt, "block")) == data
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("level", ["1", "2"])
 def test_object_without_fsverity_is_refused_when_checking(setup, backend, level):
-    store = setup.store_copy("noverity")
-    victim = os.path.join(store, os.path.relpath(setup.object_of("large.bin"), setup.store))  # over 64 bytes: has an object
-    content = read(victim)
-    os.unlink(victim)
-    with open(victim, "wb") as f:  # same bytes, no fs-verity
-        f.write(content)
-    cfsctl("mount", setup.image, setup.mnt, "--basedir", store, "--verity-check", level, "--backend", backend,
-           check=True)
-    try:
-        with pytest.raises(OSError) as ei:
-            read(os.path.join(setup.mnt, "large.bin"))
-        assert ei.value.errno == errno.EIO
-        assert read(os.path.join(setup.mnt, "block")) == read(os.path.join(setup.src, "block"))
-    finally:
-        cfsctl("umount", setup.mnt, check=True)
+    # large.bin is over 64 bytes, so it has an object; same bytes, no fs-verity.
+    store, _ = setup.store_with_replaced_object("noverity", "large.bin", bytes, verity=False)
+    with setup.mounted(store, level, backend):
+        setup.assert_eio_only_for("large.bin", good="block")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

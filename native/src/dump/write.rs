@@ -78,37 +78,19 @@ pub fn write_dump(tree: &Tree) -> Vec<u8> {
     }
     let mut out = Vec::new();
     line(&mut out, tree, b"", ROOT, None);
-    // Depth-first, pre-order, with an explicit stack of (dir, next entry index).
-    let mut seen = vec![false; tree.inodes.len()];
-    seen[ROOT] = true;
-    let mut stack: Vec<(InodeId, usize)> = vec![(ROOT, 0)];
-    while let Some(top) = stack.last_mut() {
-        let (d, i) = *top;
-        let entries = tree.inodes[d].entries();
-        if i >= entries.len() {
-            stack.pop();
-            continue;
-        }
-        top.1 += 1;
-        let e = &entries[i];
-        let mut path = dir_path[d].clone().unwrap_or_default();
-        path.push(b'/');
-        path.extend_from_slice(&e.name);
-        let child = &tree.inodes[e.inode];
-        if child.is_dir() {
-            if seen[e.inode] {
-                continue;
+    walk_depth_first(tree, |d, i, path, first| {
+        let e = &tree.inodes[d].entries()[i];
+        if tree.inodes[e.inode].is_dir() {
+            if first {
+                line(&mut out, tree, path, e.inode, None);
             }
-            seen[e.inode] = true;
-            line(&mut out, tree, &path, e.inode, None);
-            stack.push((e.inode, 0));
         } else if holders[e.inode] == Some((d, i)) {
-            line(&mut out, tree, &path, e.inode, None);
+            line(&mut out, tree, path, e.inode, None);
         } else {
             let target = holder_path(&dir_path, e.inode).unwrap_or_default();
-            line(&mut out, tree, &path, e.inode, Some(&target));
+            line(&mut out, tree, path, e.inode, Some(&target));
         }
-    }
+    });
     out
 }
 
@@ -117,21 +99,8 @@ pub fn write_dump(tree: &Tree) -> Vec<u8> {
 pub fn write_ls(tree: &Tree) -> Vec<u8> {
     let holders = tree.holders();
     let mut out = Vec::new();
-    let mut seen = vec![false; tree.inodes.len()];
-    seen[ROOT] = true;
-    let mut stack: Vec<(InodeId, usize, Vec<u8>)> = vec![(ROOT, 0, Vec::new())];
-    while let Some(top) = stack.last_mut() {
-        let (d, i) = (top.0, top.1);
-        let entries = tree.inodes[d].entries();
-        if i >= entries.len() {
-            stack.pop();
-            continue;
-        }
-        top.1 += 1;
-        let e = &entries[i];
-        let mut path = top.2.clone();
-        path.push(b'/');
-        path.extend_from_slice(&e.name);
+    walk_depth_first(tree, |d, i, path, _| {
+        let e = &tree.inodes[d].entries()[i];
         // Paths keep spaces unescaped here (isprint instead of isgraph).
         for part in path.split(|&c| c == b' ').enumerate() {
             if part.0 > 0 {
@@ -155,12 +124,35 @@ pub fn write_ls(tree: &Tree) -> Vec<u8> {
             }
         }
         out.push(b'\n');
-        if child.is_dir() && !seen[e.inode] {
-            seen[e.inode] = true;
-            stack.push((e.inode, 0, path));
+    });
+    out
+}
+
+/// Depth-first, pre-order walk over every entry below the root, in stored (sorted) order:
+/// `visit(dir, index in dir, full path, first)`. A directory is descended into once; `first` is
+/// false only for a directory met again (impossible in a valid tree, kept safe for a bad one).
+fn walk_depth_first(tree: &Tree, mut visit: impl FnMut(InodeId, usize, &[u8], bool)) {
+    let mut seen = vec![false; tree.inodes.len()];
+    seen[ROOT] = true;
+    let mut stack: Vec<(InodeId, usize, Vec<u8>)> = vec![(ROOT, 0, Vec::new())];
+    while let Some(top) = stack.last_mut() {
+        let (d, i) = (top.0, top.1);
+        let entries = tree.inodes[d].entries();
+        if i >= entries.len() {
+            stack.pop();
+            continue;
+        }
+        top.1 += 1;
+        let child = entries[i].inode;
+        let mut path = top.2.clone();
+        path.push(b'/');
+        path.extend_from_slice(&entries[i].name);
+        let descend = tree.inodes[child].is_dir() && !std::mem::replace(&mut seen[child], true);
+        visit(d, i, &path, descend || !tree.inodes[child].is_dir());
+        if descend {
+            stack.push((child, 0, path));
         }
     }
-    out
 }
 
 /// The distinct object paths (payloads of regular files), sorted.

@@ -23,7 +23,7 @@ impl ToPyErr for store::Error {
 }
 
 fn changed(path: &std::path::Path) -> PyErr {
-    PyOSError::new_err((libc::EAGAIN, "file changed while it was being read", path.to_string_lossy().into_owned()))
+    PyOSError::new_err((libc::EAGAIN, "file changed while it was being read", path.as_os_str().to_os_string()))
 }
 
 impl ToPyErr for scan::Error {

@@ -177,11 +177,23 @@ enum Content {
     Object { digest: Digest, size: u64 },
 }
 
-/// A regular file to read: the inodes that share it and a path to it.
+/// A regular file to read (24 bytes, no path of its own: the path is made when the file is
+/// opened): its inode, the directory entry naming it and that directory's path.
 struct Work {
-    inodes: Vec<InodeId>,
-    path: PathBuf,
+    inode: u32,
+    /// The entry `tree.inodes[parent].entries()[entry]`.
+    parent: u32,
+    entry: u32,
+    /// Index in `Flattener::dir_paths`.
+    dir: u32,
     size: u64,
+}
+
+impl Work {
+    fn path(&self, tree: &Tree, dir_paths: &[PathBuf]) -> PathBuf {
+        let name = &tree.inodes[self.parent as usize].entries()[self.entry as usize].name;
+        dir_paths[self.dir as usize].join(OsStr::from_bytes(name))
+    }
 }
 
 /// Scan `root` into a tree; with `store`, also insert every object-backed file into it.
@@ -203,7 +215,14 @@ pub fn scan(
     let pool = builder.build().map_err(|e| Error::Threads(opts.threads, e.to_string()))?;
     let local = Progress::default();
     let progress = progress.unwrap_or(&local);
-    pool.install(|| scan_in_pool(root, opts, store, progress))
+    let result = pool.install(|| scan_in_pool(root, opts, store, progress));
+    drop(pool);
+    // The walk's per-entry records and the per-file work list were allocated on the worker
+    // threads' malloc arenas and are free now: give those pages back before the image is laid
+    // out (otherwise they stay resident and add to the build's peak RSS).
+    // SAFETY: malloc_trim only releases free memory.
+    unsafe { libc::malloc_trim(0) };
+    result
 }
 
 fn scan_in_pool(root: &Path, opts: &ScanOptions, store: Option<&Store>, progress: &Progress) -> Result<(Tree, ScanStats), Error> {
@@ -224,11 +243,23 @@ fn scan_in_pool(root: &Path, opts: &ScanOptions, store: Option<&Store>, progress
     let Node { st, xattrs, kind, .. } = root_node;
     let mut tree = Tree::new(make_inode(&st, xattrs, &kind));
     let mut stats = ScanStats { entries: 1, inodes: 1, directories: 1, ..Default::default() };
-    let mut flat = Flattener { tree: &mut tree, opts, links: HashMap::new(), work: Vec::new(), work_of: HashMap::new(), stats: &mut stats };
+    let mut flat = Flattener {
+        tree: &mut tree,
+        opts,
+        links: HashMap::new(),
+        work: Vec::new(),
+        also: Vec::new(),
+        work_of: HashMap::new(),
+        dir_paths: vec![root_path.clone()],
+        stats: &mut stats,
+    };
     if let Kind::Dir(children) = kind {
-        flat.add_children(ROOT, &root_path, children);
+        flat.add_children(ROOT, 0, children);
     }
     let work = std::mem::take(&mut flat.work);
+    let mut also = std::mem::take(&mut flat.also);
+    also.sort_by_key(|&(w, _)| w);
+    let dir_paths = std::mem::take(&mut flat.dir_paths);
     drop(flat);
 
     // Contents, in parallel.
@@ -238,15 +269,19 @@ fn scan_in_pool(root: &Path, opts: &ScanOptions, store: Option<&Store>, progress
     let contents: Vec<Content> = work
         .par_iter()
         .map(|w| {
-            let c = read_content(&w.path, w.size, store);
+            let c = read_content(&w.path(&tree, &dir_paths), w.size, store);
             progress.files_done.fetch_add(1, Relaxed);
             progress.bytes_done.fetch_add(w.size, Relaxed);
             c
         })
         .collect::<Result<_, _>>()?;
 
+    drop(dir_paths);
     let mut digests = std::collections::HashSet::new();
-    for (w, c) in work.iter().zip(contents) {
+    // Every inode a work item stands for: its own, then further names of the same source file
+    // read once (`no_hardlinks`), in the order they were found.
+    let mut also = also.into_iter().peekable();
+    for (wi, (w, c)) in work.iter().zip(contents).enumerate() {
         match &c {
             Content::Object { size, digest, .. } => {
                 stats.bytes_read += size;
@@ -255,7 +290,12 @@ fn scan_in_pool(root: &Path, opts: &ScanOptions, store: Option<&Store>, progress
             Content::Inline(b) => stats.bytes_read += b.len() as u64,
             Content::Empty => {}
         }
-        for &id in &w.inodes {
+        let mut ids = vec![w.inode as InodeId];
+        while let Some(&(_, id)) = also.peek().filter(|(i, _)| *i as usize == wi) {
+            ids.push(id as InodeId);
+            also.next();
+        }
+        for id in ids {
             let ino = &mut tree.inodes[id];
             match &c {
                 Content::Empty => {
@@ -292,16 +332,21 @@ struct Flattener<'a> {
     /// (dev, ino) -> inode, for preserved hardlinks.
     links: HashMap<(u64, u64), InodeId>,
     work: Vec<Work>,
+    /// (work index, inode): further inodes reading the same source file as that work item,
+    /// sorted by work index.
+    also: Vec<(u32, u32)>,
+    /// Paths of the directories holding work items.
+    dir_paths: Vec<PathBuf>,
     /// (dev, ino) -> index in `work`, so a file is read once even with `no_hardlinks`.
     work_of: HashMap<(u64, u64), usize>,
     stats: &'a mut ScanStats,
 }
 
 impl Flattener<'_> {
-    fn add_children(&mut self, dir: InodeId, dir_path: &Path, children: Vec<Node>) {
+    /// Add `children` under directory inode `dir`, whose path is `dir_paths[dir_idx]`.
+    fn add_children(&mut self, dir: InodeId, dir_idx: u32, children: Vec<Node>) {
         for node in children {
             let Node { name, st, xattrs, kind } = node;
-            let path = dir_path.join(OsStr::from_bytes(&name));
             self.stats.entries += 1;
             let key = (st.dev, st.ino);
             let is_dir = matches!(kind, Kind::Dir(_));
@@ -312,6 +357,7 @@ impl Flattener<'_> {
                     continue;
                 }
             }
+            let child_path = is_dir.then(|| self.dir_paths[dir_idx as usize].join(OsStr::from_bytes(&name)));
             let id = self.tree.push(make_inode(&st, xattrs, &kind));
             self.stats.inodes += 1;
             self.tree.link(dir, name, id);
@@ -325,16 +371,32 @@ impl Flattener<'_> {
                 self.links.insert(key, id);
             }
             match kind {
-                Kind::Dir(children) => self.add_children(id, &path, children),
+                Kind::Dir(children) => {
+                    self.dir_paths.push(child_path.expect("a directory's path"));
+                    let idx = (self.dir_paths.len() - 1) as u32;
+                    self.add_children(id, idx, children)
+                }
                 _ if st.file_type() == mode::S_IFREG && st.size == 0 => self.stats.empty_files += 1,
                 _ if st.file_type() == mode::S_IFREG => {
                     if let Some(&w) = self.work_of.get(&key).filter(|_| st.nlink > 1) {
-                        self.work[w].inodes.push(id);
+                        self.also.push((w as u32, id as u32));
                     } else {
                         if st.nlink > 1 {
                             self.work_of.insert(key, self.work.len());
                         }
-                        self.work.push(Work { inodes: vec![id], path, size: st.size });
+                        // Names arrive sorted, so the new entry is normally the last one.
+                        let entries = self.tree.inodes[dir].entries();
+                        let entry = match entries.last() {
+                            Some(e) if e.inode == id => entries.len() - 1,
+                            _ => entries.iter().position(|e| e.inode == id).expect("just linked"),
+                        };
+                        self.work.push(Work {
+                            inode: id as u32,
+                            parent: dir as u32,
+                            entry: entry as u32,
+                            dir: dir_idx,
+                            size: st.size,
+                        });
                     }
                 }
                 _ => {}

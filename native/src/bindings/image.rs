@@ -61,7 +61,8 @@ fn load_image(path: &Path) -> PyResult<reader::Loaded> {
 /// The source of a dump: bytes, or a path to read.
 #[derive(FromPyObject)]
 enum DumpSource {
-    Bytes(Vec<u8>),
+    /// Borrowed from the Python object, not copied.
+    Bytes(pyo3::pybacked::PyBackedBytes),
     Path(PathBuf),
 }
 
@@ -90,7 +91,7 @@ fn build_from_dump<'py>(
     let opts = Options { min_version, max_version, threads };
     let (built, objects) = py.allow_threads(|| -> PyResult<_> {
         let mut tree: Tree = match &source {
-            DumpSource::Bytes(b) => dump::parse(b),
+            DumpSource::Bytes(b) => dump::parse(b.as_ref()),
             // The text is dropped as soon as it is parsed (before the image is made).
             DumpSource::Path(p) => dump::parse(&read_file(p)?),
         }

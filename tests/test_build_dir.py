@@ -132,8 +132,10 @@ def test_unreadable_file_cli_error_names_path():
         with open(secret, "wb") as f:
             f.write(b"s" * 1000)
         os.chmod(secret, 0)
-        # Drop to nobody after start-up (the interpreter lives under /root).
-        code = ("import os, sys; from composefs.cli import main; os.setgid(65534); os.setuid(65534); "
+        # Drop to nobody after start-up (the interpreter lives under /root); the CLI imports a
+        # command's modules when it runs, so load those first.
+        code = ("import os, sys; from composefs.cli import main; import composefs.cmd_build, composefs.build; "
+                "os.setgid(65534); os.setuid(65534); "
                 "sys.argv = ['cfsctl', 'build', sys.argv[1], '--print-digest-only']; main()")
         r = subprocess.run([sys.executable, "-c", code, root], capture_output=True, text=True, cwd="/")
         assert r.returncode != 0

@@ -24,3 +24,38 @@ def test_native_extension_loads():
     from composefs import _native
 
     assert issubclass(_native.FormatError, ValueError)
+
+
+def test_help_lists_every_command_and_each_loads():
+    """Sub-commands are imported lazily; each one listed must still load and explain itself."""
+    r = run("--help")
+    names = [line.split()[0] for line in r.stdout.split("Commands:")[1].splitlines() if line.strip()]
+    for name in ("build", "digest", "info", "mount", "umount", "init", "import", "gc", "oci"):
+        assert name in names
+    for name in names:
+        sub = run(name, "--help")
+        assert sub.returncode == 0, (name, sub.stderr)
+        assert sub.stdout.startswith(f"Usage: cfsctl {name} "), name
+
+
+def test_build_imports_only_what_it_needs():
+    code = ("import sys; from composefs.cli import cli; cli(['build', '--help'], standalone_mode=False); "
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('composefs.'))))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    loaded = set(r.stdout.splitlines()[-1].split())
+    assert "composefs.cmd_build" in loaded
+    assert not loaded & {"composefs.cmd_mount", "composefs.mount", "composefs.cmd_repo", "composefs.repository"}
+
+
+def test_non_utf8_paths_in_errors_are_shown_exactly(tmp_path):
+    """Error messages name the path with its own bytes, also when they are not UTF-8."""
+    import os
+
+    name = os.fsencode(tmp_path) + b"/not-utf8-\xff\xfe"
+    os.mkfifo(name)  # digest refuses a FIFO: the error comes from the native core
+    missing = os.fsencode(tmp_path) + b"/missing-\xff"  # build refuses it in Python
+    for args, path in ((["digest", name], name), (["build", "--print-digest-only", missing], missing)):
+        r = subprocess.run([sys.executable, "-m", "composefs.cli", *args], capture_output=True)
+        assert r.returncode != 0
+        assert r.stderr.startswith(b"cfsctl: error: " + path + b": "), r.stderr

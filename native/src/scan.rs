@@ -167,6 +167,8 @@ struct Node {
     st: Stat,
     xattrs: Vec<Xattr>,
     kind: Kind,
+    /// A regular file with a single name, already read during the walk.
+    content: Option<Content>,
 }
 
 /// Contents of one regular file.
@@ -177,11 +179,23 @@ enum Content {
     Object { digest: Digest, size: u64 },
 }
 
-/// A regular file to read: the inodes that share it and a path to it.
+/// A regular file to read (24 bytes, no path of its own: the path is made when the file is
+/// opened): its inode, the directory entry naming it and that directory's path.
 struct Work {
-    inodes: Vec<InodeId>,
-    path: PathBuf,
+    inode: u32,
+    /// The entry `tree.inodes[parent].entries()[entry]`.
+    parent: u32,
+    entry: u32,
+    /// Index in `Flattener::dir_paths`.
+    dir: u32,
     size: u64,
+}
+
+impl Work {
+    fn path(&self, tree: &Tree, dir_paths: &[PathBuf]) -> PathBuf {
+        let name = &tree.inodes[self.parent as usize].entries()[self.entry as usize].name;
+        dir_paths[self.dir as usize].join(OsStr::from_bytes(name))
+    }
 }
 
 /// Scan `root` into a tree; with `store`, also insert every object-backed file into it.
@@ -203,7 +217,14 @@ pub fn scan(
     let pool = builder.build().map_err(|e| Error::Threads(opts.threads, e.to_string()))?;
     let local = Progress::default();
     let progress = progress.unwrap_or(&local);
-    pool.install(|| scan_in_pool(root, opts, store, progress))
+    let result = pool.install(|| scan_in_pool(root, opts, store, progress));
+    drop(pool);
+    // The walk's per-entry records and the per-file work list were allocated on the worker
+    // threads' malloc arenas and are free now: give those pages back before the image is laid
+    // out (otherwise they stay resident and add to the build's peak RSS).
+    // SAFETY: malloc_trim only releases free memory.
+    unsafe { libc::malloc_trim(0) };
+    result
 }
 
 fn scan_in_pool(root: &Path, opts: &ScanOptions, store: Option<&Store>, progress: &Progress) -> Result<(Tree, ScanStats), Error> {
@@ -218,67 +239,58 @@ fn scan_in_pool(root: &Path, opts: &ScanOptions, store: Option<&Store>, progress
     } else {
         root.to_path_buf()
     };
-    let root_node = load_entry(&root_path, Vec::new(), opts, progress)?.expect("a directory is never skipped");
+    let root_node = load_entry(&root_path, Vec::new(), opts, store, progress)?.expect("a directory is never skipped");
 
     // Flatten into the tree, sequentially and in name order (deterministic ids).
     let Node { st, xattrs, kind, .. } = root_node;
     let mut tree = Tree::new(make_inode(&st, xattrs, &kind));
     let mut stats = ScanStats { entries: 1, inodes: 1, directories: 1, ..Default::default() };
-    let mut flat = Flattener { tree: &mut tree, opts, links: HashMap::new(), work: Vec::new(), work_of: HashMap::new(), stats: &mut stats };
+    let mut flat = Flattener {
+        tree: &mut tree,
+        opts,
+        links: HashMap::new(),
+        work: Vec::new(),
+        also: Vec::new(),
+        work_of: HashMap::new(),
+        dir_paths: vec![root_path.clone()],
+        digests: std::collections::HashSet::new(),
+        stats: &mut stats,
+    };
     if let Kind::Dir(children) = kind {
-        flat.add_children(ROOT, &root_path, children);
+        flat.add_children(ROOT, 0, children);
     }
     let work = std::mem::take(&mut flat.work);
+    let mut also = std::mem::take(&mut flat.also);
+    also.sort_by_key(|&(w, _)| w);
+    let dir_paths = std::mem::take(&mut flat.dir_paths);
+    let mut digests = std::mem::take(&mut flat.digests);
     drop(flat);
 
-    // Contents, in parallel.
-    progress.files_total.store(work.len() as u64, Relaxed);
-    progress.bytes_total.store(work.iter().map(|w| w.size).sum(), Relaxed);
+    // Contents of the files not read during the walk (several names), in parallel.
+    progress.files_total.fetch_add(work.len() as u64, Relaxed);
+    progress.bytes_total.fetch_add(work.iter().map(|w| w.size).sum(), Relaxed);
     progress.phase.store(PHASE_CONTENTS, Relaxed);
     let contents: Vec<Content> = work
         .par_iter()
         .map(|w| {
-            let c = read_content(&w.path, w.size, store);
+            let c = read_content(&w.path(&tree, &dir_paths), w.size, store);
             progress.files_done.fetch_add(1, Relaxed);
             progress.bytes_done.fetch_add(w.size, Relaxed);
             c
         })
         .collect::<Result<_, _>>()?;
 
-    let mut digests = std::collections::HashSet::new();
-    for (w, c) in work.iter().zip(contents) {
-        match &c {
-            Content::Object { size, digest, .. } => {
-                stats.bytes_read += size;
-                digests.insert(*digest);
-            }
-            Content::Inline(b) => stats.bytes_read += b.len() as u64,
-            Content::Empty => {}
+    drop(dir_paths);
+    // Every inode a work item stands for: its own, then further names of the same source file
+    // read once (`no_hardlinks`), in the order they were found.
+    let mut also = also.into_iter().peekable();
+    for (wi, (w, c)) in work.iter().zip(contents).enumerate() {
+        let mut ids = vec![w.inode as InodeId];
+        while let Some(&(_, id)) = also.peek().filter(|(i, _)| *i as usize == wi) {
+            ids.push(id as InodeId);
+            also.next();
         }
-        for &id in &w.inodes {
-            let ino = &mut tree.inodes[id];
-            match &c {
-                Content::Empty => {
-                    ino.size = 0;
-                    stats.empty_files += 1;
-                }
-                Content::Inline(b) => {
-                    ino.size = b.len() as u64;
-                    ino.data = InodeData::Regular { inline: Some(b.clone()), payload: None, digest: None };
-                    stats.inline_files += 1;
-                }
-                Content::Object { digest, size, .. } => {
-                    ino.size = *size;
-                    ino.data = InodeData::Regular {
-                        inline: None,
-                        payload: Some(store::object_name(digest).into_bytes()),
-                        digest: Some(*digest),
-                    };
-                    stats.object_files += 1;
-                    stats.object_bytes += size;
-                }
-            }
-        }
+        apply_content(&mut tree, &mut stats, &mut digests, &ids, &c);
     }
     stats.distinct_objects = digests.len() as u64;
     tree.compute_nlink();
@@ -292,16 +304,23 @@ struct Flattener<'a> {
     /// (dev, ino) -> inode, for preserved hardlinks.
     links: HashMap<(u64, u64), InodeId>,
     work: Vec<Work>,
+    /// (work index, inode): further inodes reading the same source file as that work item,
+    /// sorted by work index.
+    also: Vec<(u32, u32)>,
+    /// Paths of the directories holding work items.
+    dir_paths: Vec<PathBuf>,
+    /// Digests of the objects found so far.
+    digests: std::collections::HashSet<Digest>,
     /// (dev, ino) -> index in `work`, so a file is read once even with `no_hardlinks`.
     work_of: HashMap<(u64, u64), usize>,
     stats: &'a mut ScanStats,
 }
 
 impl Flattener<'_> {
-    fn add_children(&mut self, dir: InodeId, dir_path: &Path, children: Vec<Node>) {
+    /// Add `children` under directory inode `dir`, whose path is `dir_paths[dir_idx]`.
+    fn add_children(&mut self, dir: InodeId, dir_idx: u32, children: Vec<Node>) {
         for node in children {
-            let Node { name, st, xattrs, kind } = node;
-            let path = dir_path.join(OsStr::from_bytes(&name));
+            let Node { name, st, xattrs, kind, content } = node;
             self.stats.entries += 1;
             let key = (st.dev, st.ino);
             let is_dir = matches!(kind, Kind::Dir(_));
@@ -312,6 +331,7 @@ impl Flattener<'_> {
                     continue;
                 }
             }
+            let child_path = is_dir.then(|| self.dir_paths[dir_idx as usize].join(OsStr::from_bytes(&name)));
             let id = self.tree.push(make_inode(&st, xattrs, &kind));
             self.stats.inodes += 1;
             self.tree.link(dir, name, id);
@@ -325,19 +345,76 @@ impl Flattener<'_> {
                 self.links.insert(key, id);
             }
             match kind {
-                Kind::Dir(children) => self.add_children(id, &path, children),
+                Kind::Dir(children) => {
+                    self.dir_paths.push(child_path.expect("a directory's path"));
+                    let idx = (self.dir_paths.len() - 1) as u32;
+                    self.add_children(id, idx, children)
+                }
                 _ if st.file_type() == mode::S_IFREG && st.size == 0 => self.stats.empty_files += 1,
+                _ if content.is_some() => {
+                    let c = content.expect("checked");
+                    apply_content(self.tree, self.stats, &mut self.digests, &[id], &c);
+                }
                 _ if st.file_type() == mode::S_IFREG => {
                     if let Some(&w) = self.work_of.get(&key).filter(|_| st.nlink > 1) {
-                        self.work[w].inodes.push(id);
+                        self.also.push((w as u32, id as u32));
                     } else {
                         if st.nlink > 1 {
                             self.work_of.insert(key, self.work.len());
                         }
-                        self.work.push(Work { inodes: vec![id], path, size: st.size });
+                        // Names arrive sorted, so the new entry is normally the last one.
+                        let entries = self.tree.inodes[dir].entries();
+                        let entry = match entries.last() {
+                            Some(e) if e.inode == id => entries.len() - 1,
+                            _ => entries.iter().position(|e| e.inode == id).expect("just linked"),
+                        };
+                        self.work.push(Work {
+                            inode: id as u32,
+                            parent: dir as u32,
+                            entry: entry as u32,
+                            dir: dir_idx,
+                            size: st.size,
+                        });
                     }
                 }
                 _ => {}
+            }
+        }
+    }
+}
+
+/// Record a file's contents in its inodes `ids` (several when the source file has several names)
+/// and in the totals.
+fn apply_content(tree: &mut Tree, stats: &mut ScanStats, digests: &mut std::collections::HashSet<Digest>, ids: &[InodeId], c: &Content) {
+    match c {
+        Content::Object { size, digest, .. } => {
+            stats.bytes_read += size;
+            digests.insert(*digest);
+        }
+        Content::Inline(b) => stats.bytes_read += b.len() as u64,
+        Content::Empty => {}
+    }
+    for &id in ids {
+        let ino = &mut tree.inodes[id];
+        match c {
+            Content::Empty => {
+                ino.size = 0;
+                stats.empty_files += 1;
+            }
+            Content::Inline(b) => {
+                ino.size = b.len() as u64;
+                ino.data = InodeData::Regular { inline: Some(b.clone()), payload: None, digest: None };
+                stats.inline_files += 1;
+            }
+            Content::Object { digest, size, .. } => {
+                ino.size = *size;
+                ino.data = InodeData::Regular {
+                    inline: None,
+                    payload: Some(store::object_name(digest).into_bytes()),
+                    digest: Some(*digest),
+                };
+                stats.object_files += 1;
+                stats.object_bytes += size;
             }
         }
     }
@@ -369,7 +446,7 @@ fn make_inode(st: &Stat, xattrs: Vec<Xattr>, kind: &Kind) -> Inode {
 
 /// `lstat` one entry, read its xattrs and symlink target, and walk it if it is a directory.
 /// `None` when options leave it out.
-fn load_entry(path: &Path, name: Vec<u8>, opts: &ScanOptions, progress: &Progress) -> Result<Option<Node>, Error> {
+fn load_entry(path: &Path, name: Vec<u8>, opts: &ScanOptions, store: Option<&Store>, progress: &Progress) -> Result<Option<Node>, Error> {
     let meta = std::fs::symlink_metadata(path).map_err(io_at(path))?;
     let st = Stat::from_meta(&meta, opts.use_epoch);
     if opts.skip_devices && matches!(st.file_type(), mode::S_IFCHR | mode::S_IFBLK) {
@@ -378,16 +455,28 @@ fn load_entry(path: &Path, name: Vec<u8>, opts: &ScanOptions, progress: &Progres
     progress.entries.fetch_add(1, Relaxed);
     let xattrs = if opts.skip_xattrs { Vec::new() } else { read_xattrs(path, opts.user_xattrs)? };
     let kind = match st.file_type() {
-        mode::S_IFDIR => Kind::Dir(walk_dir(path, opts, progress)?),
+        mode::S_IFDIR => Kind::Dir(walk_dir(path, opts, store, progress)?),
         mode::S_IFLNK => Kind::Symlink(std::fs::read_link(path).map_err(io_at(path))?.into_os_string().into_vec()),
         _ => Kind::Other,
     };
-    Ok(Some(Node { name, st, xattrs, kind }))
+    // A file with one name is read right away, so hashing overlaps the walk; files with several
+    // names wait for the contents phase, which reads each source inode once.
+    let content = if st.file_type() == mode::S_IFREG && st.size > 0 && st.nlink <= 1 {
+        progress.files_total.fetch_add(1, Relaxed);
+        progress.bytes_total.fetch_add(st.size, Relaxed);
+        let c = read_content(path, st.size, store)?;
+        progress.files_done.fetch_add(1, Relaxed);
+        progress.bytes_done.fetch_add(st.size, Relaxed);
+        Some(c)
+    } else {
+        None
+    };
+    Ok(Some(Node { name, st, xattrs, kind, content }))
 }
 
 use std::os::unix::ffi::OsStringExt;
 
-fn walk_dir(path: &Path, opts: &ScanOptions, progress: &Progress) -> Result<Vec<Node>, Error> {
+fn walk_dir(path: &Path, opts: &ScanOptions, store: Option<&Store>, progress: &Progress) -> Result<Vec<Node>, Error> {
     let mut names = Vec::new();
     for ent in std::fs::read_dir(path).map_err(io_at(path))? {
         let ent = ent.map_err(io_at(path))?;
@@ -398,7 +487,7 @@ fn walk_dir(path: &Path, opts: &ScanOptions, progress: &Progress) -> Result<Vec<
         .into_par_iter()
         .map(|name| {
             let p = path.join(OsStr::from_bytes(&name));
-            load_entry(&p, name, opts, progress)
+            load_entry(&p, name, opts, store, progress)
         })
         .collect::<Result<_, _>>()?;
     Ok(nodes.into_iter().flatten().collect())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -11,12 +12,40 @@ from .errors import CfsError, describe_oserror
 
 
 def fail(err: CfsError, code: int = 1) -> None:
-    click.echo(f"cfsctl: error: {err}", err=True)
+    # Paths may be any bytes (os.fsdecode form): write them back as the same bytes.
+    text = f"cfsctl: error: {err}"
+    buffer = getattr(sys.stderr, "buffer", None)
+    if buffer is None:
+        click.echo(text, err=True)
+    else:
+        sys.stderr.flush()
+        buffer.write(text.encode(sys.getfilesystemencoding(), "surrogateescape") + b"\n")
+        buffer.flush()
     sys.exit(code)
 
 
 class CfsGroup(click.Group):
-    """Turns expected errors into one-line messages instead of tracebacks."""
+    """Turns expected errors into one-line messages instead of tracebacks, and imports a
+    sub-command's module only when that command is looked up (start-up stays small)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy: dict[str, tuple[str, str]] = {}
+
+    def add_lazy(self, name: str, module: str, attr: str) -> None:
+        """Register command ``name`` as ``composefs.<module>.<attr>``, imported on first use."""
+        self.lazy[name] = (module, attr)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx: click.Context, name: str):
+        cmd = super().get_command(ctx, name)
+        if cmd is None and name in self.lazy:
+            module, attr = self.lazy[name]
+            cmd = getattr(importlib.import_module(f"{__package__}.{module}"), attr)
+            self.add_command(cmd, name)
+        return cmd
 
     def invoke(self, ctx: click.Context):
         try:
@@ -37,26 +66,22 @@ def cli() -> None:
     """
 
 
-# Sub-commands live in their own modules (one room per concern) and register here.
+# Sub-commands live in their own modules (one room per concern) and register here, one line
+# each: name, module, attribute. A module is imported only when its command runs.
 def _register_commands() -> None:
-    from .cmd_digest import digest
-
-    cli.add_command(digest)
-    from .cmd_build import build
-    from .cmd_info import info
-
-    cli.add_command(build)
-    cli.add_command(info)
-    from . import cmd_install_helper, cmd_mount
-
-    cmd_mount.register(cli)  # mount, umount
-    cmd_install_helper.register(cli)
-    from . import cmd_repo
-
-    cmd_repo.register(cli)  # init, import, images, rm, gc, fsck
-    from . import cmd_oci
-
-    cmd_oci.register(cli)  # oci import
+    cli.add_lazy("digest", "cmd_digest", "digest")
+    cli.add_lazy("build", "cmd_build", "build")
+    cli.add_lazy("info", "cmd_info", "info")
+    cli.add_lazy("mount", "cmd_mount", "mount_cmd")
+    cli.add_lazy("umount", "cmd_mount", "umount_cmd")
+    cli.add_lazy("install-helper", "cmd_install_helper", "install_helper_cmd")
+    cli.add_lazy("init", "cmd_repo", "init_cmd")  # the repository commands
+    cli.add_lazy("import", "cmd_repo", "import_cmd")
+    cli.add_lazy("images", "cmd_repo", "images_cmd")
+    cli.add_lazy("rm", "cmd_repo", "rm_cmd")
+    cli.add_lazy("gc", "cmd_repo", "gc_cmd")
+    cli.add_lazy("fsck", "cmd_repo", "fsck_cmd")
+    cli.add_lazy("oci", "cmd_oci", "oci_group")  # oci import
 
 
 _register_commands()

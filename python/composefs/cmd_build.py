@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 import click
 
 from . import _native
-from .build import ScanOptions, build_image
 from .errors import CfsError
 
 VERSION_MAX = 1
@@ -32,6 +30,8 @@ def _versions(min_version: int | None, max_version: int | None) -> tuple[int, in
 def build_from_directory(source: str, image: str | None, *, digest_store: str | None, no_hardlinks: bool = False,
                          return_image: bool = False, **options) -> dict:
     """Build from a directory tree: scan, hash, optionally fill a digest store (see build.py)."""
+    from .build import ScanOptions, build_image  # only directory builds need it (start-up time)
+
     scan = ScanOptions(no_hardlinks=no_hardlinks, skip_devices=options["skip_devices"],
                        skip_xattrs=options["skip_xattrs"], user_xattrs=options["user_xattrs"],
                        use_epoch=options["use_epoch"], threads=options["threads"])
@@ -129,6 +129,8 @@ def build(source, image, from_dump, digest_store, print_digest, print_digest_onl
         out.write(result.pop("image"))
         out.flush()
     if as_json:
+        import json
+
         summary = {
             "image": None if target is None and not to_stdout else image,
             "digest": result["digest"],

@@ -33,7 +33,9 @@ pub fn os_error(err: &std::io::Error, path: Option<&std::path::Path>) -> PyErr {
         None => msg,
     };
     match path {
-        Some(p) => PyOSError::new_err((errno, msg, p.to_string_lossy().into_owned())),
+        // As an OsString: Python gets the name exactly (os.fsdecode form, surrogateescape), so
+        // a non-UTF-8 path survives into the message and os.fsencode(e.filename) gives its bytes.
+        Some(p) => PyOSError::new_err((errno, msg, p.as_os_str().to_os_string())),
         None => PyOSError::new_err((errno, msg)),
     }
 }

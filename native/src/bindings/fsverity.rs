@@ -18,7 +18,7 @@ impl ToPyErr for fsverity::Error {
             E::NotRegular { path } => PyOSError::new_err((
                 libc::EINVAL,
                 "Not a regular file",
-                path.to_string_lossy().into_owned(),
+                path.as_os_str().to_os_string(),
             )),
         }
     }

@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 /// counts, and `objects` = (distinct objects, their bytes, bytes of all object-backed files).
 pub(super) fn built_dict<'py>(py: Python<'py>, built: &build::Built, objects: (u64, u64, u64)) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
-    let s = &built.image.stats;
+    let s = &built.stats;
     d.set_item("digest", dump::write::hex_digest(&built.digest))?;
-    d.set_item("version", built.image.version)?;
+    d.set_item("version", built.version)?;
     d.set_item("image_size", s.image_size)?;
     d.set_item("inodes", s.inodes)?;
     d.set_item("directories", s.directories)?;
@@ -61,7 +61,8 @@ fn load_image(path: &Path) -> PyResult<reader::Loaded> {
 /// The source of a dump: bytes, or a path to read.
 #[derive(FromPyObject)]
 enum DumpSource {
-    Bytes(Vec<u8>),
+    /// Borrowed from the Python object, not copied.
+    Bytes(pyo3::pybacked::PyBackedBytes),
     Path(PathBuf),
 }
 
@@ -89,22 +90,21 @@ fn build_from_dump<'py>(
     let flags = Flags { use_epoch, skip_devices, skip_xattrs, user_xattrs };
     let opts = Options { min_version, max_version, threads };
     let (built, objects) = py.allow_threads(|| -> PyResult<_> {
-        let text = match &source {
-            DumpSource::Bytes(b) => std::borrow::Cow::Borrowed(b.as_slice()),
-            DumpSource::Path(p) => std::borrow::Cow::Owned(read_file(p)?),
-        };
-        let mut tree: Tree = dump::parse(&text).map_err(|e| FormatError::new_err(e.to_string()))?;
-        build::apply_flags(&mut tree, flags).map_err(build_err)?;
-        let built = build::build(&tree, &opts).map_err(build_err)?;
-        if let Some(p) = &image_path {
-            build::write_atomic(p, &built.image.bytes).map_err(build_err)?;
+        let mut tree: Tree = match &source {
+            DumpSource::Bytes(b) => dump::parse(b.as_ref()),
+            // The text is dropped as soon as it is parsed (before the image is made).
+            DumpSource::Path(p) => dump::parse(&read_file(p)?),
         }
-        Ok((built, build::object_stats(&tree)))
+        .map_err(|e| FormatError::new_err(e.to_string()))?;
+        build::apply_flags(&mut tree, flags).map_err(build_err)?;
+        let objects = build::object_stats(&tree);
+        let built = build::build(&tree, &opts, image_path.as_deref(), return_image).map_err(build_err)?;
+        Ok((built, objects))
     })?;
     let d = built_dict(py, &built, objects)?;
     d.set_item("deduplicated_bytes", objects.2 - objects.1.min(objects.2))?;
-    if return_image {
-        d.set_item("image", PyBytes::new(py, &built.image.bytes))?;
+    if let Some(bytes) = &built.bytes {
+        d.set_item("image", PyBytes::new(py, bytes))?;
     }
     Ok(d)
 }

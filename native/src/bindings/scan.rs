@@ -23,7 +23,7 @@ impl ToPyErr for store::Error {
 }
 
 fn changed(path: &std::path::Path) -> PyErr {
-    PyOSError::new_err((libc::EAGAIN, "file changed while it was being read", path.to_string_lossy().into_owned()))
+    PyOSError::new_err((libc::EAGAIN, "file changed while it was being read", path.as_os_str().to_os_string()))
 }
 
 impl ToPyErr for scan::Error {
@@ -267,10 +267,7 @@ fn build_from_directory<'py>(
         };
         let (tree, stats) =
             scan::scan(&source, &opts, store.as_ref(), progress.as_deref()).map_err(|e| e.to_pyerr())?;
-        let built = build::build(&tree, &wopts).map_err(build_err)?;
-        if let Some(p) = &image_path {
-            build::write_atomic(p, &built.image.bytes).map_err(build_err)?;
-        }
+        let built = build::build(&tree, &wopts, image_path.as_deref(), return_image).map_err(build_err)?;
         if let Some(s) = &store {
             if sync {
                 s.sync().map_err(|e| e.to_pyerr())?;
@@ -284,8 +281,8 @@ fn build_from_directory<'py>(
         Some(st) => d.set_item("store", store_dict(py, st)?)?,
         None => d.set_item("store", py.None())?,
     }
-    if return_image {
-        d.set_item("image", PyBytes::new(py, &built.image.bytes))?;
+    if let Some(bytes) = &built.bytes {
+        d.set_item("image", PyBytes::new(py, bytes))?;
     }
     Ok(d)
 }

@@ -234,8 +234,8 @@ struct Parser {
     tree: Option<Tree>,
     placeholders: HashMap<InodeId, usize>, // placeholder id -> index in fixups
     fixups: Vec<Fixup>,
-    /// The non-`@` entry of every inode: (dir, name).
-    holder: HashMap<InodeId, (InodeId, Vec<u8>)>,
+    /// Lines in the dump: room to reserve for the inodes.
+    lines: usize,
 }
 
 fn split_fields(line: &[u8]) -> (Vec<&[u8]>, &[u8]) {
@@ -454,12 +454,15 @@ impl Parser {
         inode.xattrs = xs.list;
 
         match parent {
-            None => self.tree = Some(Tree::new(inode)),
+            None => {
+                let mut tree = Tree::new(inode);
+                tree.inodes.reserve_exact(self.lines);
+                self.tree = Some(tree);
+            }
             Some((dir, name)) => {
                 let tree = self.tree.as_mut().unwrap();
                 let id = tree.push(inode);
-                tree.link(dir, name.clone(), id);
-                self.holder.insert(id, (dir, name));
+                tree.link(dir, name, id);
             }
         }
         Ok(())
@@ -506,23 +509,31 @@ impl Parser {
             }
             let map = |i: InodeId| newid[*resolved.get(&i).unwrap_or(&i)];
             let old = std::mem::take(&mut tree.inodes);
-            let mut linked: HashMap<InodeId, usize> = HashMap::new();
+            tree.inodes.reserve_exact(n);
+            // Per new inode: how many entries name it, and the (directory, entry index) of its
+            // non-`@` line, which holds it.
+            let mut linked = vec![0u32; n];
+            let mut holder = vec![(u32::MAX, u32::MAX); n];
             for (i, mut ino) in old.into_iter().enumerate() {
                 if resolved.contains_key(&i) {
                     continue;
                 }
                 if let InodeData::Directory { entries } = &mut ino.data {
-                    for e in entries.iter_mut() {
+                    for (k, e) in entries.iter_mut().enumerate() {
+                        let real = !resolved.contains_key(&e.inode);
                         e.inode = map(e.inode);
-                        *linked.entry(e.inode).or_default() += 1;
+                        linked[e.inode] += 1;
+                        if real {
+                            holder[e.inode] = (newid[i] as u32, k as u32);
+                        }
                     }
                 }
                 tree.inodes.push(ino);
             }
-            for (old_id, (dir, name)) in self.holder.drain() {
-                let id = newid[old_id];
-                if linked.get(&id).copied().unwrap_or(0) > 1 {
-                    tree.primary.insert(id, (newid[dir], name));
+            for (id, &(dir, k)) in holder.iter().enumerate() {
+                if linked[id] > 1 && dir != u32::MAX {
+                    let name = tree.inodes[dir as usize].entries()[k as usize].name.clone();
+                    tree.primary.insert(id, (dir as usize, name));
                 }
             }
         }
@@ -532,11 +543,11 @@ impl Parser {
 
 /// Parse a whole dump.
 pub fn parse(input: &[u8]) -> Result<Tree, ParseError> {
-    let mut p = Parser { tree: None, placeholders: HashMap::new(), fixups: Vec::new(), holder: HashMap::new() };
     let mut lines: Vec<&[u8]> = input.split(|&c| c == b'\n').collect();
     if lines.last().is_some_and(|l| l.is_empty()) {
         lines.pop();
     }
+    let mut p = Parser { tree: None, placeholders: HashMap::new(), fixups: Vec::new(), lines: lines.len() };
     for (i, line) in lines.into_iter().enumerate() {
         p.line(i + 1, line).map_err(|kind| ParseError { line: i + 1, kind })?;
     }

@@ -1,10 +1,10 @@
 //! From a tree to an image file: mkcomposefs' build flags, the writer, the image's fs-verity
 //! digest and an atomic write (temporary file in the target directory, then rename).
 
-use super::writer::{self, Image, Options, WriteError};
+use super::writer::{self, Options, Stats, WriteError};
 use crate::tree::{mode, InodeData, Tree, ROOT};
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// mkcomposefs' source filters.
@@ -83,6 +83,12 @@ pub fn object_stats(tree: &Tree) -> (u64, u64, u64) {
 /// Write `bytes` to `path` atomically: a temporary file next to it, then rename. Nothing is
 /// left behind on error.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
+    write_atomic_with(path, |f| f.write_all(bytes))
+}
+
+/// Fill `path` atomically with what `fill` writes into the file: a temporary file next to it,
+/// flushed and renamed into place when `fill` succeeds. Nothing is left behind on error.
+pub fn write_atomic_with<R>(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<R>) -> Result<R, BuildError> {
     let io = |source| BuildError::Io { path: path.to_path_buf(), source };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -106,8 +112,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
         }
     }
     let (tmp_path, mut f) = tmp.ok_or_else(|| io(std::io::Error::from_raw_os_error(libc::EEXIST)))?;
-    let result = (|| -> std::io::Result<()> {
-        f.write_all(bytes)?;
+    let result = (|| -> std::io::Result<R> {
+        let r = fill(&mut f)?;
         // Regular permissions (0666 & ~umask), like fopen(3) in mkcomposefs.
         let mask = unsafe {
             let m = libc::umask(0o022);
@@ -118,26 +124,79 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
         f.set_permissions(std::fs::Permissions::from_mode(0o666 & !(mask as u32)))?;
         f.sync_all()?;
         drop(f);
-        std::fs::rename(&tmp_path, path)
+        std::fs::rename(&tmp_path, path)?;
+        Ok(r)
     })();
-    if let Err(e) = result {
+    result.map_err(|e| {
         let _ = std::fs::remove_file(&tmp_path);
-        return Err(io(e));
-    }
-    Ok(())
+        io(e)
+    })
 }
 
-/// A built image with its digest.
+/// A built image: its fs-verity digest, format version and counts, and its bytes when asked.
 pub struct Built {
-    pub image: Image,
     pub digest: [u8; 32],
+    pub version: u32,
+    pub stats: Stats,
+    pub bytes: Option<Vec<u8>>,
 }
 
-/// Build the image of `tree` and its fs-verity digest.
-pub fn build(tree: &Tree, opts: &Options) -> Result<Built, BuildError> {
-    let image = writer::write_image(tree, opts)?;
-    let d = crate::fsverity::digest_bytes(&image.bytes, &crate::fsverity::Params::default());
+/// Reads a plan's image chunk by chunk, copying each chunk to a file and/or a buffer on the
+/// way, so the digest, the file and the copy come from one pass without the whole image in
+/// memory.
+struct Tee<'f, I> {
+    chunks: I,
+    cur: Vec<u8>,
+    pos: usize,
+    file: Option<&'f mut std::fs::File>,
+    kept: Option<&'f mut Vec<u8>>,
+}
+
+impl<I: Iterator<Item = Vec<u8>>> Read for Tee<'_, I> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.cur.len() {
+            let Some(c) = self.chunks.next() else { return Ok(0) };
+            if let Some(f) = self.file.as_mut() {
+                f.write_all(&c)?;
+            }
+            if let Some(k) = self.kept.as_mut() {
+                k.extend_from_slice(&c);
+            }
+            self.cur = c;
+            self.pos = 0;
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+fn to_digest(d: Vec<u8>) -> [u8; 32] {
     let mut digest = [0u8; 32];
     digest.copy_from_slice(&d);
-    Ok(Built { image, digest })
+    digest
+}
+
+/// Build the image of `tree` and its fs-verity digest; write it to `path` atomically when
+/// given, and return its bytes with `keep_bytes`. The image is produced a chunk at a time
+/// (never whole in memory unless `keep_bytes`).
+pub fn build(tree: &Tree, opts: &Options, path: Option<&Path>, keep_bytes: bool) -> Result<Built, BuildError> {
+    writer::with_pool(opts.threads, || {
+        let plan = writer::Plan::new(tree, opts)?;
+        let mut kept = keep_bytes.then(|| Vec::with_capacity(plan.stats.image_size as usize));
+        let params = crate::fsverity::Params::default();
+        let digest = match path {
+            Some(p) => write_atomic_with(p, |f| {
+                let tee = Tee { chunks: plan.chunks(), cur: Vec::new(), pos: 0, file: Some(f), kept: kept.as_mut() };
+                crate::fsverity::digest_reader(tee, &params)
+            })?,
+            None => {
+                let tee = Tee { chunks: plan.chunks(), cur: Vec::new(), pos: 0, file: None, kept: kept.as_mut() };
+                crate::fsverity::digest_reader(tee, &params)
+                    .map_err(|source| BuildError::Io { path: PathBuf::from("<memory>"), source })?
+            }
+        };
+        Ok(Built { digest: to_digest(digest), version: plan.version, stats: plan.stats.clone(), bytes: kept })
+    })
 }

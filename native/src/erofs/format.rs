@@ -328,13 +328,20 @@ impl XattrEntry {
     }
     /// Encode a whole entry (header, suffix, value, padding) for a full key.
     pub fn encode_full(key: &[u8], value: &[u8], out: &mut Vec<u8>) {
+        Self::encode_parts(key, &[value], out)
+    }
+    /// [`XattrEntry::encode_full`] for a value given in pieces (written one after another).
+    pub fn encode_parts(key: &[u8], value: &[&[u8]], out: &mut Vec<u8>) {
         let (index, suffix) = xattr_split(key);
         let start = out.len();
+        let value_len: usize = value.iter().map(|v| v.len()).sum();
         out.push(suffix.len() as u8);
         out.push(index);
-        out.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        out.extend_from_slice(&(value_len as u16).to_le_bytes());
         out.extend_from_slice(suffix);
-        out.extend_from_slice(value);
+        for v in value {
+            out.extend_from_slice(v);
+        }
         while (out.len() - start) % 4 != 0 {
             out.push(0);
         }

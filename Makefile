@@ -16,7 +16,7 @@ APT_PACKAGES := fsverity erofs-utils e2fsprogs attr util-linux python3-venv open
 
 NATIVE_SRC := $(shell find native/src -name '*.rs') native/Cargo.toml native/Cargo.lock pyproject.toml
 
-.PHONY: help setup demo test unit-test bench qemu-test clean
+.PHONY: help setup demo test unit-test bench bench-apt qemu-test clean
 help:
 	@sed -n 's/^#   //p' Makefile
 
@@ -55,7 +55,21 @@ unit-test: setup
 test: setup
 	@rm -rf $(CURDIR)/.pytest-tmp && $(PY) -m pytest -q -ra --basetemp=$(CURDIR)/.pytest-tmp
 
-bench: setup
+# Only the benchmarks need these (bench_repo.py makes two Debian root filesystems).
+BENCH_APT_PACKAGES := debootstrap
+
+$(STAMPS)/bench-apt: Makefile
+	@mkdir -p $(STAMPS)
+	@if ! dpkg -s $(BENCH_APT_PACKAGES) >/dev/null 2>&1; then \
+		echo ">> installing benchmark packages: $(BENCH_APT_PACKAGES)"; \
+		$(SUDO) apt-get -o DPkg::Lock::Timeout=600 update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $(BENCH_APT_PACKAGES); \
+	fi
+	@touch $@
+
+bench-apt: $(STAMPS)/bench-apt
+
+bench: setup $(STAMPS)/bench-apt
 	@$(PY) bench/run.py
 
 clean:

@@ -97,6 +97,21 @@ def test_import_images_sharing(repo, trees):
     assert "a " in text and imgs["b"]["digest"][:12] in text
 
 
+def test_import_no_hardlinks_matches_build(repo, trees):
+    a, _ = trees
+    keep = json.loads(run_ok("import", a, "--name", "keep", "--repo", repo, "--json").stdout)
+    split = json.loads(run_ok("import", a, "--name", "split", "--no-hardlinks", "--repo", repo, "--json").stdout)
+    assert keep["digest"] != split["digest"]
+    for r, flags in ((keep, []), (split, ["--no-hardlinks"])):
+        built = run_ok("build", *flags, "--print-digest-only", a).stdout.decode().split()[-1]
+        assert built.removeprefix("sha256:") == r["digest"]
+    dumps = {n: run_ok("info", "dump", repo / "images" / r["digest"]).stdout for n, r in
+             (("keep", keep), ("split", split))}
+    assert b" @" in dumps["keep"] and b" @" not in dumps["split"]
+    r = cfsctl("import", a, "--name", "x", "--from-dump", "--no-hardlinks", "--repo", repo)
+    assert r.returncode != 0 and b"--no-hardlinks" in r.stderr and b"Traceback" not in r.stderr
+
+
 def test_import_dump_reports_missing_objects(repo, trees, tmp_path):
     a, _ = trees
     run_ok("import", a, "--name", "a", "--repo", repo)

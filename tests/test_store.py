@@ -202,3 +202,20 @@ def test_store_path_that_is_a_file_is_an_error(tmp_path):
     with pytest.raises(OSError) as e:
         scan_directory(root, store=bad)
     assert e.value.filename == str(bad)
+
+
+def test_store_insert_many_matches_single_inserts(tmp_path):
+    files = []
+    for i, size in enumerate([65, 4096, 4097, 300_000, 5000, 5000]):
+        f = tmp_path / f"f{i}"
+        f.write_bytes(os.urandom(size) if i != 5 else (tmp_path / "f4").read_bytes())  # f5 = f4
+        files.append(str(f))
+    got = _native.store_insert_many(str(tmp_path / "many"), files)
+    one = [_native.store_insert(str(tmp_path / "one"), f) for f in files]
+    assert [(d, s) for d, s, _ in got] == [(d, s) for d, s, _ in one]  # in path order
+    assert [h for _, _, h in got].count("reused") == 1  # the duplicate, whichever came second
+    assert check_objects(str(tmp_path / "many")) == check_objects(str(tmp_path / "one"))
+    assert _native.store_insert_many(str(tmp_path / "many"), []) == []
+    with pytest.raises(OSError) as e:
+        _native.store_insert_many(str(tmp_path / "many"), files[:2] + [str(tmp_path / "missing")])
+    assert e.value.filename == str(tmp_path / "missing")

@@ -55,14 +55,19 @@ def report_import(r: dict, as_json: bool) -> None:
 @click.option("--name", required=True, help="Name (ref) for the image.")
 @click.option("--from-dump", is_flag=True,
               help="SOURCE is a composefs-dump(5) file ('-' for stdin), not a directory.")
+@click.option("--no-hardlinks", is_flag=True,
+              help="Give every name of a hardlinked file its own inode, as mkcomposefs 1.0 does "
+                   "(default: names of one source inode stay one inode in the image).")
 @repo_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def import_cmd(source, name, from_dump, repo_path, as_json):
+def import_cmd(source, name, from_dump, no_hardlinks, repo_path, as_json):
     """Build SOURCE into the repository as image NAME.
 
     A directory is scanned and its files are stored in the object store; a dump's objects must
     already be there (the number missing is reported). NAME is replaced if it exists.
     """
+    if from_dump and no_hardlinks:
+        raise CfsError("--no-hardlinks applies to a directory, not to --from-dump")
     repo = open_repo(repo_path)
     with repo.locked():
         if from_dump:
@@ -73,7 +78,7 @@ def import_cmd(source, name, from_dump, repo_path, as_json):
                     raise CfsError("No such file" if not os.path.exists(source) else "not a regular file", source)
                 r = repo.import_dump(os.path.abspath(source), name, os.path.abspath(source))
         else:
-            r = repo.import_directory(source, name)
+            r = repo.import_directory(source, name, no_hardlinks=no_hardlinks)
     report_import(r, as_json)
 
 

@@ -5,8 +5,9 @@ The layers are read in order as tar streams (plain, gzip or zstd, recognised by 
 bytes) and applied to an in-memory tree with the OCI whiteout rules: ``.wh.NAME`` removes NAME,
 ``.wh..wh..opq`` hides everything the lower layers put in that directory. Nothing is extracted
 as a whole: each file's content (over 64 bytes) is written to one temporary file in the
-repository and inserted into the object store at once (hashed in Rust, reflinked or copied),
-so at most one file's content sits outside the store. Hardlinks (also to files of lower layers)
+repository and inserted into the object store in batches (of 64 MiB or 1,024 files; a batch
+hashed and copied in Rust on both cores, on a worker thread while the next layer data is read),
+so at most two batches of content sit outside the store. Hardlinks (also to files of lower layers)
 stay one inode. The merged tree becomes a composefs dump that the writer turns into the image;
 the manifest and config are kept beside the image (``images/<digest>.oci/``).
 """
@@ -213,13 +214,73 @@ def _split(name: str) -> list[bytes] | None:
     return out
 
 
-class Merger:
-    def __init__(self, store_insert: Callable[[str], str], workdir: str):
-        self.root = Node(mode=stat.S_IFDIR | 0o755, children={})
-        self.store_insert = store_insert
-        self.workdir = workdir
-        self.layer = 0
+class BatchInserter:
+    """Puts files into the object store in batches, one batch at a time on a worker thread.
+
+    ``add`` queues a temporary file for a node; when the queue holds ``batch_bytes`` or
+    ``batch_files``, it goes to ``insert_many`` (the native call hashes and copies the batch on
+    both cores with the GIL released) on the worker while the caller goes on reading the layer;
+    the caller waits only when a second batch is ready before the first is done. The node's
+    digest is set and its temporary file removed when its batch is done; ``finish`` waits for
+    everything (call it before using the digests).
+    """
+
+    def __init__(self, insert_many: Callable[[list[str]], list[str]], workdir: str,
+                 batch_bytes: int = 64 << 20, batch_files: int = 1024):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.insert_many, self.workdir = insert_many, workdir
+        self.batch_bytes, self.batch_files = batch_bytes, batch_files
+        self.pending: list[tuple[Node, str]] = []
+        self.pending_bytes = 0
+        self.running = None
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cfs-insert")
+        self.count = 0
         self.objects = 0
+
+    def new_path(self) -> str:
+        self.count += 1
+        return os.path.join(self.workdir, f"content-{self.count}")
+
+    def add(self, node: Node, path: str, size: int) -> None:
+        self.pending.append((node, path))
+        self.pending_bytes += size
+        if self.pending_bytes >= self.batch_bytes or len(self.pending) >= self.batch_files:
+            self._submit()
+
+    def _submit(self) -> None:
+        self._wait()
+        if self.pending:
+            batch, self.pending, self.pending_bytes = self.pending, [], 0
+            self.running = self.pool.submit(self._insert, batch)
+
+    def _insert(self, batch: list[tuple[Node, str]]) -> None:
+        digests = self.insert_many([p for _n, p in batch])
+        for (node, path), d in zip(batch, digests):
+            node.digest = d
+            os.unlink(path)
+        self.objects += len(batch)
+
+    def _wait(self) -> None:
+        if self.running is not None:
+            running, self.running = self.running, None
+            running.result()
+
+    def finish(self) -> None:
+        self._submit()
+        self._wait()
+
+    def close(self) -> None:
+        """Stop the worker, after its batch (on the error path too; its error, if any, was
+        raised by ``finish`` or is left behind for the error already on its way)."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Merger:
+    def __init__(self, inserter: BatchInserter):
+        self.root = Node(mode=stat.S_IFDIR | 0o755, children={})
+        self.inserter = inserter
+        self.layer = 0
 
     def _dir(self, parts: list[bytes]) -> Node:
         """The directory at parts, created (0755) where missing."""
@@ -316,12 +377,10 @@ class Merger:
         if m.size <= INLINE_MAX:
             node.inline = src.read()
             return
-        tmp = os.path.join(self.workdir, "content")
+        tmp = self.inserter.new_path()
         with open(tmp, "wb") as out:
             shutil.copyfileobj(src, out, 1 << 20)
-        node.digest = self.store_insert(tmp)
-        os.unlink(tmp)
-        self.objects += 1
+        self.inserter.add(node, tmp, m.size)
 
     # --- to a dump -----------------------------------------------------------------------------
 
@@ -406,17 +465,23 @@ def import_archive(repo, archive: str, name: str) -> dict:
     try:
         ref = resolve_image(ar)
         with repo.workdir() as work:
-            merger = Merger(lambda p: _native.store_insert(repo.objects, p)[0], work)
-            for i, layer in enumerate(ref.layers):
-                with ar.open(layer) as raw:
-                    tf, done = open_layer(raw)
-                    try:
-                        merger.apply(tf)
-                    except (tarfile.TarError, EOFError, OSError) as e:
-                        raise CfsError(f"layer {i + 1} ({layer}): {e}", archive) from None
-                    finally:
-                        tf.close()
-                    done()
+            inserter = BatchInserter(
+                lambda paths: [d for d, _size, _how in _native.store_insert_many(repo.objects, paths)], work)
+            merger = Merger(inserter)
+            try:
+                for i, layer in enumerate(ref.layers):
+                    with ar.open(layer) as raw:
+                        tf, done = open_layer(raw)
+                        try:
+                            merger.apply(tf)
+                        except (tarfile.TarError, EOFError, OSError) as e:
+                            raise CfsError(f"layer {i + 1} ({layer}): {e}", archive) from None
+                        finally:
+                            tf.close()
+                        done()
+                inserter.finish()
+            finally:
+                inserter.close()
             dump = merger.dump()
             _syncfs(repo.objects)  # objects durable before an image names them
         r = repo.import_dump(dump, name, os.path.abspath(archive), kind="oci",

@@ -243,13 +243,13 @@ class Repository:
         os.rename(tmp_image, final)  # same digest, same bytes: replacing is harmless
         self.set_ref(name, digest)
 
-    def import_directory(self, source: str, name: str) -> dict:
+    def import_directory(self, source: str, name: str, no_hardlinks: bool = False) -> dict:
         check_name(name)
         if not os.path.isdir(source):
             raise CfsError("not a directory" if os.path.exists(source) else "No such file or directory", source)
         with self.workdir() as work:
             tmp_image = os.path.join(work, "image")
-            r = build_image(os.path.abspath(source), tmp_image, ScanOptions(), store=self.objects,
+            r = build_image(os.path.abspath(source), tmp_image, ScanOptions(no_hardlinks=no_hardlinks), store=self.objects,
                             progress=sys.stderr.isatty())
             entries = _count_entries(tmp_image)
             info = {"source": os.path.abspath(source), "kind": "directory", "entries": entries,

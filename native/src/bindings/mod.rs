@@ -6,6 +6,7 @@ mod errors;
 mod fsverity;
 mod image;
 mod scan;
+mod store;
 
 pub use errors::to_pyerr;
 
@@ -14,5 +15,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     fsverity::register(m)?;
     image::register(m)?;
     scan::register(m)?;
+    store::register(m)?;
     Ok(())
 }

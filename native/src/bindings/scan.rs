@@ -104,7 +104,7 @@ fn store_dict<'py>(py: Python<'py>, s: &StoreStats) -> PyResult<Bound<'py, PyDic
 }
 
 /// A path argument: str, bytes (names need not be UTF-8) or os.PathLike.
-fn to_path(obj: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
+pub(super) fn to_path(obj: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
     use std::os::unix::ffi::OsStrExt;
     if let Ok(b) = obj.downcast::<PyBytes>() {
         return Ok(PathBuf::from(std::ffi::OsStr::from_bytes(b.as_bytes())));
@@ -112,7 +112,7 @@ fn to_path(obj: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
     obj.extract()
 }
 
-fn hex(b: &[u8]) -> String {
+pub(super) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 

@@ -18,8 +18,8 @@ Timings, each REPEAT times, the two mounts alternating so that they see the same
         walk of the same mount;
   read  the 256 MiB file read to its end with 1 MiB read()s, through the module, through the
         overlay mount and directly from its object; cold and warm as above.
-Each sample is [wall seconds, CPU seconds] (CPU: user + system of the walking child, or of this
-process for reads). Results go to $CFS_OUT_DIR/guest_bench.json; progress to stdout.
+Each sample is [wall seconds, CPU seconds, system seconds] (user + system and system alone of the
+walking child, or of this process for reads). Results go to $CFS_OUT_DIR/guest_bench.json; progress to stdout.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def walk(mnt: Path) -> list[float]:
     subprocess.run(["find", str(mnt), "-ls"], stdout=subprocess.DEVNULL, check=True)
     c1 = os.times()
     wall = time.perf_counter() - t0
-    return [wall, (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)]
+    sys_s = c1.children_system - c0.children_system
+    return [wall, (c1.children_user - c0.children_user) + sys_s, sys_s]
 
 
 def read_all(path: Path) -> tuple[list[float], int]:
@@ -66,7 +67,8 @@ def read_all(path: Path) -> tuple[list[float], int]:
                 break
             n += k
     c1 = os.times()
-    return [time.perf_counter() - t0, (c1.user - c0.user) + (c1.system - c0.system)], n
+    wall = time.perf_counter() - t0
+    return [wall, (c1.user - c0.user) + (c1.system - c0.system), c1.system - c0.system], n
 
 
 def count_entries(mnt: Path) -> int:

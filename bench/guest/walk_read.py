@@ -76,10 +76,40 @@ def count_entries(mnt: Path) -> int:
     return out.count(b"\n")
 
 
+def files_of(mnts: dict, meta: dict) -> dict:
+    return {"module": mnts["module"] / meta["big_path"],
+            "overlay": mnts["overlay"] / meta["big_path"],
+            "direct": DATA / meta["big_object"]}
+
+
+def reads_of(files: dict, repeat: int) -> tuple[int, dict]:
+    """Cold and warm reads of the big file through each mount and directly."""
+    reads: dict = {k: {"cold": [], "warm": []} for k in files}
+    size = files["direct"].stat().st_size
+    for i in range(repeat):
+        order = list(files) if i % 2 == 0 else list(reversed(files))
+        for k in order:
+            drop_caches()
+            sample, n = read_all(files[k])
+            if n != size:
+                raise SystemExit(f"{files[k]}: read {n} bytes, expected {size}")
+            reads[k]["cold"].append(sample)
+            say(f"read {k} cold #{i}: {sample}")
+    for k in files:
+        read_all(files[k])  # warm-up (module and overlay share the object's page cache)
+    for i in range(repeat):
+        order = list(files) if i % 2 == 0 else list(reversed(files))
+        for k in order:
+            reads[k]["warm"].append(read_all(files[k])[0])
+            say(f"read {k} warm #{i}: {reads[k]['warm'][-1]}")
+    return size, reads
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", type=Path, default=OUT / "guest_bench.json")
+    ap.add_argument("--parts", default="walk,read", help="comma-separated: walk, read (default both)")
     a = ap.parse_args()
 
     meta = json.loads((DATA / "meta.json").read_text())
@@ -106,45 +136,25 @@ def main() -> int:
             raise SystemExit(f"the two mounts show different trees: {counts}")
         res["entries"] = counts["module"]
 
+        parts = set(a.parts.split(","))
         walks: dict = {k: {"cold": [], "warm": []} for k in mnts}
-        for i in range(a.repeat):
+        for i in range(a.repeat if "walk" in parts else 0):
             order = list(mnts) if i % 2 == 0 else list(reversed(mnts))
             for k in order:
                 drop_caches()
                 walks[k]["cold"].append(walk(mnts[k]))
                 say(f"walk {k} cold #{i}: {walks[k]['cold'][-1]}")
-        for k in mnts:
+        for k in mnts if "walk" in parts else ():
             walk(mnts[k])  # warm-up
-        for i in range(a.repeat):
+        for i in range(a.repeat if "walk" in parts else 0):
             order = list(mnts) if i % 2 == 0 else list(reversed(mnts))
             for k in order:
                 walks[k]["warm"].append(walk(mnts[k]))
                 say(f"walk {k} warm #{i}: {walks[k]['warm'][-1]}")
-        res["walk"] = walks
-
-        files = {"module": mnts["module"] / meta["big_path"],
-                 "overlay": mnts["overlay"] / meta["big_path"],
-                 "direct": DATA / meta["big_object"]}
-        reads: dict = {k: {"cold": [], "warm": []} for k in files}
-        size = files["direct"].stat().st_size
-        res["read_bytes"] = size
-        for i in range(a.repeat):
-            order = list(files) if i % 2 == 0 else list(reversed(files))
-            for k in order:
-                drop_caches()
-                sample, n = read_all(files[k])
-                if n != size:
-                    raise SystemExit(f"{files[k]}: read {n} bytes, expected {size}")
-                reads[k]["cold"].append(sample)
-                say(f"read {k} cold #{i}: {sample}")
-        for k in files:
-            read_all(files[k])  # warm-up (module and overlay share the object's page cache)
-        for i in range(a.repeat):
-            order = list(files) if i % 2 == 0 else list(reversed(files))
-            for k in order:
-                reads[k]["warm"].append(read_all(files[k])[0])
-                say(f"read {k} warm #{i}: {reads[k]['warm'][-1]}")
-        res["read"] = reads
+        if "walk" in parts:
+            res["walk"] = walks
+        if "read" in parts:
+            res["read_bytes"], res["read"] = reads_of(files_of(mnts, meta), a.repeat)
     finally:
         subprocess.run(["umount", str(mnts["module"])], check=False)
         subprocess.run(["cfsctl", "umount", str(mnts["overlay"])], check=False)

@@ -12,7 +12,7 @@ directly from the object. Each timing is repeated REPEAT times (BENCH_GUEST_REPE
 and the MEDIAN is reported. Under TCG the absolute times are those of an emulated CPU: only the
 ratios within the boot mean anything.
 
-Tree: 100,000 entries = 1 + 4,000 directories (fan-outs from 1 to about 2,000 entries, Pareto
+Tree: 100,000 entries = 1 + 4,000 directories (fan-outs 0 to 2,239 entries, median 11; capped Pareto
 weights), 8,000 symlinks, 87,999 regular files: 5% empty, 25% 1..64 bytes (inlined in the image),
 68% lognormal around 1 KiB (up to 256 KiB), 2% 16..128 KiB, one 256 MiB file; 2% of the files
 carry a user.* xattr; random contents (no deduplication).

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Guest half of bench/bench_guest.py: our module against EROFS+overlayfs, inside one QEMU boot.
 
-Run by `qemu/run.py --job bench/guest/walk_read.py -- [--repeat N]` with the verity disk preloaded
+Run by `qemu/run.py --job bench/guest/walk_read.py -- [--repeat N] [--parts walk,read]`, disk preloaded
 (`--disk-dir`) by bench_guest.py with:
     img.cfs       the composefs image of a 100,000-entry tree
     objects/      its object store

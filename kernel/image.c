@@ -15,6 +15,33 @@
 #include <linux/limits.h>
 #include "image.h"
 
+/*
+ * A folio of the image file, read ahead on a miss: metadata reads are
+ * small, and one synchronous 4 KiB read per miss makes a cold walk of a
+ * big image wait on thousands of small I/Os.
+ */
+static struct folio *cfs_image_folio(const struct cfs_image *img,
+				     pgoff_t index)
+{
+	struct file *file = img->file;
+	struct address_space *mapping = file->f_mapping;
+	struct folio *folio;
+
+	folio = filemap_get_folio(mapping, index);
+	if (IS_ERR(folio)) {
+		page_cache_sync_readahead(mapping, &file->f_ra, file, index,
+					  CFS_IMAGE_RA_PAGES);
+	} else {
+		if (folio_test_readahead(folio))
+			page_cache_async_readahead(mapping, &file->f_ra, file,
+						   folio, CFS_IMAGE_RA_PAGES);
+		if (folio_test_uptodate(folio))
+			return folio;
+		folio_put(folio);
+	}
+	return read_mapping_folio(mapping, index, file);
+}
+
 int cfs_image_read(const struct cfs_image *img, u64 off, void *buf,
 		   size_t len)
 {
@@ -37,8 +64,7 @@ int cfs_image_read(const struct cfs_image *img, u64 off, void *buf,
 		struct folio *folio;
 		size_t foff, n;
 
-		folio = read_mapping_folio(mapping, off >> PAGE_SHIFT,
-					   img->file);
+		folio = cfs_image_folio(img, off >> PAGE_SHIFT);
 		if (IS_ERR(folio))
 			return PTR_ERR(folio);
 		foff = off - folio_pos(folio);
@@ -433,7 +459,7 @@ int cfs_dir_lookup(const struct cfs_image *img,
 		   unsigned int namelen, u64 *nid, u8 *ftype)
 {
 	struct cfs_dirblock db;
-	long head = 0, back, cand = -1, mid;
+	long head = 0, back, cand = -1, mid, loaded = -1;
 	const char *dn;
 	unsigned int dl;
 	int err = -ENOENT, r;
@@ -451,6 +477,7 @@ int cfs_dir_lookup(const struct cfs_image *img,
 		err = cfs_dir_read_block(img, ci, mid, &db);
 		if (err)
 			goto out;
+		loaded = mid;
 		r = cfs_dirent_cmp(&db, 0, name, namelen);
 		if (r == 0) {
 			cfs_dirent_get(&db, 0, nid, ftype, &dn, &dl);
@@ -466,9 +493,12 @@ int cfs_dir_lookup(const struct cfs_image *img,
 	err = -ENOENT;
 	if (cand < 0)
 		goto out;
-	err = cfs_dir_read_block(img, ci, cand, &db);
-	if (err)
-		goto out;
+	/* usually the last block probed (always for one-block directories) */
+	if (cand != loaded) {
+		err = cfs_dir_read_block(img, ci, cand, &db);
+		if (err)
+			goto out;
+	}
 
 	head = 1;
 	back = (long)db.ndirents - 1;

@@ -16,6 +16,9 @@
 #define EFSCORRUPTED	EUCLEAN
 #endif
 
+/* pages read ahead in the image file on a page-cache miss (128 KiB) */
+#define CFS_IMAGE_RA_PAGES	32
+
 struct cfs_image {
 	struct file *file;	/* the image, opened at mount */
 	u64 size;		/* image size at mount */

@@ -10,6 +10,7 @@ Usage (from the repository root, as root, after `make setup`; `make qemu-test` d
     qemu/run.py --keep                           # keep the verity disk image in qemu/work/run/
     qemu/run.py --shell                          # interactive busybox console instead of pytest
     qemu/run.py --timeout 1800                   # global timeout in seconds (default 2400)
+    qemu/run.py --job bench/guest/walk_read.py -- ARGS   # run this Python script instead of pytest
 
     make qemu-test QEMU_ARGS="--keep -- tests/guest/test_verity.py -x"   # same options via make
 
@@ -25,6 +26,8 @@ What happens:
      repository root with CFS_GUEST=1, CFS_VERITY_DIR=/run/cfs/verity (ext4 with fs-verity),
      CFS_VERITY_DEV=/dev/vda, CFS_OUT_DIR=/run/cfs/out (= qemu/work/run/ on the host, writable),
      CFS_MODULES=<loaded .ko paths, colon-separated>, CFS_REPO=<repo root>.
+     With --job SCRIPT the job is `.venv/bin/python SCRIPT [ARGS after --]` in the same
+     environment instead of pytest (benchmarks); its exit status takes pytest's place below.
   5. PASS only if: QEMU exits 0 (a panic exits non-zero through pvpanic), no timeout, the console
      shows the marker line with this run's nonce and pytest=0, modules=ok, setup=ok, and the
      guest's dmesg holds no BUG/WARNING/Oops/general protection/... line. On failure the tail of
@@ -114,7 +117,8 @@ def sh_env(env: dict[str, str]) -> str:
     return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
 
 
-def write_job(rundir: Path, nonce: str, modules: list[Path], pytest_args: list[str], shell: bool) -> None:
+def write_job(rundir: Path, nonce: str, modules: list[Path], pytest_args: list[str], shell: bool,
+              script: Path | None = None) -> None:
     mods = ":".join(str(m) for m in modules)
     if any(":" in str(m) or " " in str(m) for m in modules):
         sys.exit("qemu: module paths must not contain ':' or spaces")
@@ -140,9 +144,12 @@ def write_job(rundir: Path, nonce: str, modules: list[Path], pytest_args: list[s
     }
     head = "#!/bin/sh\n# written by qemu/run.py; runs inside the guest's chroot\n" + sh_env(env)
     head += f"cd {shlex.quote(str(REPO))} || exit 125\n"
-    pytest = [str(venv_bin / "python"), "-m", "pytest", "-p", "no:cacheprovider",
-              "--junitxml=/run/cfs/out/junit.xml", *pytest_args]
-    (rundir / "job.sh").write_text(head + "exec " + shlex.join(pytest) + ' "$@"\n')
+    if script is not None:
+        job = [str(venv_bin / "python"), str(script), *pytest_args]
+    else:
+        job = [str(venv_bin / "python"), "-m", "pytest", "-p", "no:cacheprovider",
+               "--junitxml=/run/cfs/out/junit.xml", *pytest_args]
+    (rundir / "job.sh").write_text(head + "exec " + shlex.join(job) + ' "$@"\n')
     (rundir / "shell.sh").write_text(head + "export TERM=${TERM:-linux}\nexec bash -i\n")
 
 
@@ -244,13 +251,15 @@ def run_vm(cmd: list[str], args, rundir: Path, t_boot: float) -> tuple[int, bool
 def main() -> int:
     ap = argparse.ArgumentParser(
         description="Boot Debian 6.12 under QEMU/TCG and run tests/guest (see the top of this file).",
-        usage="%(prog)s [options] [-- PYTEST_ARGS...]",
+        usage="%(prog)s [options] [-- PYTEST_ARGS... | -- JOB_ARGS...]",
     )
     ap.add_argument("--kver", default=os.environ.get("CFS_QEMU_KVER"), help="kernel version (default: newest 6.12.*-amd64)")
     ap.add_argument("--module", action="append", default=[], type=Path, help="extra .ko to insmod in the guest")
     ap.add_argument("--no-build-module", action="store_true", help="do not build/load kernel/*.ko")
     ap.add_argument("--keep", action="store_true", help="keep the verity disk image after a passing run")
     ap.add_argument("--shell", action="store_true", help="interactive guest console instead of pytest")
+    ap.add_argument("--job", type=Path, metavar="SCRIPT",
+                    help="run this Python script (arguments after --) instead of pytest")
     ap.add_argument("--timeout", type=float, default=float(os.environ.get("CFS_QEMU_TIMEOUT", 2400)))
     ap.add_argument("--mem", default="2G")
     ap.add_argument("--cpu", default="max", help="QEMU CPU model (default: max)")
@@ -266,7 +275,13 @@ def main() -> int:
         i = argv.index("--")
         argv, pytest_args = argv[:i], argv[i + 1:]
     args = ap.parse_args(argv)
-    pytest_args = pytest_args or DEFAULT_PYTEST_ARGS
+    if args.job is None:
+        pytest_args = pytest_args or DEFAULT_PYTEST_ARGS
+    elif not args.job.is_file():
+        print(f"qemu: --job {args.job}: no such file", file=sys.stderr)
+        return 2
+    else:
+        args.job = args.job.resolve()
 
     if shutil.which("qemu-system-x86_64") is None:
         print("qemu: qemu-system-x86_64 not installed; run `make qemu-test`", file=sys.stderr)
@@ -299,11 +314,14 @@ def main() -> int:
     img = rundir / "verity.img"
     make_disk(img, args.disk_size, args.disk_dir)
     nonce = secrets.token_hex(8)
-    write_job(rundir, nonce, modules, pytest_args, args.shell)
+    write_job(rundir, nonce, modules, pytest_args, args.shell, args.job)
 
     cmd = qemu_cmd(args, kver, initrd, rundir, img)
     log(f"kernel {kver}, modules: {' '.join(map(str, modules)) or '(none)'}")
-    log(f"pytest args: {shlex.join(pytest_args)}")
+    if args.job is not None:
+        log(f"job: {args.job} {shlex.join(pytest_args)}")
+    else:
+        log(f"pytest args: {shlex.join(pytest_args)}")
     log(f"console log: {rundir / 'console.log'}; timeout {args.timeout:.0f}s")
     (rundir / "qemu.cmd").write_text(shlex.join(cmd) + "\n")
 
@@ -337,7 +355,7 @@ def main() -> int:
         if m["modules"] != "ok":
             problems.append("loading a kernel module failed")
         if m["pytest"] != "0" and not args.shell:
-            problems.append(f"pytest exited with status {m['pytest']}")
+            problems.append(f"{'the job' if args.job else 'pytest'} exited with status {m['pytest']}")
     dmesg_path = rundir / "dmesg.txt"
     kernel_log = dmesg_path.read_text("utf-8", "replace") if dmesg_path.exists() else ""
     if not kernel_log:

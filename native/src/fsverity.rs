@@ -654,7 +654,7 @@ mod tests {
             let want: Vec<Vec<u8>> =
                 contents.iter().map(|c| digest_bytes_with(c, params, &Chunking::sequential())).collect();
             for_each_backend(|b| {
-                for threads in [Some(1), Some(3), None] {
+                for threads in [Some(1), Some(3)] {
                     for chunking in [Chunking::default(), Chunking { parallel_threshold: 300_000, chunk_size: 65536 }] {
                         let got = digest_files_with(&paths, params, threads, &chunking);
                         assert_eq!(got.len(), paths.len());

@@ -120,7 +120,7 @@ impl BlockHasher {
     /// Hash each `block_size`-byte block of `data` (whole blocks only); append the digests to
     /// `out`, in order.
     pub(crate) fn hash_whole_blocks(&self, data: &[u8], block_size: usize, out: &mut Vec<u8>) {
-        debug_assert!(data.len() % block_size == 0);
+        debug_assert!(data.len().is_multiple_of(block_size));
         match self {
             BlockHasher::Sha256(p) => p.hash_many(data, block_size, out),
             BlockHasher::Sha512(h) => {

@@ -138,7 +138,7 @@ impl Prefix {
 
     /// The state after hashing `prefix`, whose length must be a multiple of 64 bytes.
     pub fn new(prefix: &[u8]) -> Prefix {
-        assert!(prefix.len() % BLOCK == 0, "a prefix must be whole 64-byte blocks");
+        assert!(prefix.len().is_multiple_of(BLOCK), "a prefix must be whole 64-byte blocks");
         let mut p = Prefix::EMPTY;
         compress(backend(), &mut p.state, prefix);
         p.len = prefix.len() as u64;
@@ -147,7 +147,7 @@ impl Prefix {
 
     /// A prefix given by its state and length in bytes (a multiple of 64).
     pub fn from_state(state: State, len: u64) -> Prefix {
-        assert!(len % BLOCK as u64 == 0, "a prefix must be whole 64-byte blocks");
+        assert!(len.is_multiple_of(BLOCK as u64), "a prefix must be whole 64-byte blocks");
         Prefix { state, len }
     }
 
@@ -194,7 +194,7 @@ impl Prefix {
 
     /// [`Prefix::hash_many`] with an explicit backend.
     pub fn hash_many_with(&self, b: Backend, msgs: &[u8], msg_len: usize, out: &mut Vec<u8>) {
-        assert!(msg_len > 0 && msgs.len() % msg_len == 0, "hash_many needs whole messages");
+        assert!(msg_len > 0 && msgs.len().is_multiple_of(msg_len), "hash_many needs whole messages");
         let mut pairs = msgs.chunks_exact(2 * msg_len);
         for pair in &mut pairs {
             let (d0, d1) = self.hash_two_with(b, &pair[..msg_len], &pair[msg_len..]);
@@ -232,7 +232,7 @@ fn digest_bytes(st: &State) -> [u8; DIGEST] {
 
 /// Compress the whole 64-byte blocks of `blocks` into `st`.
 fn compress(b: Backend, st: &mut State, blocks: &[u8]) {
-    debug_assert!(blocks.len() % BLOCK == 0);
+    debug_assert!(blocks.len().is_multiple_of(BLOCK));
     if blocks.is_empty() {
         return;
     }
@@ -247,7 +247,7 @@ fn compress(b: Backend, st: &mut State, blocks: &[u8]) {
 
 /// Compress the blocks of `b0` into `s0` and those of `b1` (as long) into `s1`.
 fn compress2(b: Backend, s0: &mut State, s1: &mut State, b0: &[u8], b1: &[u8]) {
-    debug_assert!(b0.len() % BLOCK == 0 && b0.len() == b1.len());
+    debug_assert!(b0.len().is_multiple_of(BLOCK) && b0.len() == b1.len());
     if b0.is_empty() {
         return;
     }

@@ -53,9 +53,49 @@ def fsverity_utils_digest(path, algorithm="sha256", block_size=4096, salt=b""):
     return bytes.fromhex(out.strip())
 
 
+@pytest.fixture(params=["sha-ni", "portable"])
+def sha256_backend(request, monkeypatch):
+    """Run the test once with each SHA-256 implementation: in this process through the native
+    switch, in child processes (the CLI) through CFS_NO_SHA_NI."""
+    before = _native.fsverity_sha256_backend()
+    if _native.fsverity_sha256_backend(request.param) != request.param:
+        _native.fsverity_sha256_backend(before)
+        pytest.skip("this CPU has no SHA extensions")
+    if request.param == "portable":
+        monkeypatch.setenv("CFS_NO_SHA_NI", "1")
+    else:
+        monkeypatch.delenv("CFS_NO_SHA_NI", raising=False)
+    yield request.param
+    _native.fsverity_sha256_backend(before)
+
+
+def test_sha256_backend_switch():
+    code = "from composefs import _native; print(_native.fsverity_sha256_backend())"
+    env = {k: v for k, v in os.environ.items() if k != "CFS_NO_SHA_NI"}
+
+    def backend_with(value):
+        e = env if value is None else {**env, "CFS_NO_SHA_NI": value}
+        return subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, check=True).stdout.strip()
+
+    auto = backend_with(None)
+    cpu_flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+    assert auto == ("sha-ni" if "sha_ni" in cpu_flags else "portable")
+    assert [backend_with(v) for v in ["1", "yes", "0", ""]] == ["portable", "portable", auto, auto]
+    before = _native.fsverity_sha256_backend()
+    try:
+        assert _native.fsverity_sha256_backend("portable") == "portable"
+        assert _native.fsverity_sha256_backend() == "portable"
+        assert _native.fsverity_sha256_backend("sha-ni") in ("sha-ni", "portable")
+        with pytest.raises(ValueError, match='unknown SHA-256 backend "avx"'):
+            _native.fsverity_sha256_backend("avx")
+    finally:
+        _native.fsverity_sha256_backend(before)
+
+
 # --- conformance ---------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("sha256_backend")
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: r["size"])
 @pytest.mark.parametrize("algorithm", ["sha256", "sha512"])
 def test_conformance_bytes(stream, row, algorithm):
@@ -66,6 +106,7 @@ def test_conformance_bytes(stream, row, algorithm):
     assert seq == want
 
 
+@pytest.mark.usefixtures("sha256_backend")
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: r["size"])
 @pytest.mark.parametrize("algorithm", ["sha256", "sha512"])
 def test_conformance_file(stream, tmp_path, row, algorithm):
@@ -107,6 +148,7 @@ def contents(draw):
     return random.Random(draw(st.integers(0, 2**32))).randbytes(size)
 
 
+@pytest.mark.usefixtures("sha256_backend")
 @needs_fsverity
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=contents(), p=params)
@@ -141,6 +183,7 @@ def test_defaults_split_large_files():
     assert 0 < chunk <= threshold <= 64 << 20
 
 
+@pytest.mark.usefixtures("sha256_backend")
 @pytest.mark.parametrize(
     "algorithm,block_size,salt",
     [("sha256", 4096, b""), ("sha512", 4096, b""), ("sha256", 1024, b"\x01" * 32), ("sha512", 65536, b"abc")],
@@ -160,16 +203,34 @@ def test_parallel_large_file_equals_sequential(large_file, algorithm, block_size
         assert fsverity_utils_digest(path, **p) == seq
 
 
-def test_digest_files_many(tmp_path):
+@needs_fsverity
+@pytest.mark.usefixtures("sha256_backend")
+@pytest.mark.parametrize(
+    "p",
+    [{}, {"block_size": 1024, "salt": b"\x01" * 32}, {"algorithm": "sha512", "block_size": 65536, "salt": b"s"}],
+    ids=["default", "salted-1k", "sha512-64k"],
+)
+def test_digest_files_many(tmp_path, p):
+    """digest_files batches small files and pairs their blocks across files: sizes around block,
+    SHA-256 padding and batch-buffer (512 KiB) edges, then a log-uniform mix like the benchmark's."""
     rng = random.Random(1)
+    sizes = [0, 1, 55, 56, 63, 64, 4095, 4096, 4097, 5000, 70_000, 524_287, 524_288, 524_289, 1_100_000, 0, 3]
+    sizes += [int(2 ** rng.uniform(0, 20)) for _ in range(150)]
     paths = []
-    for i in range(300):
-        path = tmp_path / f"f{i}"
-        path.write_bytes(rng.randbytes(rng.choice([0, 1, 4095, 4096, 5000, 70_000, 600_000])))
+    for i, size in enumerate(sizes):
+        path = tmp_path / f"f{i:03d}"
+        path.write_bytes(rng.randbytes(size))
         paths.append(path)
-    want = [_native.fsverity_digest_file(str(p), "sha256", 4096, b"", parallel_threshold=SEQUENTIAL) for p in paths]
+    args = [FSVERITY, "digest", "--compact", f"--hash-alg={p.get('algorithm', 'sha256')}"]
+    args += [f"--block-size={p.get('block_size', 4096)}", f"--salt={p.get('salt', b'').hex()}"]
+    out = subprocess.run([*args, *map(str, paths)], check=True, capture_output=True, text=True).stdout
+    want = [bytes.fromhex(line) for line in out.split()]
+    assert len(want) == len(paths)
     for threads in [None, 1, 2, 5]:
-        assert fsverity.digest_files(paths, threads=threads) == want
+        assert fsverity.digest_files(paths, threads=threads, **p) == want
+    alg, bs, salt = p.get("algorithm", "sha256"), p.get("block_size", 4096), p.get("salt", b"")
+    strs = [str(x) for x in paths]
+    assert _native.fsverity_digest_files(strs, alg, bs, salt, 2, 100_000, 65536) == want  # large ones split
     assert fsverity.digest_files([]) == []
 
 
@@ -303,6 +364,7 @@ def sample(tmp_path):
     return tmp_path, list(files)
 
 
+@pytest.mark.usefixtures("sha256_backend")
 @needs_fsverity
 @pytest.mark.parametrize(
     "options",

@@ -3,10 +3,13 @@
 //! salt (zero-padded to the hash's input block size) prepended to every hashed block, and the
 //! 256-byte `fsverity_descriptor` hashed last. Empty data has an all-zero root hash.
 
-use sha2::{Digest as _, Sha256, Sha512};
+use crate::hash::sha256_x2::Prefix;
+use sha2::{Digest as _, Sha512};
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
+
+mod many;
 
 /// Hash algorithms fs-verity supports, with their on-disk numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,10 +96,11 @@ impl Params {
     }
 }
 
-/// A hasher with the padded salt already absorbed, cloned for every block.
+/// Hashes Merkle tree blocks, with the padded salt already absorbed (once, not per block).
 #[derive(Clone)]
 pub(crate) enum BlockHasher {
-    Sha256(Sha256),
+    /// The salted SHA-256 state; blocks are hashed two at a time where the CPU allows.
+    Sha256(Prefix),
     Sha512(Sha512),
 }
 
@@ -104,11 +108,7 @@ impl BlockHasher {
     pub(crate) fn new(params: &Params) -> BlockHasher {
         let salt = params.padded_salt();
         match params.alg {
-            HashAlg::Sha256 => {
-                let mut h = Sha256::new();
-                h.update(&salt);
-                BlockHasher::Sha256(h)
-            }
+            HashAlg::Sha256 => BlockHasher::Sha256(Prefix::new(&salt)),
             HashAlg::Sha512 => {
                 let mut h = Sha512::new();
                 h.update(&salt);
@@ -117,22 +117,30 @@ impl BlockHasher {
         }
     }
 
-    /// Hash one block, zero-padding `data` to `block_size`; append the digest to `out`.
-    pub(crate) fn hash_block(&self, data: &[u8], block_size: usize, out: &mut Vec<u8>) {
-        const ZEROS: [u8; 65536] = [0; 65536];
-        let pad = &ZEROS[..block_size - data.len()];
-        match self.clone() {
-            BlockHasher::Sha256(mut h) => {
-                h.update(data);
-                h.update(pad);
-                out.extend_from_slice(&h.finalize());
-            }
-            BlockHasher::Sha512(mut h) => {
-                h.update(data);
-                h.update(pad);
-                out.extend_from_slice(&h.finalize());
+    /// Hash each `block_size`-byte block of `data` (whole blocks only); append the digests to
+    /// `out`, in order.
+    pub(crate) fn hash_whole_blocks(&self, data: &[u8], block_size: usize, out: &mut Vec<u8>) {
+        debug_assert!(data.len().is_multiple_of(block_size));
+        match self {
+            BlockHasher::Sha256(p) => p.hash_many(data, block_size, out),
+            BlockHasher::Sha512(h) => {
+                for block in data.chunks_exact(block_size) {
+                    let mut h = h.clone();
+                    h.update(block);
+                    out.extend_from_slice(&h.finalize());
+                }
             }
         }
+    }
+
+    /// Hash one block, zero-padding `data` to `block_size`; append the digest to `out`.
+    pub(crate) fn hash_block(&self, data: &[u8], block_size: usize, out: &mut Vec<u8>) {
+        if data.len() == block_size {
+            return self.hash_whole_blocks(data, block_size, out);
+        }
+        let mut padded = vec![0u8; block_size];
+        padded[..data.len()].copy_from_slice(data);
+        self.hash_whole_blocks(&padded, block_size, out)
     }
 }
 
@@ -145,29 +153,34 @@ pub(crate) fn root_from_level0(params: &Params, mut level: Vec<u8>) -> Vec<u8> {
     // Levels above this many blocks are hashed in parallel, in runs of this many blocks.
     const PAR_BLOCKS: usize = 64;
     while level.len() > ds {
+        // The level's last block is zero-padded.
+        level.resize(level.len().div_ceil(bs) * bs, 0);
         level = if level.len() > bs * PAR_BLOCKS * 2 {
             use rayon::prelude::*;
             let parts: Vec<Vec<u8>> = level
                 .par_chunks(bs * PAR_BLOCKS)
                 .map(|run| {
                     let mut out = Vec::with_capacity(PAR_BLOCKS * ds);
-                    hash_blocks(&hasher, run, bs, &mut out);
+                    hasher.hash_whole_blocks(run, bs, &mut out);
                     out
                 })
                 .collect();
             parts.concat()
         } else {
-            let mut next = Vec::with_capacity(level.len().div_ceil(bs) * ds);
-            hash_blocks(&hasher, &level, bs, &mut next);
+            let mut next = Vec::with_capacity(level.len() / bs * ds);
+            hasher.hash_whole_blocks(&level, bs, &mut next);
             next
         };
     }
     level
 }
 
-/// The final digest: the hash of the `fsverity_descriptor` for this root hash and size.
-pub(crate) fn descriptor_digest(params: &Params, root_hash: &[u8], data_size: u64) -> Vec<u8> {
-    let mut desc = [0u8; 256];
+/// Size of the `fsverity_descriptor`.
+const DESCRIPTOR_SIZE: usize = 256;
+
+/// The `fsverity_descriptor` for this root hash and data size.
+fn descriptor(params: &Params, root_hash: &[u8], data_size: u64) -> [u8; DESCRIPTOR_SIZE] {
+    let mut desc = [0u8; DESCRIPTOR_SIZE];
     desc[0] = 1; // version
     desc[1] = params.alg as u8;
     desc[2] = params.block_size.trailing_zeros() as u8;
@@ -176,10 +189,26 @@ pub(crate) fn descriptor_digest(params: &Params, root_hash: &[u8], data_size: u6
     desc[8..16].copy_from_slice(&data_size.to_le_bytes());
     desc[16..16 + root_hash.len()].copy_from_slice(root_hash);
     desc[80..80 + params.salt.len()].copy_from_slice(&params.salt);
-    match params.alg {
-        HashAlg::Sha256 => Sha256::digest(desc).to_vec(),
-        HashAlg::Sha512 => Sha512::digest(desc).to_vec(),
+    desc
+}
+
+/// Hash each 256-byte descriptor in `descs` (unsalted); append the digests to `out`.
+fn hash_descriptors(alg: HashAlg, descs: &[u8], out: &mut Vec<u8>) {
+    match alg {
+        HashAlg::Sha256 => Prefix::EMPTY.hash_many(descs, DESCRIPTOR_SIZE, out),
+        HashAlg::Sha512 => {
+            for d in descs.chunks_exact(DESCRIPTOR_SIZE) {
+                out.extend_from_slice(&Sha512::digest(d));
+            }
+        }
     }
+}
+
+/// The final digest: the hash of the `fsverity_descriptor` for this root hash and size.
+pub(crate) fn descriptor_digest(params: &Params, root_hash: &[u8], data_size: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(params.alg.digest_size());
+    hash_descriptors(params.alg, &descriptor(params, root_hash, data_size), &mut out);
+    out
 }
 
 /// How large inputs are split for hashing on several threads.
@@ -246,8 +275,10 @@ fn with_read_buf<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
 
 /// Hash every `bs`-sized block of `data` (the last one zero-padded), appending to `out`.
 fn hash_blocks(hasher: &BlockHasher, data: &[u8], bs: usize, out: &mut Vec<u8>) {
-    for block in data.chunks(bs) {
-        hasher.hash_block(block, bs, out);
+    let whole = data.len() / bs * bs;
+    hasher.hash_whole_blocks(&data[..whole], bs, out);
+    if whole < data.len() {
+        hasher.hash_block(&data[whole..], bs, out);
     }
 }
 
@@ -291,11 +322,21 @@ pub fn digest_bytes_with(data: &[u8], params: &Params, chunking: &Chunking) -> V
 }
 
 /// Digest of everything `reader` yields (sequential, read to end of file).
-pub fn digest_reader<R: Read>(mut reader: R, params: &Params) -> io::Result<Vec<u8>> {
-    let bs = params.block_size as usize;
+pub fn digest_reader<R: Read>(reader: R, params: &Params) -> io::Result<Vec<u8>> {
     let hasher = BlockHasher::new(params);
     let mut level0 = Vec::new();
-    let total = with_read_buf(|buf| -> io::Result<u64> {
+    let total = level0_from_reader(reader, &hasher, params.block_size as usize, &mut level0)?;
+    let root = if total == 0 {
+        vec![0u8; params.alg.digest_size()]
+    } else {
+        root_from_level0(params, level0)
+    };
+    Ok(descriptor_digest(params, &root, total))
+}
+
+/// Append the level-0 hashes of everything `reader` yields to `level0`; return the byte count.
+fn level0_from_reader<R: Read>(mut reader: R, hasher: &BlockHasher, bs: usize, level0: &mut Vec<u8>) -> io::Result<u64> {
+    with_read_buf(|buf| -> io::Result<u64> {
         let mut total: u64 = 0;
         loop {
             // Fill the buffer completely (or to EOF) so blocks are never split across reads.
@@ -308,19 +349,13 @@ pub fn digest_reader<R: Read>(mut reader: R, params: &Params) -> io::Result<Vec<
                     Err(e) => return Err(e),
                 }
             }
-            hash_blocks(&hasher, &buf[..filled], bs, &mut level0);
+            hash_blocks(hasher, &buf[..filled], bs, level0);
             total += filled as u64;
             if filled < buf.len() {
                 return Ok(total);
             }
         }
-    })?;
-    let root = if total == 0 {
-        vec![0u8; params.alg.digest_size()]
-    } else {
-        root_from_level0(params, level0)
-    };
-    Ok(descriptor_digest(params, &root, total))
+    })
 }
 
 /// Append the level-0 hashes of `file[start..start + len]`, read with `pread`.
@@ -384,8 +419,15 @@ fn digest_file_parallel(file: &File, size: u64, params: &Params, chunking: &Chun
 /// Open `path` for reading without blocking on FIFOs or taking a controlling terminal, and make
 /// sure it is a regular file. Returns the file and its size.
 fn open_regular(path: &Path) -> Result<(File, u64), Error> {
+    let (file, size) = open_regular_nonblocking(path)?;
+    clear_nonblock(&file).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    Ok((file, size))
+}
+
+/// [`open_regular`], but the file keeps `O_NONBLOCK` (one system call less). Linux ignores it
+/// for regular files; readers of such a file still handle `EAGAIN` (see [`clear_nonblock`]).
+fn open_regular_nonblocking(path: &Path) -> Result<(File, u64), Error> {
     use std::os::unix::fs::OpenOptionsExt;
-    use std::os::unix::io::AsRawFd;
     let io_err = |source| Error::Io { path: path.to_path_buf(), source };
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -399,12 +441,17 @@ fn open_regular(path: &Path) -> Result<(File, u64), Error> {
     if !meta.is_file() {
         return Err(Error::NotRegular { path: path.to_path_buf() });
     }
-    // Back to plain blocking reads (O_NONBLOCK was only for the open).
+    Ok((file, meta.len()))
+}
+
+/// Back to plain blocking reads (`O_NONBLOCK` was only for the open).
+fn clear_nonblock(file: &File) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
     // SAFETY: fcntl on a descriptor we own, with an integer argument.
     if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, 0) } != 0 {
-        return Err(io_err(io::Error::last_os_error()));
+        return Err(io::Error::last_os_error());
     }
-    Ok((file, meta.len()))
+    Ok(())
 }
 
 /// Digest of a regular file's contents. Large files are hashed on several threads of the current
@@ -442,10 +489,7 @@ pub fn digest_files_with<P: AsRef<Path> + Sync>(
     threads: Option<usize>,
     chunking: &Chunking,
 ) -> Vec<Result<Vec<u8>, Error>> {
-    use rayon::prelude::*;
-    let work = || -> Vec<Result<Vec<u8>, Error>> {
-        paths.par_iter().map(|p| digest_file_with(p.as_ref(), params, chunking)).collect()
-    };
+    let work = || many::digest_paths(paths, params, chunking);
     match threads {
         None => work(),
         Some(n) => match rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build() {
@@ -464,6 +508,28 @@ pub fn sha256_digest(data: &[u8]) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hash::sha256_x2::{set_backend, Backend};
+    use sha2::Sha256;
+
+    /// Run `f` once with each SHA-256 backend this CPU has. The switch is process-wide: a lock
+    /// keeps switching tests apart (other tests may meanwhile run on either backend, which
+    /// compute the same digests).
+    fn for_each_backend(mut f: impl FnMut(Backend)) {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        struct Reset;
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                set_backend(None);
+            }
+        }
+        let _lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let _reset = Reset;
+        for b in [Backend::Portable, Backend::ShaNi] {
+            if set_backend(Some(b)) == b {
+                f(b);
+            }
+        }
+    }
 
     /// The conformance stream: sha256(b"cfs" + le64(i)) for i = 0, 1, ... concatenated.
     fn stream(n: usize) -> Vec<u8> {
@@ -491,12 +557,14 @@ mod tests {
             (1, "b2382412cad9bfb3087625f76dd4caaee741bb0fe0b2ad47a70a05e8483d5387"),
             (64, "fb27e04752a22bad51c16a2663dfcd7c629475ea56bec54ec6b919220b7b48e9"),
         ];
-        for (n, want) in rows {
-            let data = stream(n);
-            assert_eq!(hex(&digest_bytes(&data, &Params::default())), want, "size {n}");
-            let r = digest_reader(&data[..], &Params::default()).unwrap();
-            assert_eq!(hex(&r), want, "reader, size {n}");
-        }
+        for_each_backend(|b| {
+            for (n, want) in rows {
+                let data = stream(n);
+                assert_eq!(hex(&digest_bytes(&data, &Params::default())), want, "{b:?} size {n}");
+                let r = digest_reader(&data[..], &Params::default()).unwrap();
+                assert_eq!(hex(&r), want, "{b:?} reader, size {n}");
+            }
+        });
     }
 
     fn temp_path(tag: &str) -> std::path::PathBuf {
@@ -545,6 +613,70 @@ mod tests {
             }
         }
         std::fs::remove_file(&path).unwrap();
+    }
+
+    /// `digest_files` (files batched across, blocks paired across files) against the digest of
+    /// each file's bytes: sizes around block and batch-buffer edges, errors in between, several
+    /// parameter sets, thread counts and chunkings, both SHA-256 backends.
+    #[test]
+    fn many_files_agree_with_bytes() {
+        let dir = temp_path("many");
+        std::fs::create_dir_all(&dir).unwrap();
+        let batch = 512 << 10;
+        let mut sizes = vec![0usize, 1, 55, 56, 63, 64, 4095, 4096, 4097, 8192, 100_000, 3000, 1, 0];
+        sizes.extend([batch - 1, batch, batch + 1, 2 * batch + 4097, 200_000, 7, 65536 * 3 + 1]);
+        let mut x: u64 = 12345;
+        for _ in 0..40 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            sizes.push(1usize << ((x >> 33) % 17) | ((x >> 20) as usize & 4095));
+        }
+        let data = stream(sizes.iter().sum::<usize>() + sizes.len());
+        let mut contents = Vec::new();
+        let mut paths = Vec::new();
+        let mut at = 0;
+        for (i, &n) in sizes.iter().enumerate() {
+            let path = dir.join(format!("f{i}"));
+            std::fs::write(&path, &data[at..at + n]).unwrap();
+            contents.push(&data[at..at + n]);
+            paths.push(path);
+            at += n + 1;
+        }
+        // A missing file and a directory in the middle.
+        paths.insert(10, dir.join("missing"));
+        paths.insert(20, dir.clone());
+        let params_sets = [
+            Params::default(),
+            Params::new(HashAlg::Sha256, 1024, b"salt".to_vec()).unwrap(),
+            Params::new(HashAlg::Sha256, 65536, vec![0xff; 32]).unwrap(),
+            Params::new(HashAlg::Sha512, 4096, b"x".to_vec()).unwrap(),
+        ];
+        for params in &params_sets {
+            let want: Vec<Vec<u8>> =
+                contents.iter().map(|c| digest_bytes_with(c, params, &Chunking::sequential())).collect();
+            for_each_backend(|b| {
+                for threads in [Some(1), Some(3)] {
+                    for chunking in [Chunking::default(), Chunking { parallel_threshold: 300_000, chunk_size: 65536 }] {
+                        let got = digest_files_with(&paths, params, threads, &chunking);
+                        assert_eq!(got.len(), paths.len());
+                        let mut ok = got.into_iter().enumerate().filter_map(|(i, r)| match i {
+                            10 => {
+                                assert!(matches!(r, Err(Error::Io { ref source, .. }) if source.kind() == io::ErrorKind::NotFound));
+                                None
+                            }
+                            20 => {
+                                assert!(matches!(r, Err(Error::Io { ref source, .. }) if source.raw_os_error() == Some(libc::EISDIR)));
+                                None
+                            }
+                            _ => Some(r.unwrap()),
+                        });
+                        for (i, w) in want.iter().enumerate() {
+                            assert_eq!(&ok.next().unwrap(), w, "{b:?} {params:?} {threads:?} {chunking:?} size {}", sizes[i]);
+                        }
+                    }
+                }
+            });
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

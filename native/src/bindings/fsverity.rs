@@ -105,6 +105,32 @@ fn fsverity_digest_files(
         .collect())
 }
 
+/// The SHA-256 implementation in use: "sha-ni" (x86 SHA extensions, two blocks interleaved) or
+/// "portable" (the `sha2` crate). `choice` switches it for the whole process first: "sha-ni"
+/// (falls back to "portable" on a CPU without it), "portable", or "auto" (the default choice:
+/// SHA-NI when present, unless the environment variable CFS_NO_SHA_NI is set). Every
+/// implementation gives the same digests; this is for tests and benchmarks.
+#[pyfunction]
+#[pyo3(signature = (choice=None))]
+fn fsverity_sha256_backend(choice: Option<&str>) -> PyResult<&'static str> {
+    use crate::hash::sha256_x2::{backend, set_backend, Backend};
+    let b = match choice {
+        None => backend(),
+        Some("auto") => set_backend(None),
+        Some("sha-ni") => set_backend(Some(Backend::ShaNi)),
+        Some("portable") => set_backend(Some(Backend::Portable)),
+        Some(other) => {
+            return Err(PyValueError::new_err(format!(
+                "unknown SHA-256 backend {other:?} (known: auto, sha-ni, portable)"
+            )))
+        }
+    };
+    Ok(match b {
+        Backend::ShaNi => "sha-ni",
+        Backend::Portable => "portable",
+    })
+}
+
 /// Default `(parallel_threshold, chunk_size)` in bytes.
 #[pyfunction]
 fn fsverity_chunking_defaults() -> (u64, u64) {
@@ -117,5 +143,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fsverity_digest_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(fsverity_digest_files, m)?)?;
     m.add_function(wrap_pyfunction!(fsverity_chunking_defaults, m)?)?;
+    m.add_function(wrap_pyfunction!(fsverity_sha256_backend, m)?)?;
     Ok(())
 }

@@ -1,0 +1,3 @@
+//! Hash primitives tuned for fs-verity's workload (many equal-length messages).
+
+pub mod sha256_x2;

@@ -169,6 +169,32 @@ fn entries_list<'py>(py: Python<'py>, tree: &Tree) -> PyResult<Bound<'py, PyList
     Ok(out)
 }
 
+/// What both scanning bindings do with the GIL released: open `store` (when given), scan
+/// `source` into it, hand the tree to `then` (which may write the image, or keep the tree), and `syncfs` the store
+/// last when `sync`, so that the objects are durable once the call returns.
+fn scan_into_store<T>(
+    source: &std::path::Path,
+    opts: &ScanOptions,
+    store: Option<&std::path::Path>,
+    progress: Option<&scan::Progress>,
+    sync: bool,
+    then: impl FnOnce(Tree) -> PyResult<T>,
+) -> PyResult<(T, ScanStats, Option<StoreStats>)> {
+    let store = store.map(Store::open).transpose().map_err(|e| e.to_pyerr())?;
+    let (tree, stats) = scan::scan(source, opts, store.as_ref(), progress).map_err(|e| e.to_pyerr())?;
+    let out = then(tree)?;
+    if let (Some(s), true) = (&store, sync) {
+        s.sync().map_err(|e| e.to_pyerr())?;
+    }
+    Ok((out, stats, store.map(|s| s.stats())))
+}
+
+/// The `stats` and `store` (None without a store) items of a scanning binding's result.
+fn set_scan_items(py: Python<'_>, d: &Bound<'_, PyDict>, stats: &ScanStats, store: Option<&StoreStats>) -> PyResult<()> {
+    d.set_item("stats", stats_dict(py, stats)?)?;
+    d.set_item("store", store.map(|s| store_dict(py, s)).transpose()?)
+}
+
 /// Scan `source` into a tree (see `crate::scan`); with `store`, insert every object-backed
 /// file into that object store and `syncfs` it at the end when `sync` is true.
 /// Returns {"stats": {...}, "store": {...} | None, "entries": [...] | None}.
@@ -195,26 +221,11 @@ fn scan_directory<'py>(
     let progress = progress.map(|p| p.inner.clone());
     let source = to_path(source)?;
     let store = store.map(to_path).transpose()?;
-    let (tree, stats, store_stats) = py.allow_threads(|| -> PyResult<_> {
-        let store = match &store {
-            Some(p) => Some(Store::open(p).map_err(|e| e.to_pyerr())?),
-            None => None,
-        };
-        let (tree, stats) =
-            scan::scan(&source, &opts, store.as_ref(), progress.as_deref()).map_err(|e| e.to_pyerr())?;
-        if let Some(s) = &store {
-            if sync {
-                s.sync().map_err(|e| e.to_pyerr())?;
-            }
-        }
-        Ok((tree, stats, store.map(|s| s.stats())))
+    let (tree, stats, store_stats) = py.allow_threads(|| {
+        scan_into_store(&source, &opts, store.as_deref(), progress.as_deref(), sync, Ok)
     })?;
     let d = PyDict::new(py);
-    d.set_item("stats", stats_dict(py, &stats)?)?;
-    match &store_stats {
-        Some(s) => d.set_item("store", store_dict(py, s)?)?,
-        None => d.set_item("store", py.None())?,
-    }
+    set_scan_items(py, &d, &stats, store_stats.as_ref())?;
     if entries {
         d.set_item("entries", entries_list(py, &tree)?)?;
     } else {
@@ -260,27 +271,14 @@ fn build_from_directory<'py>(
         build::BuildError::Io { path, source } => os_error(&source, Some(&path)),
         other => PyValueError::new_err(other.to_string()),
     };
-    let (built, stats, store_stats, objects) = py.allow_threads(|| -> PyResult<_> {
-        let store = match &store {
-            Some(p) => Some(Store::open(p).map_err(|e| e.to_pyerr())?),
-            None => None,
-        };
-        let (tree, stats) =
-            scan::scan(&source, &opts, store.as_ref(), progress.as_deref()).map_err(|e| e.to_pyerr())?;
-        let built = build::build(&tree, &wopts, image_path.as_deref(), return_image).map_err(build_err)?;
-        if let Some(s) = &store {
-            if sync {
-                s.sync().map_err(|e| e.to_pyerr())?;
-            }
-        }
-        Ok((built, stats, store.map(|s| s.stats()), build::object_stats(&tree)))
+    let ((built, objects), stats, store_stats) = py.allow_threads(|| {
+        scan_into_store(&source, &opts, store.as_deref(), progress.as_deref(), sync, |tree| {
+            let built = build::build(&tree, &wopts, image_path.as_deref(), return_image).map_err(build_err)?;
+            Ok((built, build::object_stats(&tree)))
+        })
     })?;
     let d = super::image::built_dict(py, &built, objects)?;
-    d.set_item("stats", stats_dict(py, &stats)?)?;
-    match &store_stats {
-        Some(st) => d.set_item("store", store_dict(py, st)?)?,
-        None => d.set_item("store", py.None())?,
-    }
+    set_scan_items(py, &d, &stats, store_stats.as_ref())?;
     if let Some(bytes) = &built.bytes {
         d.set_item("image", PyBytes::new(py, bytes))?;
     }

@@ -261,15 +261,25 @@ thread_local! {
 /// Run `f` with this thread's read buffer (allocated once per thread, reused for every file).
 /// `f` must not re-enter rayon (a stolen task could then ask for the same buffer).
 fn with_read_buf<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
-    READ_BUF.with(|cell| match cell.try_borrow_mut() {
+    with_thread_buf(&READ_BUF, READ_BUF_SIZE, f)
+}
+
+/// Run `f` with the first `size` bytes of the thread-local buffer `key` (grown once per thread).
+/// Should the buffer be in use already on this thread (a nested job run by the same thread), `f`
+/// gets a buffer of its own instead.
+fn with_thread_buf<R>(
+    key: &'static std::thread::LocalKey<std::cell::RefCell<Vec<u8>>>,
+    size: usize,
+    f: impl FnOnce(&mut [u8]) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
-            if buf.len() < READ_BUF_SIZE {
-                buf.resize(READ_BUF_SIZE, 0);
+            if buf.len() < size {
+                buf.resize(size, 0);
             }
-            f(&mut buf[..READ_BUF_SIZE])
+            f(&mut buf[..size])
         }
-        // Not expected; stay correct anyway.
-        Err(_) => f(&mut vec![0u8; READ_BUF_SIZE]),
+        Err(_) => f(&mut vec![0u8; size]),
     })
 }
 

@@ -43,15 +43,7 @@ thread_local! {
 /// for a nested parallel job may run another unit on the same thread: that one gets a buffer of
 /// its own.
 fn with_batch_buf<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
-    BATCH_BUF.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < BATCH_BYTES {
-                buf.resize(BATCH_BYTES, 0);
-            }
-            f(&mut buf[..BATCH_BYTES])
-        }
-        Err(_) => f(&mut vec![0u8; BATCH_BYTES]),
-    })
+    super::with_thread_buf(&BATCH_BUF, BATCH_BYTES, f)
 }
 
 /// Digests of the files of one work unit, in order.

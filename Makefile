@@ -20,14 +20,22 @@ NATIVE_SRC := $(shell find native/src -name '*.rs') native/Cargo.toml native/Car
 help:
 	@sed -n 's/^#   //p' Makefile
 
-$(STAMPS)/apt: Makefile
+APT_LOCK := -o DPkg::Lock::Timeout=600
+
+# $(call apt_install,WHAT,PACKAGES): the recipe of a stamp that installs PACKAGES with apt-get
+# unless dpkg already has every one of them (`apt-get update` retried: mirrors fail at times).
+define apt_install
 	@mkdir -p $(STAMPS)
-	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
-		echo ">> installing system packages: $(APT_PACKAGES)"; \
-		$(SUDO) apt-get -o DPkg::Lock::Timeout=600 update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $(APT_PACKAGES); \
+	@if ! dpkg -s $(2) >/dev/null 2>&1; then \
+		echo ">> installing $(1): $(2)"; \
+		for i in 1 2 3 4 5; do $(SUDO) apt-get $(APT_LOCK) update -qq && break; sleep 20; done; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get $(APT_LOCK) install -y -qq --no-install-recommends $(2); \
 	fi
 	@touch $@
+endef
+
+$(STAMPS)/apt: Makefile
+	$(call apt_install,system packages,$(APT_PACKAGES))
 
 $(STAMPS)/venv: $(STAMPS)/apt pyproject.toml
 	@[ -x $(PY) ] || python3 -m venv $(VENV)
@@ -59,13 +67,7 @@ test: setup
 BENCH_APT_PACKAGES := debootstrap
 
 $(STAMPS)/bench-apt: Makefile
-	@mkdir -p $(STAMPS)
-	@if ! dpkg -s $(BENCH_APT_PACKAGES) >/dev/null 2>&1; then \
-		echo ">> installing benchmark packages: $(BENCH_APT_PACKAGES)"; \
-		$(SUDO) apt-get -o DPkg::Lock::Timeout=600 update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $(BENCH_APT_PACKAGES); \
-	fi
-	@touch $@
+	$(call apt_install,benchmark packages,$(BENCH_APT_PACKAGES))
 
 bench-apt: $(STAMPS)/bench-apt
 
@@ -81,17 +83,8 @@ clean:
 QEMU_APT_PACKAGES := qemu-system-x86 busybox-static cpio tiny-initramfs linux-image-6.12-amd64 \
 	linux-headers-6.12-amd64 e2fsprogs xz-utils kmod
 QEMU_ARGS ?=
-APT_LOCK := -o DPkg::Lock::Timeout=600
-
 $(STAMPS)/qemu-apt: Makefile
-	@mkdir -p $(STAMPS)
-	@if ! dpkg -s $(QEMU_APT_PACKAGES) >/dev/null 2>&1; then \
-		echo ">> installing QEMU guest packages: $(QEMU_APT_PACKAGES)"; \
-		for i in 1 2 3 4 5; do $(SUDO) apt-get $(APT_LOCK) update -qq && break; sleep 20; done; \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get $(APT_LOCK) install -y -qq --no-install-recommends \
-			$(QEMU_APT_PACKAGES); \
-	fi
-	@touch $@
+	$(call apt_install,QEMU guest packages,$(QEMU_APT_PACKAGES))
 
 qemu-test: setup $(STAMPS)/qemu-apt
 	@$(SUDO) $(PY) qemu/run.py $(QEMU_ARGS)

@@ -1,13 +1,21 @@
 //! Building a [`Tree`] from a real directory, the way `mkcomposefs SOURCE IMAGE` does
 //! (composefs 1.0.8 `lcfs_build` / `lcfs_load_node_from_file`), in two parallel phases:
 //!
-//! 1. **walk**: every directory is read, every entry `lstat`ed, its xattrs listed
-//!    (`llistxattr`/`lgetxattr`) and symlink targets read, directories in parallel (rayon);
-//! 2. **contents**: every distinct regular file (by `(st_dev, st_ino)`) is opened once, in
-//!    parallel on all cores: non-empty files of at most 64 bytes are inlined (mkcomposefs'
-//!    `LCFS_RECOMMENDED_INLINE_CONTENT_MAX`, limit included), larger ones are fs-verity hashed
-//!    in a streaming fashion (contents are never held in memory) and get the payload
-//!    `XX/<62 hex>`; with a [`Store`] they are also inserted into it. Empty files get neither.
+//! 1. **walk**: every directory is opened and read, every entry `statx`ed relative to the open
+//!    directory (no whole-path lookups), its xattrs listed (`flistxattr` on the entry's open
+//!    descriptor for directories and files read now, `llistxattr` on the path otherwise) and
+//!    symlink targets read (`readlinkat`). A directory's entries are cut into units of
+//!    [`ENTRIES_PER_UNIT`] handled in parallel (rayon); each unit's regular files with a single
+//!    name are read and hashed right away, together, so that SHA-256 blocks pair across files
+//!    ([`crate::fsverity::digest_open_files`]) and hashing overlaps the walk;
+//! 2. **contents**: every other regular file (several names, by `(st_dev, st_ino)`) is opened
+//!    once, in parallel on all cores.
+//!
+//! Non-empty files of at most 64 bytes are inlined (mkcomposefs'
+//! `LCFS_RECOMMENDED_INLINE_CONTENT_MAX`, limit included), larger ones are fs-verity hashed in a
+//! streaming fashion (contents are never held in memory, files of 8 MiB or more are split over
+//! the cores) and get the payload `XX/<62 hex>`; with a [`Store`] they are also inserted into
+//! it. Empty files get neither.
 //!
 //! Like mkcomposefs, the walk descends into mount points (it does not stay on one filesystem)
 //! and never follows symlinks except for the source path itself.
@@ -259,7 +267,7 @@ fn scan_in_pool(root: &Path, opts: &ScanOptions, store: Option<&Store>, progress
         also: Vec::new(),
         work_of: HashMap::new(),
         dir_paths: vec![root_path.clone()],
-        digests: std::collections::HashSet::new(),
+        digests: Digests::default(),
         stats: &mut stats,
     };
     if let Kind::Dir(children) = kind {
@@ -304,6 +312,9 @@ fn scan_in_pool(root: &Path, opts: &ScanOptions, store: Option<&Store>, progress
     Ok((tree, stats))
 }
 
+/// The distinct object digests found (they are uniformly distributed: a cheap hasher will do).
+type Digests = std::collections::HashSet<Digest, crate::hash::fx::FastHash>;
+
 struct Flattener<'a> {
     tree: &'a mut Tree,
     opts: &'a ScanOptions,
@@ -316,7 +327,7 @@ struct Flattener<'a> {
     /// Paths of the directories holding work items.
     dir_paths: Vec<PathBuf>,
     /// Digests of the objects found so far.
-    digests: std::collections::HashSet<Digest>,
+    digests: Digests,
     /// (dev, ino) -> index in `work`, so a file is read once even with `no_hardlinks`.
     work_of: HashMap<(u64, u64), usize>,
     stats: &'a mut ScanStats,
@@ -391,7 +402,7 @@ impl Flattener<'_> {
 
 /// Record a file's contents in its inodes `ids` (several when the source file has several names)
 /// and in the totals.
-fn apply_content(tree: &mut Tree, stats: &mut ScanStats, digests: &mut std::collections::HashSet<Digest>, ids: &[InodeId], c: &Content) {
+fn apply_content(tree: &mut Tree, stats: &mut ScanStats, digests: &mut Digests, ids: &[InodeId], c: &Content) {
     match c {
         Content::Object { size, digest, .. } => {
             stats.bytes_read += size;

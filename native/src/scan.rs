@@ -1,13 +1,21 @@
 //! Building a [`Tree`] from a real directory, the way `mkcomposefs SOURCE IMAGE` does
 //! (composefs 1.0.8 `lcfs_build` / `lcfs_load_node_from_file`), in two parallel phases:
 //!
-//! 1. **walk**: every directory is read, every entry `lstat`ed, its xattrs listed
-//!    (`llistxattr`/`lgetxattr`) and symlink targets read, directories in parallel (rayon);
-//! 2. **contents**: every distinct regular file (by `(st_dev, st_ino)`) is opened once, in
-//!    parallel on all cores: non-empty files of at most 64 bytes are inlined (mkcomposefs'
-//!    `LCFS_RECOMMENDED_INLINE_CONTENT_MAX`, limit included), larger ones are fs-verity hashed
-//!    in a streaming fashion (contents are never held in memory) and get the payload
-//!    `XX/<62 hex>`; with a [`Store`] they are also inserted into it. Empty files get neither.
+//! 1. **walk**: every directory is opened and read, every entry `statx`ed relative to the open
+//!    directory (no whole-path lookups), its xattrs listed (`flistxattr` on the entry's open
+//!    descriptor for directories and files read now, `llistxattr` on the path otherwise) and
+//!    symlink targets read (`readlinkat`). A directory's entries are cut into units of
+//!    [`ENTRIES_PER_UNIT`] handled in parallel (rayon); each unit's regular files with a single
+//!    name are read and hashed right away, together, so that SHA-256 blocks pair across files
+//!    ([`crate::fsverity::digest_open_files`]) and hashing overlaps the walk;
+//! 2. **contents**: every other regular file (several names, by `(st_dev, st_ino)`) is opened
+//!    once, in parallel on all cores.
+//!
+//! Non-empty files of at most 64 bytes are inlined (mkcomposefs'
+//! `LCFS_RECOMMENDED_INLINE_CONTENT_MAX`, limit included), larger ones are fs-verity hashed in a
+//! streaming fashion (contents are never held in memory, files of 8 MiB or more are split over
+//! the cores) and get the payload `XX/<62 hex>`; with a [`Store`] they are also inserted into
+//! it. Empty files get neither.
 //!
 //! Like mkcomposefs, the walk descends into mount points (it does not stay on one filesystem)
 //! and never follows symlinks except for the source path itself.
@@ -23,8 +31,10 @@ use crate::store::{self, open_regular, Store};
 use crate::tree::{mode, Digest, Inode, InodeData, InodeId, Timespec, Tree, Xattr, ROOT};
 use rayon::prelude::*;
 use std::collections::HashMap;
-use std::ffi::{CString, OsStr};
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::File;
 use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -239,10 +249,14 @@ fn scan_in_pool(root: &Path, opts: &ScanOptions, store: Option<&Store>, progress
     } else {
         root.to_path_buf()
     };
-    let root_node = load_entry(&root_path, Vec::new(), opts, store, progress)?.expect("a directory is never skipped");
+    let st = Stat::from_meta(&std::fs::symlink_metadata(&root_path).map_err(io_at(&root_path))?, opts.use_epoch);
+    progress.entries.fetch_add(1, Relaxed);
+    let root_dir = Dir::open_at(None, &cpath(&root_path)?, root_path.clone())?;
+    let xattrs = xattrs_of(XattrSource::Fd(root_dir.fd.as_raw_fd()), &root_path, opts)?;
+    let kind = Kind::Dir(walk_dir(&root_dir, opts, store, progress)?);
+    drop(root_dir);
 
     // Flatten into the tree, sequentially and in name order (deterministic ids).
-    let Node { st, xattrs, kind, .. } = root_node;
     let mut tree = Tree::new(make_inode(&st, xattrs, &kind));
     let mut stats = ScanStats { entries: 1, inodes: 1, directories: 1, ..Default::default() };
     let mut flat = Flattener {
@@ -253,7 +267,7 @@ fn scan_in_pool(root: &Path, opts: &ScanOptions, store: Option<&Store>, progress
         also: Vec::new(),
         work_of: HashMap::new(),
         dir_paths: vec![root_path.clone()],
-        digests: std::collections::HashSet::new(),
+        digests: Digests::default(),
         stats: &mut stats,
     };
     if let Kind::Dir(children) = kind {
@@ -298,6 +312,9 @@ fn scan_in_pool(root: &Path, opts: &ScanOptions, store: Option<&Store>, progress
     Ok((tree, stats))
 }
 
+/// The distinct object digests found (they are uniformly distributed: a cheap hasher will do).
+type Digests = std::collections::HashSet<Digest, crate::hash::fx::FastHash>;
+
 struct Flattener<'a> {
     tree: &'a mut Tree,
     opts: &'a ScanOptions,
@@ -310,7 +327,7 @@ struct Flattener<'a> {
     /// Paths of the directories holding work items.
     dir_paths: Vec<PathBuf>,
     /// Digests of the objects found so far.
-    digests: std::collections::HashSet<Digest>,
+    digests: Digests,
     /// (dev, ino) -> index in `work`, so a file is read once even with `no_hardlinks`.
     work_of: HashMap<(u64, u64), usize>,
     stats: &'a mut ScanStats,
@@ -385,7 +402,7 @@ impl Flattener<'_> {
 
 /// Record a file's contents in its inodes `ids` (several when the source file has several names)
 /// and in the totals.
-fn apply_content(tree: &mut Tree, stats: &mut ScanStats, digests: &mut std::collections::HashSet<Digest>, ids: &[InodeId], c: &Content) {
+fn apply_content(tree: &mut Tree, stats: &mut ScanStats, digests: &mut Digests, ids: &[InodeId], c: &Content) {
     match c {
         Content::Object { size, digest, .. } => {
             stats.bytes_read += size;
@@ -444,65 +461,313 @@ fn make_inode(st: &Stat, xattrs: Vec<Xattr>, kind: &Kind) -> Inode {
     }
 }
 
-/// `lstat` one entry, read its xattrs and symlink target, and walk it if it is a directory.
-/// `None` when options leave it out.
-fn load_entry(path: &Path, name: Vec<u8>, opts: &ScanOptions, store: Option<&Store>, progress: &Progress) -> Result<Option<Node>, Error> {
-    let meta = std::fs::symlink_metadata(path).map_err(io_at(path))?;
-    let st = Stat::from_meta(&meta, opts.use_epoch);
-    if opts.skip_devices && matches!(st.file_type(), mode::S_IFCHR | mode::S_IFBLK) {
-        return Ok(None);
-    }
-    progress.entries.fetch_add(1, Relaxed);
-    let xattrs = if opts.skip_xattrs { Vec::new() } else { read_xattrs(path, opts.user_xattrs)? };
-    let kind = match st.file_type() {
-        mode::S_IFDIR => Kind::Dir(walk_dir(path, opts, store, progress)?),
-        mode::S_IFLNK => Kind::Symlink(std::fs::read_link(path).map_err(io_at(path))?.into_os_string().into_vec()),
-        _ => Kind::Other,
-    };
-    // A file with one name is read right away, so hashing overlaps the walk; files with several
-    // names wait for the contents phase, which reads each source inode once.
-    let content = if st.file_type() == mode::S_IFREG && st.size > 0 && st.nlink <= 1 {
-        progress.files_total.fetch_add(1, Relaxed);
-        progress.bytes_total.fetch_add(st.size, Relaxed);
-        let c = read_content(path, st.size, store)?;
-        progress.files_done.fetch_add(1, Relaxed);
-        progress.bytes_done.fetch_add(st.size, Relaxed);
-        Some(c)
-    } else {
-        None
-    };
-    Ok(Some(Node { name, st, xattrs, kind, content }))
+/// An open directory being walked: its descriptor (entries are `statx`ed, opened and read
+/// relative to it, so the kernel resolves one name instead of a whole path) and its path (for
+/// error messages, and the few calls that still take a path).
+struct Dir {
+    fd: OwnedFd,
+    path: PathBuf,
 }
 
-use std::os::unix::ffi::OsStringExt;
-
-fn walk_dir(path: &Path, opts: &ScanOptions, store: Option<&Store>, progress: &Progress) -> Result<Vec<Node>, Error> {
-    let mut names = Vec::new();
-    for ent in std::fs::read_dir(path).map_err(io_at(path))? {
-        let ent = ent.map_err(io_at(path))?;
-        names.push(ent.file_name().into_vec());
+impl Dir {
+    fn open_at(parent: Option<&Dir>, name: &CStr, path: PathBuf) -> Result<Dir, Error> {
+        let at = parent.map_or(libc::AT_FDCWD, |d| d.fd.as_raw_fd());
+        // SAFETY: plain openat with a NUL-terminated name.
+        let fd = unsafe { libc::openat(at, name.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(io_at(&path)(io::Error::last_os_error()));
+        }
+        // SAFETY: a descriptor we just opened and own.
+        Ok(Dir { fd: unsafe { OwnedFd::from_raw_fd(fd) }, path })
     }
-    names.sort_unstable();
-    let nodes: Vec<Option<Node>> = names
-        .into_par_iter()
-        .map(|name| {
-            let p = path.join(OsStr::from_bytes(&name));
-            load_entry(&p, name, opts, store, progress)
-        })
+
+    fn child_path(&self, name: &[u8]) -> PathBuf {
+        self.path.join(OsStr::from_bytes(name))
+    }
+
+    /// The names in the directory (not `.` and `..`), sorted.
+    fn names(&self) -> Result<Vec<Vec<u8>>, Error> {
+        let err = |e| io_at(&self.path)(e);
+        // SAFETY: fdopendir takes over a duplicate of our descriptor; closedir closes it.
+        let dup = unsafe { libc::fcntl(self.fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return Err(err(io::Error::last_os_error()));
+        }
+        let dirp = unsafe { libc::fdopendir(dup) };
+        if dirp.is_null() {
+            let e = io::Error::last_os_error();
+            unsafe { libc::close(dup) };
+            return Err(err(e));
+        }
+        let mut names = Vec::new();
+        let result = loop {
+            // SAFETY: readdir on a live DIR; errno is cleared first to tell the end from an error.
+            unsafe { *libc::__errno_location() = 0 };
+            let ent = unsafe { libc::readdir64(dirp) };
+            if ent.is_null() {
+                let e = io::Error::last_os_error();
+                break if e.raw_os_error().unwrap_or(0) == 0 { Ok(()) } else { Err(err(e)) };
+            }
+            // SAFETY: d_name is NUL-terminated inside the entry readdir returned.
+            let name = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) }.to_bytes();
+            if name != b"." && name != b".." {
+                names.push(name.to_vec());
+            }
+        };
+        unsafe { libc::closedir(dirp) };
+        result?;
+        names.sort_unstable();
+        Ok(names)
+    }
+}
+
+/// `lstat` of `name` in `dir` (`statx` relative to the directory's descriptor).
+fn stat_at(dir: &Dir, name: &CStr, use_epoch: bool) -> io::Result<Stat> {
+    // SAFETY: statx fills the zeroed buffer.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let r = unsafe {
+        libc::statx(
+            dir.fd.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_SYNC_AS_STAT,
+            libc::STATX_BASIC_STATS,
+            &mut stx,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Stat {
+        mode: stx.stx_mode as u32,
+        uid: stx.stx_uid,
+        gid: stx.stx_gid,
+        nlink: stx.stx_nlink as u64,
+        rdev: libc::makedev(stx.stx_rdev_major, stx.stx_rdev_minor),
+        size: stx.stx_size,
+        mtime: if use_epoch {
+            Timespec::default()
+        } else {
+            Timespec { sec: stx.stx_mtime.tv_sec, nsec: stx.stx_mtime.tv_nsec }
+        },
+        dev: libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
+        ino: stx.stx_ino,
+    })
+}
+
+/// Entries per work unit of a directory: the unit's regular files are hashed together, their
+/// blocks paired across files (see `fsverity::digest_open_files`).
+const ENTRIES_PER_UNIT: usize = 32;
+
+/// Read the directory `dir`: every entry `lstat`ed, its xattrs and symlink target read, its
+/// subdirectories walked, and regular files with one name read and hashed right away (so
+/// hashing overlaps the walk; files with several names wait for the contents phase, which reads
+/// each source inode once). Units of entries run in parallel.
+fn walk_dir(dir: &Dir, opts: &ScanOptions, store: Option<&Store>, progress: &Progress) -> Result<Vec<Node>, Error> {
+    let names = dir.names()?;
+    let units: Vec<Vec<Node>> = names
+        .par_chunks(ENTRIES_PER_UNIT)
+        .map(|unit| load_unit(dir, unit, opts, store, progress))
         .collect::<Result<_, _>>()?;
-    Ok(nodes.into_iter().flatten().collect())
+    Ok(units.into_iter().flatten().collect())
 }
+
+/// A regular file of a unit opened for hashing.
+struct Opened {
+    /// Index of its node in the unit's result.
+    node: usize,
+    file: File,
+    size: u64,
+}
+
+/// Load the entries `names` of `dir` (see [`walk_dir`]); entries options leave out are dropped.
+fn load_unit(dir: &Dir, names: &[Vec<u8>], opts: &ScanOptions, store: Option<&Store>, progress: &Progress) -> Result<Vec<Node>, Error> {
+    let mut nodes = Vec::with_capacity(names.len());
+    let mut opened: Vec<Opened> = Vec::new();
+    for name in names {
+        let cname = CString::new(name.as_slice()).expect("directory entries have no NUL");
+        let st = stat_at(dir, &cname, opts.use_epoch).map_err(|e| io_at(&dir.child_path(name))(e))?;
+        if opts.skip_devices && matches!(st.file_type(), mode::S_IFCHR | mode::S_IFBLK) {
+            continue;
+        }
+        progress.entries.fetch_add(1, Relaxed);
+        let mut content = None;
+        let (xattrs, kind) = match st.file_type() {
+            mode::S_IFDIR => {
+                let sub = Dir::open_at(Some(dir), &cname, dir.child_path(name))?;
+                let xattrs = xattrs_of(XattrSource::Fd(sub.fd.as_raw_fd()), &sub.path, opts)?;
+                (xattrs, Kind::Dir(walk_dir(&sub, opts, store, progress)?))
+            }
+            mode::S_IFLNK => {
+                let path = dir.child_path(name);
+                let xattrs = xattrs_of(XattrSource::Path(&cpath(&path)?), &path, opts)?;
+                (xattrs, Kind::Symlink(read_link_at(dir, &cname).map_err(io_at(&path))?))
+            }
+            mode::S_IFREG if st.size > 0 && st.nlink <= 1 => {
+                progress.files_total.fetch_add(1, Relaxed);
+                progress.bytes_total.fetch_add(st.size, Relaxed);
+                let (file, size) = open_regular_at(dir, &cname).map_err(|e| e.at(dir.child_path(name)))?;
+                let xattrs = xattrs_of(XattrSource::Fd(file.as_raw_fd()), &dir.child_path(name), opts)?;
+                if st.size <= INLINE_MAX {
+                    let c = read_small(&file).map_err(io_at(&dir.child_path(name)))?;
+                    match c {
+                        Some(c) => {
+                            content = Some(c);
+                            progress.files_done.fetch_add(1, Relaxed);
+                            progress.bytes_done.fetch_add(st.size, Relaxed);
+                        }
+                        // It grew past the inline limit meanwhile: an object after all.
+                        None => opened.push(Opened { node: nodes.len(), file, size }),
+                    }
+                } else {
+                    opened.push(Opened { node: nodes.len(), file, size });
+                }
+                (xattrs, Kind::Other)
+            }
+            _ => {
+                let path = dir.child_path(name);
+                let xattrs = xattrs_of(XattrSource::Path(&cpath(&path)?), &path, opts)?;
+                (xattrs, Kind::Other)
+            }
+        };
+        nodes.push(Node { name: name.clone(), st, xattrs, kind, content });
+    }
+    if opened.is_empty() {
+        return Ok(nodes);
+    }
+    let files: Vec<(&File, u64)> = opened.iter().map(|o| (&o.file, o.size)).collect();
+    let digests = crate::fsverity::digest_open_files(&files, &crate::fsverity::Params::default(), &Default::default());
+    drop(files);
+    for (o, r) in opened.iter().zip(digests) {
+        let node = &mut nodes[o.node];
+        let path = || dir.child_path(&node.name);
+        let (digest, size) = r.map_err(|e| io_at(&path())(e))?;
+        let digest: Digest = digest.try_into().expect("sha256 digest is 32 bytes");
+        if let Some(s) = store {
+            s.insert_fd(&o.file, &path(), &digest, size)?;
+        }
+        progress.files_done.fetch_add(1, Relaxed);
+        progress.bytes_done.fetch_add(node.st.size, Relaxed);
+        node.content = Some(Content::Object { digest, size });
+    }
+    Ok(nodes)
+}
+
+/// Contents of a file `lstat` found to be at most [`INLINE_MAX`] bytes: inline (or empty), or
+/// `None` if it has grown past the limit.
+fn read_small(file: &File) -> io::Result<Option<Content>> {
+    let mut buf = Vec::with_capacity(INLINE_MAX as usize + 1);
+    file.take(INLINE_MAX + 1).read_to_end(&mut buf)?;
+    Ok(match buf.len() as u64 {
+        0 => Some(Content::Empty),
+        n if n <= INLINE_MAX => Some(Content::Inline(buf)),
+        _ => None,
+    })
+}
+
+/// Why [`open_regular_at`] failed.
+enum OpenError {
+    Io(io::Error),
+    /// Not a regular file any more.
+    Changed,
+}
+
+impl OpenError {
+    fn at(self, path: PathBuf) -> Error {
+        match self {
+            OpenError::Io(source) => Error::Io { path, source },
+            OpenError::Changed => Error::Changed { path },
+        }
+    }
+}
+
+/// Open `name` in `dir` for reading (not following a symlink, not blocking on a FIFO swapped
+/// in) and check it is still a regular file; its size from `fstat`.
+fn open_regular_at(dir: &Dir, name: &CStr) -> Result<(File, u64), OpenError> {
+    // SAFETY: plain openat with a NUL-terminated name.
+    let fd = unsafe {
+        libc::openat(
+            dir.fd.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(OpenError::Io(io::Error::last_os_error()));
+    }
+    // SAFETY: a descriptor we just opened and own.
+    let file = unsafe { File::from_raw_fd(fd) };
+    let meta = file.metadata().map_err(OpenError::Io)?;
+    if !meta.file_type().is_file() {
+        return Err(OpenError::Changed);
+    }
+    Ok((file, meta.len()))
+}
+
+fn read_link_at(dir: &Dir, name: &CStr) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: readlinkat into a buffer of the given length.
+        let n = unsafe { libc::readlinkat(dir.fd.as_raw_fd(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if (n as usize) < buf.len() {
+            buf.truncate(n as usize);
+            return Ok(buf);
+        }
+        buf.resize(buf.len() * 2, 0);
+    }
+}
+
 
 fn cpath(path: &Path) -> Result<CString, Error> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| Error::Io { path: path.to_path_buf(), source: io::Error::from_raw_os_error(libc::EINVAL) })
 }
 
+/// Where to read an entry's own xattrs from: an open descriptor of it, or its path (never
+/// following a symlink).
+#[derive(Clone, Copy)]
+enum XattrSource<'a> {
+    Fd(RawFd),
+    Path(&'a CStr),
+}
+
+impl XattrSource<'_> {
+    fn list(self, buf: &mut [u8]) -> isize {
+        // SAFETY: (l|f)listxattr into a buffer of the given length (or a size query).
+        unsafe {
+            let (p, n) = if buf.is_empty() { (std::ptr::null_mut(), 0) } else { (buf.as_mut_ptr().cast(), buf.len()) };
+            match self {
+                XattrSource::Fd(fd) => libc::flistxattr(fd, p, n),
+                XattrSource::Path(c) => libc::llistxattr(c.as_ptr(), p, n),
+            }
+        }
+    }
+
+    fn get(self, key: &CStr, buf: &mut [u8]) -> isize {
+        // SAFETY: (l|f)getxattr into a buffer of the given length (or a size query).
+        unsafe {
+            let (p, n) = if buf.is_empty() { (std::ptr::null_mut(), 0) } else { (buf.as_mut_ptr().cast(), buf.len()) };
+            match self {
+                XattrSource::Fd(fd) => libc::fgetxattr(fd, key.as_ptr(), p, n),
+                XattrSource::Path(c) => libc::lgetxattr(c.as_ptr(), key.as_ptr(), p, n),
+            }
+        }
+    }
+}
+
+fn xattrs_of(src: XattrSource, path: &Path, opts: &ScanOptions) -> Result<Vec<Xattr>, Error> {
+    if opts.skip_xattrs {
+        return Ok(Vec::new());
+    }
+    read_xattrs(src, path, opts.user_xattrs)
+}
+
 /// The entry's own xattrs (not a symlink target's), in `llistxattr` order.
-fn read_xattrs(path: &Path, user_only: bool) -> Result<Vec<Xattr>, Error> {
-    let c = cpath(path)?;
+fn read_xattrs(src: XattrSource, path: &Path, user_only: bool) -> Result<Vec<Xattr>, Error> {
     let list = loop {
-        let n = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
+        let n = src.list(&mut []);
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::ENOTSUP) {
@@ -514,7 +779,7 @@ fn read_xattrs(path: &Path, user_only: bool) -> Result<Vec<Xattr>, Error> {
             return Ok(Vec::new());
         }
         let mut buf = vec![0u8; n as usize];
-        let m = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        let m = src.list(&mut buf);
         if m < 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::ERANGE) {
@@ -532,12 +797,12 @@ fn read_xattrs(path: &Path, user_only: bool) -> Result<Vec<Xattr>, Error> {
         }
         let ckey = CString::new(key).expect("xattr names have no NUL");
         let value = loop {
-            let n = unsafe { libc::lgetxattr(c.as_ptr(), ckey.as_ptr(), std::ptr::null_mut(), 0) };
+            let n = src.get(&ckey, &mut []);
             if n < 0 {
                 return Err(io_at(path)(io::Error::last_os_error()));
             }
             let mut buf = vec![0u8; n as usize];
-            let m = unsafe { libc::lgetxattr(c.as_ptr(), ckey.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+            let m = src.get(&ckey, &mut buf);
             if m < 0 {
                 let e = io::Error::last_os_error();
                 if e.raw_os_error() == Some(libc::ERANGE) {

@@ -94,8 +94,15 @@ pub struct Store {
 
 /// `objects/XX/<62 hex>` relative name of a digest (also the image's redirect payload).
 pub fn object_name(digest: &Digest) -> String {
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}/{}", &hex[..2], &hex[2..])
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = Vec::with_capacity(2 * digest.len() + 1);
+    for (i, &b) in digest.iter().enumerate() {
+        s.extend_from_slice(&[HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+        if i == 0 {
+            s.push(b'/');
+        }
+    }
+    String::from_utf8(s).expect("hex digits are ASCII")
 }
 
 const TMP_PREFIX: &str = ".tmp-";

@@ -62,7 +62,8 @@ pub fn apply_flags(tree: &mut Tree, flags: Flags) -> Result<(), BuildError> {
 /// Object statistics of a tree: (distinct objects, their bytes, bytes of all object-backed
 /// files counted per inode).
 pub fn object_stats(tree: &Tree) -> (u64, u64, u64) {
-    let mut seen: HashMap<&[u8], u64> = HashMap::new();
+    let mut seen: HashMap<&[u8], u64, crate::hash::fx::FastHash> =
+        HashMap::with_capacity_and_hasher(tree.inodes.len(), Default::default());
     let mut reachable = vec![false; tree.inodes.len()];
     tree.walk_breadth_first(|_, e| reachable[e.inode] = true);
     let mut total = 0;

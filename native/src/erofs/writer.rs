@@ -20,38 +20,7 @@ use crate::tree::{mode, InodeData, InodeId, Timespec, Tree, ROOT};
 use rayon::prelude::*;
 use std::collections::HashMap;
 
-/// A fast non-cryptographic hasher (FxHash's multiply-rotate) for the interning tables.
-#[derive(Default, Clone, Copy)]
-struct FxHasher(u64);
-
-impl std::hash::Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            self.add(u64::from_le_bytes(c.try_into().unwrap()));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut b = [0u8; 8];
-            b[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(b) ^ rest.len() as u64);
-        }
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.add(n as u64);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-impl FxHasher {
-    fn add(&mut self, w: u64) {
-        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-type FastHash = std::hash::BuildHasherDefault<FxHasher>;
+use crate::hash::fx::{FastHash, FxHasher};
 
 /// Why an image cannot be written.
 #[derive(Debug, thiserror::Error)]
@@ -162,10 +131,20 @@ impl<'a> Xa<'a> {
         if self.pre == PRE_NONE {
             h.write(self.body);
         } else {
-            let mut v = Vec::with_capacity(self.value_len());
-            v.extend_from_slice(self.pre());
-            v.extend_from_slice(self.body);
-            h.write(&v);
+            // The prefixed value in one piece (the hasher's words must not depend on where the
+            // prefix ends); on the stack for the usual short ones (metacopy, redirect).
+            let (pre, n) = (self.pre(), self.value_len());
+            let mut small = [0u8; 128];
+            let mut big = Vec::new();
+            let v: &mut [u8] = if n <= small.len() {
+                &mut small[..n]
+            } else {
+                big.resize(n, 0);
+                &mut big
+            };
+            v[..pre.len()].copy_from_slice(pre);
+            v[pre.len()..].copy_from_slice(self.body);
+            h.write(v);
         }
         h.finish()
     }
@@ -542,8 +521,9 @@ impl<'a> Plan<'a> {
         let mut collided: HashMap<u64, Vec<u32>, FastHash> = HashMap::default();
         let mut canon: Vec<u32> = Vec::with_capacity(xattrs.len());
         let mut uses: Vec<u32> = vec![0; xattrs.len()];
-        for (i, x) in xattrs.iter().enumerate() {
-            let h = x.content_hash();
+        // The hashes on all cores (the rest of the layout is sequential).
+        let hashes: Vec<u64> = xattrs.par_iter().with_min_len(4096).map(|x| x.content_hash()).collect();
+        for (i, (x, &h)) in xattrs.iter().zip(&hashes).enumerate() {
             let c = match first.entry(h) {
                 std::collections::hash_map::Entry::Vacant(v) => {
                     v.insert(i as u32);
@@ -570,6 +550,7 @@ impl<'a> Plan<'a> {
         }
         drop(first);
         drop(collided);
+        drop(hashes);
         let mut shared: Vec<u32> = (0..xattrs.len() as u32).filter(|&i| uses[i as usize] > 1).collect();
         drop(uses);
         shared.sort_by(|&a, &b| {

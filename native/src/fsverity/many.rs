@@ -21,10 +21,11 @@ const BATCH_BYTES: usize = 512 << 10;
 /// spread them over its threads.
 const MAX_FILES_PER_UNIT: usize = 32;
 
-type Outcome = Result<Vec<u8>, Error>;
+/// A file's digest and the number of bytes it covers, or why there is none.
+type Outcome = Result<(Vec<u8>, u64), Error>;
 
 /// Digests of `paths`, in order, computed on the current rayon pool.
-pub(super) fn digest_paths<P: AsRef<Path> + Sync>(paths: &[P], params: &Params, chunking: &Chunking) -> Vec<Outcome> {
+pub(super) fn digest_paths<P: AsRef<Path> + Sync>(paths: &[P], params: &Params, chunking: &Chunking) -> Vec<Result<Vec<u8>, Error>> {
     use rayon::prelude::*;
     if paths.is_empty() {
         return Vec::new();
@@ -32,7 +33,38 @@ pub(super) fn digest_paths<P: AsRef<Path> + Sync>(paths: &[P], params: &Params, 
     let per_unit = (paths.len() / (rayon::current_num_threads() * 8)).clamp(1, MAX_FILES_PER_UNIT);
     let units: Vec<Vec<Outcome>> =
         paths.par_chunks(per_unit).map(|unit| with_batch_buf(|buf| digest_unit(unit, params, chunking, buf))).collect();
-    units.into_iter().flatten().collect()
+    units.into_iter().flatten().map(|r| r.map(|(d, _)| d)).collect()
+}
+
+/// Digests and sizes of regular files already open, in order, on the calling thread (large
+/// files are split over the current rayon pool, see [`Chunking`]). Each comes with the size
+/// `fstat` gave when it was opened. The digest covers what was read: to the end of the file, or
+/// exactly the given size for a file hashed in parallel.
+pub(crate) fn digest_open_files(files: &[(&File, u64)], params: &Params, chunking: &Chunking) -> Vec<io::Result<(Vec<u8>, u64)>> {
+    if files.is_empty() {
+        return Vec::new();
+    }
+    with_batch_buf(|buf| {
+        let mut results: Vec<Option<Outcome>> = (0..files.len()).map(|_| None).collect();
+        let mut failed: Vec<Option<io::Error>> = (0..files.len()).map(|_| None).collect();
+        let mut batch = Batch::new(params, buf);
+        for (slot, &(file, size)) in files.iter().enumerate() {
+            if let Err(e) = batch.add_file(slot, file, size, chunking, &mut results) {
+                failed[slot] = Some(e);
+            }
+        }
+        batch.finish(&mut results);
+        results
+            .into_iter()
+            .zip(failed)
+            .map(|(r, e)| match (r, e) {
+                (_, Some(e)) => Err(e),
+                (Some(Ok(v)), None) => Ok(v),
+                (Some(Err(e)), None) => Err(io::Error::other(e.to_string())),
+                (None, None) => unreachable!("every file has a result"),
+            })
+            .collect()
+    })
 }
 
 thread_local! {
@@ -130,7 +162,7 @@ impl<'a> Batch<'a> {
     ) -> io::Result<()> {
         if chunking.is_parallel(size) {
             clear_nonblock(file)?;
-            results[slot] = Some(Ok(digest_file_parallel(file, size, self.params, chunking)?));
+            results[slot] = Some(Ok((digest_file_parallel(file, size, self.params, chunking)?, size)));
             return Ok(());
         }
         let capacity = self.buf.len();
@@ -223,7 +255,7 @@ impl<'a> Batch<'a> {
         self.hashes.clear();
         hash_descriptors(self.params.alg, &self.blocks, &mut self.hashes);
         for (f, d) in self.files.drain(..).zip(self.hashes.chunks_exact(ds)) {
-            results[f.slot] = Some(Ok(d.to_vec()));
+            results[f.slot] = Some(Ok((d.to_vec(), f.size)));
         }
     }
 }
@@ -300,7 +332,7 @@ mod tests {
             batch.finish(&mut results);
             for (i, r) in results.into_iter().enumerate() {
                 let want = digest_bytes_with(&data[i], &params, &Chunking::sequential());
-                assert_eq!(r.unwrap().unwrap(), want, "file {i}, size {}", sizes[i]);
+                assert_eq!(r.unwrap().unwrap().0, want, "file {i}, size {}", sizes[i]);
             }
             for p in paths {
                 std::fs::remove_file(p).unwrap();

@@ -1,3 +1,4 @@
 //! Hash primitives tuned for fs-verity's workload (many equal-length messages).
 
+pub mod fx;
 pub mod sha256_x2;

@@ -310,6 +310,35 @@ def test_deep_tree(tmp_path):
     _remove_chain(root)
 
 
+FD_LIMIT_SCRIPT = """
+import resource, sys
+from composefs.build import scan_directory
+soft, hard = (int(a) for a in sys.argv[2:4])
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+r = scan_directory(sys.argv[1].encode())
+print(r["stats"]["directories"], r["stats"]["regular_files"], resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+"""
+
+
+@pytest.mark.parametrize("soft,hard", [(128, 128), (64, 4096)])
+def test_open_files_bounded_by_depth(tmp_path, soft, hard):
+    """Files are closed before the walk descends: 40 levels of 31 files each, the subdirectory
+    sorting last in its unit of 32 entries, fit in 128 descriptors (31 files held open per level
+    would need over 1,200). A low soft limit is raised to the hard one."""
+    d = tmp_path / "src"
+    for _ in range(40):
+        d.mkdir()
+        for i in range(31):
+            (d / f"f{i:02}").write_bytes(b"%d" % i * 100)
+        d = d / "z"
+    r = subprocess.run([sys.executable, "-c", FD_LIMIT_SCRIPT, str(tmp_path / "src"), str(soft), str(hard)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    dirs, files, raised = r.stdout.split()
+    assert (int(dirs), int(files)) == (40, 40 * 31)
+    assert int(raised) == hard
+
+
 def _remove_chain(root: bytes) -> None:
     """Remove root/a/a/.../leaf without recursion: pytest's own tmp_path cleanup (shutil.rmtree)
     recurses once per level and overflows Python's stack on 2000 levels."""

@@ -225,6 +225,7 @@ pub fn scan(
         builder = builder.num_threads(opts.threads);
     }
     let pool = builder.build().map_err(|e| Error::Threads(opts.threads, e.to_string()))?;
+    raise_fd_limit();
     let local = Progress::default();
     let progress = progress.unwrap_or(&local);
     let result = pool.install(|| scan_in_pool(root, opts, store, progress));
@@ -235,6 +236,23 @@ pub fn scan(
     // SAFETY: malloc_trim only releases free memory.
     unsafe { libc::malloc_trim(0) };
     result
+}
+
+/// The walk holds one descriptor per directory level being walked (and a unit's files while
+/// they are hashed), on every worker: a tree 2,000 levels deep needs more than the usual soft
+/// limit of 1,024. Raise the soft limit to the hard one, once, as file-heavy tools do.
+fn raise_fd_limit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit/setrlimit on a local struct.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+                lim.rlim_cur = lim.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+        }
+    });
 }
 
 fn scan_in_pool(root: &Path, opts: &ScanOptions, store: Option<&Store>, progress: &Progress) -> Result<(Tree, ScanStats), Error> {
@@ -583,6 +601,7 @@ struct Opened {
 fn load_unit(dir: &Dir, names: &[Vec<u8>], opts: &ScanOptions, store: Option<&Store>, progress: &Progress) -> Result<Vec<Node>, Error> {
     let mut nodes = Vec::with_capacity(names.len());
     let mut opened: Vec<Opened> = Vec::new();
+    let mut subdirs: Vec<usize> = Vec::new();
     for name in names {
         let cname = CString::new(name.as_slice()).expect("directory entries have no NUL");
         let st = stat_at(dir, &cname, opts.use_epoch).map_err(|e| io_at(&dir.child_path(name))(e))?;
@@ -592,10 +611,10 @@ fn load_unit(dir: &Dir, names: &[Vec<u8>], opts: &ScanOptions, store: Option<&St
         progress.entries.fetch_add(1, Relaxed);
         let mut content = None;
         let (xattrs, kind) = match st.file_type() {
+            // Walked below, once this unit's files are hashed and closed.
             mode::S_IFDIR => {
-                let sub = Dir::open_at(Some(dir), &cname, dir.child_path(name))?;
-                let xattrs = xattrs_of(XattrSource::Fd(sub.fd.as_raw_fd()), &sub.path, opts)?;
-                (xattrs, Kind::Dir(walk_dir(&sub, opts, store, progress)?))
+                subdirs.push(nodes.len());
+                (Vec::new(), Kind::Dir(Vec::new()))
             }
             mode::S_IFLNK => {
                 let path = dir.child_path(name);
@@ -631,8 +650,24 @@ fn load_unit(dir: &Dir, names: &[Vec<u8>], opts: &ScanOptions, store: Option<&St
         };
         nodes.push(Node { name: name.clone(), st, xattrs, kind, content });
     }
+    hash_unit(dir, &mut nodes, opened, store, progress)?;
+    // Descend only now: no file of this unit is held open during the subtree's walk, so the
+    // descriptors in use grow with the depth of the tree, not with depth x unit size.
+    for i in subdirs {
+        let node = &mut nodes[i];
+        let cname = CString::new(node.name.as_slice()).expect("directory entries have no NUL");
+        let sub = Dir::open_at(Some(dir), &cname, dir.child_path(&node.name))?;
+        node.xattrs = xattrs_of(XattrSource::Fd(sub.fd.as_raw_fd()), &sub.path, opts)?;
+        node.kind = Kind::Dir(walk_dir(&sub, opts, store, progress)?);
+    }
+    Ok(nodes)
+}
+
+/// Hash the unit's `opened` regular files together (blocks paired across files), store them
+/// with `store`, record their contents in `nodes`, and close them.
+fn hash_unit(dir: &Dir, nodes: &mut [Node], opened: Vec<Opened>, store: Option<&Store>, progress: &Progress) -> Result<(), Error> {
     if opened.is_empty() {
-        return Ok(nodes);
+        return Ok(());
     }
     let files: Vec<(&File, u64)> = opened.iter().map(|o| (&o.file, o.size)).collect();
     let digests = crate::fsverity::digest_open_files(&files, &crate::fsverity::Params::default(), &Default::default());
@@ -649,7 +684,7 @@ fn load_unit(dir: &Dir, names: &[Vec<u8>], opts: &ScanOptions, store: Option<&St
         progress.bytes_done.fetch_add(node.st.size, Relaxed);
         node.content = Some(Content::Object { digest, size });
     }
-    Ok(nodes)
+    Ok(())
 }
 
 /// Contents of a file `lstat` found to be at most [`INLINE_MAX`] bytes: inline (or empty), or

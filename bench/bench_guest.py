@@ -5,7 +5,7 @@
 On the host: a 100,000-entry tree (made once under bench/work/guest/, reused while its spec is
 unchanged), built with `cfsctl build SRC IMG --digest-store OBJ`; the image, the objects and
 meta.json are preloaded onto the guest's ext4 disk (`qemu/run.py --disk-dir`). In the guest
-(bench/guest/walk_read.py, one boot): metadata walks (`find MNT -ls`) of the module mount and of
+(bench/guest/walk_read.py, one boot): metadata walks (`find MNT -ls`, and `ls -lR MNT`) of the module mount and of
 the `cfsctl mount --backend overlay` mount of the same image and objects, cold (drop_caches before
 each run) and warm, and 256 MiB sequential reads through the module, through overlayfs and
 directly from the object. Each timing is repeated REPEAT times (BENCH_GUEST_REPEAT, default 3)
@@ -123,7 +123,7 @@ def prepare(workdir: Path) -> Path:
     return disk
 
 
-def measure(workdir: Path, repeat: int = REPEAT, parts: str = "walk,read") -> dict:
+def measure(workdir: Path, repeat: int = REPEAT, parts: str = "walk,lswalk,read") -> dict:
     if os.geteuid() != 0:
         raise SystemExit("bench_guest needs root (QEMU harness, mkfs)")
     disk = prepare(workdir)
@@ -157,15 +157,17 @@ def kernel_note(sample: list[float]) -> str:
 def rows_of(r: dict) -> list[dict]:
     rows = []
     n = r["entries"]
-    for temp in ("cold", "warm") if "walk" in r else ():
-        mod = med(r["walk"]["module"][temp])
-        ovl = med(r["walk"]["overlay"][temp])
+    walks = [(k, temp, label) for k, label in (("walk", "find -ls"), ("lswalk", "ls -lR")) if k in r
+             for temp in ("cold", "warm")]
+    for part, temp, label in walks:
+        mod = med(r[part]["module"][temp])
+        ovl = med(r[part]["overlay"][temp])
         speedup = ovl[0] / mod[0]
         if temp == "cold":
             verdict = f"target >= {WALK_TARGET}x: {'met' if speedup >= WALK_TARGET else 'MISSED'}"
         else:
             verdict = f"target not slower: {'met' if speedup >= 1.0 else 'MISSED'}"
-        case = f"find -ls, {n:,} entries, {temp}"
+        case = f"{label}, {n:,} entries, {temp}"
         ksp = f"; kernel time {ovl[2] / mod[2]:.2f}x less" if len(mod) > 2 and mod[2] else ""
         rows.append({"case": case, "tool": "composefs module", "seconds": mod[0], "cpu": mod[1],
                      "note": "; ".join(x for x in (kernel_note(mod), f"{speedup:.2f}x faster than "
@@ -197,7 +199,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=REPEAT)
     ap.add_argument("--workdir", type=Path, default=ROOT / "bench" / "work" / "guest")
-    ap.add_argument("--parts", default="walk,read", help="what to time: walk, read or walk,read")
+    ap.add_argument("--parts", default="walk,lswalk,read",
+                    help="what to time, comma-separated: walk (find -ls), lswalk (ls -lR), read")
     ap.add_argument("--json", action="store_true", help="print the raw guest results")
     a = ap.parse_args()
     a.workdir.mkdir(parents=True, exist_ok=True)

@@ -41,9 +41,13 @@ static struct dentry *cfs_lookup(struct inode *dir, struct dentry *dentry,
 
 static bool cfs_nid_is_whiteout(const struct cfs_image *img, u64 nid)
 {
+	struct cfs_buf buf = CFS_BUF_INIT(img);
 	struct cfs_inode_info ci;
+	bool ret;
 
-	return !cfs_image_read_inode(img, nid, &ci) && cfs_is_whiteout(&ci);
+	ret = !cfs_image_read_inode(&buf, nid, &ci) && cfs_is_whiteout(&ci);
+	cfs_buf_put(&buf);
+	return ret;
 }
 
 static int cfs_readdir(struct file *file, struct dir_context *ctx)
@@ -51,12 +55,9 @@ static int cfs_readdir(struct file *file, struct dir_context *ctx)
 	struct inode *dir = file_inode(file);
 	const struct cfs_image *img = CFS_IMG(dir);
 	const struct cfs_inode_info *ci = &CFS_I(dir)->ci;
+	struct cfs_buf buf = CFS_BUF_INIT(img);
 	struct cfs_dirblock db;
 	int err = 0;
-
-	db.data = kmalloc(CFS_BLKSIZE, GFP_KERNEL);
-	if (!db.data)
-		return -ENOMEM;
 
 	while (ctx->pos >= 0 && ctx->pos < dir->i_size) {
 		u64 bpos = ctx->pos & ~(u64)(CFS_BLKSIZE - 1);
@@ -65,7 +66,7 @@ static int cfs_readdir(struct file *file, struct dir_context *ctx)
 		u8 ftype;
 		u64 nid;
 
-		err = cfs_dir_read_block(img, ci, bpos >> CFS_BLKBITS, &db);
+		err = cfs_dir_read_block(&buf, ci, bpos >> CFS_BLKBITS, &db);
 		if (err)
 			break;
 		i = DIV_ROUND_UP((unsigned int)(ctx->pos - bpos),
@@ -82,7 +83,7 @@ static int cfs_readdir(struct file *file, struct dir_context *ctx)
 		ctx->pos = bpos + db.len;
 	}
 out:
-	kfree(db.data);
+	cfs_buf_put(&buf);
 	return err;
 }
 

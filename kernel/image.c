@@ -42,40 +42,122 @@ static struct folio *cfs_image_folio(const struct cfs_image *img,
 	return read_mapping_folio(mapping, index, file);
 }
 
-int cfs_image_read(const struct cfs_image *img, u64 off, void *buf,
-		   size_t len)
+/* a copy of page @index of an image whose file system has no read_folio */
+static int cfs_buf_bounce(struct cfs_buf *buf, pgoff_t index)
 {
-	struct address_space *mapping = img->file->f_mapping;
-	u64 end;
+	loff_t pos = (loff_t)index << PAGE_SHIFT;
+	size_t len;
+	ssize_t ret;
 
-	if (check_add_overflow(off, (u64)len, &end) || end > img->size)
-		return -EFSCORRUPTED;
-
-	if (!mapping->a_ops->read_folio) {
-		loff_t pos = off;
-		ssize_t ret = kernel_read(img->file, buf, len, &pos);
-
-		if (ret < 0)
-			return ret;
-		return ret == len ? 0 : -EIO;
+	buf->kaddr = NULL;
+	if (!buf->bounce) {
+		buf->bounce = kmalloc(PAGE_SIZE, GFP_KERNEL);
+		if (!buf->bounce)
+			return -ENOMEM;
 	}
+	/* callers checked that the page holds bytes below img->size */
+	len = min_t(u64, PAGE_SIZE, buf->img->size - pos);
+	ret = kernel_read(buf->img->file, buf->bounce, len, &pos);
+	if (ret < 0)
+		return ret;
+	if (ret != len)
+		return -EIO;
+	buf->kaddr = buf->bounce;
+	buf->index = index;
+	return 0;
+}
 
-	while (len) {
-		struct folio *folio;
-		size_t foff, n;
+/* make page @index of the image the cursor's current page */
+static int cfs_buf_page(struct cfs_buf *buf, pgoff_t index)
+{
+	struct folio *folio = buf->folio;
 
-		folio = cfs_image_folio(img, off >> PAGE_SHIFT);
+	if (buf->kaddr && buf->index == index)
+		return 0;
+	if (!buf->img->file->f_mapping->a_ops->read_folio)
+		return cfs_buf_bounce(buf, index);
+	if (buf->kaddr) {
+		kunmap_local(buf->kaddr);
+		buf->kaddr = NULL;
+	}
+	if (folio && index - folio->index >= folio_nr_pages(folio)) {
+		folio_put(folio);
+		folio = NULL;
+		buf->folio = NULL;
+	}
+	if (!folio) {
+		folio = cfs_image_folio(buf->img, index);
 		if (IS_ERR(folio))
 			return PTR_ERR(folio);
-		foff = off - folio_pos(folio);
-		n = min_t(size_t, len, folio_size(folio) - foff);
-		memcpy_from_folio(buf, folio, foff, n);
-		folio_put(folio);
-		buf += n;
+		buf->folio = folio;
+	}
+	buf->kaddr = kmap_local_folio(folio,
+				      (index - folio->index) << PAGE_SHIFT);
+	buf->index = index;
+	return 0;
+}
+
+void cfs_buf_put(struct cfs_buf *buf)
+{
+	if (buf->kaddr && buf->kaddr != buf->bounce)
+		kunmap_local(buf->kaddr);
+	buf->kaddr = NULL;
+	if (buf->folio)
+		folio_put(buf->folio);
+	buf->folio = NULL;
+	kfree(buf->bounce);
+	buf->bounce = NULL;
+}
+
+/*
+ * The @len bytes at image offset @off, in place; they must lie in the
+ * image and within one page.  Valid until the cursor moves or is put.
+ */
+const void *cfs_buf_map(struct cfs_buf *buf, u64 off, size_t len)
+{
+	u64 end;
+	int err;
+
+	if (check_add_overflow(off, (u64)len, &end) || end > buf->img->size ||
+	    len > PAGE_SIZE - offset_in_page(off))
+		return ERR_PTR(-EFSCORRUPTED);
+	err = cfs_buf_page(buf, off >> PAGE_SHIFT);
+	if (err)
+		return ERR_PTR(err);
+	return buf->kaddr + offset_in_page(off);
+}
+
+/* copy @len bytes at image offset @off (any range inside the image) */
+int cfs_buf_read(struct cfs_buf *buf, u64 off, void *dst, size_t len)
+{
+	u64 end;
+	int err;
+
+	if (check_add_overflow(off, (u64)len, &end) || end > buf->img->size)
+		return -EFSCORRUPTED;
+	while (len) {
+		size_t n = min_t(size_t, len, PAGE_SIZE - offset_in_page(off));
+
+		err = cfs_buf_page(buf, off >> PAGE_SHIFT);
+		if (err)
+			return err;
+		memcpy(dst, buf->kaddr + offset_in_page(off), n);
+		dst += n;
 		off += n;
 		len -= n;
 	}
 	return 0;
+}
+
+int cfs_image_read(const struct cfs_image *img, u64 off, void *buf,
+		   size_t len)
+{
+	struct cfs_buf b = CFS_BUF_INIT(img);
+	int err;
+
+	err = cfs_buf_read(&b, off, buf, len);
+	cfs_buf_put(&b);
+	return err;
 }
 
 int cfs_image_open(struct cfs_image *img, struct file *file)
@@ -177,9 +259,10 @@ static int cfs_check_data(const struct cfs_image *img,
 	}
 }
 
-int cfs_image_read_inode(const struct cfs_image *img, u64 nid,
+int cfs_image_read_inode(struct cfs_buf *buf, u64 nid,
 			 struct cfs_inode_info *ci)
 {
+	const struct cfs_image *img = buf->img;
 	union {
 		struct cfs_inode_compact c;
 		struct cfs_inode_extended e;
@@ -194,7 +277,7 @@ int cfs_image_read_inode(const struct cfs_image *img, u64 nid,
 	ci->nid = nid;
 	ci->iloc = img->meta_base + (nid << CFS_SLOTBITS);
 
-	err = cfs_image_read(img, ci->iloc, &raw.c, sizeof(raw.c));
+	err = cfs_buf_read(buf, ci->iloc, &raw.c, sizeof(raw.c));
 	if (err)
 		return err;
 	fmt = le16_to_cpu(raw.c.i_format);
@@ -203,7 +286,7 @@ int cfs_image_read_inode(const struct cfs_image *img, u64 nid,
 	ci->layout = (fmt >> CFS_I_LAYOUT_SHIFT) & CFS_I_LAYOUT_MASK;
 
 	if (fmt & CFS_I_VERSION_MASK) {
-		err = cfs_image_read(img, ci->iloc, &raw.e, sizeof(raw.e));
+		err = cfs_buf_read(buf, ci->iloc, &raw.e, sizeof(raw.e));
 		if (err)
 			return err;
 		ci->inode_isize = sizeof(raw.e);
@@ -278,9 +361,8 @@ int cfs_image_read_inode(const struct cfs_image *img, u64 nid,
 }
 
 /* map a logical offset of an inode to an image range (or a hole) */
-static int cfs_map(const struct cfs_image *img,
-		   const struct cfs_inode_info *ci, u64 pos, u64 *pa,
-		   u64 *plen, bool *hole)
+static int cfs_map(struct cfs_buf *buf, const struct cfs_inode_info *ci,
+		   u64 pos, u64 *pa, u64 *plen, bool *hole)
 {
 	u64 nblocks, lastblk, chunknr, aoff, cmask;
 	u32 blkaddr;
@@ -311,12 +393,12 @@ static int cfs_map(const struct cfs_image *img,
 		if (ci->chunk_unit == sizeof(__le32)) {
 			__le32 a;
 
-			err = cfs_image_read(img, aoff, &a, sizeof(a));
+			err = cfs_buf_read(buf, aoff, &a, sizeof(a));
 			blkaddr = le32_to_cpu(a);
 		} else {
 			struct cfs_chunk_index idx;
 
-			err = cfs_image_read(img, aoff, &idx, sizeof(idx));
+			err = cfs_buf_read(buf, aoff, &idx, sizeof(idx));
 			blkaddr = le32_to_cpu(idx.blkaddr);
 		}
 		if (err)
@@ -337,8 +419,9 @@ int cfs_image_read_data(const struct cfs_image *img,
 			const struct cfs_inode_info *ci, u64 pos, void *buf,
 			size_t len)
 {
+	struct cfs_buf b = CFS_BUF_INIT(img);
 	u64 end;
-	int err;
+	int err = 0;
 
 	if (check_add_overflow(pos, (u64)len, &end) || end > ci->size)
 		return -EFSCORRUPTED;
@@ -346,24 +429,27 @@ int cfs_image_read_data(const struct cfs_image *img,
 		u64 pa, n;
 		bool hole;
 
-		err = cfs_map(img, ci, pos, &pa, &n, &hole);
+		err = cfs_map(&b, ci, pos, &pa, &n, &hole);
 		if (err)
-			return err;
+			break;
+		err = -EFSCORRUPTED;
 		if (!n)
-			return -EFSCORRUPTED;
+			break;
 		n = min_t(u64, n, len);
 		if (hole) {
 			memset(buf, 0, n);
 		} else {
-			err = cfs_image_read(img, pa, buf, n);
+			err = cfs_buf_read(&b, pa, buf, n);
 			if (err)
-				return err;
+				break;
 		}
+		err = 0;
 		buf += n;
 		pos += n;
 		len -= n;
 	}
-	return 0;
+	cfs_buf_put(&b);
+	return err;
 }
 
 unsigned int cfs_dir_nblocks(const struct cfs_inode_info *ci)
@@ -377,21 +463,35 @@ static inline const struct cfs_dirent *cfs_de(const struct cfs_dirblock *db)
 	return (const struct cfs_dirent *)db->data;
 }
 
-int cfs_dir_read_block(const struct cfs_image *img,
-		       const struct cfs_inode_info *ci, unsigned int blk,
-		       struct cfs_dirblock *db)
+/*
+ * Map directory block @blk in place and check its dirent array: the first
+ * nameoff gives the number of dirents, which must fit before the names.
+ */
+static int cfs_dir_map_block(struct cfs_buf *buf,
+			     const struct cfs_inode_info *ci, unsigned int blk,
+			     struct cfs_dirblock *db)
 {
 	const struct cfs_dirent *de;
-	unsigned int nameoff0, i, n, off, end;
+	unsigned int nameoff0;
 	u64 pos = (u64)blk << CFS_BLKBITS;
+	u64 pa, n;
+	bool hole;
+	const void *p;
 	int err;
 
 	if (pos >= ci->size)
 		return -EFSCORRUPTED;
 	db->len = min_t(u64, ci->size - pos, CFS_BLKSIZE);
-	err = cfs_image_read_data(img, ci, pos, db->data, db->len);
+	err = cfs_map(buf, ci, pos, &pa, &n, &hole);
 	if (err)
 		return err;
+	/* a directory block is never a hole and is contiguous */
+	if (hole || n < db->len)
+		return -EFSCORRUPTED;
+	p = cfs_buf_map(buf, pa, db->len);
+	if (IS_ERR(p))
+		return PTR_ERR(p);
+	db->data = p;
 
 	de = cfs_de(db);
 	if (db->len < sizeof(*de))
@@ -399,28 +499,59 @@ int cfs_dir_read_block(const struct cfs_image *img,
 	nameoff0 = le16_to_cpu(de[0].nameoff);
 	if (!nameoff0 || nameoff0 % sizeof(*de) || nameoff0 >= db->len)
 		return -EFSCORRUPTED;
-	n = nameoff0 / sizeof(*de);
-
-	for (i = 0; i < n; i++) {
-		off = le16_to_cpu(de[i].nameoff);
-		if (off < nameoff0 || off >= db->len)
-			return -EFSCORRUPTED;
-		if (i + 1 < n) {
-			end = le16_to_cpu(de[i + 1].nameoff);
-			if (end <= off || end > db->len)
-				return -EFSCORRUPTED;
-		} else {
-			end = off + strnlen(db->data + off, db->len - off);
-		}
-		if (end == off || end - off > CFS_NAME_LEN ||
-		    memchr(db->data + off, '/', end - off) ||
-		    memchr(db->data + off, '\0', end - off))
-			return -EFSCORRUPTED;
-	}
-	db->ndirents = n;
+	db->ndirents = nameoff0 / sizeof(*de);
 	return 0;
 }
 
+/*
+ * The name of dirent @i, bounds-checked: it starts after the dirent array,
+ * ends at the next name (or at a NUL or the block's end for the last one)
+ * and is 1..CFS_NAME_LEN bytes long.
+ */
+static int cfs_dirent_name(const struct cfs_dirblock *db, unsigned int i,
+			   const char **name, unsigned int *namelen)
+{
+	const struct cfs_dirent *de = cfs_de(db);
+	unsigned int off = le16_to_cpu(de[i].nameoff), end;
+
+	if (off < db->ndirents * sizeof(*de) || off >= db->len)
+		return -EFSCORRUPTED;
+	if (i + 1 < db->ndirents) {
+		end = le16_to_cpu(de[i + 1].nameoff);
+		if (end <= off || end > db->len)
+			return -EFSCORRUPTED;
+	} else {
+		end = off + strnlen(db->data + off, db->len - off);
+	}
+	if (end == off || end - off > CFS_NAME_LEN)
+		return -EFSCORRUPTED;
+	*name = db->data + off;
+	*namelen = end - off;
+	return 0;
+}
+
+/* map and fully validate a block, for readdir (names go to user space) */
+int cfs_dir_read_block(struct cfs_buf *buf, const struct cfs_inode_info *ci,
+		       unsigned int blk, struct cfs_dirblock *db)
+{
+	const char *name;
+	unsigned int i, len;
+	int err;
+
+	err = cfs_dir_map_block(buf, ci, blk, db);
+	if (err)
+		return err;
+	for (i = 0; i < db->ndirents; i++) {
+		err = cfs_dirent_name(db, i, &name, &len);
+		if (err)
+			return err;
+		if (memchr(name, '/', len) || memchr(name, '\0', len))
+			return -EFSCORRUPTED;
+	}
+	return 0;
+}
+
+/* only after cfs_dir_read_block() validated the block */
 void cfs_dirent_get(const struct cfs_dirblock *db, unsigned int i,
 		    u64 *nid, u8 *ftype, const char **name,
 		    unsigned int *namelen)
@@ -437,50 +568,60 @@ void cfs_dirent_get(const struct cfs_dirblock *db, unsigned int i,
 		*namelen = strnlen(db->data + off, db->len - off);
 }
 
-/* compare a name with the name of dirent i, as unsigned bytes */
+/*
+ * Compare a name with the name of dirent @i, as unsigned bytes; *r gets
+ * the result.  A stored name holding '/' or NUL never equals a looked-up
+ * name, so lookup needs only the bounds checks.
+ */
 static int cfs_dirent_cmp(const struct cfs_dirblock *db, unsigned int i,
-			  const char *name, unsigned int len)
+			  const char *name, unsigned int len, int *r)
 {
 	const char *dname;
 	unsigned int dlen;
-	u64 nid;
-	u8 ft;
-	int r;
+	int err;
 
-	cfs_dirent_get(db, i, &nid, &ft, &dname, &dlen);
-	r = memcmp(name, dname, min(len, dlen));
-	if (r)
-		return r;
-	return len < dlen ? -1 : len > dlen;
+	err = cfs_dirent_name(db, i, &dname, &dlen);
+	if (err)
+		return err;
+	*r = memcmp(name, dname, min(len, dlen));
+	if (!*r)
+		*r = len < dlen ? -1 : len > dlen;
+	return 0;
 }
 
+static void cfs_dirent_nid(const struct cfs_dirblock *db, unsigned int i,
+			   u64 *nid, u8 *ftype)
+{
+	*nid = le64_to_cpu(cfs_de(db)[i].nid);
+	*ftype = cfs_de(db)[i].file_type;
+}
+
+/*
+ * Binary search of the sorted directory, in place in the page cache: first
+ * over the first names of the blocks, then within the block found.
+ */
 int cfs_dir_lookup(const struct cfs_image *img,
 		   const struct cfs_inode_info *ci, const char *name,
 		   unsigned int namelen, u64 *nid, u8 *ftype)
 {
+	struct cfs_buf buf = CFS_BUF_INIT(img);
 	struct cfs_dirblock db;
 	long head = 0, back, cand = -1, mid, loaded = -1;
-	const char *dn;
-	unsigned int dl;
-	int err = -ENOENT, r;
+	int err = -ENOENT, r = 0;
 
 	back = (long)cfs_dir_nblocks(ci) - 1;
-	if (back < 0)
-		return -ENOENT;
-	db.data = kmalloc(CFS_BLKSIZE, GFP_KERNEL);
-	if (!db.data)
-		return -ENOMEM;
 
 	/* find the last block whose first name is <= name */
 	while (head <= back) {
 		mid = head + (back - head) / 2;
-		err = cfs_dir_read_block(img, ci, mid, &db);
+		err = cfs_dir_map_block(&buf, ci, mid, &db);
+		if (!err)
+			err = cfs_dirent_cmp(&db, 0, name, namelen, &r);
 		if (err)
 			goto out;
 		loaded = mid;
-		r = cfs_dirent_cmp(&db, 0, name, namelen);
 		if (r == 0) {
-			cfs_dirent_get(&db, 0, nid, ftype, &dn, &dl);
+			cfs_dirent_nid(&db, 0, nid, ftype);
 			goto out;
 		}
 		if (r < 0) {
@@ -495,7 +636,7 @@ int cfs_dir_lookup(const struct cfs_image *img,
 		goto out;
 	/* usually the last block probed (always for one-block directories) */
 	if (cand != loaded) {
-		err = cfs_dir_read_block(img, ci, cand, &db);
+		err = cfs_dir_map_block(&buf, ci, cand, &db);
 		if (err)
 			goto out;
 	}
@@ -505,30 +646,32 @@ int cfs_dir_lookup(const struct cfs_image *img,
 	err = -ENOENT;
 	while (head <= back) {
 		mid = head + (back - head) / 2;
-		r = cfs_dirent_cmp(&db, mid, name, namelen);
+		err = cfs_dirent_cmp(&db, mid, name, namelen, &r);
+		if (err)
+			goto out;
 		if (r == 0) {
-			cfs_dirent_get(&db, mid, nid, ftype, &dn, &dl);
-			err = 0;
-			break;
+			cfs_dirent_nid(&db, mid, nid, ftype);
+			goto out;
 		}
 		if (r < 0)
 			back = mid - 1;
 		else
 			head = mid + 1;
+		err = -ENOENT;
 	}
 out:
-	kfree(db.data);
+	cfs_buf_put(&buf);
 	return err;
 }
 
-static int cfs_xattr_entry(const struct cfs_image *img, u64 pos, u64 limit,
+static int cfs_xattr_entry(struct cfs_buf *buf, u64 pos, u64 limit,
 			   struct cfs_xattr *xa, u64 *esize)
 {
 	struct cfs_xattr_entry e;
 	u64 sz;
 	int err;
 
-	err = cfs_image_read(img, pos, &e, sizeof(e));
+	err = cfs_buf_read(buf, pos, &e, sizeof(e));
 	if (err)
 		return err;
 	xa->index = e.e_name_index;
@@ -538,7 +681,7 @@ static int cfs_xattr_entry(const struct cfs_image *img, u64 pos, u64 limit,
 		   sizeof(e));
 	if (sz > limit - pos)
 		return -EFSCORRUPTED;
-	err = cfs_image_read(img, pos + sizeof(e), xa->name, xa->name_len);
+	err = cfs_buf_read(buf, pos + sizeof(e), xa->name, xa->name_len);
 	if (err)
 		return err;
 	xa->name[xa->name_len] = '\0';
@@ -549,12 +692,12 @@ static int cfs_xattr_entry(const struct cfs_image *img, u64 pos, u64 limit,
 	return 0;
 }
 
-int cfs_xattr_iterate(const struct cfs_image *img,
-		      const struct cfs_inode_info *ci, cfs_xattr_actor actor,
-		      void *ctx)
+int cfs_xattr_iterate(struct cfs_buf *buf, const struct cfs_inode_info *ci,
+		      cfs_xattr_actor actor, void *ctx)
 {
+	const struct cfs_image *img = buf->img;
 	struct cfs_xattr_ibody_header h;
-	struct cfs_xattr *xa;
+	struct cfs_xattr xa;
 	u64 base, pos, end, esize;
 	unsigned int i, shared;
 	int err;
@@ -562,48 +705,43 @@ int cfs_xattr_iterate(const struct cfs_image *img,
 	if (!ci->xattr_isize)
 		return 0;
 	base = ci->iloc + ci->inode_isize;
-	err = cfs_image_read(img, base, &h, sizeof(h));
+	err = cfs_buf_read(buf, base, &h, sizeof(h));
 	if (err)
 		return err;
 	shared = h.h_shared_count;
 	if (sizeof(h) + sizeof(u32) * shared > ci->xattr_isize)
 		return -EFSCORRUPTED;
-
-	xa = kmalloc(sizeof(*xa), GFP_KERNEL);
-	if (!xa)
-		return -ENOMEM;
+	xa.buf = buf;
 
 	/* inline entries first, then the shared ones, as EROFS does */
 	pos = base + sizeof(h) + sizeof(u32) * shared;
 	end = base + ci->xattr_isize;
 	while (pos < end) {
-		err = cfs_xattr_entry(img, pos, end, xa, &esize);
+		err = cfs_xattr_entry(buf, pos, end, &xa, &esize);
 		if (err)
-			goto out;
-		err = actor(ctx, xa);
+			return err;
+		err = actor(ctx, &xa);
 		if (err)
-			goto out;
+			return err < 0 ? err : 0;
 		pos += esize;
 	}
 
 	for (i = 0; i < shared; i++) {
 		__le32 id;
 
-		err = cfs_image_read(img, base + sizeof(h) + sizeof(u32) * i,
-				     &id, sizeof(id));
+		err = cfs_buf_read(buf, base + sizeof(h) + sizeof(u32) * i,
+				   &id, sizeof(id));
 		if (err)
-			goto out;
+			return err;
 		pos = img->xattr_base + (u64)le32_to_cpu(id) * sizeof(u32);
-		err = cfs_xattr_entry(img, pos, img->size, xa, &esize);
+		err = cfs_xattr_entry(buf, pos, img->size, &xa, &esize);
 		if (err)
-			goto out;
-		err = actor(ctx, xa);
+			return err;
+		err = actor(ctx, &xa);
 		if (err)
-			goto out;
+			return err < 0 ? err : 0;
 	}
-out:
-	kfree(xa);
-	return err < 0 ? err : 0;
+	return 0;
 }
 
 struct cfs_xattr_get_ctx {
@@ -612,7 +750,6 @@ struct cfs_xattr_get_ctx {
 	size_t namelen;
 	void *buf;
 	size_t size;
-	const struct cfs_image *img;
 	int ret;
 };
 
@@ -632,7 +769,7 @@ static int cfs_xattr_get_actor(void *p, const struct cfs_xattr *xa)
 		c->ret = -ERANGE;
 		return 1;
 	}
-	err = cfs_image_read(c->img, xa->value_off, c->buf, xa->value_size);
+	err = cfs_buf_read(xa->buf, xa->value_off, c->buf, xa->value_size);
 	c->ret = err ? err : xa->value_size;
 	return 1;
 }
@@ -643,12 +780,14 @@ int cfs_xattr_get(const struct cfs_image *img,
 {
 	struct cfs_xattr_get_ctx c = {
 		.index = index, .name = name, .namelen = strlen(name),
-		.buf = buf, .size = size, .img = img, .ret = -ENODATA,
+		.buf = buf, .size = size, .ret = -ENODATA,
 	};
+	struct cfs_buf b = CFS_BUF_INIT(img);
 	int err;
 
 	if (c.namelen > CFS_NAME_LEN)
 		return -ENODATA;
-	err = cfs_xattr_iterate(img, ci, cfs_xattr_get_actor, &c);
+	err = cfs_xattr_iterate(&b, ci, cfs_xattr_get_actor, &c);
+	cfs_buf_put(&b);
 	return err ? err : c.ret;
 }

@@ -53,8 +53,31 @@ struct cfs_inode_info {
 	u32 xattr_isize;	/* inline xattr area size */
 };
 
+/*
+ * A cursor over the image's page cache, like EROFS's erofs_buf: it keeps
+ * the folio (and the mapping of the page) last used, so that consecutive
+ * reads of an inode, its xattrs or a directory block cost one page-cache
+ * lookup instead of one per field.  Put it with cfs_buf_put() before
+ * returning; cursors must be put in the reverse order of their first use
+ * (kmap_local nesting).
+ */
+struct cfs_buf {
+	const struct cfs_image *img;
+	struct folio *folio;	/* referenced, or NULL */
+	void *kaddr;		/* mapping of page @index, or NULL */
+	pgoff_t index;
+	void *bounce;		/* page copy when the image has no read_folio */
+};
+
+#define CFS_BUF_INIT(i)	{ .img = (i) }
+
+void cfs_buf_put(struct cfs_buf *buf);
+const void *cfs_buf_map(struct cfs_buf *buf, u64 off, size_t len);
+int cfs_buf_read(struct cfs_buf *buf, u64 off, void *dst, size_t len);
+
 /* One xattr entry as seen while iterating. */
 struct cfs_xattr {
+	struct cfs_buf *buf;	/* the cursor, to read the value with */
 	u8 index;
 	u8 name_len;
 	u16 value_size;
@@ -65,9 +88,14 @@ struct cfs_xattr {
 /* Return < 0 to abort with that error, > 0 to stop, 0 to go on. */
 typedef int (*cfs_xattr_actor)(void *ctx, const struct cfs_xattr *xa);
 
-/* A directory block, validated. */
+/*
+ * A directory block, used in place in the image's page cache (a block
+ * never crosses a page: blocks are block-aligned, inline tails are checked
+ * not to cross a block).  cfs_dir_read_block() validates every dirent
+ * (readdir); lookup checks only the entries it compares.
+ */
 struct cfs_dirblock {
-	u8 *data;		/* CFS_BLKSIZE bytes buffer */
+	const u8 *data;
 	unsigned int len;	/* valid bytes (last block may be short) */
 	unsigned int ndirents;
 };
@@ -75,7 +103,7 @@ struct cfs_dirblock {
 int cfs_image_open(struct cfs_image *img, struct file *file);
 int cfs_image_read(const struct cfs_image *img, u64 off, void *buf,
 		   size_t len);
-int cfs_image_read_inode(const struct cfs_image *img, u64 nid,
+int cfs_image_read_inode(struct cfs_buf *buf, u64 nid,
 			 struct cfs_inode_info *ci);
 int cfs_image_read_data(const struct cfs_image *img,
 			const struct cfs_inode_info *ci, u64 pos, void *buf,
@@ -83,9 +111,8 @@ int cfs_image_read_data(const struct cfs_image *img,
 
 /* directories */
 unsigned int cfs_dir_nblocks(const struct cfs_inode_info *ci);
-int cfs_dir_read_block(const struct cfs_image *img,
-		       const struct cfs_inode_info *ci, unsigned int blk,
-		       struct cfs_dirblock *db);
+int cfs_dir_read_block(struct cfs_buf *buf, const struct cfs_inode_info *ci,
+		       unsigned int blk, struct cfs_dirblock *db);
 void cfs_dirent_get(const struct cfs_dirblock *db, unsigned int i,
 		    u64 *nid, u8 *ftype, const char **name,
 		    unsigned int *namelen);
@@ -94,9 +121,8 @@ int cfs_dir_lookup(const struct cfs_image *img,
 		   unsigned int namelen, u64 *nid, u8 *ftype);
 
 /* xattrs */
-int cfs_xattr_iterate(const struct cfs_image *img,
-		      const struct cfs_inode_info *ci, cfs_xattr_actor actor,
-		      void *ctx);
+int cfs_xattr_iterate(struct cfs_buf *buf, const struct cfs_inode_info *ci,
+		      cfs_xattr_actor actor, void *ctx);
 int cfs_xattr_get(const struct cfs_image *img,
 		  const struct cfs_inode_info *ci, u8 index, const char *name,
 		  void *buf, size_t size);

@@ -48,12 +48,14 @@ static int cfs_fill_inode(struct inode *inode)
 {
 	struct cfs_inode *cino = CFS_I(inode);
 	struct cfs_inode_info *ci = &cino->ci;
+	struct cfs_buf buf = CFS_BUF_INIT(CFS_IMG(inode));
 	struct timespec64 ts;
 	int err;
 
-	err = cfs_image_read_inode(CFS_IMG(inode), inode->i_ino, ci);
+	/* one cursor for the inode and its xattrs: usually one page */
+	err = cfs_image_read_inode(&buf, inode->i_ino, ci);
 	if (err)
-		return err;
+		goto out;
 
 	inode->i_mode = ci->mode;
 	i_uid_write(inode, ci->uid);
@@ -74,9 +76,9 @@ static int cfs_fill_inode(struct inode *inode)
 		inode->i_fop = &cfs_dir_fops;
 		break;
 	case S_IFREG:
-		err = cfs_read_overlay_xattrs(inode);
+		err = cfs_read_overlay_xattrs(inode, &buf);
 		if (err)
-			return err;
+			goto out;
 		inode->i_op = &cfs_file_iops;
 		if (cfs_is_backed(inode)) {
 			inode->i_fop = &cfs_backed_fops;
@@ -89,7 +91,7 @@ static int cfs_fill_inode(struct inode *inode)
 	case S_IFLNK:
 		err = cfs_fill_symlink(inode);
 		if (err)
-			return err;
+			goto out;
 		inode->i_op = &cfs_symlink_iops;
 		break;
 	default:
@@ -98,7 +100,9 @@ static int cfs_fill_inode(struct inode *inode)
 		inode->i_op = &cfs_special_iops;
 		break;
 	}
-	return 0;
+out:
+	cfs_buf_put(&buf);
+	return err;
 }
 
 /* the inode number is the nid, so hardlinks share one inode */

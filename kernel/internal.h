@@ -81,6 +81,6 @@ extern const struct address_space_operations cfs_data_aops;
 extern const struct xattr_handler * const cfs_xattr_handlers[];
 ssize_t cfs_listxattr(struct dentry *dentry, char *buffer, size_t size);
 struct posix_acl *cfs_get_inode_acl(struct inode *inode, int type, bool rcu);
-int cfs_read_overlay_xattrs(struct inode *inode);
+int cfs_read_overlay_xattrs(struct inode *inode, struct cfs_buf *buf);
 
 #endif /* _CFS_INTERNAL_H */

@@ -132,10 +132,11 @@ ssize_t cfs_listxattr(struct dentry *dentry, char *buffer, size_t size)
 		.trusted = ns_capable_noaudit(&init_user_ns, CAP_SYS_ADMIN),
 		.acl = IS_POSIXACL(inode),
 	};
+	struct cfs_buf buf = CFS_BUF_INIT(CFS_IMG(inode));
 	int err;
 
-	err = cfs_xattr_iterate(CFS_IMG(inode), &CFS_I(inode)->ci,
-				cfs_list_actor, &c);
+	err = cfs_xattr_iterate(&buf, &CFS_I(inode)->ci, cfs_list_actor, &c);
+	cfs_buf_put(&buf);
 	if (err)
 		return err;
 	if (c.pos > XATTR_LIST_MAX && buffer)
@@ -180,7 +181,6 @@ struct posix_acl *cfs_get_inode_acl(struct inode *inode, int type, bool rcu)
 
 /* collect the overlayfs metacopy and redirect attributes of a file */
 struct cfs_ovl_ctx {
-	const struct cfs_image *img;
 	struct cfs_inode *cino;
 	size_t redirect_len;
 	bool have_redirect;
@@ -197,9 +197,9 @@ static int cfs_ovl_actor(void *p, const struct cfs_xattr *xa)
 	if (xa->index != CFS_XATTR_INDEX_TRUSTED)
 		return 0;
 	if (cino->metacopy_len < 0 && !strcmp(xa->name, "overlay.metacopy")) {
-		err = cfs_image_read(c->img, xa->value_off, cino->metacopy,
-				     min_t(size_t, xa->value_size,
-					   CFS_METACOPY_MAX));
+		err = cfs_buf_read(xa->buf, xa->value_off, cino->metacopy,
+				   min_t(size_t, xa->value_size,
+					 CFS_METACOPY_MAX));
 		if (err)
 			return err;
 		cino->metacopy_len = xa->value_size;
@@ -212,7 +212,7 @@ static int cfs_ovl_actor(void *p, const struct cfs_xattr *xa)
 		r = kmalloc(xa->value_size + 1, GFP_KERNEL);
 		if (!r)
 			return -ENOMEM;
-		err = cfs_image_read(c->img, xa->value_off, r, xa->value_size);
+		err = cfs_buf_read(xa->buf, xa->value_off, r, xa->value_size);
 		if (err) {
 			kfree(r);
 			return err;
@@ -242,13 +242,13 @@ static bool cfs_redirect_ok(const char *r, size_t len)
 	return true;
 }
 
-int cfs_read_overlay_xattrs(struct inode *inode)
+int cfs_read_overlay_xattrs(struct inode *inode, struct cfs_buf *buf)
 {
 	struct cfs_inode *cino = CFS_I(inode);
-	struct cfs_ovl_ctx c = { .img = CFS_IMG(inode), .cino = cino };
+	struct cfs_ovl_ctx c = { .cino = cino };
 	int err;
 
-	err = cfs_xattr_iterate(c.img, &cino->ci, cfs_ovl_actor, &c);
+	err = cfs_xattr_iterate(buf, &cino->ci, cfs_ovl_actor, &c);
 	if (err)
 		goto fail;
 	if (cino->metacopy_len < 0) {

@@ -16,6 +16,7 @@ Timings, each REPEAT times, the two mounts alternating so that they see the same
   walk  `find MNT -ls >/dev/null` (readdir + lstat of every entry, readlink of symlinks);
         cold = `sync; echo 3 >/proc/sys/vm/drop_caches` right before each run, warm = after a
         walk of the same mount;
+  lswalk  the same with `ls -lR MNT >/dev/null` (GNU ls -l also probes each entry's ACL xattrs);
   read  the 256 MiB file read to its end with 1 MiB read()s, through the module, through the
         overlay mount and directly from its object; cold and warm as above.
 Each sample is [wall seconds, CPU seconds, system seconds] (user + system and system alone of the
@@ -47,9 +48,19 @@ def drop_caches() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def walk(mnt: Path) -> list[float]:
+# the metadata walkers, by part name: find -ls (readdir + lstat + readlink) and ls -lR (also the
+# ACL/xattr probes of GNU ls -l)
+WALKERS = {"walk": ["find", "{}", "-ls"], "lswalk": ["ls", "-lR", "{}"]}
+# TZ set: without it glibc's localtime() stat()s /etc/localtime for every line printed, and in
+# this guest that is a symlink on the 9p root, i.e. a readlink round trip to the host per entry
+# (9% of a cold walk's samples in a profile), a cost of the harness that both mounts paid alike
+WALK_ENV = {**os.environ, "TZ": "UTC"}
+
+
+def walk(mnt: Path, part: str = "walk") -> list[float]:
+    cmd = [str(mnt) if a == "{}" else a for a in WALKERS[part]]
     t0, c0 = time.perf_counter(), os.times()
-    subprocess.run(["find", str(mnt), "-ls"], stdout=subprocess.DEVNULL, check=True)
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True, env=WALK_ENV)
     c1 = os.times()
     wall = time.perf_counter() - t0
     sys_s = c1.children_system - c0.children_system
@@ -109,7 +120,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", type=Path, default=OUT / "guest_bench.json")
-    ap.add_argument("--parts", default="walk,read", help="comma-separated: walk, read (default both)")
+    ap.add_argument("--parts", default="walk,lswalk,read",
+                    help="comma-separated: walk (find -ls), lswalk (ls -lR), read (default all)")
     a = ap.parse_args()
 
     meta = json.loads((DATA / "meta.json").read_text())
@@ -137,22 +149,22 @@ def main() -> int:
         res["entries"] = counts["module"]
 
         parts = set(a.parts.split(","))
-        walks: dict = {k: {"cold": [], "warm": []} for k in mnts}
-        for i in range(a.repeat if "walk" in parts else 0):
-            order = list(mnts) if i % 2 == 0 else list(reversed(mnts))
-            for k in order:
-                drop_caches()
-                walks[k]["cold"].append(walk(mnts[k]))
-                say(f"walk {k} cold #{i}: {walks[k]['cold'][-1]}")
-        for k in mnts if "walk" in parts else ():
-            walk(mnts[k])  # warm-up
-        for i in range(a.repeat if "walk" in parts else 0):
-            order = list(mnts) if i % 2 == 0 else list(reversed(mnts))
-            for k in order:
-                walks[k]["warm"].append(walk(mnts[k]))
-                say(f"walk {k} warm #{i}: {walks[k]['warm'][-1]}")
-        if "walk" in parts:
-            res["walk"] = walks
+        for part in (p for p in WALKERS if p in parts):
+            walks: dict = {k: {"cold": [], "warm": []} for k in mnts}
+            for i in range(a.repeat):
+                order = list(mnts) if i % 2 == 0 else list(reversed(mnts))
+                for k in order:
+                    drop_caches()
+                    walks[k]["cold"].append(walk(mnts[k], part))
+                    say(f"{part} {k} cold #{i}: {walks[k]['cold'][-1]}")
+            for k in mnts:
+                walk(mnts[k], part)  # warm-up
+            for i in range(a.repeat):
+                order = list(mnts) if i % 2 == 0 else list(reversed(mnts))
+                for k in order:
+                    walks[k]["warm"].append(walk(mnts[k], part))
+                    say(f"{part} {k} warm #{i}: {walks[k]['warm'][-1]}")
+            res[part] = walks
         if "read" in parts:
             res["read_bytes"], res["read"] = reads_of(files_of(mnts, meta), a.repeat)
     finally:

@@ -586,7 +586,22 @@ fn walk_dir(dir: &Dir, opts: &ScanOptions, store: Option<&Store>, progress: &Pro
         .par_chunks(ENTRIES_PER_UNIT)
         .map(|unit| load_unit(dir, unit, opts, store, progress))
         .collect::<Result<_, _>>()?;
-    Ok(units.into_iter().flatten().collect())
+    let mut nodes: Vec<Node> = units.into_iter().flatten().collect();
+    // Descend only now, every subdirectory a task of its own (a unit's subdirectories walked in
+    // turn would leave a core idle under small directories). No file of this directory is open
+    // any more, so the descriptors in use grow with the depth of the tree, not with depth x
+    // unit size.
+    nodes
+        .par_iter_mut()
+        .filter(|node| matches!(node.kind, Kind::Dir(_)))
+        .try_for_each(|node| -> Result<(), Error> {
+            let cname = CString::new(node.name.as_slice()).expect("directory entries have no NUL");
+            let sub = Dir::open_at(Some(dir), &cname, dir.child_path(&node.name))?;
+            node.xattrs = xattrs_of(XattrSource::Fd(sub.fd.as_raw_fd()), &sub.path, opts)?;
+            node.kind = Kind::Dir(walk_dir(&sub, opts, store, progress)?);
+            Ok(())
+        })?;
+    Ok(nodes)
 }
 
 /// A regular file of a unit opened for hashing.
@@ -601,7 +616,6 @@ struct Opened {
 fn load_unit(dir: &Dir, names: &[Vec<u8>], opts: &ScanOptions, store: Option<&Store>, progress: &Progress) -> Result<Vec<Node>, Error> {
     let mut nodes = Vec::with_capacity(names.len());
     let mut opened: Vec<Opened> = Vec::new();
-    let mut subdirs: Vec<usize> = Vec::new();
     for name in names {
         let cname = CString::new(name.as_slice()).expect("directory entries have no NUL");
         let st = stat_at(dir, &cname, opts.use_epoch).map_err(|e| io_at(&dir.child_path(name))(e))?;
@@ -611,11 +625,8 @@ fn load_unit(dir: &Dir, names: &[Vec<u8>], opts: &ScanOptions, store: Option<&St
         progress.entries.fetch_add(1, Relaxed);
         let mut content = None;
         let (xattrs, kind) = match st.file_type() {
-            // Walked below, once this unit's files are hashed and closed.
-            mode::S_IFDIR => {
-                subdirs.push(nodes.len());
-                (Vec::new(), Kind::Dir(Vec::new()))
-            }
+            // Walked by `walk_dir` once the units' files are hashed and closed.
+            mode::S_IFDIR => (Vec::new(), Kind::Dir(Vec::new())),
             mode::S_IFLNK => {
                 let path = dir.child_path(name);
                 let xattrs = xattrs_of(XattrSource::Path(&cpath(&path)?), &path, opts)?;
@@ -651,15 +662,6 @@ fn load_unit(dir: &Dir, names: &[Vec<u8>], opts: &ScanOptions, store: Option<&St
         nodes.push(Node { name: name.clone(), st, xattrs, kind, content });
     }
     hash_unit(dir, &mut nodes, opened, store, progress)?;
-    // Descend only now: no file of this unit is held open during the subtree's walk, so the
-    // descriptors in use grow with the depth of the tree, not with depth x unit size.
-    for i in subdirs {
-        let node = &mut nodes[i];
-        let cname = CString::new(node.name.as_slice()).expect("directory entries have no NUL");
-        let sub = Dir::open_at(Some(dir), &cname, dir.child_path(&node.name))?;
-        node.xattrs = xattrs_of(XattrSource::Fd(sub.fd.as_raw_fd()), &sub.path, opts)?;
-        node.kind = Kind::Dir(walk_dir(&sub, opts, store, progress)?);
-    }
     Ok(nodes)
 }
 

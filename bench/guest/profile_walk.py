@@ -19,18 +19,12 @@ import subprocess
 import time
 from pathlib import Path
 
-DATA = Path(os.environ.get("CFS_VERITY_DIR", "/run/cfs/verity"))
-OUT = Path(os.environ.get("CFS_OUT_DIR", "/run/cfs/out"))
+from walk_read import DATA, OUT, drop_caches, mount_both, umount_both, walker_cmd
 
 
 def cpu_states() -> list[int]:
     """user, nice, system, idle, iowait, irq, softirq (ticks, all CPUs)."""
     return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
-
-
-def drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def main() -> int:
@@ -45,14 +39,8 @@ def main() -> int:
     if a.tz:
         env["TZ"] = a.tz
 
-    image, objects = DATA / "img.cfs", DATA / "objects"
-    mnts = {"module": Path("/run/cfs/mnt-module"), "overlay": Path("/run/cfs/mnt-overlay")}
-    for m in mnts.values():
-        m.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "composefs", str(image), str(mnts["module"]),
-                    "-o", f"basedir={objects},verity_check=0"], check=True)
-    subprocess.run(["cfsctl", "mount", str(image), str(mnts["overlay"]), "--basedir", str(objects),
-                    "--backend", "overlay", "--verity-check", "0"], check=True)
+    image = DATA / "img.cfs"
+    mnts = mount_both(image, DATA / "objects")
     Path("/proc/sys/kernel/kptr_restrict").write_text("0\n")
     Path("/proc/sys/kernel/perf_event_paranoid").write_text("-1\n")
     syms = OUT / "kallsyms"
@@ -62,7 +50,7 @@ def main() -> int:
         image.read_bytes()  # into the host's page cache
         for k in a.mounts.split(","):
             for temp in a.temps.split(","):
-                walker = ["find", str(mnts[k]), "-ls"] if a.walker == "find" else ["ls", "-lR", str(mnts[k])]
+                walker = walker_cmd(mnts[k], {"find": "walk", "ls": "lswalk"}[a.walker])
                 if temp == "cold":
                     drop_caches()
                 else:
@@ -91,8 +79,7 @@ def main() -> int:
                                     str(syms), "--sort", "comm,dso", "-g", "none"],
                                    stdout=f, stderr=subprocess.DEVNULL, check=False)
     finally:
-        subprocess.run(["umount", str(mnts["module"])], check=False)
-        subprocess.run(["cfsctl", "umount", str(mnts["overlay"])], check=False)
+        umount_both(mnts)
     (OUT / "perf-summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return 0
 

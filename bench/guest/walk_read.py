@@ -57,8 +57,29 @@ WALKERS = {"walk": ["find", "{}", "-ls"], "lswalk": ["ls", "-lR", "{}"]}
 WALK_ENV = {**os.environ, "TZ": "UTC"}
 
 
+def walker_cmd(mnt: Path, part: str = "walk") -> list[str]:
+    return [str(mnt) if a == "{}" else a for a in WALKERS[part]]
+
+
+def mount_both(image: Path, objects: Path) -> dict[str, Path]:
+    """`image` mounted by our module and by EROFS+overlayfs (`cfsctl mount`), checking off."""
+    mnts = {"module": Path("/run/cfs/mnt-module"), "overlay": Path("/run/cfs/mnt-overlay")}
+    for m in mnts.values():
+        m.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "composefs", str(image), str(mnts["module"]),
+                    "-o", f"basedir={objects},verity_check=0"], check=True)
+    subprocess.run(["cfsctl", "mount", str(image), str(mnts["overlay"]), "--basedir", str(objects),
+                    "--backend", "overlay", "--verity-check", "0"], check=True)
+    return mnts
+
+
+def umount_both(mnts: dict[str, Path]) -> None:
+    subprocess.run(["umount", str(mnts["module"])], check=False)
+    subprocess.run(["cfsctl", "umount", str(mnts["overlay"])], check=False)
+
+
 def walk(mnt: Path, part: str = "walk") -> list[float]:
-    cmd = [str(mnt) if a == "{}" else a for a in WALKERS[part]]
+    cmd = walker_cmd(mnt, part)
     t0, c0 = time.perf_counter(), os.times()
     subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True, env=WALK_ENV)
     c1 = os.times()
@@ -126,13 +147,7 @@ def main() -> int:
 
     meta = json.loads((DATA / "meta.json").read_text())
     image, objects = DATA / "img.cfs", DATA / "objects"
-    mnts = {"module": Path("/run/cfs/mnt-module"), "overlay": Path("/run/cfs/mnt-overlay")}
-    for m in mnts.values():
-        m.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "composefs", str(image), str(mnts["module"]),
-                    "-o", f"basedir={objects},verity_check=0"], check=True)
-    subprocess.run(["cfsctl", "mount", str(image), str(mnts["overlay"]), "--basedir", str(objects),
-                    "--backend", "overlay", "--verity-check", "0"], check=True)
+    mnts = mount_both(image, objects)
     res: dict = {"kernel": platform.release(), "repeat": a.repeat, "image_bytes": image.stat().st_size,
                  "mounts": [l for l in Path("/proc/self/mounts").read_text().splitlines()
                             if "/run/cfs/" in l or "composefs" in l]}
@@ -168,8 +183,7 @@ def main() -> int:
         if "read" in parts:
             res["read_bytes"], res["read"] = reads_of(files_of(mnts, meta), a.repeat)
     finally:
-        subprocess.run(["umount", str(mnts["module"])], check=False)
-        subprocess.run(["cfsctl", "umount", str(mnts["overlay"])], check=False)
+        umount_both(mnts)
     a.out.write_text(json.dumps(res, indent=1) + "\n")
     say(f"results in {a.out}")
     return 0

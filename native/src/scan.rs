@@ -635,7 +635,8 @@ fn load_unit(dir: &Dir, names: &[Vec<u8>], opts: &ScanOptions, store: Option<&St
             mode::S_IFREG if st.size > 0 && st.nlink <= 1 => {
                 progress.files_total.fetch_add(1, Relaxed);
                 progress.bytes_total.fetch_add(st.size, Relaxed);
-                let (file, size) = open_regular_at(dir, &cname).map_err(|e| e.at(dir.child_path(name)))?;
+                let (file, size) =
+                    store::open_regular_at(dir.fd.as_raw_fd(), &cname).map_err(|e| Error::from(e.at(dir.child_path(name))))?;
                 let xattrs = xattrs_of(XattrSource::Fd(file.as_raw_fd()), &dir.child_path(name), opts)?;
                 if st.size <= INLINE_MAX {
                     let c = read_small(&file).map_err(io_at(&dir.child_path(name)))?;
@@ -699,45 +700,6 @@ fn read_small(file: &File) -> io::Result<Option<Content>> {
         n if n <= INLINE_MAX => Some(Content::Inline(buf)),
         _ => None,
     })
-}
-
-/// Why [`open_regular_at`] failed.
-enum OpenError {
-    Io(io::Error),
-    /// Not a regular file any more.
-    Changed,
-}
-
-impl OpenError {
-    fn at(self, path: PathBuf) -> Error {
-        match self {
-            OpenError::Io(source) => Error::Io { path, source },
-            OpenError::Changed => Error::Changed { path },
-        }
-    }
-}
-
-/// Open `name` in `dir` for reading (not following a symlink, not blocking on a FIFO swapped
-/// in) and check it is still a regular file; its size from `fstat`.
-fn open_regular_at(dir: &Dir, name: &CStr) -> Result<(File, u64), OpenError> {
-    // SAFETY: plain openat with a NUL-terminated name.
-    let fd = unsafe {
-        libc::openat(
-            dir.fd.as_raw_fd(),
-            name.as_ptr(),
-            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(OpenError::Io(io::Error::last_os_error()));
-    }
-    // SAFETY: a descriptor we just opened and own.
-    let file = unsafe { File::from_raw_fd(fd) };
-    let meta = file.metadata().map_err(OpenError::Io)?;
-    if !meta.file_type().is_file() {
-        return Err(OpenError::Changed);
-    }
-    Ok((file, meta.len()))
 }
 
 fn read_link_at(dir: &Dir, name: &CStr) -> io::Result<Vec<u8>> {
@@ -861,13 +823,8 @@ fn read_xattrs(src: XattrSource, path: &Path, user_only: bool) -> Result<Vec<Xat
 fn read_content(path: &Path, size: u64, store: Option<&Store>) -> Result<Content, Error> {
     let file = open_regular(path)?;
     if size <= INLINE_MAX {
-        let mut buf = Vec::with_capacity(INLINE_MAX as usize + 1);
-        (&file).take(INLINE_MAX + 1).read_to_end(&mut buf).map_err(io_at(path))?;
-        if buf.is_empty() {
-            return Ok(Content::Empty);
-        }
-        if buf.len() as u64 <= INLINE_MAX {
-            return Ok(Content::Inline(buf));
+        if let Some(c) = read_small(&file).map_err(io_at(path))? {
+            return Ok(c);
         }
         // It grew past the inline limit meanwhile: treat it as an object below.
     }

@@ -413,16 +413,42 @@ impl Drop for Temp {
 /// a fifo that replaced it; refuse anything but a regular file.
 pub fn open_regular(path: &Path) -> Result<File, Error> {
     let c = cstr(path.as_os_str().as_bytes());
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    open_regular_at(libc::AT_FDCWD, &c).map(|(file, _)| file).map_err(|e| e.at(path.to_path_buf()))
+}
+
+/// Why [`open_regular_at`] failed (without a path: the caller names the file only on error).
+pub enum OpenError {
+    Io(io::Error),
+    /// Not a regular file any more.
+    Changed,
+}
+
+impl OpenError {
+    pub fn at(self, path: PathBuf) -> Error {
+        match self {
+            OpenError::Io(source) => Error::Io { path, source },
+            OpenError::Changed => Error::Changed { path },
+        }
+    }
+}
+
+/// [`open_regular`] of `name` relative to the directory descriptor `dirfd` (or `AT_FDCWD`), also
+/// giving the file's size from `fstat`.
+pub fn open_regular_at(dirfd: RawFd, name: &std::ffi::CStr) -> Result<(File, u64), OpenError> {
+    // SAFETY: plain openat with a NUL-terminated name.
+    let fd = unsafe {
+        libc::openat(dirfd, name.as_ptr(), libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+    };
     if fd < 0 {
-        return Err(io_at(path)(last_err()));
+        return Err(OpenError::Io(last_err()));
     }
+    // SAFETY: a descriptor we just opened and own.
     let file = unsafe { File::from_raw_fd(fd) };
-    let meta = file.metadata().map_err(io_at(path))?;
+    let meta = file.metadata().map_err(OpenError::Io)?;
     if !meta.file_type().is_file() {
-        return Err(Error::Changed { path: path.to_path_buf() });
+        return Err(OpenError::Changed);
     }
-    Ok(file)
+    Ok((file, meta.len()))
 }
 
 /// Reads a file from a position with `pread`, ignoring (and not moving) the descriptor offset.

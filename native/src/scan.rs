@@ -582,8 +582,14 @@ const ENTRIES_PER_UNIT: usize = 32;
 /// each source inode once). Units of entries run in parallel.
 fn walk_dir(dir: &Dir, opts: &ScanOptions, store: Option<&Store>, progress: &Progress) -> Result<Vec<Node>, Error> {
     let names = dir.names()?;
+    // `with_max_len(1)`: every unit and every subdirectory is a task another worker can take.
+    // Rayon otherwise splits an iterator only into about as many pieces as there are threads,
+    // unless a piece is stolen, and runs each piece's items in turn: a worker holding a run of
+    // directories left the other one idle (one of two workers slept ~1,900 times, 0.7 s in all,
+    // per corpus build).
     let units: Vec<Vec<Node>> = names
         .par_chunks(ENTRIES_PER_UNIT)
+        .with_max_len(1)
         .map(|unit| load_unit(dir, unit, opts, store, progress))
         .collect::<Result<_, _>>()?;
     let mut nodes: Vec<Node> = units.into_iter().flatten().collect();
@@ -593,6 +599,7 @@ fn walk_dir(dir: &Dir, opts: &ScanOptions, store: Option<&Store>, progress: &Pro
     // unit size.
     nodes
         .par_iter_mut()
+        .with_max_len(1)
         .filter(|node| matches!(node.kind, Kind::Dir(_)))
         .try_for_each(|node| -> Result<(), Error> {
             let cname = CString::new(node.name.as_slice()).expect("directory entries have no NUL");

@@ -212,6 +212,54 @@ pub(crate) fn descriptor_digest(params: &Params, root_hash: &[u8], data_size: u6
     out
 }
 
+/// The fs-verity digest of data that arrives in pieces of any length (an image being generated):
+/// whole blocks are hashed as they come, a partial one is kept until it fills or the data ends.
+pub struct StreamDigest {
+    params: Params,
+    hasher: BlockHasher,
+    partial: Vec<u8>,
+    level0: Vec<u8>,
+    total: u64,
+}
+
+impl StreamDigest {
+    pub fn new(params: &Params) -> StreamDigest {
+        let bs = params.block_size as usize;
+        StreamDigest { params: params.clone(), hasher: BlockHasher::new(params), partial: Vec::with_capacity(bs), level0: Vec::new(), total: 0 }
+    }
+
+    pub fn update(&mut self, mut data: &[u8]) {
+        let bs = self.params.block_size as usize;
+        self.total += data.len() as u64;
+        if !self.partial.is_empty() {
+            let take = (bs - self.partial.len()).min(data.len());
+            self.partial.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.partial.len() < bs {
+                return;
+            }
+            self.hasher.hash_whole_blocks(&self.partial, bs, &mut self.level0);
+            self.partial.clear();
+        }
+        let whole = data.len() / bs * bs;
+        self.hasher.hash_whole_blocks(&data[..whole], bs, &mut self.level0);
+        self.partial.extend_from_slice(&data[whole..]);
+    }
+
+    /// The digest of everything given to [`StreamDigest::update`].
+    pub fn finish(mut self) -> Vec<u8> {
+        if self.total == 0 {
+            return descriptor_digest(&self.params, &vec![0u8; self.params.alg.digest_size()], 0);
+        }
+        if !self.partial.is_empty() {
+            self.partial.resize(self.params.block_size as usize, 0);
+            self.hasher.hash_whole_blocks(&self.partial, self.params.block_size as usize, &mut self.level0);
+        }
+        let root = root_from_level0(&self.params, self.level0);
+        descriptor_digest(&self.params, &root, self.total)
+    }
+}
+
 /// How large inputs are split for hashing on several threads.
 ///
 /// Inputs of at least `parallel_threshold` bytes are cut into contiguous ranges of `chunk_size`
@@ -559,6 +607,33 @@ mod tests {
 
     fn hex(b: &[u8]) -> String {
         b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn stream_digest_equals_digest_bytes_whatever_the_pieces() {
+        let params = [
+            Params::default(),
+            Params::new(HashAlg::Sha512, 1024, b"salt".to_vec()).unwrap(),
+            Params::new(HashAlg::Sha256, 65536, vec![7; 32]).unwrap(),
+        ];
+        for p in &params {
+            for n in [0usize, 1, 1023, 1024, 4095, 4096, 4097, 3 * 4096 + 17, 300_000] {
+                let data = stream(n);
+                let want = digest_bytes(&data, p);
+                for piece in [1usize, 100, 1024, 4096, 5000, 1 << 20] {
+                    let mut d = StreamDigest::new(p);
+                    // Pieces of varying length: piece, piece / 2 + 1, piece, ...
+                    let (mut at, mut k) = (0, 0);
+                    while at < n {
+                        let len = if k % 2 == 0 { piece } else { piece / 2 + 1 }.min(n - at);
+                        d.update(&data[at..at + len]);
+                        at += len;
+                        k += 1;
+                    }
+                    assert_eq!(d.finish(), want, "{p:?} size {n} pieces {piece}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -97,9 +97,9 @@ fn build_from_dump<'py>(
         }
         .map_err(|e| FormatError::new_err(e.to_string()))?;
         build::apply_flags(&mut tree, flags).map_err(build_err)?;
-        let objects = build::object_stats(&tree);
-        let built = build::build(&tree, &opts, image_path.as_deref(), return_image).map_err(build_err)?;
-        Ok((built, objects))
+        let built = build::build_counting(&tree, &opts, image_path.as_deref(), return_image).map_err(build_err)?;
+        tree.drop_in_background();
+        Ok(built)
     })?;
     let d = built_dict(py, &built, objects)?;
     d.set_item("deduplicated_bytes", objects.2 - objects.1.min(objects.2))?;

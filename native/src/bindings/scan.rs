@@ -273,8 +273,9 @@ fn build_from_directory<'py>(
     };
     let ((built, objects), stats, store_stats) = py.allow_threads(|| {
         scan_into_store(&source, &opts, store.as_deref(), progress.as_deref(), sync, |tree| {
-            let built = build::build(&tree, &wopts, image_path.as_deref(), return_image).map_err(build_err)?;
-            Ok((built, build::object_stats(&tree)))
+            let built = build::build_counting(&tree, &wopts, image_path.as_deref(), return_image).map_err(build_err)?;
+            tree.drop_in_background();
+            Ok(built)
         })
     })?;
     let d = super::image::built_dict(py, &built, objects)?;

@@ -4,7 +4,7 @@
 use super::writer::{self, Options, Stats, WriteError};
 use crate::tree::{mode, InodeData, Tree, ROOT};
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// mkcomposefs' source filters.
@@ -57,6 +57,17 @@ pub fn apply_flags(tree: &mut Tree, flags: Flags) -> Result<(), BuildError> {
     }
     let _ = ROOT;
     Ok(())
+}
+
+/// [`build`], with the tree's [`object_stats`] counted on another worker meanwhile.
+pub fn build_counting(
+    tree: &Tree,
+    opts: &Options,
+    path: Option<&Path>,
+    keep_bytes: bool,
+) -> Result<(Built, (u64, u64, u64)), BuildError> {
+    let (built, objects) = rayon::join(|| build(tree, opts, path, keep_bytes), || object_stats(tree));
+    Ok((built?, objects))
 }
 
 /// Object statistics of a tree: (distinct objects, their bytes, bytes of all object-backed
@@ -142,37 +153,6 @@ pub struct Built {
     pub bytes: Option<Vec<u8>>,
 }
 
-/// Reads a plan's image chunk by chunk, copying each chunk to a file and/or a buffer on the
-/// way, so the digest, the file and the copy come from one pass without the whole image in
-/// memory.
-struct Tee<'f, I> {
-    chunks: I,
-    cur: Vec<u8>,
-    pos: usize,
-    file: Option<&'f mut std::fs::File>,
-    kept: Option<&'f mut Vec<u8>>,
-}
-
-impl<I: Iterator<Item = Vec<u8>>> Read for Tee<'_, I> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.cur.len() {
-            let Some(c) = self.chunks.next() else { return Ok(0) };
-            if let Some(f) = self.file.as_mut() {
-                f.write_all(&c)?;
-            }
-            if let Some(k) = self.kept.as_mut() {
-                k.extend_from_slice(&c);
-            }
-            self.cur = c;
-            self.pos = 0;
-        }
-        let n = buf.len().min(self.cur.len() - self.pos);
-        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
 fn to_digest(d: Vec<u8>) -> [u8; 32] {
     let mut digest = [0u8; 32];
     digest.copy_from_slice(&d);
@@ -181,23 +161,43 @@ fn to_digest(d: Vec<u8>) -> [u8; 32] {
 
 /// Build the image of `tree` and its fs-verity digest; write it to `path` atomically when
 /// given, and return its bytes with `keep_bytes`. The image is produced a chunk at a time
-/// (never whole in memory unless `keep_bytes`).
+/// (never whole in memory unless `keep_bytes`), and each chunk is hashed and written while
+/// the next one is being generated.
 pub fn build(tree: &Tree, opts: &Options, path: Option<&Path>, keep_bytes: bool) -> Result<Built, BuildError> {
     writer::with_pool(opts.threads, || {
         let plan = writer::Plan::new(tree, opts)?;
         let mut kept = keep_bytes.then(|| Vec::with_capacity(plan.stats.image_size as usize));
-        let params = crate::fsverity::Params::default();
         let digest = match path {
-            Some(p) => write_atomic_with(p, |f| {
-                let tee = Tee { chunks: plan.chunks(), cur: Vec::new(), pos: 0, file: Some(f), kept: kept.as_mut() };
-                crate::fsverity::digest_reader(tee, &params)
-            })?,
-            None => {
-                let tee = Tee { chunks: plan.chunks(), cur: Vec::new(), pos: 0, file: None, kept: kept.as_mut() };
-                crate::fsverity::digest_reader(tee, &params)
-                    .map_err(|source| BuildError::Io { path: PathBuf::from("<memory>"), source })?
-            }
+            Some(p) => write_atomic_with(p, |f| Ok(emit(&plan, Some(f), kept.as_mut())?))?,
+            None => emit(&plan, None, kept.as_mut()).map_err(|source| BuildError::Io { path: PathBuf::from("<memory>"), source })?,
         };
         Ok(Built { digest: to_digest(digest), version: plan.version, stats: plan.stats.clone(), bytes: kept })
     })
+}
+
+/// Generate `plan`'s image chunk by chunk; hash each chunk, and write it to `file` and/or
+/// append it to `kept`, while the next chunk is generated (`rayon::join`). Returns the image's
+/// fs-verity digest.
+fn emit(plan: &writer::Plan<'_>, mut file: Option<&mut std::fs::File>, mut kept: Option<&mut Vec<u8>>) -> std::io::Result<Vec<u8>> {
+    let mut digest = crate::fsverity::StreamDigest::new(&crate::fsverity::Params::default());
+    let mut chunks = plan.chunks();
+    let mut cur = chunks.next();
+    while let Some(chunk) = cur {
+        let (next, written) = rayon::join(
+            || chunks.next(),
+            || -> std::io::Result<()> {
+                digest.update(&chunk);
+                if let Some(f) = file.as_mut() {
+                    f.write_all(&chunk)?;
+                }
+                if let Some(k) = kept.as_mut() {
+                    k.extend_from_slice(&chunk);
+                }
+                Ok(())
+            },
+        );
+        written?;
+        cur = next;
+    }
+    Ok(digest.finish())
 }

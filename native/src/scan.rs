@@ -270,7 +270,7 @@ fn scan_in_pool(root: &Path, opts: &ScanOptions, store: Option<&Store>, progress
     let st = Stat::from_meta(&std::fs::symlink_metadata(&root_path).map_err(io_at(&root_path))?, opts.use_epoch);
     progress.entries.fetch_add(1, Relaxed);
     let root_dir = Dir::open_at(None, &cpath(&root_path)?, root_path.clone())?;
-    let xattrs = xattrs_of(XattrSource::Fd(root_dir.fd.as_raw_fd()), &root_path, opts)?;
+    let xattrs = xattrs_of(XattrSource::Fd(root_dir.fd.as_raw_fd()), opts).map_err(io_at(&root_path))?;
     let kind = Kind::Dir(walk_dir(&root_dir, opts, store, progress)?);
     drop(root_dir);
 
@@ -604,7 +604,7 @@ fn walk_dir(dir: &Dir, opts: &ScanOptions, store: Option<&Store>, progress: &Pro
         .try_for_each(|node| -> Result<(), Error> {
             let cname = CString::new(node.name.as_slice()).expect("directory entries have no NUL");
             let sub = Dir::open_at(Some(dir), &cname, dir.child_path(&node.name))?;
-            node.xattrs = xattrs_of(XattrSource::Fd(sub.fd.as_raw_fd()), &sub.path, opts)?;
+            node.xattrs = xattrs_of(XattrSource::Fd(sub.fd.as_raw_fd()), opts).map_err(io_at(&sub.path))?;
             node.kind = Kind::Dir(walk_dir(&sub, opts, store, progress)?);
             Ok(())
         })?;
@@ -636,7 +636,7 @@ fn load_unit(dir: &Dir, names: &[Vec<u8>], opts: &ScanOptions, store: Option<&St
             mode::S_IFDIR => (Vec::new(), Kind::Dir(Vec::new())),
             mode::S_IFLNK => {
                 let path = dir.child_path(name);
-                let xattrs = xattrs_of(XattrSource::Path(&cpath(&path)?), &path, opts)?;
+                let xattrs = xattrs_of(XattrSource::Path(&cpath(&path)?), opts).map_err(io_at(&path))?;
                 (xattrs, Kind::Symlink(read_link_at(dir, &cname).map_err(io_at(&path))?))
             }
             mode::S_IFREG if st.size > 0 && st.nlink <= 1 => {
@@ -644,9 +644,10 @@ fn load_unit(dir: &Dir, names: &[Vec<u8>], opts: &ScanOptions, store: Option<&St
                 progress.bytes_total.fetch_add(st.size, Relaxed);
                 let (file, size) =
                     store::open_regular_at(dir.fd.as_raw_fd(), &cname).map_err(|e| Error::from(e.at(dir.child_path(name))))?;
-                let xattrs = xattrs_of(XattrSource::Fd(file.as_raw_fd()), &dir.child_path(name), opts)?;
+                let at = || dir.child_path(name);
+                let xattrs = xattrs_of(XattrSource::Fd(file.as_raw_fd()), opts).map_err(|e| io_at(&at())(e))?;
                 if st.size <= INLINE_MAX {
-                    let c = read_small(&file).map_err(io_at(&dir.child_path(name)))?;
+                    let c = read_small(&file).map_err(|e| io_at(&at())(e))?;
                     match c {
                         Some(c) => {
                             content = Some(c);
@@ -663,7 +664,7 @@ fn load_unit(dir: &Dir, names: &[Vec<u8>], opts: &ScanOptions, store: Option<&St
             }
             _ => {
                 let path = dir.child_path(name);
-                let xattrs = xattrs_of(XattrSource::Path(&cpath(&path)?), &path, opts)?;
+                let xattrs = xattrs_of(XattrSource::Path(&cpath(&path)?), opts).map_err(io_at(&path))?;
                 (xattrs, Kind::Other)
             }
         };
@@ -763,15 +764,16 @@ impl XattrSource<'_> {
     }
 }
 
-fn xattrs_of(src: XattrSource, path: &Path, opts: &ScanOptions) -> Result<Vec<Xattr>, Error> {
+/// The xattrs the options keep (callers add the path to an error: it is made only then).
+fn xattrs_of(src: XattrSource, opts: &ScanOptions) -> io::Result<Vec<Xattr>> {
     if opts.skip_xattrs {
         return Ok(Vec::new());
     }
-    read_xattrs(src, path, opts.user_xattrs)
+    read_xattrs(src, opts.user_xattrs)
 }
 
 /// The entry's own xattrs (not a symlink target's), in `llistxattr` order.
-fn read_xattrs(src: XattrSource, path: &Path, user_only: bool) -> Result<Vec<Xattr>, Error> {
+fn read_xattrs(src: XattrSource, user_only: bool) -> io::Result<Vec<Xattr>> {
     let list = loop {
         let n = src.list(&mut []);
         if n < 0 {
@@ -779,7 +781,7 @@ fn read_xattrs(src: XattrSource, path: &Path, user_only: bool) -> Result<Vec<Xat
             if e.raw_os_error() == Some(libc::ENOTSUP) {
                 return Ok(Vec::new()); // filesystem without xattrs
             }
-            return Err(io_at(path)(e));
+            return Err(e);
         }
         if n == 0 {
             return Ok(Vec::new());
@@ -791,7 +793,7 @@ fn read_xattrs(src: XattrSource, path: &Path, user_only: bool) -> Result<Vec<Xat
             if e.raw_os_error() == Some(libc::ERANGE) {
                 continue; // grew meanwhile
             }
-            return Err(io_at(path)(e));
+            return Err(e);
         }
         buf.truncate(m as usize);
         break buf;
@@ -805,7 +807,7 @@ fn read_xattrs(src: XattrSource, path: &Path, user_only: bool) -> Result<Vec<Xat
         let value = loop {
             let n = src.get(&ckey, &mut []);
             if n < 0 {
-                return Err(io_at(path)(io::Error::last_os_error()));
+                return Err(io::Error::last_os_error());
             }
             let mut buf = vec![0u8; n as usize];
             let m = src.get(&ckey, &mut buf);
@@ -814,7 +816,7 @@ fn read_xattrs(src: XattrSource, path: &Path, user_only: bool) -> Result<Vec<Xat
                 if e.raw_os_error() == Some(libc::ERANGE) {
                     continue;
                 }
-                return Err(io_at(path)(e));
+                return Err(e);
             }
             buf.truncate(m as usize);
             break buf;

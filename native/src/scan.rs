@@ -186,7 +186,9 @@ struct Node {
 enum Content {
     Empty,
     Inline(Vec<u8>),
-    Object { digest: Digest, size: u64 },
+    /// `payload` is the object's name in a store, `XX/<62 hex>` (made by the worker that hashed
+    /// the file, not in the sequential flattening).
+    Object { digest: Digest, size: u64, payload: Vec<u8> },
 }
 
 /// A regular file to read (24 bytes, no path of its own: the path is made when the file is
@@ -276,6 +278,7 @@ fn scan_in_pool(root: &Path, opts: &ScanOptions, store: Option<&Store>, progress
 
     // Flatten into the tree, sequentially and in name order (deterministic ids).
     let mut tree = Tree::new(make_inode(&st, xattrs, &kind));
+    tree.inodes.reserve(progress.entries.load(Relaxed) as usize);
     let mut stats = ScanStats { entries: 1, inodes: 1, directories: 1, ..Default::default() };
     let mut flat = Flattener {
         tree: &mut tree,
@@ -285,7 +288,7 @@ fn scan_in_pool(root: &Path, opts: &ScanOptions, store: Option<&Store>, progress
         also: Vec::new(),
         work_of: HashMap::new(),
         dir_paths: vec![root_path.clone()],
-        digests: Digests::default(),
+        digests: Vec::new(),
         stats: &mut stats,
     };
     if let Kind::Dir(children) = kind {
@@ -322,16 +325,14 @@ fn scan_in_pool(root: &Path, opts: &ScanOptions, store: Option<&Store>, progress
             ids.push(id as InodeId);
             also.next();
         }
-        apply_content(&mut tree, &mut stats, &mut digests, &ids, &c);
+        apply_content(&mut tree, &mut stats, &mut digests, &ids, c);
     }
-    stats.distinct_objects = digests.len() as u64;
+    stats.distinct_objects = count_distinct(digests);
     tree.compute_nlink();
     progress.phase.store(PHASE_DONE, Relaxed);
     Ok((tree, stats))
 }
 
-/// The distinct object digests found (they are uniformly distributed: a cheap hasher will do).
-type Digests = std::collections::HashSet<Digest, crate::hash::fx::FastHash>;
 
 struct Flattener<'a> {
     tree: &'a mut Tree,
@@ -344,8 +345,8 @@ struct Flattener<'a> {
     also: Vec<(u32, u32)>,
     /// Paths of the directories holding work items.
     dir_paths: Vec<PathBuf>,
-    /// Digests of the objects found so far.
-    digests: Digests,
+    /// Digests of the objects found so far (repeats included).
+    digests: Vec<Digest>,
     /// (dev, ino) -> index in `work`, so a file is read once even with `no_hardlinks`.
     work_of: HashMap<(u64, u64), usize>,
     stats: &'a mut ScanStats,
@@ -354,6 +355,9 @@ struct Flattener<'a> {
 impl Flattener<'_> {
     /// Add `children` under directory inode `dir`, whose path is `dir_paths[dir_idx]`.
     fn add_children(&mut self, dir: InodeId, dir_idx: u32, children: Vec<Node>) {
+        if let InodeData::Directory { entries } = &mut self.tree.inodes[dir].data {
+            entries.reserve_exact(children.len());
+        }
         for node in children {
             let Node { name, st, xattrs, kind, content } = node;
             self.stats.entries += 1;
@@ -388,7 +392,7 @@ impl Flattener<'_> {
                 _ if st.file_type() == mode::S_IFREG && st.size == 0 => self.stats.empty_files += 1,
                 _ if content.is_some() => {
                     let c = content.expect("checked");
-                    apply_content(self.tree, self.stats, &mut self.digests, &[id], &c);
+                    apply_content(self.tree, self.stats, &mut self.digests, &[id], c);
                 }
                 _ if st.file_type() == mode::S_IFREG => {
                     if let Some(&w) = self.work_of.get(&key).filter(|_| st.nlink > 1) {
@@ -419,17 +423,18 @@ impl Flattener<'_> {
 }
 
 /// Record a file's contents in its inodes `ids` (several when the source file has several names)
-/// and in the totals.
-fn apply_content(tree: &mut Tree, stats: &mut ScanStats, digests: &mut Digests, ids: &[InodeId], c: &Content) {
-    match c {
+/// and in the totals; `digests` collects object digests (repeats included).
+fn apply_content(tree: &mut Tree, stats: &mut ScanStats, digests: &mut Vec<Digest>, ids: &[InodeId], c: Content) {
+    match &c {
         Content::Object { size, digest, .. } => {
             stats.bytes_read += size;
-            digests.insert(*digest);
+            digests.push(*digest);
         }
         Content::Inline(b) => stats.bytes_read += b.len() as u64,
         Content::Empty => {}
     }
-    for &id in ids {
+    let Some((&last, others)) = ids.split_last() else { return };
+    let mut record = |id: InodeId, c: Content| {
         let ino = &mut tree.inodes[id];
         match c {
             Content::Empty => {
@@ -438,21 +443,27 @@ fn apply_content(tree: &mut Tree, stats: &mut ScanStats, digests: &mut Digests, 
             }
             Content::Inline(b) => {
                 ino.size = b.len() as u64;
-                ino.data = InodeData::Regular { inline: Some(b.clone()), payload: None, digest: None };
+                ino.data = InodeData::Regular { inline: Some(b), payload: None, digest: None };
                 stats.inline_files += 1;
             }
-            Content::Object { digest, size, .. } => {
-                ino.size = *size;
-                ino.data = InodeData::Regular {
-                    inline: None,
-                    payload: Some(store::object_name(digest).into_bytes()),
-                    digest: Some(*digest),
-                };
+            Content::Object { digest, size, payload } => {
+                ino.size = size;
+                ino.data = InodeData::Regular { inline: None, payload: Some(payload), digest: Some(digest) };
                 stats.object_files += 1;
                 stats.object_bytes += size;
             }
         }
+    };
+    for &id in others {
+        record(id, c.clone());
     }
+    record(last, c);
+}
+
+/// The number of distinct digests in `digests` (sorted on all cores, then counted).
+fn count_distinct(mut digests: Vec<Digest>) -> u64 {
+    digests.par_sort_unstable();
+    digests.windows(2).filter(|w| w[0] != w[1]).count() as u64 + u64::from(!digests.is_empty())
 }
 
 fn make_inode(st: &Stat, xattrs: Vec<Xattr>, kind: &Kind) -> Inode {
@@ -693,7 +704,7 @@ fn hash_unit(dir: &Dir, nodes: &mut [Node], opened: Vec<Opened>, store: Option<&
         }
         progress.files_done.fetch_add(1, Relaxed);
         progress.bytes_done.fetch_add(node.st.size, Relaxed);
-        node.content = Some(Content::Object { digest, size });
+        node.content = Some(Content::Object { digest, size, payload: store::object_name(&digest).into_bytes() });
     }
     Ok(())
 }
@@ -841,7 +852,7 @@ fn read_content(path: &Path, size: u64, store: Option<&Store>) -> Result<Content
     if let Some(s) = store {
         s.insert_fd(&file, path, &digest, size)?;
     }
-    Ok(Content::Object { digest, size })
+    Ok(Content::Object { digest, size, payload: store::object_name(&digest).into_bytes() })
 }
 
 #[cfg(test)]

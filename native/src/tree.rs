@@ -170,6 +170,11 @@ impl Tree {
         let InodeData::Directory { entries } = &mut self.inodes[dir].data else {
             panic!("link into a non-directory");
         };
+        // Names often arrive in order (a scan, a sorted dump): then the new one goes last.
+        if entries.last().is_none_or(|e| e.name < name) {
+            entries.push(DirEntry { name, inode: child });
+            return true;
+        }
         match entries.binary_search_by(|e| e.name.as_slice().cmp(&name)) {
             Ok(_) => false,
             Err(pos) => {

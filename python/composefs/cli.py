@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -88,7 +89,24 @@ _register_commands()
 
 
 def main() -> None:
-    cli(prog_name="cfsctl")
+    """Run the command, then leave without the interpreter's teardown: once the command is done
+    (its clean-ups ran inside it) only freeing is left, which after a big build takes longer than
+    the exit itself. Output is flushed first; a bug's traceback still goes the usual way."""
+    try:
+        cli(prog_name="cfsctl")
+        code: int | str | None = 0
+    except SystemExit as e:
+        code = e.code
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    code = code or 0
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be written
+            code = code or 1
+    os._exit(code)
 
 
 if __name__ == "__main__":

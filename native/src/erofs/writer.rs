@@ -745,6 +745,11 @@ impl<'a> Plan<'a> {
         Chunks { plan: self, stage: 0, next: 0, pos: 0 }
     }
 
+    /// Where node `i`'s bytes (the padding before its inode record, then the record) start.
+    fn node_start(&self, i: usize) -> u64 {
+        self.nodes[i].nid * SLOT_SIZE - self.nodes[i].ipad
+    }
+
     /// Append the inode record of node `i` (with its padding before it) to `out`.
     fn encode_inode(&self, i: usize, out: &mut Vec<u8>) {
         let start = out.len();
@@ -894,8 +899,10 @@ impl Iterator for Chunks<'_, '_> {
                     .collect::<Vec<_>>()
                     .into_par_iter()
                     .map(|first| {
-                        let mut out = Vec::new();
-                        for i in first..(first + NODES_PER_TASK).min(end) {
+                        let last = (first + NODES_PER_TASK).min(end);
+                        let upto = if last < p.nodes.len() { p.node_start(last) } else { p.inodes_end };
+                        let mut out = Vec::with_capacity((upto - p.node_start(first)) as usize);
+                        for i in first..last {
                             p.encode_inode(i, &mut out);
                         }
                         out

@@ -10,7 +10,8 @@ Cases (page cache warm, every timing the best of REPEAT runs, wall clock):
   * the SHA-256 limit: `openssl speed -evp sha256 -bytes 4096` on one core, and that x2 for two;
   * our SHA-256 per core: the fs-verity digest of a 256 MiB in-memory buffer on one thread, with
     each SHA-256 implementation (the `sha2` crate, one block at a time; SHA-NI, two blocks
-    interleaved), counted in SHA-256 input bytes like openssl's figure.
+    interleaved; AVX-512, sixteen blocks at once), counted in SHA-256 input bytes like openssl's
+    figure.
 The load average is shown too: the machine may be shared, and wall times suffer first; the
 MB/cpu-s column (bytes per CPU-second of user + system time) is less sensitive to it.
 Data is generated once under bench/work/digest/ and reused.
@@ -133,7 +134,7 @@ def per_core_sha256() -> dict[str, tuple[float, float]]:
     timings = {}
     before = _native.fsverity_sha256_backend()
     try:
-        for name in ("portable", "sha-ni"):
+        for name in ("portable", "sha-ni", "avx512"):
             if _native.fsverity_sha256_backend(name) == name:
                 timings[name] = best(lambda: _native.fsverity_digest_bytes(data, "sha256", 4096, b"", SEQUENTIAL))
     finally:
@@ -218,7 +219,8 @@ def run(workdir: Path) -> list[dict]:
 
     log("SHA-256 per core (in memory, one thread)")
     mem_work = fsverity_work(MEM_SIZE)
-    labels = {"portable": "sha2 crate, one block at a time", "sha-ni": "SHA-NI, two blocks interleaved"}
+    labels = {"portable": "sha2 crate, one block at a time", "sha-ni": "SHA-NI, two blocks interleaved",
+              "avx512": "AVX-512, sixteen blocks at once"}
     per_core = per_core_sha256()
     rows += [
         {"case": "SHA-256 limit", "tool": "openssl speed, 1 core", "seconds": None, "rate": one_core,

@@ -53,39 +53,50 @@ def fsverity_utils_digest(path, algorithm="sha256", block_size=4096, salt=b""):
     return bytes.fromhex(out.strip())
 
 
-@pytest.fixture(params=["sha-ni", "portable"])
+# What the environment of a child process (the CLI) needs to pick each implementation.
+BACKEND_ENV = {
+    "avx512": {},
+    "sha-ni": {"CFS_NO_AVX512": "1"},
+    "portable": {"CFS_NO_SHA_NI": "1"},
+}
+
+
+@pytest.fixture(params=list(BACKEND_ENV))
 def sha256_backend(request, monkeypatch):
     """Run the test once with each SHA-256 implementation: in this process through the native
-    switch, in child processes (the CLI) through CFS_NO_SHA_NI."""
+    switch, in child processes (the CLI) through CFS_NO_AVX512 / CFS_NO_SHA_NI."""
     before = _native.fsverity_sha256_backend()
     if _native.fsverity_sha256_backend(request.param) != request.param:
         _native.fsverity_sha256_backend(before)
-        pytest.skip("this CPU has no SHA extensions")
-    if request.param == "portable":
-        monkeypatch.setenv("CFS_NO_SHA_NI", "1")
-    else:
-        monkeypatch.delenv("CFS_NO_SHA_NI", raising=False)
+        pytest.skip(f"this CPU cannot run the {request.param} SHA-256 code")
+    for name in ("CFS_NO_AVX512", "CFS_NO_SHA_NI"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in BACKEND_ENV[request.param].items():
+        monkeypatch.setenv(name, value)
     yield request.param
     _native.fsverity_sha256_backend(before)
 
 
 def test_sha256_backend_switch():
     code = "from composefs import _native; print(_native.fsverity_sha256_backend())"
-    env = {k: v for k, v in os.environ.items() if k != "CFS_NO_SHA_NI"}
+    env = {k: v for k, v in os.environ.items() if k not in ("CFS_NO_SHA_NI", "CFS_NO_AVX512")}
 
-    def backend_with(value):
-        e = env if value is None else {**env, "CFS_NO_SHA_NI": value}
+    def backend_with(value, name="CFS_NO_SHA_NI"):
+        e = env if value is None else {**env, name: value}
         return subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, check=True).stdout.strip()
 
     auto = backend_with(None)
     cpu_flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
-    assert auto == ("sha-ni" if "sha_ni" in cpu_flags else "portable")
+    sha_ni = "sha-ni" if "sha_ni" in cpu_flags else "portable"
+    assert auto == ("avx512" if {"avx512f", "avx512bw"} <= set(cpu_flags) else sha_ni)
     assert [backend_with(v) for v in ["1", "yes", "0", ""]] == ["portable", "portable", auto, auto]
+    assert [backend_with(v, "CFS_NO_AVX512") for v in ["1", "0"]] == [sha_ni, auto]
     before = _native.fsverity_sha256_backend()
     try:
         assert _native.fsverity_sha256_backend("portable") == "portable"
         assert _native.fsverity_sha256_backend() == "portable"
         assert _native.fsverity_sha256_backend("sha-ni") in ("sha-ni", "portable")
+        assert _native.fsverity_sha256_backend("avx512") in ("avx512", "portable")
         with pytest.raises(ValueError, match='unknown SHA-256 backend "avx"'):
             _native.fsverity_sha256_backend("avx")
     finally:

@@ -6,7 +6,8 @@
 //!
 //! Cases: the `sha2` crate as fs-verity used it before (clone a hasher, update, finalize), the
 //! portable backend (`sha2`'s compression function), and the SHA-NI backend one message at a
-//! time and two interleaved. Output: one line per case, MB (10^6 bytes) per CPU second.
+//! time and two interleaved, and the AVX-512 backend (sixteen messages at once). Output: one
+//! line per case, MB (10^6 bytes) per CPU second.
 
 use _native::hash::sha256_x2::{Backend, Prefix};
 use sha2::{Digest as _, Sha256};
@@ -59,9 +60,14 @@ fn main() {
         ("portable backend (sha2 compress256), 1 stream", Backend::Portable, false),
         ("SHA-NI backend, 1 stream                     ", Backend::ShaNi, false),
         ("SHA-NI backend, 2 streams interleaved        ", Backend::ShaNi, true),
+        ("AVX-512 backend, 16 streams in one register  ", Backend::Avx512, true),
     ] {
         if b == Backend::ShaNi && !_native::hash::sha256_x2::sha_ni_available() {
             println!("{name} (no SHA-NI on this CPU)");
+            continue;
+        }
+        if b == Backend::Avx512 && !_native::hash::sha256_x2::avx512_available() {
+            println!("{name} (no AVX-512 on this CPU)");
             continue;
         }
         let r = rate(secs, || {

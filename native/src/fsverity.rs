@@ -583,7 +583,7 @@ mod tests {
         }
         let _lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let _reset = Reset;
-        for b in [Backend::Portable, Backend::ShaNi] {
+        for b in [Backend::Portable, Backend::ShaNi, Backend::Avx512] {
             if set_backend(Some(b)) == b {
                 f(b);
             }

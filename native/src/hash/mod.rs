@@ -2,3 +2,5 @@
 
 pub mod fx;
 pub mod sha256_x2;
+#[cfg(target_arch = "x86_64")]
+pub mod sha256_x16;

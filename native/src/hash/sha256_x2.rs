@@ -1,4 +1,5 @@
-//! SHA-256 of many equal-length messages, two at a time.
+//! SHA-256 of many equal-length messages: sixteen at a time with AVX-512 (`sha256_x16`), two
+//! at a time with the SHA extensions.
 //!
 //! fs-verity hashes long runs of independent, equal-length messages (the Merkle tree blocks, all
 //! behind the same salt). One SHA-256 computation is a chain of dependent rounds, so a single
@@ -7,6 +8,10 @@
 //! of Linux's `sha256_finup_2x`, used by fs-verity since 6.11).
 //!
 //! Backends, chosen once at run time (see [`backend`]):
+//! - [`Backend::Avx512`]: runs of sixteen messages whose length is a multiple of 64 bytes go
+//!   through `sha256_x16` (one message per 32-bit lane of AVX-512 registers); everything else as
+//!   with [`Backend::ShaNi`] (or [`Backend::Portable`] on a CPU without the SHA extensions). The
+//!   default where the CPU has AVX-512F/BW, unless `CFS_NO_AVX512` is set (non-empty, not `0`);
 //! - [`Backend::ShaNi`]: x86-64 SHA extensions (`sha256rnds2`, `sha256msg1`, `sha256msg2`), two
 //!   messages interleaved; written from FIPS 180-4 and Intel's SHA extensions documentation;
 //! - [`Backend::Portable`]: the `sha2` crate's compression function, one message at a time
@@ -33,9 +38,9 @@ pub const DIGEST: usize = 32;
 
 /// The round constants (FIPS 180-4, 4.2.2), aligned for 16-byte vector loads.
 #[repr(C, align(16))]
-struct RoundConstants([u32; 64]);
+pub(crate) struct RoundConstants(pub(crate) [u32; 64]);
 
-static K: RoundConstants = RoundConstants([
+pub(crate) static K: RoundConstants = RoundConstants([
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
     0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
     0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
@@ -49,6 +54,8 @@ static K: RoundConstants = RoundConstants([
 /// How the compression function is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
+    /// AVX-512, sixteen messages at once, for runs of equal messages; the rest as `ShaNi`.
+    Avx512,
     /// x86-64 SHA extensions, two messages interleaved.
     ShaNi,
     /// The `sha2` crate, one message at a time.
@@ -58,6 +65,7 @@ pub enum Backend {
 const UNSET: u8 = 0;
 const SHA_NI: u8 = 1;
 const PORTABLE: u8 = 2;
+const AVX512: u8 = 3;
 
 static BACKEND: AtomicU8 = AtomicU8::new(UNSET);
 
@@ -76,25 +84,55 @@ pub fn sha_ni_available() -> bool {
     }
 }
 
+/// Whether this CPU can run the sixteen-lane AVX-512 code.
+pub fn avx512_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::sha256_x16::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn env_set(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// `CFS_NO_SHA_NI` forbids every backend but the portable one.
 fn env_forbids_sha_ni() -> bool {
-    std::env::var_os("CFS_NO_SHA_NI").is_some_and(|v| !v.is_empty() && v != "0")
+    env_set("CFS_NO_SHA_NI")
+}
+
+fn env_forbids_avx512() -> bool {
+    env_set("CFS_NO_AVX512") || env_forbids_sha_ni()
 }
 
 fn encode(b: Backend) -> u8 {
     match b {
+        Backend::Avx512 => AVX512,
         Backend::ShaNi => SHA_NI,
         Backend::Portable => PORTABLE,
     }
 }
 
-/// The backend in use: SHA-NI when the CPU has it and `CFS_NO_SHA_NI` does not forbid it
-/// (decided on first use), unless [`set_backend`] chose otherwise.
+/// The backend in use: AVX-512, else SHA-NI, else portable, as far as the CPU has them and the
+/// environment (`CFS_NO_AVX512`, `CFS_NO_SHA_NI`) allows (decided on first use), unless
+/// [`set_backend`] chose otherwise.
 pub fn backend() -> Backend {
     match BACKEND.load(Ordering::Relaxed) {
+        AVX512 => Backend::Avx512,
         SHA_NI => Backend::ShaNi,
         PORTABLE => Backend::Portable,
         _ => {
-            let b = if sha_ni_available() && !env_forbids_sha_ni() { Backend::ShaNi } else { Backend::Portable };
+            let b = if avx512_available() && !env_forbids_avx512() {
+                Backend::Avx512
+            } else if sha_ni_available() && !env_forbids_sha_ni() {
+                Backend::ShaNi
+            } else {
+                Backend::Portable
+            };
             BACKEND.store(encode(b), Ordering::Relaxed);
             b
         }
@@ -102,10 +140,11 @@ pub fn backend() -> Backend {
 }
 
 /// Choose the backend for the whole process (`None`: back to the automatic choice). A request
-/// for SHA-NI on a CPU without it gives [`Backend::Portable`]. Returns the backend now in use.
+/// for a backend the CPU cannot run gives [`Backend::Portable`]. Returns the backend now in use.
 /// Meant for tests and benchmarks; every backend computes the same digests.
 pub fn set_backend(choice: Option<Backend>) -> Backend {
     let b = match choice {
+        Some(Backend::Avx512) if avx512_available() => Backend::Avx512,
         Some(Backend::ShaNi) if sha_ni_available() => Backend::ShaNi,
         Some(_) => Backend::Portable,
         None => {
@@ -149,6 +188,16 @@ impl Prefix {
     pub fn from_state(state: State, len: u64) -> Prefix {
         assert!(len.is_multiple_of(BLOCK as u64), "a prefix must be whole 64-byte blocks");
         Prefix { state, len }
+    }
+
+    /// The state after the prefix.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The prefix's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
     }
 
     /// SHA-256 of prefix + `msg`.
@@ -195,6 +244,7 @@ impl Prefix {
     /// [`Prefix::hash_many`] with an explicit backend.
     pub fn hash_many_with(&self, b: Backend, msgs: &[u8], msg_len: usize, out: &mut Vec<u8>) {
         assert!(msg_len > 0 && msgs.len().is_multiple_of(msg_len), "hash_many needs whole messages");
+        let msgs = self.hash_sixteens(b, msgs, msg_len, out);
         let mut pairs = msgs.chunks_exact(2 * msg_len);
         for pair in &mut pairs {
             let (d0, d1) = self.hash_two_with(b, &pair[..msg_len], &pair[msg_len..]);
@@ -205,6 +255,31 @@ impl Prefix {
         if !rest.is_empty() {
             out.extend_from_slice(&self.hash_one_with(b, rest));
         }
+    }
+
+    /// With [`Backend::Avx512`], hash the leading groups of sixteen messages sixteen at a time
+    /// (for messages of whole 64-byte blocks); returns the messages left.
+    fn hash_sixteens<'m>(&self, b: Backend, msgs: &'m [u8], msg_len: usize, out: &mut Vec<u8>) -> &'m [u8] {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use super::sha256_x16::{hash16, LANES};
+            if b == Backend::Avx512
+                && super::sha256_x16::available()
+                && msg_len.is_multiple_of(BLOCK)
+                && msg_len * LANES <= i32::MAX as usize
+            {
+                let mut groups = msgs.chunks_exact(LANES * msg_len);
+                let mut digests = [0u8; LANES * DIGEST];
+                for g in &mut groups {
+                    // SAFETY: the CPU has AVX-512F/BW (checked above).
+                    unsafe { hash16(&self.state, self.len, g, msg_len, &mut digests) };
+                    out.extend_from_slice(&digests);
+                }
+                return groups.remainder();
+            }
+        }
+        let _ = (b, msg_len, out);
+        msgs
     }
 
     /// Write the final block(s) of a message of `msg_len` bytes whose last partial block is
@@ -240,7 +315,7 @@ fn compress(b: Backend, st: &mut State, blocks: &[u8]) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Backend::ShaNi` is only chosen when `sha_ni_available()` (see `set_backend`
         // and `backend`), i.e. the CPU has every feature the function is compiled for.
-        Backend::ShaNi if sha_ni_available_cached() => unsafe { ni::compress1(st, blocks) },
+        Backend::ShaNi | Backend::Avx512 if sha_ni_available_cached() => unsafe { ni::compress1(st, blocks) },
         _ => portable_compress(st, blocks),
     }
 }
@@ -254,7 +329,7 @@ fn compress2(b: Backend, s0: &mut State, s1: &mut State, b0: &[u8], b1: &[u8]) {
     match b {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `compress`.
-        Backend::ShaNi if sha_ni_available_cached() => unsafe { ni::compress2(s0, s1, b0, b1) },
+        Backend::ShaNi | Backend::Avx512 if sha_ni_available_cached() => unsafe { ni::compress2(s0, s1, b0, b1) },
         _ => {
             portable_compress(s0, b0);
             portable_compress(s1, b1);
@@ -458,6 +533,9 @@ mod tests {
         if sha_ni_available() {
             v.push(Backend::ShaNi);
         }
+        if avx512_available() {
+            v.push(Backend::Avx512);
+        }
         v
     }
 
@@ -536,7 +614,10 @@ mod tests {
         let mut rng = Rng(7);
         let prefix = rng.bytes(BLOCK);
         let p = Prefix::new(&prefix);
-        for (count, msg_len) in [(0usize, 4096usize), (1, 4096), (2, 4096), (5, 1024), (8, 256), (3, 55), (7, 64), (4, 1)] {
+        // Counts of 16 and more go sixteen at a time with AVX-512 (lengths of whole blocks only).
+        let cases = [(0usize, 4096usize), (1, 4096), (2, 4096), (5, 1024), (8, 256), (3, 55), (7, 64), (4, 1)];
+        let sixteens = [(16, 4096), (17, 64), (31, 128), (33, 256), (48, 4096), (40, 55), (20, 4097)];
+        for (count, msg_len) in cases.into_iter().chain(sixteens) {
             let msgs = rng.bytes(count * msg_len);
             let want: Vec<u8> = msgs.chunks(msg_len).flat_map(|m| reference(&prefix, m)).collect();
             for b in backends() {
@@ -544,6 +625,24 @@ mod tests {
                 p.hash_many_with(b, &msgs, msg_len, &mut out);
                 assert_eq!(out[0], 0xee);
                 assert_eq!(&out[1..], &want[..], "{b:?} {count} x {msg_len}");
+            }
+        }
+    }
+
+    #[test]
+    fn sixteen_lanes_from_arbitrary_states() {
+        // Random chaining states and prefix lengths (the length goes into the padding block).
+        let mut rng = Rng(1616);
+        for _ in 0..40 {
+            let state: State = std::array::from_fn(|_| rng.next() as u32);
+            let p = Prefix::from_state(state, BLOCK as u64 * (rng.next() % (1 << 40)));
+            let msg_len = BLOCK * (1 + rng.below(80));
+            let msgs = rng.bytes(16 * msg_len);
+            let want: Vec<u8> = msgs.chunks(msg_len).flat_map(|m| p.hash_one_with(Backend::Portable, m)).collect();
+            for b in backends() {
+                let mut out = Vec::new();
+                p.hash_many_with(b, &msgs, msg_len, &mut out);
+                assert_eq!(out, want, "{b:?} 16 x {msg_len}");
             }
         }
     }

@@ -514,8 +514,8 @@ impl Dir {
         self.path.join(OsStr::from_bytes(name))
     }
 
-    /// The names in the directory (not `.` and `..`), sorted.
-    fn names(&self) -> Result<Vec<Vec<u8>>, Error> {
+    /// The entries of the directory (not `.` and `..`), sorted by name.
+    fn names(&self) -> Result<Vec<Name>, Error> {
         let err = |e| io_at(&self.path)(e);
         // SAFETY: fdopendir takes over a duplicate of our descriptor; closedir closes it.
         let dup = unsafe { libc::fcntl(self.fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
@@ -540,14 +540,22 @@ impl Dir {
             // SAFETY: d_name is NUL-terminated inside the entry readdir returned.
             let name = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) }.to_bytes();
             if name != b"." && name != b".." {
-                names.push(name.to_vec());
+                // SAFETY: as above.
+                names.push(Name { name: name.to_vec(), dtype: unsafe { (*ent).d_type } });
             }
         };
         unsafe { libc::closedir(dirp) };
         result?;
-        names.sort_unstable();
+        names.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         Ok(names)
     }
+}
+
+/// A directory entry's name and the file type `readdir` gave for it (`DT_UNKNOWN` on file
+/// systems that do not say).
+struct Name {
+    name: Vec<u8>,
+    dtype: u8,
 }
 
 /// `lstat` of `name` in `dir` (`statx` relative to the directory's descriptor).
@@ -631,12 +639,26 @@ struct Opened {
 }
 
 /// Load the entries `names` of `dir` (see [`walk_dir`]); entries options leave out are dropped.
-fn load_unit(dir: &Dir, names: &[Vec<u8>], opts: &ScanOptions, store: Option<&Store>, progress: &Progress) -> Result<Vec<Node>, Error> {
+fn load_unit(dir: &Dir, names: &[Name], opts: &ScanOptions, store: Option<&Store>, progress: &Progress) -> Result<Vec<Node>, Error> {
     let mut nodes = Vec::with_capacity(names.len());
     let mut opened: Vec<Opened> = Vec::new();
-    for name in names {
+    for Name { name, dtype } in names {
         let cname = CString::new(name.as_slice()).expect("directory entries have no NUL");
-        let st = stat_at(dir, &cname, opts.use_epoch).map_err(|e| io_at(&dir.child_path(name))(e))?;
+        // What `readdir` calls a regular file is opened right away and `fstat`ed: one name
+        // lookup instead of two (`lstat`, then `open`). Should that fail or find something
+        // else (the entry changed, or cannot be opened), the entry is `lstat`ed as any other.
+        let mut early = None;
+        if *dtype == libc::DT_REG {
+            if let Ok((file, meta)) = store::open_at(dir.fd.as_raw_fd(), &cname) {
+                if meta.is_file() {
+                    early = Some((file, Stat::from_meta(&meta, opts.use_epoch)));
+                }
+            }
+        }
+        let (st, mut early) = match early {
+            Some((file, st)) => (st, Some(file)),
+            None => (stat_at(dir, &cname, opts.use_epoch).map_err(|e| io_at(&dir.child_path(name))(e))?, None),
+        };
         if opts.skip_devices && matches!(st.file_type(), mode::S_IFCHR | mode::S_IFBLK) {
             continue;
         }
@@ -653,8 +675,10 @@ fn load_unit(dir: &Dir, names: &[Vec<u8>], opts: &ScanOptions, store: Option<&St
             mode::S_IFREG if st.size > 0 && st.nlink <= 1 => {
                 progress.files_total.fetch_add(1, Relaxed);
                 progress.bytes_total.fetch_add(st.size, Relaxed);
-                let (file, size) =
-                    store::open_regular_at(dir.fd.as_raw_fd(), &cname).map_err(|e| Error::from(e.at(dir.child_path(name))))?;
+                let (file, size) = match early.take() {
+                    Some(file) => (file, st.size),
+                    None => store::open_regular_at(dir.fd.as_raw_fd(), &cname).map_err(|e| Error::from(e.at(dir.child_path(name))))?,
+                };
                 let at = || dir.child_path(name);
                 let xattrs = xattrs_of(XattrSource::Fd(file.as_raw_fd()), opts).map_err(|e| io_at(&at())(e))?;
                 if st.size <= INLINE_MAX {
@@ -671,6 +695,12 @@ fn load_unit(dir: &Dir, names: &[Vec<u8>], opts: &ScanOptions, store: Option<&St
                 } else {
                     opened.push(Opened { node: nodes.len(), file, size });
                 }
+                (xattrs, Kind::Other)
+            }
+            // An empty file, or one with several names (read in the contents phase).
+            _ if early.is_some() => {
+                let fd = early.as_ref().map_or(-1, |f| f.as_raw_fd());
+                let xattrs = xattrs_of(XattrSource::Fd(fd), opts).map_err(|e| io_at(&dir.child_path(name))(e))?;
                 (xattrs, Kind::Other)
             }
             _ => {

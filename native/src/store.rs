@@ -435,20 +435,27 @@ impl OpenError {
 /// [`open_regular`] of `name` relative to the directory descriptor `dirfd` (or `AT_FDCWD`), also
 /// giving the file's size from `fstat`.
 pub fn open_regular_at(dirfd: RawFd, name: &std::ffi::CStr) -> Result<(File, u64), OpenError> {
+    let (file, meta) = open_at(dirfd, name).map_err(OpenError::Io)?;
+    if !meta.file_type().is_file() {
+        return Err(OpenError::Changed);
+    }
+    Ok((file, meta.len()))
+}
+
+/// Open `name` relative to `dirfd` for reading without following a symlink, blocking on a FIFO
+/// or taking a terminal, and `fstat` what was opened (which may be any type of file).
+pub fn open_at(dirfd: RawFd, name: &std::ffi::CStr) -> io::Result<(File, std::fs::Metadata)> {
     // SAFETY: plain openat with a NUL-terminated name.
     let fd = unsafe {
         libc::openat(dirfd, name.as_ptr(), libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
     };
     if fd < 0 {
-        return Err(OpenError::Io(last_err()));
+        return Err(last_err());
     }
     // SAFETY: a descriptor we just opened and own.
     let file = unsafe { File::from_raw_fd(fd) };
-    let meta = file.metadata().map_err(OpenError::Io)?;
-    if !meta.file_type().is_file() {
-        return Err(OpenError::Changed);
-    }
-    Ok((file, meta.len()))
+    let meta = file.metadata()?;
+    Ok((file, meta))
 }
 
 /// Reads a file from a position with `pread`, ignoring (and not moving) the descriptor offset.

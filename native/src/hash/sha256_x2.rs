@@ -262,7 +262,7 @@ impl Prefix {
     fn hash_sixteens<'m>(&self, b: Backend, msgs: &'m [u8], msg_len: usize, out: &mut Vec<u8>) -> &'m [u8] {
         #[cfg(target_arch = "x86_64")]
         {
-            use super::sha256_x16::{hash16, LANES};
+            use super::sha256_x16::{hash16, LANES, MIN_LANES};
             if b == Backend::Avx512
                 && super::sha256_x16::available()
                 && msg_len.is_multiple_of(BLOCK)
@@ -272,10 +272,20 @@ impl Prefix {
                 let mut digests = [0u8; LANES * DIGEST];
                 for g in &mut groups {
                     // SAFETY: the CPU has AVX-512F/BW (checked above).
-                    unsafe { hash16(&self.state, self.len, g, msg_len, &mut digests) };
+                    unsafe { hash16(&self.state, self.len, g, msg_len, LANES, &mut digests) };
                     out.extend_from_slice(&digests);
                 }
-                return groups.remainder();
+                // A rest of at least MIN_LANES messages is still done sooner sixteen-wide, idle
+                // lanes and all, than two at a time.
+                let rest = groups.remainder();
+                let lanes = rest.len() / msg_len;
+                if lanes >= MIN_LANES {
+                    // SAFETY: as above.
+                    unsafe { hash16(&self.state, self.len, rest, msg_len, lanes, &mut digests) };
+                    out.extend_from_slice(&digests[..lanes * DIGEST]);
+                    return &[];
+                }
+                return rest;
             }
         }
         let _ = (b, msg_len, out);
@@ -614,10 +624,12 @@ mod tests {
         let mut rng = Rng(7);
         let prefix = rng.bytes(BLOCK);
         let p = Prefix::new(&prefix);
-        // Counts of 16 and more go sixteen at a time with AVX-512 (lengths of whole blocks only).
+        // Sixteen at a time with AVX-512 (lengths of whole blocks only), and a rest of at least
+        // sha256_x16::MIN_LANES in part of the lanes.
         let cases = [(0usize, 4096usize), (1, 4096), (2, 4096), (5, 1024), (8, 256), (3, 55), (7, 64), (4, 1)];
         let sixteens = [(16, 4096), (17, 64), (31, 128), (33, 256), (48, 4096), (40, 55), (20, 4097)];
-        for (count, msg_len) in cases.into_iter().chain(sixteens) {
+        let partial = [(10, 1024), (11, 64), (15, 4096), (27, 128), (42, 256)];
+        for (count, msg_len) in cases.into_iter().chain(sixteens).chain(partial) {
             let msgs = rng.bytes(count * msg_len);
             let want: Vec<u8> = msgs.chunks(msg_len).flat_map(|m| reference(&prefix, m)).collect();
             for b in backends() {

@@ -168,7 +168,7 @@ pub fn build(tree: &Tree, opts: &Options, path: Option<&Path>, keep_bytes: bool)
         let plan = writer::Plan::new(tree, opts)?;
         let mut kept = keep_bytes.then(|| Vec::with_capacity(plan.stats.image_size as usize));
         let digest = match path {
-            Some(p) => write_atomic_with(p, |f| Ok(emit(&plan, Some(f), kept.as_mut())?))?,
+            Some(p) => write_atomic_with(p, |f| emit(&plan, Some(f), kept.as_mut()))?,
             None => emit(&plan, None, kept.as_mut()).map_err(|source| BuildError::Io { path: PathBuf::from("<memory>"), source })?,
         };
         Ok(Built { digest: to_digest(digest), version: plan.version, stats: plan.stats.clone(), bytes: kept })

@@ -1,12 +1,13 @@
 //! Building a [`Tree`] from a real directory, the way `mkcomposefs SOURCE IMAGE` does
 //! (composefs 1.0.8 `lcfs_build` / `lcfs_load_node_from_file`), in two parallel phases:
 //!
-//! 1. **walk**: every directory is opened and read, every entry `statx`ed relative to the open
-//!    directory (no whole-path lookups), its xattrs listed (`flistxattr` on the entry's open
-//!    descriptor for directories and files read now, `llistxattr` on the path otherwise) and
-//!    symlink targets read (`readlinkat`). A directory's entries are cut into units of
-//!    [`ENTRIES_PER_UNIT`] handled in parallel (rayon); each unit's regular files with a single
-//!    name are read and hashed right away, together, so that SHA-256 blocks pair across files
+//! 1. **walk**: every directory is opened and read; an entry `readdir` calls a regular file is
+//!    opened and `fstat`ed, every other one `statx`ed, relative to the open directory (no
+//!    whole-path lookups); its xattrs listed (`flistxattr` on the entry's open descriptor for
+//!    directories and regular files, `llistxattr` on the path otherwise) and symlink targets read
+//!    (`readlinkat`). A directory's entries are cut into units of [`ENTRIES_PER_UNIT`] handled in
+//!    parallel (rayon); each unit's regular files with a single name are read and hashed right
+//!    away, together, so that SHA-256 blocks are hashed many at a time across files
 //!    ([`crate::fsverity::digest_open_files`]) and hashing overlaps the walk;
 //! 2. **contents**: every other regular file (several names, by `(st_dev, st_ino)`) is opened
 //!    once, in parallel on all cores.

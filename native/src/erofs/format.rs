@@ -342,7 +342,7 @@ impl XattrEntry {
         for v in value {
             out.extend_from_slice(v);
         }
-        while (out.len() - start) % 4 != 0 {
+        while !(out.len() - start).is_multiple_of(4) {
             out.push(0);
         }
     }

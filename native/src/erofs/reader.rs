@@ -147,7 +147,7 @@ fn dir_block(nid: u64, blk: &[u8]) -> Result<Vec<(&[u8], u64)>, ReadError> {
     }
     let first = Dirent::decode(blk);
     let n = first.nameoff as usize / DIRENT_SIZE;
-    if first.nameoff as usize % DIRENT_SIZE != 0 || n == 0 || first.nameoff as usize > blk.len() {
+    if !(first.nameoff as usize).is_multiple_of(DIRENT_SIZE) || n == 0 || first.nameoff as usize > blk.len() {
         return Err(corrupt(nid, "bad directory entry table"));
     }
     let ents: Vec<Dirent> = (0..n).map(|i| Dirent::decode(&blk[i * DIRENT_SIZE..])).collect();

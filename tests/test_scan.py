@@ -288,6 +288,36 @@ def test_unreadable_entry_error_names_path(what):
         subprocess.run(["rm", "-rf", tmp], check=True)
 
 
+UNPRIVILEGED_LIST = """
+import os, sys
+from composefs import _native
+os.setgid(65534); os.setuid(65534)
+res = _native.scan_directory(sys.argv[1], entries=True)
+for e in res["entries"]:
+    print(os.fsdecode(e["path"]), e["size"])
+"""
+
+
+def test_unreadable_empty_file_needs_no_read():
+    """An empty file the scanning user may not open is still scanned (like mkcomposefs, nothing
+    of it is read): the walk, which opens what readdir calls a regular file, falls back to lstat."""
+    require_root()
+    tmp = tempfile.mkdtemp(prefix="cfs-unreadable-")
+    try:
+        os.chmod(tmp, 0o755)
+        root = os.path.join(tmp, "src")
+        os.mkdir(root)
+        materialize(os.fsencode(root), [Spec(b"ok", "file", size=1000, seed=1), Spec(b"empty", "file", size=0)])
+        os.chmod(os.path.join(root, "empty"), 0)
+        r = subprocess.run([sys.executable, "-c", UNPRIVILEGED_LIST, root], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        listed = dict(line.rsplit(" ", 1) for line in r.stdout.splitlines())
+        assert listed.get("/empty") == "0", r.stdout
+        assert listed.get("/ok") == "1000", r.stdout
+    finally:
+        subprocess.run(["rm", "-rf", tmp], check=True)
+
+
 def test_deep_tree(tmp_path):
     """2000 nested directories (paths near PATH_MAX) are walked without overflowing a stack."""
     root = os.fsencode(tmp_path / "src")

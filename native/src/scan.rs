@@ -334,7 +334,6 @@ fn scan_in_pool(root: &Path, opts: &ScanOptions, store: Option<&Store>, progress
     Ok((tree, stats))
 }
 
-
 struct Flattener<'a> {
     tree: &'a mut Tree,
     opts: &'a ScanOptions,

@@ -212,6 +212,13 @@ pub(crate) fn descriptor_digest(params: &Params, root_hash: &[u8], data_size: u6
     out
 }
 
+/// The digest of `size` bytes whose level-0 hashes are `level0`: empty data has an all-zero
+/// root hash, otherwise the tree is built up from `level0`.
+fn digest_from_level0(params: &Params, level0: Vec<u8>, size: u64) -> Vec<u8> {
+    let root = if size == 0 { vec![0u8; params.alg.digest_size()] } else { root_from_level0(params, level0) };
+    descriptor_digest(params, &root, size)
+}
+
 /// The fs-verity digest of data that arrives in pieces of any length (an image being generated):
 /// whole blocks are hashed as they come, a partial one is kept until it fills or the data ends.
 pub struct StreamDigest {
@@ -248,15 +255,8 @@ impl StreamDigest {
 
     /// The digest of everything given to [`StreamDigest::update`].
     pub fn finish(mut self) -> Vec<u8> {
-        if self.total == 0 {
-            return descriptor_digest(&self.params, &vec![0u8; self.params.alg.digest_size()], 0);
-        }
-        if !self.partial.is_empty() {
-            self.partial.resize(self.params.block_size as usize, 0);
-            self.hasher.hash_whole_blocks(&self.partial, self.params.block_size as usize, &mut self.level0);
-        }
-        let root = root_from_level0(&self.params, self.level0);
-        descriptor_digest(&self.params, &root, self.total)
+        hash_blocks(&self.hasher, &self.partial, self.params.block_size as usize, &mut self.level0);
+        digest_from_level0(&self.params, self.level0, self.total)
     }
 }
 
@@ -367,17 +367,15 @@ pub fn digest_bytes(data: &[u8], params: &Params) -> Vec<u8> {
 /// [`digest_bytes`] with explicit chunking.
 pub fn digest_bytes_with(data: &[u8], params: &Params, chunking: &Chunking) -> Vec<u8> {
     let bs = params.block_size as usize;
-    let root = if data.is_empty() {
-        vec![0u8; params.alg.digest_size()]
-    } else if chunking.is_parallel(data.len() as u64) {
-        root_from_level0(params, level0_parallel_bytes(params, data, chunking))
+    let level0 = if chunking.is_parallel(data.len() as u64) {
+        level0_parallel_bytes(params, data, chunking)
     } else {
         let hasher = BlockHasher::new(params);
         let mut level0 = Vec::with_capacity(data.len().div_ceil(bs) * params.alg.digest_size());
         hash_blocks(&hasher, data, bs, &mut level0);
-        root_from_level0(params, level0)
+        level0
     };
-    descriptor_digest(params, &root, data.len() as u64)
+    digest_from_level0(params, level0, data.len() as u64)
 }
 
 /// Digest of everything `reader` yields (sequential, read to end of file).
@@ -385,12 +383,7 @@ pub fn digest_reader<R: Read>(reader: R, params: &Params) -> io::Result<Vec<u8>>
     let hasher = BlockHasher::new(params);
     let mut level0 = Vec::new();
     let total = level0_from_reader(reader, &hasher, params.block_size as usize, &mut level0)?;
-    let root = if total == 0 {
-        vec![0u8; params.alg.digest_size()]
-    } else {
-        root_from_level0(params, level0)
-    };
-    Ok(descriptor_digest(params, &root, total))
+    Ok(digest_from_level0(params, level0, total))
 }
 
 /// Append the level-0 hashes of everything `reader` yields to `level0`; return the byte count.
@@ -471,8 +464,7 @@ fn digest_file_parallel(file: &File, size: u64, params: &Params, chunking: &Chun
             Ok(out)
         })
         .collect::<io::Result<_>>()?;
-    let root = root_from_level0(params, parts.concat());
-    Ok(descriptor_digest(params, &root, size))
+    Ok(digest_from_level0(params, parts.concat(), size))
 }
 
 /// Open `path` for reading without blocking on FIFOs or taking a controlling terminal, and make

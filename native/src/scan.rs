@@ -647,16 +647,12 @@ fn load_unit(dir: &Dir, names: &[Name], opts: &ScanOptions, store: Option<&Store
         // What `readdir` calls a regular file is opened right away and `fstat`ed: one name
         // lookup instead of two (`lstat`, then `open`). Should that fail or find something
         // else (the entry changed, or cannot be opened), the entry is `lstat`ed as any other.
-        let mut early = None;
-        if *dtype == libc::DT_REG {
-            if let Ok((file, meta)) = store::open_at(dir.fd.as_raw_fd(), &cname) {
-                if meta.is_file() {
-                    early = Some((file, Stat::from_meta(&meta, opts.use_epoch)));
-                }
-            }
-        }
-        let (st, mut early) = match early {
-            Some((file, st)) => (st, Some(file)),
+        let opened_now = (*dtype == libc::DT_REG)
+            .then(|| store::open_at(dir.fd.as_raw_fd(), &cname).ok())
+            .flatten()
+            .filter(|(_, meta)| meta.is_file());
+        let (st, mut early) = match opened_now {
+            Some((file, meta)) => (Stat::from_meta(&meta, opts.use_epoch), Some(file)),
             None => (stat_at(dir, &cname, opts.use_epoch).map_err(|e| io_at(&dir.child_path(name))(e))?, None),
         };
         if opts.skip_devices && matches!(st.file_type(), mode::S_IFCHR | mode::S_IFBLK) {
@@ -697,15 +693,16 @@ fn load_unit(dir: &Dir, names: &[Name], opts: &ScanOptions, store: Option<&Store
                 }
                 (xattrs, Kind::Other)
             }
-            // An empty file, or one with several names (read in the contents phase).
-            _ if early.is_some() => {
-                let fd = early.as_ref().map_or(-1, |f| f.as_raw_fd());
-                let xattrs = xattrs_of(XattrSource::Fd(fd), opts).map_err(|e| io_at(&dir.child_path(name))(e))?;
-                (xattrs, Kind::Other)
-            }
+            // Anything else; a regular file here (empty, or with several names: read in the
+            // contents phase) is open already.
             _ => {
-                let path = dir.child_path(name);
-                let xattrs = xattrs_of(XattrSource::Path(&cpath(&path)?), opts).map_err(io_at(&path))?;
+                let xattrs = match &early {
+                    Some(file) => xattrs_of(XattrSource::Fd(file.as_raw_fd()), opts).map_err(|e| io_at(&dir.child_path(name))(e))?,
+                    None => {
+                        let path = dir.child_path(name);
+                        xattrs_of(XattrSource::Path(&cpath(&path)?), opts).map_err(io_at(&path))?
+                    }
+                };
                 (xattrs, Kind::Other)
             }
         };
@@ -766,7 +763,6 @@ fn read_link_at(dir: &Dir, name: &CStr) -> io::Result<Vec<u8>> {
         buf.resize(buf.len() * 2, 0);
     }
 }
-
 
 fn cpath(path: &Path) -> Result<CString, Error> {
     CString::new(path.as_os_str().as_bytes())

@@ -27,7 +27,6 @@ pub fn available() -> bool {
     is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")
 }
 
-
 #[inline(always)]
 unsafe fn add(x: __m512i, y: __m512i) -> __m512i {
     _mm512_add_epi32(x, y)

@@ -3,10 +3,12 @@ them back with os.lstat/os.listxattr, and compute reference digests with `fsveri
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import stat
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 
 import pytest
@@ -182,3 +184,18 @@ def check_scan(root: bytes, result: dict, *, no_hardlinks=False, skip_devices=Fa
 def require_root():
     if os.geteuid() != 0:
         pytest.skip("needs root (mknod, trusted.* xattrs, chown)")
+
+
+@contextlib.contextmanager
+def tree_for_nobody(prefix: str):
+    """Yield the path of an empty directory `src` that user nobody can reach (pytest's tmp_path
+    is not), for tests that scan as nobody what root made unreadable; removed afterwards."""
+    require_root()
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    try:
+        os.chmod(tmp, 0o755)
+        root = os.path.join(tmp, "src")
+        os.mkdir(root)
+        yield root
+    finally:
+        subprocess.run(["rm", "-rf", tmp], check=True)

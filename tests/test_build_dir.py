@@ -8,12 +8,11 @@ import os
 import stat
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
 from cfsdump import canonical
-from scan_helpers import Spec, fsverity_digests, materialize, require_root, source_paths, src
+from scan_helpers import Spec, fsverity_digests, materialize, require_root, source_paths, src, tree_for_nobody
 from test_scan import every_kind
 
 CFSCTL = [sys.executable, "-m", "composefs.cli"]
@@ -122,12 +121,7 @@ def test_help_documents_hardlinks():
 
 
 def test_unreadable_file_cli_error_names_path():
-    require_root()
-    tmp = tempfile.mkdtemp(prefix="cfs-cli-unreadable-")
-    try:
-        os.chmod(tmp, 0o755)
-        root = os.path.join(tmp, "src")
-        os.mkdir(root)
+    with tree_for_nobody("cfs-cli-unreadable-") as root:
         secret = os.path.join(root, "secret")
         with open(secret, "wb") as f:
             f.write(b"s" * 1000)
@@ -140,5 +134,3 @@ def test_unreadable_file_cli_error_names_path():
         r = subprocess.run([sys.executable, "-c", code, root], capture_output=True, text=True, cwd="/")
         assert r.returncode != 0
         assert r.stderr.strip() == f"cfsctl: error: {secret}: Permission denied", r.stderr
-    finally:
-        subprocess.run(["rm", "-rf", tmp], check=True)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from composefs import _native
 from composefs.build import ScanOptions, scan_directory
 from composefs.errors import CfsError
-from scan_helpers import Spec, check_scan, materialize, require_root
+from scan_helpers import Spec, check_scan, materialize, require_root, tree_for_nobody
 
 pytestmark = pytest.mark.root
 
@@ -251,15 +251,19 @@ def test_conflicting_options(tmp_path):
         _native.scan_directory(str(tmp_path), skip_xattrs=True, user_xattrs=True)
 
 
+# Scan argv[1] as user nobody: print every entry's path and size, or the error's errno and
+# file name (exit status 3).
 UNPRIVILEGED_SCAN = """
 import os, sys
 from composefs import _native
 os.setgid(65534); os.setuid(65534)
 try:
-    _native.scan_directory(sys.argv[1])
+    res = _native.scan_directory(sys.argv[1], entries=True)
 except OSError as e:
     print(e.errno, e.filename, sep="\\n")
     sys.exit(3)
+for e in res["entries"]:
+    print(os.fsdecode(e["path"]), e["size"])
 """
 
 
@@ -267,15 +271,10 @@ except OSError as e:
 def test_unreadable_entry_error_names_path(what):
     """A file (or directory) the scanning user may not read fails the scan with EACCES and its
     path; run as nobody in a child process, since root may read anything."""
-    require_root()
-    tmp = tempfile.mkdtemp(prefix="cfs-unreadable-")
-    try:
-        os.chmod(tmp, 0o755)
-        root = os.path.join(tmp, "src")
+    with tree_for_nobody("cfs-unreadable-") as root:
         specs = [Spec(b"ok", "file", size=1000, seed=1), Spec(b"d", "dir"),
                  Spec(b"d/secret", "file", size=500 if what == "file" else 0, seed=2),
                  Spec(b"d/locked", "dir")]
-        os.mkdir(root)
         materialize(os.fsencode(root), specs)
         bad = os.path.join(root, "d", "secret" if what == "file" else "locked")
         os.chmod(bad, 0)
@@ -284,38 +283,19 @@ def test_unreadable_entry_error_names_path(what):
         errno_, filename = r.stdout.split("\n")[:2]
         assert int(errno_) == 13
         assert filename == bad
-    finally:
-        subprocess.run(["rm", "-rf", tmp], check=True)
-
-
-UNPRIVILEGED_LIST = """
-import os, sys
-from composefs import _native
-os.setgid(65534); os.setuid(65534)
-res = _native.scan_directory(sys.argv[1], entries=True)
-for e in res["entries"]:
-    print(os.fsdecode(e["path"]), e["size"])
-"""
 
 
 def test_unreadable_empty_file_needs_no_read():
     """An empty file the scanning user may not open is still scanned (like mkcomposefs, nothing
     of it is read): the walk, which opens what readdir calls a regular file, falls back to lstat."""
-    require_root()
-    tmp = tempfile.mkdtemp(prefix="cfs-unreadable-")
-    try:
-        os.chmod(tmp, 0o755)
-        root = os.path.join(tmp, "src")
-        os.mkdir(root)
+    with tree_for_nobody("cfs-unreadable-") as root:
         materialize(os.fsencode(root), [Spec(b"ok", "file", size=1000, seed=1), Spec(b"empty", "file", size=0)])
         os.chmod(os.path.join(root, "empty"), 0)
-        r = subprocess.run([sys.executable, "-c", UNPRIVILEGED_LIST, root], capture_output=True, text=True)
+        r = subprocess.run([sys.executable, "-c", UNPRIVILEGED_SCAN, root], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         listed = dict(line.rsplit(" ", 1) for line in r.stdout.splitlines())
         assert listed.get("/empty") == "0", r.stdout
         assert listed.get("/ok") == "1000", r.stdout
-    finally:
-        subprocess.run(["rm", "-rf", tmp], check=True)
 
 
 def test_deep_tree(tmp_path):

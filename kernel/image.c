@@ -551,6 +551,13 @@ int cfs_dir_read_block(struct cfs_buf *buf, const struct cfs_inode_info *ci,
 	return 0;
 }
 
+static void cfs_dirent_nid(const struct cfs_dirblock *db, unsigned int i,
+			   u64 *nid, u8 *ftype)
+{
+	*nid = le64_to_cpu(cfs_de(db)[i].nid);
+	*ftype = cfs_de(db)[i].file_type;
+}
+
 /* only after cfs_dir_read_block() validated the block */
 void cfs_dirent_get(const struct cfs_dirblock *db, unsigned int i,
 		    u64 *nid, u8 *ftype, const char **name,
@@ -559,8 +566,7 @@ void cfs_dirent_get(const struct cfs_dirblock *db, unsigned int i,
 	const struct cfs_dirent *de = cfs_de(db);
 	unsigned int off = le16_to_cpu(de[i].nameoff);
 
-	*nid = le64_to_cpu(de[i].nid);
-	*ftype = de[i].file_type;
+	cfs_dirent_nid(db, i, nid, ftype);
 	*name = db->data + off;
 	if (i + 1 < db->ndirents)
 		*namelen = le16_to_cpu(de[i + 1].nameoff) - off;
@@ -587,13 +593,6 @@ static int cfs_dirent_cmp(const struct cfs_dirblock *db, unsigned int i,
 	if (!*r)
 		*r = len < dlen ? -1 : len > dlen;
 	return 0;
-}
-
-static void cfs_dirent_nid(const struct cfs_dirblock *db, unsigned int i,
-			   u64 *nid, u8 *ftype)
-{
-	*nid = le64_to_cpu(cfs_de(db)[i].nid);
-	*ftype = cfs_de(db)[i].file_type;
 }
 
 /*

@@ -119,10 +119,9 @@ pub struct ScanStats {
     pub hardlinks: u64,
     pub inline_files: u64,
     pub empty_files: u64,
-    /// Regular inodes backed by an object.
+    /// Regular inodes backed by an object (`erofs::build::object_stats` counts the distinct
+    /// objects among them).
     pub object_files: u64,
-    /// Distinct digests among them.
-    pub distinct_objects: u64,
     /// Bytes of file contents read (each distinct source inode once).
     pub bytes_read: u64,
     /// Contents bytes of object-backed inodes in the tree.
@@ -289,7 +288,6 @@ fn scan_in_pool(root: &Path, opts: &ScanOptions, store: Option<&Store>, progress
         also: Vec::new(),
         work_of: HashMap::new(),
         dir_paths: vec![root_path.clone()],
-        digests: Vec::new(),
         stats: &mut stats,
     };
     if let Kind::Dir(children) = kind {
@@ -299,7 +297,6 @@ fn scan_in_pool(root: &Path, opts: &ScanOptions, store: Option<&Store>, progress
     let mut also = std::mem::take(&mut flat.also);
     also.sort_by_key(|&(w, _)| w);
     let dir_paths = std::mem::take(&mut flat.dir_paths);
-    let mut digests = std::mem::take(&mut flat.digests);
     drop(flat);
 
     // Contents of the files not read during the walk (several names), in parallel.
@@ -326,9 +323,8 @@ fn scan_in_pool(root: &Path, opts: &ScanOptions, store: Option<&Store>, progress
             ids.push(id as InodeId);
             also.next();
         }
-        apply_content(&mut tree, &mut stats, &mut digests, &ids, c);
+        apply_content(&mut tree, &mut stats, &ids, c);
     }
-    stats.distinct_objects = count_distinct(digests);
     tree.compute_nlink();
     progress.phase.store(PHASE_DONE, Relaxed);
     Ok((tree, stats))
@@ -345,8 +341,6 @@ struct Flattener<'a> {
     also: Vec<(u32, u32)>,
     /// Paths of the directories holding work items.
     dir_paths: Vec<PathBuf>,
-    /// Digests of the objects found so far (repeats included).
-    digests: Vec<Digest>,
     /// (dev, ino) -> index in `work`, so a file is read once even with `no_hardlinks`.
     work_of: HashMap<(u64, u64), usize>,
     stats: &'a mut ScanStats,
@@ -392,7 +386,7 @@ impl Flattener<'_> {
                 _ if st.file_type() == mode::S_IFREG && st.size == 0 => self.stats.empty_files += 1,
                 _ if content.is_some() => {
                     let c = content.expect("checked");
-                    apply_content(self.tree, self.stats, &mut self.digests, &[id], c);
+                    apply_content(self.tree, self.stats, &[id], c);
                 }
                 _ if st.file_type() == mode::S_IFREG => {
                     if let Some(&w) = self.work_of.get(&key).filter(|_| st.nlink > 1) {
@@ -423,13 +417,10 @@ impl Flattener<'_> {
 }
 
 /// Record a file's contents in its inodes `ids` (several when the source file has several names)
-/// and in the totals; `digests` collects object digests (repeats included).
-fn apply_content(tree: &mut Tree, stats: &mut ScanStats, digests: &mut Vec<Digest>, ids: &[InodeId], c: Content) {
+/// and in the totals.
+fn apply_content(tree: &mut Tree, stats: &mut ScanStats, ids: &[InodeId], c: Content) {
     match &c {
-        Content::Object { size, digest, .. } => {
-            stats.bytes_read += size;
-            digests.push(*digest);
-        }
+        Content::Object { size, .. } => stats.bytes_read += size,
         Content::Inline(b) => stats.bytes_read += b.len() as u64,
         Content::Empty => {}
     }
@@ -458,12 +449,6 @@ fn apply_content(tree: &mut Tree, stats: &mut ScanStats, digests: &mut Vec<Diges
         record(id, c.clone());
     }
     record(last, c);
-}
-
-/// The number of distinct digests in `digests` (sorted on all cores, then counted).
-fn count_distinct(mut digests: Vec<Digest>) -> u64 {
-    digests.par_sort_unstable();
-    digests.windows(2).filter(|w| w[0] != w[1]).count() as u64 + u64::from(!digests.is_empty())
 }
 
 fn make_inode(st: &Stat, xattrs: Vec<Xattr>, kind: &Kind) -> Inode {

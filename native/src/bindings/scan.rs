@@ -74,7 +74,7 @@ impl ScanProgress {
     }
 }
 
-fn stats_dict<'py>(py: Python<'py>, s: &ScanStats) -> PyResult<Bound<'py, PyDict>> {
+fn stats_dict<'py>(py: Python<'py>, s: &ScanStats, distinct_objects: u64) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("entries", s.entries)?;
     d.set_item("inodes", s.inodes)?;
@@ -86,7 +86,7 @@ fn stats_dict<'py>(py: Python<'py>, s: &ScanStats) -> PyResult<Bound<'py, PyDict
     d.set_item("inline_files", s.inline_files)?;
     d.set_item("empty_files", s.empty_files)?;
     d.set_item("object_files", s.object_files)?;
-    d.set_item("distinct_objects", s.distinct_objects)?;
+    d.set_item("distinct_objects", distinct_objects)?;
     d.set_item("bytes_read", s.bytes_read)?;
     d.set_item("object_bytes", s.object_bytes)?;
     Ok(d)
@@ -190,8 +190,14 @@ fn scan_into_store<T>(
 }
 
 /// The `stats` and `store` (None without a store) items of a scanning binding's result.
-fn set_scan_items(py: Python<'_>, d: &Bound<'_, PyDict>, stats: &ScanStats, store: Option<&StoreStats>) -> PyResult<()> {
-    d.set_item("stats", stats_dict(py, stats)?)?;
+fn set_scan_items(
+    py: Python<'_>,
+    d: &Bound<'_, PyDict>,
+    stats: &ScanStats,
+    distinct_objects: u64,
+    store: Option<&StoreStats>,
+) -> PyResult<()> {
+    d.set_item("stats", stats_dict(py, stats, distinct_objects)?)?;
     d.set_item("store", store.map(|s| store_dict(py, s)).transpose()?)
 }
 
@@ -221,11 +227,14 @@ fn scan_directory<'py>(
     let progress = progress.map(|p| p.inner.clone());
     let source = to_path(source)?;
     let store = store.map(to_path).transpose()?;
-    let (tree, stats, store_stats) = py.allow_threads(|| {
-        scan_into_store(&source, &opts, store.as_deref(), progress.as_deref(), sync, Ok)
+    let ((tree, objects), stats, store_stats) = py.allow_threads(|| {
+        scan_into_store(&source, &opts, store.as_deref(), progress.as_deref(), sync, |tree| {
+            let objects = crate::erofs::build::object_stats(&tree);
+            Ok((tree, objects))
+        })
     })?;
     let d = PyDict::new(py);
-    set_scan_items(py, &d, &stats, store_stats.as_ref())?;
+    set_scan_items(py, &d, &stats, objects.0, store_stats.as_ref())?;
     if entries {
         d.set_item("entries", entries_list(py, &tree)?)?;
     } else {
@@ -279,7 +288,7 @@ fn build_from_directory<'py>(
         })
     })?;
     let d = super::image::built_dict(py, &built, objects)?;
-    set_scan_items(py, &d, &stats, store_stats.as_ref())?;
+    set_scan_items(py, &d, &stats, objects.0, store_stats.as_ref())?;
     if let Some(bytes) = &built.bytes {
         d.set_item("image", PyBytes::new(py, bytes))?;
     }

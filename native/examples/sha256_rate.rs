@@ -57,7 +57,11 @@ fn main() {
 
     let p = Prefix::EMPTY;
     for (name, b, two) in [
-        ("portable backend (sha2 compress256), 1 stream", Backend::Portable, false),
+        (
+            "portable backend (sha2 compress256), 1 stream",
+            Backend::Portable,
+            false,
+        ),
         ("SHA-NI backend, 1 stream                     ", Backend::ShaNi, false),
         ("SHA-NI backend, 2 streams interleaved        ", Backend::ShaNi, true),
         ("AVX-512 backend, 16 streams in one register  ", Backend::Avx512, true),

@@ -55,7 +55,10 @@ pub enum Error {
     #[error("salt is {0} bytes; at most 32 are allowed")]
     SaltTooLong(usize),
     #[error("{path}: {source}")]
-    Io { path: std::path::PathBuf, source: io::Error },
+    Io {
+        path: std::path::PathBuf,
+        source: io::Error,
+    },
     #[error("{path}: not a regular file")]
     NotRegular { path: std::path::PathBuf },
 }
@@ -70,7 +73,11 @@ pub struct Params {
 
 impl Default for Params {
     fn default() -> Self {
-        Params { alg: HashAlg::Sha256, block_size: 4096, salt: Vec::new() }
+        Params {
+            alg: HashAlg::Sha256,
+            block_size: 4096,
+            salt: Vec::new(),
+        }
     }
 }
 
@@ -215,7 +222,11 @@ pub(crate) fn descriptor_digest(params: &Params, root_hash: &[u8], data_size: u6
 /// The digest of `size` bytes whose level-0 hashes are `level0`: empty data has an all-zero
 /// root hash, otherwise the tree is built up from `level0`.
 fn digest_from_level0(params: &Params, level0: Vec<u8>, size: u64) -> Vec<u8> {
-    let root = if size == 0 { vec![0u8; params.alg.digest_size()] } else { root_from_level0(params, level0) };
+    let root = if size == 0 {
+        vec![0u8; params.alg.digest_size()]
+    } else {
+        root_from_level0(params, level0)
+    };
     descriptor_digest(params, &root, size)
 }
 
@@ -232,7 +243,13 @@ pub struct StreamDigest {
 impl StreamDigest {
     pub fn new(params: &Params) -> StreamDigest {
         let bs = params.block_size as usize;
-        StreamDigest { params: params.clone(), hasher: BlockHasher::new(params), partial: Vec::with_capacity(bs), level0: Vec::new(), total: 0 }
+        StreamDigest {
+            params: params.clone(),
+            hasher: BlockHasher::new(params),
+            partial: Vec::with_capacity(bs),
+            level0: Vec::new(),
+            total: 0,
+        }
     }
 
     pub fn update(&mut self, mut data: &[u8]) {
@@ -255,7 +272,12 @@ impl StreamDigest {
 
     /// The digest of everything given to [`StreamDigest::update`].
     pub fn finish(mut self) -> Vec<u8> {
-        hash_blocks(&self.hasher, &self.partial, self.params.block_size as usize, &mut self.level0);
+        hash_blocks(
+            &self.hasher,
+            &self.partial,
+            self.params.block_size as usize,
+            &mut self.level0,
+        );
         digest_from_level0(&self.params, self.level0, self.total)
     }
 }
@@ -279,14 +301,20 @@ pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
 
 impl Default for Chunking {
     fn default() -> Self {
-        Chunking { parallel_threshold: DEFAULT_PARALLEL_THRESHOLD, chunk_size: DEFAULT_CHUNK_SIZE }
+        Chunking {
+            parallel_threshold: DEFAULT_PARALLEL_THRESHOLD,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+        }
     }
 }
 
 impl Chunking {
     /// Never split: everything on the calling thread.
     pub fn sequential() -> Self {
-        Chunking { parallel_threshold: u64::MAX, ..Chunking::default() }
+        Chunking {
+            parallel_threshold: u64::MAX,
+            ..Chunking::default()
+        }
     }
 
     fn is_parallel(&self, size: u64) -> bool {
@@ -387,7 +415,12 @@ pub fn digest_reader<R: Read>(reader: R, params: &Params) -> io::Result<Vec<u8>>
 }
 
 /// Append the level-0 hashes of everything `reader` yields to `level0`; return the byte count.
-fn level0_from_reader<R: Read>(mut reader: R, hasher: &BlockHasher, bs: usize, level0: &mut Vec<u8>) -> io::Result<u64> {
+fn level0_from_reader<R: Read>(
+    mut reader: R,
+    hasher: &BlockHasher,
+    bs: usize,
+    level0: &mut Vec<u8>,
+) -> io::Result<u64> {
     with_read_buf(|buf| -> io::Result<u64> {
         let mut total: u64 = 0;
         loop {
@@ -471,7 +504,10 @@ fn digest_file_parallel(file: &File, size: u64, params: &Params, chunking: &Chun
 /// sure it is a regular file. Returns the file and its size.
 fn open_regular(path: &Path) -> Result<(File, u64), Error> {
     let (file, size) = open_regular_nonblocking(path)?;
-    clear_nonblock(&file).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    clear_nonblock(&file).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok((file, size))
 }
 
@@ -479,7 +515,10 @@ fn open_regular(path: &Path) -> Result<(File, u64), Error> {
 /// for regular files; readers of such a file still handle `EAGAIN` (see [`clear_nonblock`]).
 fn open_regular_nonblocking(path: &Path) -> Result<(File, u64), Error> {
     use std::os::unix::fs::OpenOptionsExt;
-    let io_err = |source| Error::Io { path: path.to_path_buf(), source };
+    let io_err = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
@@ -490,7 +529,9 @@ fn open_regular_nonblocking(path: &Path) -> Result<(File, u64), Error> {
         return Err(io_err(io::Error::from_raw_os_error(libc::EISDIR)));
     }
     if !meta.is_file() {
-        return Err(Error::NotRegular { path: path.to_path_buf() });
+        return Err(Error::NotRegular {
+            path: path.to_path_buf(),
+        });
     }
     Ok((file, meta.len()))
 }
@@ -514,7 +555,10 @@ pub fn digest_file(path: &Path, params: &Params) -> Result<Vec<u8>, Error> {
 /// [`digest_file`] with explicit chunking.
 pub fn digest_file_with(path: &Path, params: &Params, chunking: &Chunking) -> Result<Vec<u8>, Error> {
     let (file, size) = open_regular(path)?;
-    let io_err = |source| Error::Io { path: path.to_path_buf(), source };
+    let io_err = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     if chunking.is_parallel(size) {
         digest_file_parallel(&file, size, params, chunking).map_err(io_err)
     } else {
@@ -631,7 +675,10 @@ mod tests {
     #[test]
     fn matches_conformance_rows() {
         let rows = [
-            (0usize, "3d248ca542a24fc62d1c43b916eae5016878e2533c88238480b26128a1f1af95"),
+            (
+                0usize,
+                "3d248ca542a24fc62d1c43b916eae5016878e2533c88238480b26128a1f1af95",
+            ),
             (1, "b2382412cad9bfb3087625f76dd4caaee741bb0fe0b2ad47a70a05e8483d5387"),
             (64, "fb27e04752a22bad51c16a2663dfcd7c629475ea56bec54ec6b919220b7b48e9"),
         ];
@@ -662,7 +709,10 @@ mod tests {
                         let d = &data[..n];
                         let want = digest_bytes_with(d, &params, &Chunking::sequential());
                         for chunk in [1u64, 1024, 5000, 65536, 1 << 20] {
-                            let c = Chunking { parallel_threshold: 0, chunk_size: chunk };
+                            let c = Chunking {
+                                parallel_threshold: 0,
+                                chunk_size: chunk,
+                            };
                             assert_eq!(digest_bytes_with(d, &params, &c), want, "{alg:?} {bs} {n} {chunk}");
                         }
                     }
@@ -681,7 +731,10 @@ mod tests {
             let want = digest_bytes_with(&data, &params, &Chunking::sequential());
             assert_eq!(digest_file_with(&path, &params, &Chunking::sequential()).unwrap(), want);
             for chunk in [4096u64, 100_000, 1 << 20] {
-                let c = Chunking { parallel_threshold: 1, chunk_size: chunk };
+                let c = Chunking {
+                    parallel_threshold: 1,
+                    chunk_size: chunk,
+                };
                 assert_eq!(digest_file_with(&path, &params, &c).unwrap(), want);
             }
             let many = digest_files(&[&path, &path], &params, Some(2));
@@ -729,11 +782,19 @@ mod tests {
             Params::new(HashAlg::Sha512, 4096, b"x".to_vec()).unwrap(),
         ];
         for params in &params_sets {
-            let want: Vec<Vec<u8>> =
-                contents.iter().map(|c| digest_bytes_with(c, params, &Chunking::sequential())).collect();
+            let want: Vec<Vec<u8>> = contents
+                .iter()
+                .map(|c| digest_bytes_with(c, params, &Chunking::sequential()))
+                .collect();
             for_each_backend(|b| {
                 for threads in [Some(1), Some(3)] {
-                    for chunking in [Chunking::default(), Chunking { parallel_threshold: 300_000, chunk_size: 65536 }] {
+                    for chunking in [
+                        Chunking::default(),
+                        Chunking {
+                            parallel_threshold: 300_000,
+                            chunk_size: 65536,
+                        },
+                    ] {
                         let got = digest_files_with(&paths, params, threads, &chunking);
                         assert_eq!(got.len(), paths.len());
                         let mut ok = got.into_iter().enumerate().filter_map(|(i, r)| match i {
@@ -748,7 +809,12 @@ mod tests {
                             _ => Some(r.unwrap()),
                         });
                         for (i, w) in want.iter().enumerate() {
-                            assert_eq!(&ok.next().unwrap(), w, "{b:?} {params:?} {threads:?} {chunking:?} size {}", sizes[i]);
+                            assert_eq!(
+                                &ok.next().unwrap(),
+                                w,
+                                "{b:?} {params:?} {threads:?} {chunking:?} size {}",
+                                sizes[i]
+                            );
                         }
                     }
                 }
@@ -775,7 +841,10 @@ mod tests {
             other => panic!("missing: {other:?}"),
         }
         assert!(results[1].is_err());
-        assert!(matches!(digest_file(Path::new("/dev/null"), &params), Err(Error::NotRegular { .. })));
+        assert!(matches!(
+            digest_file(Path::new("/dev/null"), &params),
+            Err(Error::NotRegular { .. })
+        ));
     }
 
     #[test]

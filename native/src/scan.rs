@@ -68,7 +68,10 @@ impl From<store::Error> for Error {
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.to_path_buf(), source }
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// What to keep from the source (the mkcomposefs options of the same names).
@@ -154,7 +157,10 @@ impl Stat {
             mtime: if use_epoch {
                 Timespec::default()
             } else {
-                Timespec { sec: m.mtime(), nsec: m.mtime_nsec() as u32 }
+                Timespec {
+                    sec: m.mtime(),
+                    nsec: m.mtime_nsec() as u32,
+                }
             },
             dev: m.dev(),
             ino: m.ino(),
@@ -188,7 +194,11 @@ enum Content {
     Inline(Vec<u8>),
     /// `payload` is the object's name in a store, `XX/<62 hex>` (made by the worker that hashed
     /// the file, not in the sequential flattening).
-    Object { digest: Digest, size: u64, payload: Vec<u8> },
+    Object {
+        digest: Digest,
+        size: u64,
+        payload: Vec<u8>,
+    },
 }
 
 /// A regular file to read (24 bytes, no path of its own: the path is made when the file is
@@ -226,7 +236,9 @@ pub fn scan(
     if opts.threads > 0 {
         builder = builder.num_threads(opts.threads);
     }
-    let pool = builder.build().map_err(|e| Error::Threads(opts.threads, e.to_string()))?;
+    let pool = builder
+        .build()
+        .map_err(|e| Error::Threads(opts.threads, e.to_string()))?;
     raise_fd_limit();
     let local = Progress::default();
     let progress = progress.unwrap_or(&local);
@@ -246,7 +258,10 @@ pub fn scan(
 fn raise_fd_limit() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         // SAFETY: getrlimit/setrlimit on a local struct.
         unsafe {
             if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
@@ -257,19 +272,33 @@ fn raise_fd_limit() {
     });
 }
 
-fn scan_in_pool(root: &Path, opts: &ScanOptions, store: Option<&Store>, progress: &Progress) -> Result<(Tree, ScanStats), Error> {
+fn scan_in_pool(
+    root: &Path,
+    opts: &ScanOptions,
+    store: Option<&Store>,
+    progress: &Progress,
+) -> Result<(Tree, ScanStats), Error> {
     progress.phase.store(PHASE_WALK, Relaxed);
     // The source itself may be a symlink to a directory (the only symlink followed).
     let meta = std::fs::metadata(root).map_err(io_at(root))?;
     if !meta.is_dir() {
-        return Err(Error::NotADirectory { path: root.to_path_buf() });
+        return Err(Error::NotADirectory {
+            path: root.to_path_buf(),
+        });
     }
-    let root_path = if std::fs::symlink_metadata(root).map_err(io_at(root))?.file_type().is_symlink() {
+    let root_path = if std::fs::symlink_metadata(root)
+        .map_err(io_at(root))?
+        .file_type()
+        .is_symlink()
+    {
         std::fs::canonicalize(root).map_err(io_at(root))?
     } else {
         root.to_path_buf()
     };
-    let st = Stat::from_meta(&std::fs::symlink_metadata(&root_path).map_err(io_at(&root_path))?, opts.use_epoch);
+    let st = Stat::from_meta(
+        &std::fs::symlink_metadata(&root_path).map_err(io_at(&root_path))?,
+        opts.use_epoch,
+    );
     progress.entries.fetch_add(1, Relaxed);
     let root_dir = Dir::open_at(None, &cpath(&root_path)?, root_path.clone())?;
     let xattrs = xattrs_of(XattrSource::Fd(root_dir.fd.as_raw_fd()), opts).map_err(io_at(&root_path))?;
@@ -279,7 +308,12 @@ fn scan_in_pool(root: &Path, opts: &ScanOptions, store: Option<&Store>, progress
     // Flatten into the tree, sequentially and in name order (deterministic ids).
     let mut tree = Tree::new(make_inode(&st, xattrs, &kind));
     tree.inodes.reserve(progress.entries.load(Relaxed) as usize);
-    let mut stats = ScanStats { entries: 1, inodes: 1, directories: 1, ..Default::default() };
+    let mut stats = ScanStats {
+        entries: 1,
+        inodes: 1,
+        directories: 1,
+        ..Default::default()
+    };
     let mut flat = Flattener {
         tree: &mut tree,
         opts,
@@ -301,7 +335,9 @@ fn scan_in_pool(root: &Path, opts: &ScanOptions, store: Option<&Store>, progress
 
     // Contents of the files not read during the walk (several names), in parallel.
     progress.files_total.fetch_add(work.len() as u64, Relaxed);
-    progress.bytes_total.fetch_add(work.iter().map(|w| w.size).sum(), Relaxed);
+    progress
+        .bytes_total
+        .fetch_add(work.iter().map(|w| w.size).sum(), Relaxed);
     progress.phase.store(PHASE_CONTENTS, Relaxed);
     let contents: Vec<Content> = work
         .par_iter()
@@ -353,7 +389,13 @@ impl Flattener<'_> {
             entries.reserve_exact(children.len());
         }
         for node in children {
-            let Node { name, st, xattrs, kind, content } = node;
+            let Node {
+                name,
+                st,
+                xattrs,
+                kind,
+                content,
+            } = node;
             self.stats.entries += 1;
             let key = (st.dev, st.ino);
             let is_dir = matches!(kind, Kind::Dir(_));
@@ -424,7 +466,9 @@ fn apply_content(tree: &mut Tree, stats: &mut ScanStats, ids: &[InodeId], c: Con
         Content::Inline(b) => stats.bytes_read += b.len() as u64,
         Content::Empty => {}
     }
-    let Some((&last, others)) = ids.split_last() else { return };
+    let Some((&last, others)) = ids.split_last() else {
+        return;
+    };
     let mut record = |id: InodeId, c: Content| {
         let ino = &mut tree.inodes[id];
         match c {
@@ -434,12 +478,20 @@ fn apply_content(tree: &mut Tree, stats: &mut ScanStats, ids: &[InodeId], c: Con
             }
             Content::Inline(b) => {
                 ino.size = b.len() as u64;
-                ino.data = InodeData::Regular { inline: Some(b), payload: None, digest: None };
+                ino.data = InodeData::Regular {
+                    inline: Some(b),
+                    payload: None,
+                    digest: None,
+                };
                 stats.inline_files += 1;
             }
             Content::Object { digest, size, payload } => {
                 ino.size = size;
-                ino.data = InodeData::Regular { inline: None, payload: Some(payload), digest: Some(digest) };
+                ino.data = InodeData::Regular {
+                    inline: None,
+                    payload: Some(payload),
+                    digest: Some(digest),
+                };
                 stats.object_files += 1;
                 stats.object_bytes += size;
             }
@@ -455,7 +507,11 @@ fn make_inode(st: &Stat, xattrs: Vec<Xattr>, kind: &Kind) -> Inode {
     let data = match kind {
         Kind::Dir(_) => InodeData::Directory { entries: Vec::new() },
         Kind::Symlink(t) => InodeData::Symlink { target: t.clone() },
-        Kind::Other if st.file_type() == mode::S_IFREG => InodeData::Regular { inline: None, payload: None, digest: None },
+        Kind::Other if st.file_type() == mode::S_IFREG => InodeData::Regular {
+            inline: None,
+            payload: None,
+            digest: None,
+        },
         Kind::Other => InodeData::Special,
     };
     let is_dev = matches!(st.file_type(), mode::S_IFCHR | mode::S_IFBLK);
@@ -487,12 +543,21 @@ impl Dir {
     fn open_at(parent: Option<&Dir>, name: &CStr, path: PathBuf) -> Result<Dir, Error> {
         let at = parent.map_or(libc::AT_FDCWD, |d| d.fd.as_raw_fd());
         // SAFETY: plain openat with a NUL-terminated name.
-        let fd = unsafe { libc::openat(at, name.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+        let fd = unsafe {
+            libc::openat(
+                at,
+                name.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
         if fd < 0 {
             return Err(io_at(&path)(io::Error::last_os_error()));
         }
         // SAFETY: a descriptor we just opened and own.
-        Ok(Dir { fd: unsafe { OwnedFd::from_raw_fd(fd) }, path })
+        Ok(Dir {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            path,
+        })
     }
 
     fn child_path(&self, name: &[u8]) -> PathBuf {
@@ -520,13 +585,20 @@ impl Dir {
             let ent = unsafe { libc::readdir64(dirp) };
             if ent.is_null() {
                 let e = io::Error::last_os_error();
-                break if e.raw_os_error().unwrap_or(0) == 0 { Ok(()) } else { Err(err(e)) };
+                break if e.raw_os_error().unwrap_or(0) == 0 {
+                    Ok(())
+                } else {
+                    Err(err(e))
+                };
             }
             // SAFETY: d_name is NUL-terminated inside the entry readdir returned.
             let name = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) }.to_bytes();
             if name != b"." && name != b".." {
                 // SAFETY: as above.
-                names.push(Name { name: name.to_vec(), dtype: unsafe { (*ent).d_type } });
+                names.push(Name {
+                    name: name.to_vec(),
+                    dtype: unsafe { (*ent).d_type },
+                });
             }
         };
         unsafe { libc::closedir(dirp) };
@@ -569,7 +641,10 @@ fn stat_at(dir: &Dir, name: &CStr, use_epoch: bool) -> io::Result<Stat> {
         mtime: if use_epoch {
             Timespec::default()
         } else {
-            Timespec { sec: stx.stx_mtime.tv_sec, nsec: stx.stx_mtime.tv_nsec }
+            Timespec {
+                sec: stx.stx_mtime.tv_sec,
+                nsec: stx.stx_mtime.tv_nsec,
+            }
         },
         dev: libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
         ino: stx.stx_ino,
@@ -624,7 +699,13 @@ struct Opened {
 }
 
 /// Load the entries `names` of `dir` (see [`walk_dir`]); entries options leave out are dropped.
-fn load_unit(dir: &Dir, names: &[Name], opts: &ScanOptions, store: Option<&Store>, progress: &Progress) -> Result<Vec<Node>, Error> {
+fn load_unit(
+    dir: &Dir,
+    names: &[Name],
+    opts: &ScanOptions,
+    store: Option<&Store>,
+    progress: &Progress,
+) -> Result<Vec<Node>, Error> {
     let mut nodes = Vec::with_capacity(names.len());
     let mut opened: Vec<Opened> = Vec::new();
     for Name { name, dtype } in names {
@@ -638,7 +719,10 @@ fn load_unit(dir: &Dir, names: &[Name], opts: &ScanOptions, store: Option<&Store
             .filter(|(_, meta)| meta.is_file());
         let (st, mut early) = match opened_now {
             Some((file, meta)) => (Stat::from_meta(&meta, opts.use_epoch), Some(file)),
-            None => (stat_at(dir, &cname, opts.use_epoch).map_err(|e| io_at(&dir.child_path(name))(e))?, None),
+            None => (
+                stat_at(dir, &cname, opts.use_epoch).map_err(|e| io_at(&dir.child_path(name))(e))?,
+                None,
+            ),
         };
         if opts.skip_devices && matches!(st.file_type(), mode::S_IFCHR | mode::S_IFBLK) {
             continue;
@@ -658,7 +742,8 @@ fn load_unit(dir: &Dir, names: &[Name], opts: &ScanOptions, store: Option<&Store
                 progress.bytes_total.fetch_add(st.size, Relaxed);
                 let (file, size) = match early.take() {
                     Some(file) => (file, st.size),
-                    None => store::open_regular_at(dir.fd.as_raw_fd(), &cname).map_err(|e| Error::from(e.at(dir.child_path(name))))?,
+                    None => store::open_regular_at(dir.fd.as_raw_fd(), &cname)
+                        .map_err(|e| Error::from(e.at(dir.child_path(name))))?,
                 };
                 let at = || dir.child_path(name);
                 let xattrs = xattrs_of(XattrSource::Fd(file.as_raw_fd()), opts).map_err(|e| io_at(&at())(e))?;
@@ -671,10 +756,18 @@ fn load_unit(dir: &Dir, names: &[Name], opts: &ScanOptions, store: Option<&Store
                             progress.bytes_done.fetch_add(st.size, Relaxed);
                         }
                         // It grew past the inline limit meanwhile: an object after all.
-                        None => opened.push(Opened { node: nodes.len(), file, size }),
+                        None => opened.push(Opened {
+                            node: nodes.len(),
+                            file,
+                            size,
+                        }),
                     }
                 } else {
-                    opened.push(Opened { node: nodes.len(), file, size });
+                    opened.push(Opened {
+                        node: nodes.len(),
+                        file,
+                        size,
+                    });
                 }
                 (xattrs, Kind::Other)
             }
@@ -682,7 +775,8 @@ fn load_unit(dir: &Dir, names: &[Name], opts: &ScanOptions, store: Option<&Store
             // contents phase) is open already.
             _ => {
                 let xattrs = match &early {
-                    Some(file) => xattrs_of(XattrSource::Fd(file.as_raw_fd()), opts).map_err(|e| io_at(&dir.child_path(name))(e))?,
+                    Some(file) => xattrs_of(XattrSource::Fd(file.as_raw_fd()), opts)
+                        .map_err(|e| io_at(&dir.child_path(name))(e))?,
                     None => {
                         let path = dir.child_path(name);
                         xattrs_of(XattrSource::Path(&cpath(&path)?), opts).map_err(io_at(&path))?
@@ -691,7 +785,13 @@ fn load_unit(dir: &Dir, names: &[Name], opts: &ScanOptions, store: Option<&Store
                 (xattrs, Kind::Other)
             }
         };
-        nodes.push(Node { name: name.clone(), st, xattrs, kind, content });
+        nodes.push(Node {
+            name: name.clone(),
+            st,
+            xattrs,
+            kind,
+            content,
+        });
     }
     hash_unit(dir, &mut nodes, opened, store, progress)?;
     Ok(nodes)
@@ -699,7 +799,13 @@ fn load_unit(dir: &Dir, names: &[Name], opts: &ScanOptions, store: Option<&Store
 
 /// Hash the unit's `opened` regular files together (blocks paired across files), store them
 /// with `store`, record their contents in `nodes`, and close them.
-fn hash_unit(dir: &Dir, nodes: &mut [Node], opened: Vec<Opened>, store: Option<&Store>, progress: &Progress) -> Result<(), Error> {
+fn hash_unit(
+    dir: &Dir,
+    nodes: &mut [Node],
+    opened: Vec<Opened>,
+    store: Option<&Store>,
+    progress: &Progress,
+) -> Result<(), Error> {
     if opened.is_empty() {
         return Ok(());
     }
@@ -716,7 +822,11 @@ fn hash_unit(dir: &Dir, nodes: &mut [Node], opened: Vec<Opened>, store: Option<&
         }
         progress.files_done.fetch_add(1, Relaxed);
         progress.bytes_done.fetch_add(node.st.size, Relaxed);
-        node.content = Some(Content::Object { digest, size, payload: store::object_name(&digest).into_bytes() });
+        node.content = Some(Content::Object {
+            digest,
+            size,
+            payload: store::object_name(&digest).into_bytes(),
+        });
     }
     Ok(())
 }
@@ -750,8 +860,10 @@ fn read_link_at(dir: &Dir, name: &CStr) -> io::Result<Vec<u8>> {
 }
 
 fn cpath(path: &Path) -> Result<CString, Error> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| Error::Io { path: path.to_path_buf(), source: io::Error::from_raw_os_error(libc::EINVAL) })
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::Io {
+        path: path.to_path_buf(),
+        source: io::Error::from_raw_os_error(libc::EINVAL),
+    })
 }
 
 /// Where to read an entry's own xattrs from: an open descriptor of it, or its path (never
@@ -766,7 +878,11 @@ impl XattrSource<'_> {
     fn list(self, buf: &mut [u8]) -> isize {
         // SAFETY: (l|f)listxattr into a buffer of the given length (or a size query).
         unsafe {
-            let (p, n) = if buf.is_empty() { (std::ptr::null_mut(), 0) } else { (buf.as_mut_ptr().cast(), buf.len()) };
+            let (p, n) = if buf.is_empty() {
+                (std::ptr::null_mut(), 0)
+            } else {
+                (buf.as_mut_ptr().cast(), buf.len())
+            };
             match self {
                 XattrSource::Fd(fd) => libc::flistxattr(fd, p, n),
                 XattrSource::Path(c) => libc::llistxattr(c.as_ptr(), p, n),
@@ -777,7 +893,11 @@ impl XattrSource<'_> {
     fn get(self, key: &CStr, buf: &mut [u8]) -> isize {
         // SAFETY: (l|f)getxattr into a buffer of the given length (or a size query).
         unsafe {
-            let (p, n) = if buf.is_empty() { (std::ptr::null_mut(), 0) } else { (buf.as_mut_ptr().cast(), buf.len()) };
+            let (p, n) = if buf.is_empty() {
+                (std::ptr::null_mut(), 0)
+            } else {
+                (buf.as_mut_ptr().cast(), buf.len())
+            };
             match self {
                 XattrSource::Fd(fd) => libc::fgetxattr(fd, key.as_ptr(), p, n),
                 XattrSource::Path(c) => libc::lgetxattr(c.as_ptr(), key.as_ptr(), p, n),
@@ -843,7 +963,10 @@ fn read_xattrs(src: XattrSource, user_only: bool) -> io::Result<Vec<Xattr>> {
             buf.truncate(m as usize);
             break buf;
         };
-        out.push(Xattr { key: key.to_vec(), value });
+        out.push(Xattr {
+            key: key.to_vec(),
+            value,
+        });
     }
     Ok(out)
 }
@@ -863,7 +986,11 @@ fn read_content(path: &Path, size: u64, store: Option<&Store>) -> Result<Content
     if let Some(s) = store {
         s.insert_fd(&file, path, &digest, size)?;
     }
-    Ok(Content::Object { digest, size, payload: store::object_name(&digest).into_bytes() })
+    Ok(Content::Object {
+        digest,
+        size,
+        payload: store::object_name(&digest).into_bytes(),
+    })
 }
 
 #[cfg(test)]
@@ -888,7 +1015,10 @@ mod tests {
         std::fs::hard_link(d.join("o65"), d.join("sub/hard")).unwrap();
         symlink("../i64", d.join("sub/ln")).unwrap();
         for threads in [1, 2, 3] {
-            let opts = ScanOptions { threads, ..Default::default() };
+            let opts = ScanOptions {
+                threads,
+                ..Default::default()
+            };
             let (t, s) = scan(&d, &opts, None, None).unwrap();
             assert_eq!(s.entries, 7);
             assert_eq!(s.hardlinks, 1);
@@ -897,15 +1027,37 @@ mod tests {
             let o = t.resolve(b"o65").unwrap();
             assert_eq!(t.resolve(b"sub/hard"), Some(o));
             assert_eq!(t.inodes[o].nlink, 2);
-            let InodeData::Regular { digest: Some(dg), payload: Some(p), .. } = &t.inodes[o].data else { panic!() };
+            let InodeData::Regular {
+                digest: Some(dg),
+                payload: Some(p),
+                ..
+            } = &t.inodes[o].data
+            else {
+                panic!()
+            };
             assert_eq!(*dg, crate::fsverity::sha256_digest(&[2u8; 65]));
             assert_eq!(p.len(), 65);
             let l = t.resolve(b"sub/ln").unwrap();
-            assert_eq!(t.inodes[l].data, InodeData::Symlink { target: b"../i64".to_vec() });
+            assert_eq!(
+                t.inodes[l].data,
+                InodeData::Symlink {
+                    target: b"../i64".to_vec()
+                }
+            );
             let e = t.resolve(b"empty").unwrap();
-            assert_eq!(t.inodes[e].data, InodeData::Regular { inline: None, payload: None, digest: None });
+            assert_eq!(
+                t.inodes[e].data,
+                InodeData::Regular {
+                    inline: None,
+                    payload: None,
+                    digest: None
+                }
+            );
         }
-        let opts = ScanOptions { no_hardlinks: true, ..Default::default() };
+        let opts = ScanOptions {
+            no_hardlinks: true,
+            ..Default::default()
+        };
         let (t, s) = scan(&d, &opts, None, None).unwrap();
         assert_eq!(s.hardlinks, 0);
         assert_ne!(t.resolve(b"o65"), t.resolve(b"sub/hard"));

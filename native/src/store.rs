@@ -237,7 +237,9 @@ impl Store {
             None => hash_fd(&tmp.file).map_err(io_at(&tmp_path))?,
         };
         if got.0 != *digest || got.1 != size {
-            return Err(Error::Changed { path: path.to_path_buf() });
+            return Err(Error::Changed {
+                path: path.to_path_buf(),
+            });
         }
         // Readable by everybody whatever the umask (as mkcomposefs does).
         if unsafe { libc::fchmod(tmp.file.as_raw_fd(), 0o644) } != 0 {
@@ -302,7 +304,11 @@ impl Store {
                 )
             };
             if fd >= 0 {
-                return Ok(Temp { file: unsafe { File::from_raw_fd(fd) }, name: None, dir: self.dir.as_raw_fd() });
+                return Ok(Temp {
+                    file: unsafe { File::from_raw_fd(fd) },
+                    name: None,
+                    dir: self.dir.as_raw_fd(),
+                });
             }
             let e = last_err();
             match errno_of(&e) {
@@ -323,7 +329,11 @@ impl Store {
                 )
             };
             if fd >= 0 {
-                return Ok(Temp { file: unsafe { File::from_raw_fd(fd) }, name: Some(c), dir: self.dir.as_raw_fd() });
+                return Ok(Temp {
+                    file: unsafe { File::from_raw_fd(fd) },
+                    name: Some(c),
+                    dir: self.dir.as_raw_fd(),
+                });
             }
             let e = last_err();
             if errno_of(&e) != libc::EEXIST {
@@ -359,7 +369,10 @@ impl Temp {
 
     /// Close the writable descriptor, keeping the name (if any) for [`Temp::link`] and cleanup.
     fn close_writer(mut self) -> TempName {
-        TempName { name: self.name.take(), dir: self.dir }
+        TempName {
+            name: self.name.take(),
+            dir: self.dir,
+        }
     }
 }
 
@@ -376,11 +389,25 @@ impl TempName {
             None => {
                 let p = cstr(format!("/proc/self/fd/{}", ro.as_raw_fd()).as_bytes());
                 let r = unsafe {
-                    libc::linkat(libc::AT_FDCWD, p.as_ptr(), dirfd, target.as_ptr(), libc::AT_SYMLINK_FOLLOW)
+                    libc::linkat(
+                        libc::AT_FDCWD,
+                        p.as_ptr(),
+                        dirfd,
+                        target.as_ptr(),
+                        libc::AT_SYMLINK_FOLLOW,
+                    )
                 };
                 if r != 0 && errno_of(&last_err()) == libc::ENOENT {
                     // No /proc: AT_EMPTY_PATH works with CAP_DAC_READ_SEARCH.
-                    unsafe { libc::linkat(ro.as_raw_fd(), c"".as_ptr(), dirfd, target.as_ptr(), libc::AT_EMPTY_PATH) }
+                    unsafe {
+                        libc::linkat(
+                            ro.as_raw_fd(),
+                            c"".as_ptr(),
+                            dirfd,
+                            target.as_ptr(),
+                            libc::AT_EMPTY_PATH,
+                        )
+                    }
                 } else {
                     r
                 }
@@ -413,7 +440,9 @@ impl Drop for Temp {
 /// a fifo that replaced it; refuse anything but a regular file.
 pub fn open_regular(path: &Path) -> Result<File, Error> {
     let c = cstr(path.as_os_str().as_bytes());
-    open_regular_at(libc::AT_FDCWD, &c).map(|(file, _)| file).map_err(|e| e.at(path.to_path_buf()))
+    open_regular_at(libc::AT_FDCWD, &c)
+        .map(|(file, _)| file)
+        .map_err(|e| e.at(path.to_path_buf()))
 }
 
 /// Why [`open_regular_at`] failed (without a path: the caller names the file only on error).
@@ -447,7 +476,11 @@ pub fn open_regular_at(dirfd: RawFd, name: &std::ffi::CStr) -> Result<(File, u64
 pub fn open_at(dirfd: RawFd, name: &std::ffi::CStr) -> io::Result<(File, std::fs::Metadata)> {
     // SAFETY: plain openat with a NUL-terminated name.
     let fd = unsafe {
-        libc::openat(dirfd, name.as_ptr(), libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        libc::openat(
+            dirfd,
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
     };
     if fd < 0 {
         return Err(last_err());
@@ -499,7 +532,12 @@ fn copy_data(src: &File, dst: &File) -> Result<Option<(Digest, u64)>, CopyError>
     }
     // Plain copy, hashing exactly the bytes written.
     dst.set_len(0).map_err(CopyError::Dst)?;
-    let mut tee = Tee { src: PosReader { file: src, pos: 0 }, dst, pos: 0, err: None };
+    let mut tee = Tee {
+        src: PosReader { file: src, pos: 0 },
+        dst,
+        pos: 0,
+        err: None,
+    };
     let res = fsverity::digest_reader(&mut tee, &fsverity::Params::default());
     if let Some(e) = tee.err.take() {
         return Err(CopyError::Dst(e));
@@ -513,13 +551,17 @@ fn copy_range(src: &File, dst: &File) -> Result<bool, CopyError> {
     let mut off_in: libc::loff_t = 0;
     let mut off_out: libc::loff_t = 0;
     loop {
-        let n = unsafe {
-            libc::copy_file_range(src.as_raw_fd(), &mut off_in, dst.as_raw_fd(), &mut off_out, 1 << 30, 0)
-        };
+        let n =
+            unsafe { libc::copy_file_range(src.as_raw_fd(), &mut off_in, dst.as_raw_fd(), &mut off_out, 1 << 30, 0) };
         if n < 0 {
             let e = last_err();
             return match errno_of(&e) {
-                libc::EXDEV | libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS | libc::EPERM | libc::EBADF
+                libc::EXDEV
+                | libc::EOPNOTSUPP
+                | libc::EINVAL
+                | libc::ENOSYS
+                | libc::EPERM
+                | libc::EBADF
                 | libc::ETXTBSY => Ok(false),
                 libc::EINTR => continue,
                 libc::EIO | libc::ENOMEM if off_out == 0 => Err(CopyError::Src(e)),
@@ -619,7 +661,10 @@ mod tests {
         let (_, _, how) = store.insert_path(&src).unwrap();
         assert_eq!(how, Inserted::Reused);
         let s = store.stats();
-        assert_eq!((s.objects_stored, s.bytes_stored, s.objects_reused, s.bytes_reused), (1, 100_000, 1, 100_000));
+        assert_eq!(
+            (s.objects_stored, s.bytes_stored, s.objects_reused, s.bytes_reused),
+            (1, 100_000, 1, 100_000)
+        );
         store.sync().unwrap();
         std::fs::remove_dir_all(&base).unwrap();
     }

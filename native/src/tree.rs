@@ -145,13 +145,18 @@ impl Tree {
     /// ~15 ms to free, which the caller need not wait for (at exit the thread simply ends).
     pub fn drop_in_background(self) {
         // Should no thread be had, the closure, and the tree with it, is dropped right here.
-        let _ = std::thread::Builder::new().name("cfs-free".into()).spawn(move || drop(self));
+        let _ = std::thread::Builder::new()
+            .name("cfs-free".into())
+            .spawn(move || drop(self));
     }
 
     /// A tree holding only `root`, which must be a directory.
     pub fn new(root: Inode) -> Tree {
         assert!(root.is_dir(), "root must be a directory");
-        Tree { inodes: vec![root], primary: Default::default() }
+        Tree {
+            inodes: vec![root],
+            primary: Default::default(),
+        }
     }
 
     pub fn root(&self) -> &Inode {
@@ -291,7 +296,11 @@ mod tests {
             mtime: Timespec::default(),
             size,
             xattrs: vec![],
-            data: InodeData::Regular { inline: None, payload: None, digest: None },
+            data: InodeData::Regular {
+                inline: None,
+                payload: None,
+                digest: None,
+            },
         }
     }
 

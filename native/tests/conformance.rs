@@ -15,21 +15,36 @@ fn conformance_dumps_match_reference_bytes() {
     let mut failures = Vec::new();
     for row in tsv.lines().skip(1) {
         let cols: Vec<&str> = row.split('\t').collect();
-        let out = Command::new("zcat").arg(dir.join(format!("{}.gz", cols[0]))).output().unwrap();
+        let out = Command::new("zcat")
+            .arg(dir.join(format!("{}.gz", cols[0])))
+            .output()
+            .unwrap();
         assert!(out.status.success());
         let tree = dump::parse(&out.stdout).unwrap_or_else(|e| panic!("{}: {e}", cols[0]));
         let img = writer::write_image(&tree, &writer::Options::default()).unwrap();
         let sha = hex(&Sha256::digest(&img.bytes));
         let verity = hex(&fsverity::digest_bytes(&img.bytes, &fsverity::Params::default()));
         let ok = sha == cols[1] && verity == cols[2] && img.version.to_string() == cols[3];
-        eprintln!("{} {} version {}", cols[0], if ok { "ok" } else { "MISMATCH" }, img.version);
+        eprintln!(
+            "{} {} version {}",
+            cols[0],
+            if ok { "ok" } else { "MISMATCH" },
+            img.version
+        );
         // The reader undoes everything: image -> tree -> image and image -> dump -> image.
         let back = _native::erofs::reader::read_image(&img.bytes).unwrap();
         let again = writer::write_image(&back.tree, &writer::Options::default()).unwrap();
         assert!(again.bytes == img.bytes, "{}: image -> tree -> image differs", cols[0]);
         let text = dump::write_dump(&back.tree);
         let reparsed = dump::parse(&text).unwrap();
-        let again = writer::write_image(&reparsed, &writer::Options { threads: 1, ..Default::default() }).unwrap();
+        let again = writer::write_image(
+            &reparsed,
+            &writer::Options {
+                threads: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert!(again.bytes == img.bytes, "{}: image -> dump -> image differs", cols[0]);
         if !ok {
             std::fs::write(format!("/tmp/cfs-{}.img", cols[0]), &img.bytes).unwrap();

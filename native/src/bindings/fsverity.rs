@@ -15,11 +15,9 @@ impl ToPyErr for fsverity::Error {
         match self {
             E::BadBlockSize(_) | E::SaltTooLong(_) => PyValueError::new_err(self.to_string()),
             E::Io { path, source } => os_error(source, Some(path)),
-            E::NotRegular { path } => PyOSError::new_err((
-                libc::EINVAL,
-                "Not a regular file",
-                path.as_os_str().to_os_string(),
-            )),
+            E::NotRegular { path } => {
+                PyOSError::new_err((libc::EINVAL, "Not a regular file", path.as_os_str().to_os_string()))
+            }
         }
     }
 }

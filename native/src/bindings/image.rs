@@ -12,7 +12,11 @@ use std::path::{Path, PathBuf};
 
 /// The summary of a built image shared by dump and directory builds: digest, version, size, entry
 /// counts, and `objects` = (distinct objects, their bytes, bytes of all object-backed files).
-pub(super) fn built_dict<'py>(py: Python<'py>, built: &build::Built, objects: (u64, u64, u64)) -> PyResult<Bound<'py, PyDict>> {
+pub(super) fn built_dict<'py>(
+    py: Python<'py>,
+    built: &build::Built,
+    objects: (u64, u64, u64),
+) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     let s = &built.stats;
     d.set_item("digest", dump::write::hex_digest(&built.digest))?;
@@ -87,8 +91,17 @@ fn build_from_dump<'py>(
     user_xattrs: bool,
     return_image: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let flags = Flags { use_epoch, skip_devices, skip_xattrs, user_xattrs };
-    let opts = Options { min_version, max_version, threads };
+    let flags = Flags {
+        use_epoch,
+        skip_devices,
+        skip_xattrs,
+        user_xattrs,
+    };
+    let opts = Options {
+        min_version,
+        max_version,
+        threads,
+    };
     let (built, objects) = py.allow_threads(|| -> PyResult<_> {
         let mut tree: Tree = match &source {
             DumpSource::Bytes(b) => dump::parse(b.as_ref()),

@@ -23,7 +23,11 @@ impl ToPyErr for store::Error {
 }
 
 fn changed(path: &std::path::Path) -> PyErr {
-    PyOSError::new_err((libc::EAGAIN, "file changed while it was being read", path.as_os_str().to_os_string()))
+    PyOSError::new_err((
+        libc::EAGAIN,
+        "file changed while it was being read",
+        path.as_os_str().to_os_string(),
+    ))
 }
 
 impl ToPyErr for scan::Error {
@@ -50,7 +54,9 @@ pub struct ScanProgress {
 impl ScanProgress {
     #[new]
     fn new() -> Self {
-        ScanProgress { inner: Arc::new(scan::Progress::default()) }
+        ScanProgress {
+            inner: Arc::new(scan::Progress::default()),
+        }
     }
 
     /// A dict: phase ("idle", "walk", "contents", "done"), entries, files_done, files_total,
@@ -147,13 +153,20 @@ fn entries_list<'py>(py: Python<'py>, tree: &Tree) -> PyResult<Bound<'py, PyList
         d.set_item("rdev", ino.rdev)?;
         let xattrs = PyList::empty(py);
         for x in &ino.xattrs {
-            xattrs.append(PyTuple::new(py, [PyBytes::new(py, &x.key), PyBytes::new(py, &x.value)])?)?;
+            xattrs.append(PyTuple::new(
+                py,
+                [PyBytes::new(py, &x.key), PyBytes::new(py, &x.value)],
+            )?)?;
         }
         d.set_item("xattrs", xattrs)?;
         let (mut target, mut inline, mut payload, mut digest) = (None, None, None, None);
         match &ino.data {
             InodeData::Symlink { target: t } => target = Some(PyBytes::new(py, t)),
-            InodeData::Regular { inline: i, payload: p, digest: dg } => {
+            InodeData::Regular {
+                inline: i,
+                payload: p,
+                digest: dg,
+            } => {
                 inline = i.as_ref().map(|b| PyBytes::new(py, b));
                 payload = p.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
                 digest = dg.as_ref().map(|b| hex(b));
@@ -223,7 +236,14 @@ fn scan_directory<'py>(
     progress: Option<PyRef<'py, ScanProgress>>,
     entries: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let opts = ScanOptions { no_hardlinks, skip_devices, skip_xattrs, user_xattrs, use_epoch, threads };
+    let opts = ScanOptions {
+        no_hardlinks,
+        skip_devices,
+        skip_xattrs,
+        user_xattrs,
+        use_epoch,
+        threads,
+    };
     let progress = progress.map(|p| p.inner.clone());
     let source = to_path(source)?;
     let store = store.map(to_path).transpose()?;
@@ -270,8 +290,19 @@ fn build_from_directory<'py>(
     return_image: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     use crate::erofs::build;
-    let opts = ScanOptions { no_hardlinks, skip_devices, skip_xattrs, user_xattrs, use_epoch, threads };
-    let wopts = crate::erofs::writer::Options { min_version, max_version, threads };
+    let opts = ScanOptions {
+        no_hardlinks,
+        skip_devices,
+        skip_xattrs,
+        user_xattrs,
+        use_epoch,
+        threads,
+    };
+    let wopts = crate::erofs::writer::Options {
+        min_version,
+        max_version,
+        threads,
+    };
     let progress = progress.map(|p| p.inner.clone());
     let source = to_path(source)?;
     let store = store.map(to_path).transpose()?;
@@ -297,12 +328,24 @@ fn build_from_directory<'py>(
 
 /// Insert one file into an object store; returns (hex digest, size, "stored" | "reused").
 #[pyfunction]
-fn store_insert(py: Python<'_>, store: &Bound<'_, PyAny>, path: &Bound<'_, PyAny>) -> PyResult<(String, u64, &'static str)> {
+fn store_insert(
+    py: Python<'_>,
+    store: &Bound<'_, PyAny>,
+    path: &Bound<'_, PyAny>,
+) -> PyResult<(String, u64, &'static str)> {
     let (store, path) = (to_path(store)?, to_path(path)?);
     py.allow_threads(|| {
         let s = Store::open(&store).map_err(|e| e.to_pyerr())?;
         let (d, size, how) = s.insert_path(&path).map_err(|e| e.to_pyerr())?;
-        Ok((hex(&d), size, if how == store::Inserted::Stored { "stored" } else { "reused" }))
+        Ok((
+            hex(&d),
+            size,
+            if how == store::Inserted::Stored {
+                "stored"
+            } else {
+                "reused"
+            },
+        ))
     })
 }
 

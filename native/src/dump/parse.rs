@@ -107,7 +107,10 @@ fn hexdigit(c: u8) -> Option<u8> {
 
 /// Undo the dump escaping.
 pub fn unescape(s: &[u8], field: &'static str) -> Result<Vec<u8>, ParseErrorKind> {
-    let bad = |what: &str| ParseErrorKind::BadEscape { field, what: what.to_string() };
+    let bad = |what: &str| ParseErrorKind::BadEscape {
+        field,
+        what: what.to_string(),
+    };
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
     while i < s.len() {
@@ -117,7 +120,9 @@ pub fn unescape(s: &[u8], field: &'static str) -> Result<Vec<u8>, ParseErrorKind
             out.push(c);
             continue;
         }
-        let Some(&e) = s.get(i) else { return Err(bad("no character after escape")) };
+        let Some(&e) = s.get(i) else {
+            return Err(bad("no character after escape"));
+        };
         i += 1;
         match e {
             b'\\' => out.push(b'\\'),
@@ -162,7 +167,10 @@ fn parse_u32(s: &[u8], field: &'static str, radix: u32) -> Result<u32, ParseErro
 }
 
 fn parse_mtime(s: &[u8]) -> Result<Timespec, ParseErrorKind> {
-    let bad = || ParseErrorKind::BadInteger { field: "mtime", value: lossy(s) };
+    let bad = || ParseErrorKind::BadInteger {
+        field: "mtime",
+        value: lossy(s),
+    };
     let dot = s.iter().position(|&c| c == b'.').ok_or_else(bad)?;
     let (sec_s, nsec_s) = (&s[..dot], &s[dot + 1..]);
     let (neg, digits) = match sec_s.first() {
@@ -175,7 +183,10 @@ fn parse_mtime(s: &[u8]) -> Result<Timespec, ParseErrorKind> {
     if nsec >= 1_000_000_000 {
         return Err(bad());
     }
-    Ok(Timespec { sec: if neg { -sec } else { sec }, nsec: nsec as u32 })
+    Ok(Timespec {
+        sec: if neg { -sec } else { sec },
+        nsec: nsec as u32,
+    })
 }
 
 fn valid_type(m: u32) -> bool {
@@ -281,7 +292,9 @@ impl Parser {
             if !tree.inodes[cur].is_dir() {
                 return Err(ParseErrorKind::ParentNotDir(shown));
             }
-            cur = tree.lookup(cur, d).ok_or_else(|| ParseErrorKind::MissingParent(shown.clone()))?;
+            cur = tree
+                .lookup(cur, d)
+                .ok_or_else(|| ParseErrorKind::MissingParent(shown.clone()))?;
         }
         if !tree.inodes[cur].is_dir() {
             return Err(ParseErrorKind::ParentNotDir(shown));
@@ -293,7 +306,10 @@ impl Parser {
             return Err(ParseErrorKind::DotName(shown));
         }
         if name.len() > NAME_MAX {
-            return Err(ParseErrorKind::NameTooLong { path: shown, len: name.len() });
+            return Err(ParseErrorKind::NameTooLong {
+                path: shown,
+                len: name.len(),
+            });
         }
         if tree.lookup(cur, name).is_some() {
             return Err(ParseErrorKind::Duplicate(shown));
@@ -348,7 +364,11 @@ impl Parser {
             let (dir, name) = parent.unwrap();
             tree.link(dir, name, id);
             self.placeholders.insert(id, self.fixups.len());
-            self.fixups.push(Fixup { line: lineno, placeholder: id, target });
+            self.fixups.push(Fixup {
+                line: lineno,
+                placeholder: id,
+                target,
+            });
             return Ok(());
         }
 
@@ -390,7 +410,11 @@ impl Parser {
             gid,
             nlink,
             // The reference keeps rdev in 32 bits.
-            rdev: if ftype == mode::S_IFCHR || ftype == mode::S_IFBLK { rdev as u32 as u64 } else { 0 },
+            rdev: if ftype == mode::S_IFCHR || ftype == mode::S_IFBLK {
+                rdev as u32 as u64
+            } else {
+                0
+            },
             mtime,
             size,
             xattrs: Vec::new(),
@@ -446,7 +470,10 @@ impl Parser {
                 None => (rest, &rest[rest.len()..]),
             };
             rest = next;
-            let eq = field.iter().position(|&c| c == b'=').ok_or(ParseErrorKind::XattrNoEquals)?;
+            let eq = field
+                .iter()
+                .position(|&c| c == b'=')
+                .ok_or(ParseErrorKind::XattrNoEquals)?;
             let key = unescape(&field[..eq], "xattr key")?;
             let value = unescape(&field[eq + 1..], "xattr value")?;
             xs.set(key, value)?;
@@ -469,21 +496,31 @@ impl Parser {
     }
 
     fn finish(mut self) -> Result<Tree, ParseError> {
-        let mut tree = self.tree.take().ok_or(ParseError { line: 0, kind: ParseErrorKind::Empty })?;
+        let mut tree = self.tree.take().ok_or(ParseError {
+            line: 0,
+            kind: ParseErrorKind::Empty,
+        })?;
         // Resolve each hardlink to a real inode, following chains of hardlinks.
         let mut resolved: HashMap<InodeId, InodeId> = HashMap::new();
         for fx in &self.fixups {
             let err = |kind| ParseError { line: fx.line, kind };
-            let Some(target) = &fx.target else { return Err(err(ParseErrorKind::HardlinkNoTarget)) };
+            let Some(target) = &fx.target else {
+                return Err(err(ParseErrorKind::HardlinkNoTarget));
+            };
             let shown = lossy(target);
-            let mut cur = tree.resolve(target).ok_or_else(|| err(ParseErrorKind::HardlinkMissingTarget(shown.clone())))?;
+            let mut cur = tree
+                .resolve(target)
+                .ok_or_else(|| err(ParseErrorKind::HardlinkMissingTarget(shown.clone())))?;
             if cur == fx.placeholder {
                 return Err(err(ParseErrorKind::HardlinkSelf(shown)));
             }
             let mut steps = 0;
             while let Some(&i) = self.placeholders.get(&cur) {
                 let next = &self.fixups[i];
-                let t = next.target.as_ref().ok_or_else(|| err(ParseErrorKind::HardlinkNoTarget))?;
+                let t = next
+                    .target
+                    .as_ref()
+                    .ok_or_else(|| err(ParseErrorKind::HardlinkNoTarget))?;
                 cur = tree
                     .resolve(t)
                     .ok_or_else(|| err(ParseErrorKind::HardlinkMissingTarget(lossy(t))))?;
@@ -547,7 +584,12 @@ pub fn parse(input: &[u8]) -> Result<Tree, ParseError> {
     if lines.last().is_some_and(|l| l.is_empty()) {
         lines.pop();
     }
-    let mut p = Parser { tree: None, placeholders: HashMap::new(), fixups: Vec::new(), lines: lines.len() };
+    let mut p = Parser {
+        tree: None,
+        placeholders: HashMap::new(),
+        fixups: Vec::new(),
+        lines: lines.len(),
+    };
     for (i, line) in lines.into_iter().enumerate() {
         p.line(i + 1, line).map_err(|kind| ParseError { line: i + 1, kind })?;
     }

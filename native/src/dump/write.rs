@@ -23,7 +23,11 @@ fn line(out: &mut Vec<u8>, tree: &Tree, path: &[u8], id: InodeId, link_to: Optio
         .as_bytes(),
     );
     let (payload, content, digest) = match &ino.data {
-        InodeData::Regular { inline, payload, digest } => (payload.as_deref(), inline.as_deref(), digest.as_ref()),
+        InodeData::Regular {
+            inline,
+            payload,
+            digest,
+        } => (payload.as_deref(), inline.as_deref(), digest.as_ref()),
         InodeData::Symlink { target } => (Some(target.as_slice()), None, None),
         _ => (None, None, None),
     };

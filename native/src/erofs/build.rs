@@ -46,8 +46,11 @@ pub fn apply_flags(tree: &mut Tree, flags: Flags) -> Result<(), BuildError> {
         }
     }
     if flags.skip_devices {
-        let is_dev: Vec<bool> =
-            tree.inodes.iter().map(|i| matches!(i.file_type(), mode::S_IFCHR | mode::S_IFBLK)).collect();
+        let is_dev: Vec<bool> = tree
+            .inodes
+            .iter()
+            .map(|i| matches!(i.file_type(), mode::S_IFCHR | mode::S_IFBLK))
+            .collect();
         for ino in tree.inodes.iter_mut() {
             if let InodeData::Directory { entries } = &mut ino.data {
                 entries.retain(|e| !is_dev[e.inode]);
@@ -82,7 +85,12 @@ pub fn object_stats(tree: &Tree) -> (u64, u64, u64) {
         if !reachable[i] {
             continue;
         }
-        if let InodeData::Regular { inline: None, payload: Some(p), .. } = &ino.data {
+        if let InodeData::Regular {
+            inline: None,
+            payload: Some(p),
+            ..
+        } = &ino.data
+        {
             if ino.size > 0 {
                 total += ino.size;
                 seen.insert(p.as_slice(), ino.size);
@@ -100,17 +108,34 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
 
 /// Fill `path` atomically with what `fill` writes into the file: a temporary file next to it,
 /// flushed and renamed into place when `fill` succeeds. Nothing is left behind on error.
-pub fn write_atomic_with<R>(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<R>) -> Result<R, BuildError> {
-    let io = |source| BuildError::Io { path: path.to_path_buf(), source };
+pub fn write_atomic_with<R>(
+    path: &Path,
+    fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<R>,
+) -> Result<R, BuildError> {
+    let io = |source| BuildError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path.file_name().ok_or_else(|| io(std::io::Error::from_raw_os_error(libc::EISDIR)))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io(std::io::Error::from_raw_os_error(libc::EISDIR)))?;
     let mut tmp = None;
     for attempt in 0..100u32 {
-        let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        let mut t = dir.join(format!(".{}.tmp{}-{}-{}", name.to_string_lossy(), std::process::id(), nonce, attempt));
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let mut t = dir.join(format!(
+            ".{}.tmp{}-{}-{}",
+            name.to_string_lossy(),
+            std::process::id(),
+            nonce,
+            attempt
+        ));
         if t.as_os_str().len() > 4000 {
             t = dir.join(format!(".cfs.tmp{}-{}-{}", std::process::id(), nonce, attempt));
         }
@@ -169,16 +194,28 @@ pub fn build(tree: &Tree, opts: &Options, path: Option<&Path>, keep_bytes: bool)
         let mut kept = keep_bytes.then(|| Vec::with_capacity(plan.stats.image_size as usize));
         let digest = match path {
             Some(p) => write_atomic_with(p, |f| emit(&plan, Some(f), kept.as_mut()))?,
-            None => emit(&plan, None, kept.as_mut()).map_err(|source| BuildError::Io { path: PathBuf::from("<memory>"), source })?,
+            None => emit(&plan, None, kept.as_mut()).map_err(|source| BuildError::Io {
+                path: PathBuf::from("<memory>"),
+                source,
+            })?,
         };
-        Ok(Built { digest: to_digest(digest), version: plan.version, stats: plan.stats.clone(), bytes: kept })
+        Ok(Built {
+            digest: to_digest(digest),
+            version: plan.version,
+            stats: plan.stats.clone(),
+            bytes: kept,
+        })
     })
 }
 
 /// Generate `plan`'s image chunk by chunk; hash each chunk, and write it to `file` and/or
 /// append it to `kept`, while the next chunk is generated (`rayon::join`). Returns the image's
 /// fs-verity digest.
-fn emit(plan: &writer::Plan<'_>, mut file: Option<&mut std::fs::File>, mut kept: Option<&mut Vec<u8>>) -> std::io::Result<Vec<u8>> {
+fn emit(
+    plan: &writer::Plan<'_>,
+    mut file: Option<&mut std::fs::File>,
+    mut kept: Option<&mut Vec<u8>>,
+) -> std::io::Result<Vec<u8>> {
     let mut digest = crate::fsverity::StreamDigest::new(&crate::fsverity::Params::default());
     let mut chunks = plan.chunks();
     let mut cur = chunks.next();

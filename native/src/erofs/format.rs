@@ -107,7 +107,12 @@ impl CfsHeader {
         b
     }
     pub fn decode(b: &[u8]) -> CfsHeader {
-        CfsHeader { magic: le32(b, 0), version: le32(b, 4), flags: le32(b, 8), composefs_version: le32(b, 12) }
+        CfsHeader {
+            magic: le32(b, 0),
+            version: le32(b, 4),
+            flags: le32(b, 8),
+            composefs_version: le32(b, 12),
+        }
     }
 }
 
@@ -288,7 +293,11 @@ impl Dirent {
         out.push(0);
     }
     pub fn decode(b: &[u8]) -> Dirent {
-        Dirent { nid: le64(b, 0), nameoff: le16(b, 8), file_type: b[10] }
+        Dirent {
+            nid: le64(b, 0),
+            nameoff: le16(b, 8),
+            file_type: b[10],
+        }
     }
 }
 
@@ -306,7 +315,10 @@ impl XattrIbodyHeader {
         out.extend_from_slice(&[0u8; 7]);
     }
     pub fn decode(b: &[u8]) -> XattrIbodyHeader {
-        XattrIbodyHeader { name_filter: le32(b, 0), shared_count: b[4] }
+        XattrIbodyHeader {
+            name_filter: le32(b, 0),
+            shared_count: b[4],
+        }
     }
 }
 
@@ -320,7 +332,11 @@ pub struct XattrEntry {
 
 impl XattrEntry {
     pub fn decode(b: &[u8]) -> XattrEntry {
-        XattrEntry { name_len: b[0], name_index: b[1], value_size: le16(b, 2) }
+        XattrEntry {
+            name_len: b[0],
+            name_index: b[1],
+            value_size: le16(b, 2),
+        }
     }
     /// Size of the entry with name, value and padding.
     pub fn total_size(&self) -> usize {
@@ -392,7 +408,13 @@ mod tests {
 
     #[test]
     fn xattr_prefixes_split_and_join() {
-        for key in [&b"user.x"[..], b"trusted.overlay.y", b"security.selinux", b"system.posix_acl_access", b"other.z"] {
+        for key in [
+            &b"user.x"[..],
+            b"trusted.overlay.y",
+            b"security.selinux",
+            b"system.posix_acl_access",
+            b"other.z",
+        ] {
             let (i, s) = xattr_split(key);
             assert_eq!(xattr_join(i, s).unwrap(), key);
         }
@@ -424,7 +446,13 @@ mod tests {
             assert_eq!(i.layout(), LAYOUT_CHUNK_BASED);
             assert_eq!(i.xattr_size(), 12 + 6 * 4);
         }
-        let sb = Superblock { magic: EROFS_MAGIC, root_nid: 36, inos: 5, blocks: 9, ..Default::default() };
+        let sb = Superblock {
+            magic: EROFS_MAGIC,
+            root_nid: 36,
+            inos: 5,
+            blocks: 9,
+            ..Default::default()
+        };
         assert_eq!(Superblock::decode(&sb.encode()), sb);
     }
 

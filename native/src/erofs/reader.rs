@@ -52,7 +52,9 @@ struct RawInode<'a> {
 
 impl<'a> Ctx<'a> {
     fn slice(&self, nid: u64, off: u64, len: u64, what: &str) -> Result<&'a [u8], ReadError> {
-        let end = off.checked_add(len).ok_or_else(|| corrupt(nid, format!("{what} out of range")))?;
+        let end = off
+            .checked_add(len)
+            .ok_or_else(|| corrupt(nid, format!("{what} out of range")))?;
         if end > self.img.len() as u64 {
             return Err(corrupt(nid, format!("{what} beyond the end of the image")));
         }
@@ -61,7 +63,10 @@ impl<'a> Ctx<'a> {
 
     fn inode(&self, nid: u64) -> Result<RawInode<'a>, ReadError> {
         let off = (self.meta as u64)
-            .checked_add(nid.checked_mul(SLOT_SIZE).ok_or_else(|| corrupt(nid, "nid out of range"))?)
+            .checked_add(
+                nid.checked_mul(SLOT_SIZE)
+                    .ok_or_else(|| corrupt(nid, "nid out of range"))?,
+            )
             .ok_or_else(|| corrupt(nid, "nid out of range"))?;
         let head = self.slice(nid, off, COMPACT_SIZE as u64, "inode")?;
         let di = if head[0] & 1 == 0 {
@@ -104,13 +109,18 @@ impl<'a> Ctx<'a> {
                 xattrs.push(self.xattr_from(nid, body, e)?);
             }
         }
-        Ok(RawInode { di, off: off as usize, xattrs })
+        Ok(RawInode {
+            di,
+            off: off as usize,
+            xattrs,
+        })
     }
 
     fn xattr_from(&self, nid: u64, b: &'a [u8], e: XattrEntry) -> Result<(Vec<u8>, &'a [u8]), ReadError> {
         let name = &b[XATTR_ENTRY_SIZE..XATTR_ENTRY_SIZE + e.name_len as usize];
         let value = &b[XATTR_ENTRY_SIZE + e.name_len as usize..][..e.value_size as usize];
-        let key = xattr_join(e.name_index, name).ok_or_else(|| corrupt(nid, format!("unknown xattr prefix {}", e.name_index)))?;
+        let key = xattr_join(e.name_index, name)
+            .ok_or_else(|| corrupt(nid, format!("unknown xattr prefix {}", e.name_index)))?;
         if key.is_empty() || key.contains(&0) {
             return Err(corrupt(nid, "invalid xattr name"));
         }
@@ -154,7 +164,11 @@ fn dir_block(nid: u64, blk: &[u8]) -> Result<Vec<(&[u8], u64)>, ReadError> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let start = ents[i].nameoff as usize;
-        let end = if i + 1 < n { ents[i + 1].nameoff as usize } else { blk.len() };
+        let end = if i + 1 < n {
+            ents[i + 1].nameoff as usize
+        } else {
+            blk.len()
+        };
         if start > end || end > blk.len() {
             return Err(corrupt(nid, "bad directory entry name offset"));
         }
@@ -199,8 +213,16 @@ pub fn read_image(img: &[u8]) -> Result<Loaded, ReadError> {
     if meta >= img.len() as u64 || xattr_base > img.len() as u64 {
         return Err(corrupt(sb.root_nid as u64, "metadata or xattr area beyond the image"));
     }
-    let ctx = Ctx { img, meta: meta as usize, xattr_base: xattr_base as usize, sb };
-    let build_time = Timespec { sec: ctx.sb.build_time as i64, nsec: ctx.sb.build_time_nsec };
+    let ctx = Ctx {
+        img,
+        meta: meta as usize,
+        xattr_base: xattr_base as usize,
+        sb,
+    };
+    let build_time = Timespec {
+        sec: ctx.sb.build_time as i64,
+        nsec: ctx.sb.build_time_nsec,
+    };
 
     let mut tree: Option<Tree> = None;
     let mut id_of: HashMap<u64, InodeId> = HashMap::new();
@@ -216,7 +238,14 @@ pub fn read_image(img: &[u8]) -> Result<Loaded, ReadError> {
         let di = &raw.di;
         let m = di.mode as u32;
         let t = m & mode::S_IFMT;
-        let mtime = if di.compact { build_time } else { Timespec { sec: di.mtime as i64, nsec: di.mtime_nsec } };
+        let mtime = if di.compact {
+            build_time
+        } else {
+            Timespec {
+                sec: di.mtime as i64,
+                nsec: di.mtime_nsec,
+            }
+        };
         let mut ino = Inode {
             mode: m,
             uid: di.uid,
@@ -255,7 +284,11 @@ pub fn read_image(img: &[u8]) -> Result<Loaded, ReadError> {
                 } else {
                     None
                 };
-                ino.data = InodeData::Regular { inline, payload: None, digest: None };
+                ino.data = InodeData::Regular {
+                    inline,
+                    payload: None,
+                    digest: None,
+                };
             }
             mode::S_IFIFO | mode::S_IFSOCK => {}
             _ => return Err(corrupt(nid, format!("bad mode {m:o}"))),
@@ -264,7 +297,11 @@ pub fn read_image(img: &[u8]) -> Result<Loaded, ReadError> {
             let is_reg = ino.is_regular();
             if key == b"trusted.overlay.redirect" {
                 if let InodeData::Regular { payload, .. } = &mut ino.data {
-                    let v = if value.len() > 1 && value[0] == b'/' { &value[1..] } else { value };
+                    let v = if value.len() > 1 && value[0] == b'/' {
+                        &value[1..]
+                    } else {
+                        value
+                    };
                     *payload = Some(v.to_vec());
                 }
                 continue;
@@ -284,7 +321,10 @@ pub fn read_image(img: &[u8]) -> Result<Loaded, ReadError> {
                 ino.data = InodeData::Special;
                 continue;
             }
-            if key == b"trusted.overlay.overlay.whiteouts" || key == b"user.overlay.whiteout" || key == b"user.overlay.whiteouts" {
+            if key == b"trusted.overlay.overlay.whiteouts"
+                || key == b"user.overlay.whiteout"
+                || key == b"user.overlay.whiteouts"
+            {
                 continue;
             }
             let key = if key.starts_with(OVL) {
@@ -299,7 +339,10 @@ pub fn read_image(img: &[u8]) -> Result<Loaded, ReadError> {
             };
             match ino.xattrs.iter_mut().find(|x| x.key == key) {
                 Some(x) => x.value = value.to_vec(),
-                None => ino.xattrs.push(Xattr { key, value: value.to_vec() }),
+                None => ino.xattrs.push(Xattr {
+                    key,
+                    value: value.to_vec(),
+                }),
             }
         }
         Ok(Some(ino))
@@ -360,7 +403,10 @@ pub fn read_image(img: &[u8]) -> Result<Loaded, ReadError> {
                         }
                     }
                 };
-                entries.push(DirEntry { name: name.to_vec(), inode: id });
+                entries.push(DirEntry {
+                    name: name.to_vec(),
+                    inode: id,
+                });
             }
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
@@ -374,7 +420,10 @@ pub fn read_image(img: &[u8]) -> Result<Loaded, ReadError> {
     }
     // Whiteout children that were hardlinks were not seen as new inodes above; catch them.
     for d in 0..t.inodes.len() {
-        if t.inodes[d].is_dir() && t.inodes[d].entries().iter().any(|e| t.inodes[e.inode].is_whiteout()) && !whiteout_children.contains(&d) {
+        if t.inodes[d].is_dir()
+            && t.inodes[d].entries().iter().any(|e| t.inodes[e.inode].is_whiteout())
+            && !whiteout_children.contains(&d)
+        {
             whiteout_children.push(d);
         }
     }
@@ -406,5 +455,9 @@ pub fn read_image(img: &[u8]) -> Result<Loaded, ReadError> {
             }
         }
     }
-    Ok(Loaded { tree: tree.unwrap(), version: h.composefs_version, flags: h.flags })
+    Ok(Loaded {
+        tree: tree.unwrap(),
+        version: h.composefs_version,
+        flags: h.flags,
+    })
 }

@@ -54,7 +54,11 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { min_version: 0, max_version: 1, threads: 0 }
+        Options {
+            min_version: 0,
+            max_version: 1,
+            threads: 0,
+        }
     }
 }
 
@@ -159,7 +163,11 @@ struct Keys<'a> {
 
 impl<'a> Keys<'a> {
     fn new() -> Self {
-        Keys { bytes: Vec::new(), filter: Vec::new(), ids: HashMap::default() }
+        Keys {
+            bytes: Vec::new(),
+            filter: Vec::new(),
+            ids: HashMap::default(),
+        }
     }
     fn id(&mut self, key: std::borrow::Cow<'a, [u8]>) -> u32 {
         if let Some(&id) = self.ids.get(key.as_ref()) {
@@ -330,15 +338,18 @@ fn encode_dirents(nodes: &[Node], dirents: &[(&[u8], u32)], out: &mut Vec<u8>) {
     let mut nameoff = (dirents.len() * DIRENT_SIZE) as u64;
     for (name, target) in dirents {
         let t = &nodes[*target as usize];
-        Dirent { nid: t.nid, nameoff: nameoff as u16, file_type: ftype(t.mode) }.encode_into(out);
+        Dirent {
+            nid: t.nid,
+            nameoff: nameoff as u16,
+            file_type: ftype(t.mode),
+        }
+        .encode_into(out);
         nameoff += name.len() as u64;
     }
     for (name, _) in dirents {
         out.extend_from_slice(name);
     }
 }
-
-
 
 /// Run `f` on a pool of `threads` workers (0: the current pool, rayon's default).
 pub fn with_pool<R: Send, E: From<WriteError> + Send>(
@@ -365,7 +376,11 @@ pub fn write_image(tree: &Tree, opts: &Options) -> Result<Image, WriteError> {
             bytes.extend_from_slice(&chunk);
         }
         debug_assert_eq!(bytes.len() as u64, plan.stats.image_size);
-        Ok(Image { bytes, version: plan.version, stats: plan.stats.clone() })
+        Ok(Image {
+            bytes,
+            version: plan.version,
+            stats: plan.stats.clone(),
+        })
     })
 }
 
@@ -403,7 +418,11 @@ impl<'a> Plan<'a> {
         // 2. Format version.
         let is_whiteout = |n: &Node| n.src.is_some() && n.mode & mode::S_IFMT == mode::S_IFCHR && n.rdev == 0;
         let has_whiteout = nodes.iter().any(is_whiteout);
-        let version = if opts.min_version < 1 && max_version >= 1 && has_whiteout { 1 } else { opts.min_version };
+        let version = if opts.min_version < 1 && max_version >= 1 && has_whiteout {
+            1
+        } else {
+            opts.min_version
+        };
 
         // 3. Xattrs: escaping, overlay metadata, whiteouts; each node's final set at once, with
         // the operations in the order libcomposefs applies them (its size account depends on it).
@@ -429,7 +448,10 @@ impl<'a> Plan<'a> {
             xs.set(Xa { key, pre, body }, key_len)
         };
         let mut xattrs: Vec<Xa<'a>> = Vec::new();
-        let mut xs = XaSet { list: Vec::new(), budget: 0 };
+        let mut xs = XaSet {
+            list: Vec::new(),
+            budget: 0,
+        };
         let mut root_selinux: Option<Xa<'a>> = None;
         for i in 0..nodes.len() {
             xs.clear();
@@ -452,7 +474,14 @@ impl<'a> Plan<'a> {
                     };
                     // Renaming does not change libcomposefs' account: it counts the input key.
                     let key = keys.id(key);
-                    xs.add_source(Xa { key, pre: PRE_NONE, body: &x.value }, x.key.len());
+                    xs.add_source(
+                        Xa {
+                            key,
+                            pre: PRE_NONE,
+                            body: &x.value,
+                        },
+                        x.key.len(),
+                    );
                 }
                 if let Kind::Reg { external: true, .. } = n.kind {
                     let (payload, digest) = match &ino.data {
@@ -471,16 +500,31 @@ impl<'a> Plan<'a> {
                 if n.mode & mode::S_IFMT == mode::S_IFCHR && n.rdev == 0 {
                     n.size = 0;
                     n.mode = mode::S_IFREG | (n.mode & !mode::S_IFMT);
-                    n.kind = Kind::Reg { inline: None, external: false };
+                    n.kind = Kind::Reg {
+                        inline: None,
+                        external: false,
+                    };
                     set(&mut xs, k_wh, b"trusted.overlay.overlay.whiteout".len(), PRE_NONE, b"")?;
                     set(&mut xs, k_uwh, b"user.overlay.whiteout".len(), PRE_NONE, b"")?;
                     stats.whiteouts += 1;
                 }
                 if wh_parent[i] {
-                    set(&mut xs, k_whs, b"trusted.overlay.overlay.whiteouts".len(), PRE_NONE, b"")?;
+                    set(
+                        &mut xs,
+                        k_whs,
+                        b"trusted.overlay.overlay.whiteouts".len(),
+                        PRE_NONE,
+                        b"",
+                    )?;
                     set(&mut xs, k_uwhs, b"user.overlay.whiteouts".len(), PRE_NONE, b"")?;
                     if version >= 1 {
-                        set(&mut xs, k_opq_esc, b"trusted.overlay.overlay.opaque".len(), PRE_NONE, b"x")?;
+                        set(
+                            &mut xs,
+                            k_opq_esc,
+                            b"trusted.overlay.overlay.opaque".len(),
+                            PRE_NONE,
+                            b"x",
+                        )?;
                         set(&mut xs, k_uopq, b"user.overlay.opaque".len(), PRE_NONE, b"x")?;
                     }
                 }
@@ -501,7 +545,10 @@ impl<'a> Plan<'a> {
 
         // 4. Tree-wide facts.
         let mut min_mtime = nodes[0].mtime;
-        let acl_keys = [keys.ids.get(b"system.posix_acl_access".as_slice()), keys.ids.get(b"system.posix_acl_default".as_slice())];
+        let acl_keys = [
+            keys.ids.get(b"system.posix_acl_access".as_slice()),
+            keys.ids.get(b"system.posix_acl_default".as_slice()),
+        ];
         let has_acl = xattrs.iter().any(|x| acl_keys.contains(&Some(&x.key)));
         for n in &nodes {
             if n.mtime < min_mtime {
@@ -510,14 +557,19 @@ impl<'a> Plan<'a> {
         }
         for i in 0..nodes.len() {
             if let Kind::Dir = nodes[i].kind {
-                let subdirs = nodes[i].dirents.iter().filter(|(name, t)| *name != b"." && *name != b".." && matches!(nodes[*t as usize].kind, Kind::Dir)).count();
+                let subdirs = nodes[i]
+                    .dirents
+                    .iter()
+                    .filter(|(name, t)| *name != b"." && *name != b".." && matches!(nodes[*t as usize].kind, Kind::Dir))
+                    .count();
                 nodes[i].nlink = 2 + subdirs as u32;
             }
         }
 
         // 5. Shared xattrs: key+values used more than once. Each distinct one is found by a
         // content hash pointing at its first use (colliding hashes are compared in full).
-        let mut first: HashMap<u64, u32, FastHash> = HashMap::with_capacity_and_hasher(xattrs.len(), Default::default());
+        let mut first: HashMap<u64, u32, FastHash> =
+            HashMap::with_capacity_and_hasher(xattrs.len(), Default::default());
         let mut collided: HashMap<u64, Vec<u32>, FastHash> = HashMap::default();
         let mut canon: Vec<u32> = Vec::with_capacity(xattrs.len());
         let mut uses: Vec<u32> = vec![0; xattrs.len()];
@@ -555,7 +607,10 @@ impl<'a> Plan<'a> {
         drop(uses);
         shared.sort_by(|&a, &b| {
             let (a, b) = (&xattrs[a as usize], &xattrs[b as usize]);
-            keys.get(b.key).cmp(keys.get(a.key)).then(b.value_len().cmp(&a.value_len())).then(b.value_cmp(a))
+            keys.get(b.key)
+                .cmp(keys.get(a.key))
+                .then(b.value_len().cmp(&a.value_len()))
+                .then(b.value_cmp(a))
         });
         let mut canon_off: HashMap<u32, u32, FastHash> = HashMap::default();
         let mut shared_size = 0u64;
@@ -567,7 +622,10 @@ impl<'a> Plan<'a> {
         stats.shared_xattrs = shared.len() as u64;
         // Per xattr: its offset in the shared table; each node refers to the table for its
         // first 128 sharable xattrs only.
-        let mut shared_off: Vec<u32> = canon.iter().map(|c| canon_off.get(c).copied().unwrap_or(NOT_SHARED)).collect();
+        let mut shared_off: Vec<u32> = canon
+            .iter()
+            .map(|c| canon_off.get(c).copied().unwrap_or(NOT_SHARED))
+            .collect();
         drop(canon);
         drop(canon_off);
         for n in &nodes {
@@ -737,12 +795,29 @@ impl<'a> Plan<'a> {
         let names: u64 = nodes.iter().map(|n| n.dirents.len().saturating_sub(2) as u64).sum();
         stats.hardlinks = names.saturating_sub(nodes.len() as u64 - 1);
         stats.image_size = data_start + n_data_blocks * BLOCK_SIZE;
-        Ok(Plan { nodes, xattrs, keys, shared_off, shared, header, sb, inodes_end, data_start, version, stats })
+        Ok(Plan {
+            nodes,
+            xattrs,
+            keys,
+            shared_off,
+            shared,
+            header,
+            sb,
+            inodes_end,
+            data_start,
+            version,
+            stats,
+        })
     }
 
     /// The image bytes, in pieces of about a megabyte, in order.
     pub fn chunks(&self) -> Chunks<'_, 'a> {
-        Chunks { plan: self, stage: 0, next: 0, pos: 0 }
+        Chunks {
+            plan: self,
+            stage: 0,
+            next: 0,
+            pos: 0,
+        }
     }
 
     /// Where node `i`'s bytes (the padding before its inode record, then the record) start.
@@ -756,7 +831,11 @@ impl<'a> Plan<'a> {
         let n = &self.nodes[i];
         out.resize(start + n.ipad as usize, 0);
         let t = n.mode & mode::S_IFMT;
-        let mut layout = if n.tail > 0 { LAYOUT_FLAT_INLINE } else { LAYOUT_FLAT_PLAIN };
+        let mut layout = if n.tail > 0 {
+            LAYOUT_FLAT_INLINE
+        } else {
+            LAYOUT_FLAT_PLAIN
+        };
         let mut i_u = 0u32;
         let size = match n.kind {
             Kind::Dir => n.n_blocks * BLOCK_SIZE + n.tail,
@@ -778,7 +857,11 @@ impl<'a> Plan<'a> {
             i_u = (i_u & 0xffff_0000) | (bits - BLOCK_BITS);
         }
         let xattr_size = n.xattr_size as usize;
-        let xattr_icount = if xattr_size == 0 { 0 } else { ((xattr_size - XATTR_HEADER_SIZE) / 4 + 1) as u16 };
+        let xattr_icount = if xattr_size == 0 {
+            0
+        } else {
+            ((xattr_size - XATTR_HEADER_SIZE) / 4 + 1) as u16
+        };
         DiskInode {
             compact: n.compact,
             format: DiskInode::make_format(n.compact, layout),
@@ -799,7 +882,11 @@ impl<'a> Plan<'a> {
             let (xs, offs) = (&self.xattrs[range.clone()], &self.shared_off[range]);
             let filter = xs.iter().fold(0u32, |f, x| f | self.keys.filter[x.key as usize]);
             let n_shared = offs.iter().filter(|&&o| o != NOT_SHARED).count();
-            XattrIbodyHeader { name_filter: !filter, shared_count: n_shared as u8 }.encode_into(out);
+            XattrIbodyHeader {
+                name_filter: !filter,
+                shared_count: n_shared as u8,
+            }
+            .encode_into(out);
             let shared_base = self.inodes_end % BLOCK_SIZE;
             for &off in offs.iter().filter(|&&o| o != NOT_SHARED) {
                 out.extend_from_slice(&(((shared_base + off as u64) / 4) as u32).to_le_bytes());
@@ -900,7 +987,11 @@ impl Iterator for Chunks<'_, '_> {
                     .into_par_iter()
                     .map(|first| {
                         let last = (first + NODES_PER_TASK).min(end);
-                        let upto = if last < p.nodes.len() { p.node_start(last) } else { p.inodes_end };
+                        let upto = if last < p.nodes.len() {
+                            p.node_start(last)
+                        } else {
+                            p.inodes_end
+                        };
                         let mut out = Vec::with_capacity((upto - p.node_start(first)) as usize);
                         for i in first..last {
                             p.encode_inode(i, &mut out);
@@ -967,10 +1058,19 @@ fn bfs_nodes(tree: &Tree) -> Result<Vec<Node<'_>>, WriteError> {
                 let kind = match (&ino.data, ino.file_type()) {
                     (_, mode::S_IFDIR) => Kind::Dir,
                     (InodeData::Regular { inline, .. }, mode::S_IFREG) => match inline {
-                        Some(c) if !c.is_empty() => Kind::Reg { inline: Some(c), external: false },
-                        _ => Kind::Reg { inline: None, external: ino.size > 0 },
+                        Some(c) if !c.is_empty() => Kind::Reg {
+                            inline: Some(c),
+                            external: false,
+                        },
+                        _ => Kind::Reg {
+                            inline: None,
+                            external: ino.size > 0,
+                        },
                     },
-                    (_, mode::S_IFREG) => Kind::Reg { inline: None, external: ino.size > 0 },
+                    (_, mode::S_IFREG) => Kind::Reg {
+                        inline: None,
+                        external: ino.size > 0,
+                    },
                     (InodeData::Symlink { target }, mode::S_IFLNK) => Kind::Symlink(target),
                     (_, mode::S_IFLNK) => return Err(WriteError::BadMode(ino.mode)),
                     (_, mode::S_IFCHR | mode::S_IFBLK | mode::S_IFIFO | mode::S_IFSOCK) => Kind::Other,
@@ -981,7 +1081,16 @@ fn bfs_nodes(tree: &Tree) -> Result<Vec<Node<'_>>, WriteError> {
                     Kind::Symlink(t) => t.len() as u64,
                     _ => ino.size,
                 };
-                (ino.mode, ino.uid, ino.gid, ino.nlink, ino.rdev as u32, ino.mtime, size, kind)
+                (
+                    ino.mode,
+                    ino.uid,
+                    ino.gid,
+                    ino.nlink,
+                    ino.rdev as u32,
+                    ino.mtime,
+                    size,
+                    kind,
+                )
             }
         };
         Ok(Node {
@@ -1021,8 +1130,11 @@ fn bfs_nodes(tree: &Tree) -> Result<Vec<Node<'_>>, WriteError> {
         }
         let entries = tree.inodes[src].entries();
         // (name, Some((entry index, inode)) or None for a synthetic whiteout)
-        let mut list: Vec<(&[u8], Option<(usize, InodeId)>)> =
-            entries.iter().enumerate().map(|(i, e)| (e.name.as_slice(), Some((i, e.inode)))).collect();
+        let mut list: Vec<(&[u8], Option<(usize, InodeId)>)> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.name.as_slice(), Some((i, e.inode))))
+            .collect();
         if src == ROOT && qi == 0 {
             for n in HEX_NAMES.iter() {
                 if tree.lookup(ROOT, n).is_none() {
@@ -1035,7 +1147,13 @@ fn bfs_nodes(tree: &Tree) -> Result<Vec<Node<'_>>, WriteError> {
         dirents.push((b".", qi as u32));
         dirents.push((b"..", nodes[qi].parent));
         for (name, what) in list {
-            if name.is_empty() || name.len() > 255 || name.contains(&b'/') || name.contains(&0) || name == b"." || name == b".." {
+            if name.is_empty()
+                || name.len() > 255
+                || name.contains(&b'/')
+                || name.contains(&0)
+                || name == b"."
+                || name == b".."
+            {
                 return Err(WriteError::BadName(String::from_utf8_lossy(name).into_owned()));
             }
             match what {

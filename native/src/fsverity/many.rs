@@ -25,14 +25,20 @@ const MAX_FILES_PER_UNIT: usize = 32;
 type Outcome = Result<(Vec<u8>, u64), Error>;
 
 /// Digests of `paths`, in order, computed on the current rayon pool.
-pub(super) fn digest_paths<P: AsRef<Path> + Sync>(paths: &[P], params: &Params, chunking: &Chunking) -> Vec<Result<Vec<u8>, Error>> {
+pub(super) fn digest_paths<P: AsRef<Path> + Sync>(
+    paths: &[P],
+    params: &Params,
+    chunking: &Chunking,
+) -> Vec<Result<Vec<u8>, Error>> {
     use rayon::prelude::*;
     if paths.is_empty() {
         return Vec::new();
     }
     let per_unit = (paths.len() / (rayon::current_num_threads() * 8)).clamp(1, MAX_FILES_PER_UNIT);
-    let units: Vec<Vec<Outcome>> =
-        paths.par_chunks(per_unit).map(|unit| with_batch_buf(|buf| digest_unit(unit, params, chunking, buf))).collect();
+    let units: Vec<Vec<Outcome>> = paths
+        .par_chunks(per_unit)
+        .map(|unit| with_batch_buf(|buf| digest_unit(unit, params, chunking, buf)))
+        .collect();
     units.into_iter().flatten().map(|r| r.map(|(d, _)| d)).collect()
 }
 
@@ -40,7 +46,11 @@ pub(super) fn digest_paths<P: AsRef<Path> + Sync>(paths: &[P], params: &Params, 
 /// files are split over the current rayon pool, see [`Chunking`]). Each comes with the size
 /// `fstat` gave when it was opened. The digest covers what was read: to the end of the file, or
 /// exactly the given size for a file hashed in parallel.
-pub(crate) fn digest_open_files(files: &[(&File, u64)], params: &Params, chunking: &Chunking) -> Vec<io::Result<(Vec<u8>, u64)>> {
+pub(crate) fn digest_open_files(
+    files: &[(&File, u64)],
+    params: &Params,
+    chunking: &Chunking,
+) -> Vec<io::Result<(Vec<u8>, u64)>> {
     if files.is_empty() {
         return Vec::new();
     }
@@ -89,7 +99,10 @@ fn digest_unit<P: AsRef<Path>>(paths: &[P], params: &Params, chunking: &Chunking
         }
     }
     batch.finish(&mut results);
-    results.into_iter().map(|r| r.expect("every file has a result")).collect()
+    results
+        .into_iter()
+        .map(|r| r.expect("every file has a result"))
+        .collect()
 }
 
 /// A file whose digest is under way.
@@ -146,9 +159,19 @@ impl<'a> Batch<'a> {
     /// Start on the file at `path`: small files are read into the batch; large ones have their
     /// data blocks hashed now (a very large one is digested completely, in parallel, and its
     /// result stored in `results`).
-    fn add(&mut self, slot: usize, path: &Path, chunking: &Chunking, results: &mut [Option<Outcome>]) -> Result<(), Error> {
+    fn add(
+        &mut self,
+        slot: usize,
+        path: &Path,
+        chunking: &Chunking,
+        results: &mut [Option<Outcome>],
+    ) -> Result<(), Error> {
         let (file, size) = open_regular_nonblocking(path)?;
-        self.add_file(slot, &file, size, chunking, results).map_err(|source| Error::Io { path: path.to_path_buf(), source })
+        self.add_file(slot, &file, size, chunking, results)
+            .map_err(|source| Error::Io {
+                path: path.to_path_buf(),
+                source,
+            })
     }
 
     /// [`Batch::add`] for an open regular file whose size `fstat` gave as `size`.
@@ -183,7 +206,11 @@ impl<'a> Batch<'a> {
                 self.buf[start + n..end].fill(0);
                 self.used = end;
                 self.waiting.push((self.files.len(), (end - start) / self.bs));
-                self.files.push(Pending { slot, size: n as u64, level: Vec::new() });
+                self.files.push(Pending {
+                    slot,
+                    size: n as u64,
+                    level: Vec::new(),
+                });
             }
             Filled::Full => {
                 // Rare (the file grew since fstat): hash what was read (whole blocks: the free
@@ -193,7 +220,11 @@ impl<'a> Batch<'a> {
                 self.hasher.hash_whole_blocks(&self.buf[start..], self.bs, &mut level);
                 clear_nonblock(file)?;
                 let rest = level0_from_reader(file, &self.hasher, self.bs, &mut level)?;
-                self.files.push(Pending { slot, size: head as u64 + rest, level });
+                self.files.push(Pending {
+                    slot,
+                    size: head as u64 + rest,
+                    level,
+                });
             }
         }
         Ok(())
@@ -205,7 +236,8 @@ impl<'a> Batch<'a> {
             return;
         }
         self.hashes.clear();
-        self.hasher.hash_whole_blocks(&self.buf[..self.used], self.bs, &mut self.hashes);
+        self.hasher
+            .hash_whole_blocks(&self.buf[..self.used], self.bs, &mut self.hashes);
         let mut at = 0;
         for &(i, blocks) in &self.waiting {
             let n = blocks * self.ds;
@@ -305,7 +337,10 @@ mod tests {
         let mut room = vec![0u8; 16_384];
         for stale_size in [10_000u64, 100, 20_000] {
             let f = File::open(&path).unwrap();
-            assert!(matches!(read_to_end(&f, &mut room, stale_size).unwrap(), Filled::Whole(10_000)));
+            assert!(matches!(
+                read_to_end(&f, &mut room, stale_size).unwrap(),
+                Filled::Whole(10_000)
+            ));
             assert_eq!(&room[..10_000], &data[..]);
         }
         let f = File::open(&path).unwrap();
@@ -319,15 +354,30 @@ mod tests {
     fn files_that_grew() {
         let sizes = [5000usize, 3 * 4096, 100, 9000, 0, 4096, 20_000];
         let data: Vec<Vec<u8>> = sizes.iter().map(|&n| pattern(n)).collect();
-        for params in [Params::default(), Params::new(HashAlg::Sha512, 1024, b"s".to_vec()).unwrap()] {
-            let paths: Vec<_> = data.iter().enumerate().map(|(i, d)| temp_file(&format!("grew{i}"), d)).collect();
+        for params in [
+            Params::default(),
+            Params::new(HashAlg::Sha512, 1024, b"s".to_vec()).unwrap(),
+        ] {
+            let paths: Vec<_> = data
+                .iter()
+                .enumerate()
+                .map(|(i, d)| temp_file(&format!("grew{i}"), d))
+                .collect();
             let mut buf = vec![0u8; 16_384];
             let mut results: Vec<Option<Outcome>> = (0..paths.len()).map(|_| None).collect();
             let mut batch = Batch::new(&params, &mut buf);
             for (slot, p) in paths.iter().enumerate() {
                 let f = File::open(p).unwrap();
                 // Claim a tenth of the real size.
-                batch.add_file(slot, &f, (sizes[slot] / 10) as u64, &Chunking::sequential(), &mut results).unwrap();
+                batch
+                    .add_file(
+                        slot,
+                        &f,
+                        (sizes[slot] / 10) as u64,
+                        &Chunking::sequential(),
+                        &mut results,
+                    )
+                    .unwrap();
             }
             batch.finish(&mut results);
             for (i, r) in results.into_iter().enumerate() {

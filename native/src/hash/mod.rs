@@ -1,6 +1,6 @@
 //! Hash primitives tuned for fs-verity's workload (many equal-length messages).
 
 pub mod fx;
-pub mod sha256_x2;
 #[cfg(target_arch = "x86_64")]
 pub mod sha256_x16;
+pub mod sha256_x2;

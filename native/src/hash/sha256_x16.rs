@@ -46,32 +46,59 @@ unsafe fn xor3(x: __m512i, y: __m512i, z: __m512i) -> __m512i {
 /// Σ0 (FIPS 180-4, 4.4.2).
 #[inline(always)]
 unsafe fn big_sigma0(x: __m512i) -> __m512i {
-    xor3(_mm512_ror_epi32::<2>(x), _mm512_ror_epi32::<13>(x), _mm512_ror_epi32::<22>(x))
+    xor3(
+        _mm512_ror_epi32::<2>(x),
+        _mm512_ror_epi32::<13>(x),
+        _mm512_ror_epi32::<22>(x),
+    )
 }
 
 /// Σ1.
 #[inline(always)]
 unsafe fn big_sigma1(x: __m512i) -> __m512i {
-    xor3(_mm512_ror_epi32::<6>(x), _mm512_ror_epi32::<11>(x), _mm512_ror_epi32::<25>(x))
+    xor3(
+        _mm512_ror_epi32::<6>(x),
+        _mm512_ror_epi32::<11>(x),
+        _mm512_ror_epi32::<25>(x),
+    )
 }
 
 /// σ0.
 #[inline(always)]
 unsafe fn small_sigma0(x: __m512i) -> __m512i {
-    xor3(_mm512_ror_epi32::<7>(x), _mm512_ror_epi32::<18>(x), _mm512_srli_epi32::<3>(x))
+    xor3(
+        _mm512_ror_epi32::<7>(x),
+        _mm512_ror_epi32::<18>(x),
+        _mm512_srli_epi32::<3>(x),
+    )
 }
 
 /// σ1.
 #[inline(always)]
 unsafe fn small_sigma1(x: __m512i) -> __m512i {
-    xor3(_mm512_ror_epi32::<17>(x), _mm512_ror_epi32::<19>(x), _mm512_srli_epi32::<10>(x))
+    xor3(
+        _mm512_ror_epi32::<17>(x),
+        _mm512_ror_epi32::<19>(x),
+        _mm512_srli_epi32::<10>(x),
+    )
 }
 
 /// One round: T1 = h + Σ1(e) + Ch(e, f, g) + K[t] + W[t], T2 = Σ0(a) + Maj(a, b, c); d += T1,
 /// h = T1 + T2. The caller renames the variables instead of shifting them.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn round(a: __m512i, b: __m512i, c: __m512i, d: &mut __m512i, e: __m512i, f: __m512i, g: __m512i, h: &mut __m512i, w: __m512i, t: usize) {
+unsafe fn round(
+    a: __m512i,
+    b: __m512i,
+    c: __m512i,
+    d: &mut __m512i,
+    e: __m512i,
+    f: __m512i,
+    g: __m512i,
+    h: &mut __m512i,
+    w: __m512i,
+    t: usize,
+) {
     // Ch(e, f, g) = (e & f) ^ (!e & g): truth table 0xCA; Maj(a, b, c): 0xE8.
     let ch = _mm512_ternarylogic_epi32::<0xCA>(e, f, g);
     let t1 = add4(*h, big_sigma1(e), ch, add(_mm512_set1_epi32(K.0[t] as i32), w));
@@ -239,7 +266,14 @@ unsafe fn transpose(r: &mut [__m512i; 16]) {
 /// # Safety
 /// The CPU must have AVX-512F and AVX-512BW ([`available`]).
 #[target_feature(enable = "avx512f,avx512bw")]
-pub unsafe fn hash16(prefix: &State, prefix_len: u64, msgs: &[u8], len: usize, lanes: usize, out: &mut [u8; LANES * DIGEST]) {
+pub unsafe fn hash16(
+    prefix: &State,
+    prefix_len: u64,
+    msgs: &[u8],
+    len: usize,
+    lanes: usize,
+    out: &mut [u8; LANES * DIGEST],
+) {
     assert!((1..=LANES).contains(&lanes) && len.is_multiple_of(BLOCK) && msgs.len() == lanes * len);
     // Big-endian words to native: reverse the bytes of each 32-bit lane.
     let bswap = _mm512_broadcast_i32x4(_mm_setr_epi8(3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12));

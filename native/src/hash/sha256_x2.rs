@@ -28,8 +28,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 pub type State = [u32; 8];
 
 /// The initial hash value (FIPS 180-4, 5.3.3).
-pub const IV: State =
-    [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
+pub const IV: State = [
+    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+];
 
 /// SHA-256's input block size in bytes.
 pub const BLOCK: usize = 64;
@@ -41,14 +42,14 @@ pub const DIGEST: usize = 32;
 pub(crate) struct RoundConstants(pub(crate) [u32; 64]);
 
 pub(crate) static K: RoundConstants = RoundConstants([
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98,
+    0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786,
+    0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8,
+    0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
+    0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819,
+    0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a,
+    0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+    0xc67178f2,
 ]);
 
 /// How the compression function is computed.
@@ -177,7 +178,10 @@ impl Prefix {
 
     /// The state after hashing `prefix`, whose length must be a multiple of 64 bytes.
     pub fn new(prefix: &[u8]) -> Prefix {
-        assert!(prefix.len().is_multiple_of(BLOCK), "a prefix must be whole 64-byte blocks");
+        assert!(
+            prefix.len().is_multiple_of(BLOCK),
+            "a prefix must be whole 64-byte blocks"
+        );
         let mut p = Prefix::EMPTY;
         compress(backend(), &mut p.state, prefix);
         p.len = prefix.len() as u64;
@@ -186,7 +190,10 @@ impl Prefix {
 
     /// A prefix given by its state and length in bytes (a multiple of 64).
     pub fn from_state(state: State, len: u64) -> Prefix {
-        assert!(len.is_multiple_of(BLOCK as u64), "a prefix must be whole 64-byte blocks");
+        assert!(
+            len.is_multiple_of(BLOCK as u64),
+            "a prefix must be whole 64-byte blocks"
+        );
         Prefix { state, len }
     }
 
@@ -233,7 +240,10 @@ impl Prefix {
 
     /// [`Prefix::hash_many`] with an explicit backend.
     pub fn hash_many_with(&self, b: Backend, msgs: &[u8], msg_len: usize, out: &mut Vec<u8>) {
-        assert!(msg_len > 0 && msgs.len().is_multiple_of(msg_len), "hash_many needs whole messages");
+        assert!(
+            msg_len > 0 && msgs.len().is_multiple_of(msg_len),
+            "hash_many needs whole messages"
+        );
         let msgs = self.hash_sixteens(b, msgs, msg_len, out);
         let mut pairs = msgs.chunks_exact(2 * msg_len);
         for pair in &mut pairs {
@@ -433,7 +443,12 @@ mod ni {
     impl Lane {
         #[inline(always)]
         unsafe fn start(abef: __m128i, cdgh: __m128i, p: *const u8, mask: __m128i) -> Lane {
-            let w = [load_words(p, 0, mask), load_words(p, 1, mask), load_words(p, 2, mask), load_words(p, 3, mask)];
+            let w = [
+                load_words(p, 0, mask),
+                load_words(p, 1, mask),
+                load_words(p, 2, mask),
+                load_words(p, 3, mask),
+            ];
             Lane { abef, cdgh, w }
         }
 
@@ -556,11 +571,17 @@ mod tests {
     fn known_answers() {
         // FIPS 180-4 examples.
         let abc = Prefix::EMPTY.hash_one(b"abc");
-        assert_eq!(hex(&abc), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            hex(&abc),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         let long = b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
         for b in backends() {
             let (d0, d1) = Prefix::EMPTY.hash_two_with(b, long, long);
-            assert_eq!(hex(&d0), "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+            assert_eq!(
+                hex(&d0),
+                "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"
+            );
             assert_eq!(d0, d1);
             assert_eq!(hex(&Prefix::EMPTY.hash_one_with(b, b"")), hex(&Sha256::digest(b"")));
         }
@@ -581,8 +602,18 @@ mod tests {
             let (m0, m1) = (rng.bytes(len), rng.bytes(len));
             let (w0, w1) = (reference(&prefix, &m0), reference(&prefix, &m1));
             for b in backends() {
-                assert_eq!(p.hash_one_with(b, &m0), w0, "{b:?} one, len {len}, prefix {}", prefix.len());
-                assert_eq!(p.hash_two_with(b, &m0, &m1), (w0, w1), "{b:?} two, len {len}, prefix {}", prefix.len());
+                assert_eq!(
+                    p.hash_one_with(b, &m0),
+                    w0,
+                    "{b:?} one, len {len}, prefix {}",
+                    prefix.len()
+                );
+                assert_eq!(
+                    p.hash_two_with(b, &m0, &m1),
+                    (w0, w1),
+                    "{b:?} two, len {len}, prefix {}",
+                    prefix.len()
+                );
                 assert_eq!(p.hash_two_with(b, &m1, &m0), (w1, w0), "{b:?} swapped, len {len}");
             }
         }
@@ -597,7 +628,10 @@ mod tests {
             let p = Prefix::from_state(state, BLOCK as u64 * rng.below(1000) as u64);
             let len = rng.below(3000);
             let (m0, m1) = (rng.bytes(len), rng.bytes(len));
-            let want = (p.hash_one_with(Backend::Portable, &m0), p.hash_one_with(Backend::Portable, &m1));
+            let want = (
+                p.hash_one_with(Backend::Portable, &m0),
+                p.hash_one_with(Backend::Portable, &m1),
+            );
             for b in backends() {
                 assert_eq!(p.hash_two_with(b, &m0, &m1), want, "{b:?} len {len}");
                 assert_eq!(p.hash_one_with(b, &m1), want.1, "{b:?} len {len}");
@@ -612,8 +646,25 @@ mod tests {
         let p = Prefix::new(&prefix);
         // Sixteen at a time with AVX-512 (lengths of whole blocks only), and a rest of at least
         // sha256_x16::MIN_LANES in part of the lanes.
-        let cases = [(0usize, 4096usize), (1, 4096), (2, 4096), (5, 1024), (8, 256), (3, 55), (7, 64), (4, 1)];
-        let sixteens = [(16, 4096), (17, 64), (31, 128), (33, 256), (48, 4096), (40, 55), (20, 4097)];
+        let cases = [
+            (0usize, 4096usize),
+            (1, 4096),
+            (2, 4096),
+            (5, 1024),
+            (8, 256),
+            (3, 55),
+            (7, 64),
+            (4, 1),
+        ];
+        let sixteens = [
+            (16, 4096),
+            (17, 64),
+            (31, 128),
+            (33, 256),
+            (48, 4096),
+            (40, 55),
+            (20, 4097),
+        ];
         let partial = [(8, 1024), (9, 64), (10, 1024), (15, 4096), (27, 128), (42, 256)];
         for (count, msg_len) in cases.into_iter().chain(sixteens).chain(partial) {
             let msgs = rng.bytes(count * msg_len);
@@ -636,7 +687,10 @@ mod tests {
             let p = Prefix::from_state(state, BLOCK as u64 * (rng.next() % (1 << 40)));
             let msg_len = BLOCK * (1 + rng.below(80));
             let msgs = rng.bytes(16 * msg_len);
-            let want: Vec<u8> = msgs.chunks(msg_len).flat_map(|m| p.hash_one_with(Backend::Portable, m)).collect();
+            let want: Vec<u8> = msgs
+                .chunks(msg_len)
+                .flat_map(|m| p.hash_one_with(Backend::Portable, m))
+                .collect();
             for b in backends() {
                 let mut out = Vec::new();
                 p.hash_many_with(b, &msgs, msg_len, &mut out);

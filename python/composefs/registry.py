@@ -242,7 +242,7 @@ class Registry(Source):
             resp.read(MAX_SMALL)
         except ssl.SSLError as e:
             self._drop(self.scheme, self.ref.host)
-            raise CfsError(f"TLS: {e.reason or e}") from None
+            raise CfsError(f"TLS handshake failed ({e.reason or e}); a plain-HTTP registry needs --tls-verify=false") from None
         except (OSError, http.client.HTTPException) as e:
             self._drop(self.scheme, self.ref.host)
             raise Transient(_oserr(e)) from None

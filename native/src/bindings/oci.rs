@@ -107,10 +107,11 @@ impl OciLayer {
     /// Write the layer's record to `path` atomically.
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
         let layer = self.layer.clone();
-        py.allow_threads(|| build::write_atomic(&path, &layer.encode())).map_err(|e| match e {
-            build::BuildError::Io { path, source } => os_error(&source, Some(&path)),
-            e => FormatError::new_err(e.to_string()),
-        })
+        py.allow_threads(|| build::write_atomic(&path, &layer.encode()))
+            .map_err(|e| match e {
+                build::BuildError::Io { path, source } => os_error(&source, Some(&path)),
+                e => FormatError::new_err(e.to_string()),
+            })
     }
 
     /// A layer record read back from `path`; FormatError when it is not one.
@@ -185,10 +186,11 @@ fn oci_build_image<'py>(
         let tree = merge::merge(&refs, max_entries).map_err(|e| FormatError::new_err(e.to_string()))?;
         let mut entries = 1u64;
         tree.walk_breadth_first(|_, _| entries += 1);
-        let built = build::build_counting(&tree, &Options::default(), Some(&image_path), false).map_err(|e| match e {
-            build::BuildError::Io { path, source } => os_error(&source, Some(&path)),
-            e => FormatError::new_err(e.to_string()),
-        })?;
+        let built =
+            build::build_counting(&tree, &Options::default(), Some(&image_path), false).map_err(|e| match e {
+                build::BuildError::Io { path, source } => os_error(&source, Some(&path)),
+                e => FormatError::new_err(e.to_string()),
+            })?;
         tree.drop_in_background();
         Ok((built.0, built.1, entries))
     })?;

@@ -159,7 +159,11 @@ struct Overrun {
 
 impl fmt::Display for Overrun {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "size mismatch: more than the {} bytes the descriptor says", self.want)
+        write!(
+            f,
+            "size mismatch: more than the {} bytes the descriptor says",
+            self.want
+        )
     }
 }
 
@@ -195,6 +199,16 @@ impl<R: Read> Verified<R> {
         Ok((self.inner, n))
     }
 
+    /// Drain and compare without giving the reader up; returns the byte count.
+    pub fn check(&mut self, want: &BlobDigest) -> Result<u64, VerifyError> {
+        let n = self.drain()?;
+        let got = self.hasher.clone().finish();
+        if &got != want {
+            return Err(VerifyError::Mismatch { got });
+        }
+        Ok(n)
+    }
+
     /// Read what is left and check the size only (for a blob no digest names).
     pub fn finish_unchecked(mut self) -> Result<(R, u64), VerifyError> {
         let n = self.drain()?;
@@ -210,7 +224,10 @@ impl<R: Read> Verified<R> {
         io::copy(self, &mut io::sink()).map_err(classify)?;
         if let Some(l) = self.limit {
             if self.read != l {
-                return Err(VerifyError::Size { got: self.read, want: l });
+                return Err(VerifyError::Size {
+                    got: self.read,
+                    want: l,
+                });
             }
         }
         Ok(self.read)
@@ -279,10 +296,14 @@ mod tests {
     #[test]
     fn verified_reader() {
         let want = BlobDigest::parse(EMPTY256).unwrap();
-        Verified::new(&b""[..], Algorithm::Sha256, Some(0)).finish(&want).unwrap();
+        Verified::new(&b""[..], Algorithm::Sha256, Some(0))
+            .finish(&want)
+            .unwrap();
         let data = b"hello world";
         let d = BlobDigest::of(Algorithm::Sha256, data);
-        Verified::new(&data[..], Algorithm::Sha256, Some(11)).finish(&d).unwrap();
+        Verified::new(&data[..], Algorithm::Sha256, Some(11))
+            .finish(&d)
+            .unwrap();
         assert!(matches!(
             Verified::new(&data[..], Algorithm::Sha256, Some(10)).finish(&d),
             Err(VerifyError::Size { .. })

@@ -47,7 +47,10 @@ pub enum Content {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeData {
     Directory,
-    Regular { size: u64, content: Content },
+    Regular {
+        size: u64,
+        content: Content,
+    },
     Symlink(Vec<u8>),
     /// Devices and fifos: `mode` and `rdev` say it all.
     Special,
@@ -70,13 +73,23 @@ pub struct Node {
 /// `/`, no `.`/`..`/empty components; the root is the empty path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    Put { path: Vec<u8>, node: Node },
+    Put {
+        path: Vec<u8>,
+        node: Node,
+    },
     /// A hardlink: `path` names the inode now at `target`.
-    Link { path: Vec<u8>, target: Vec<u8> },
+    Link {
+        path: Vec<u8>,
+        target: Vec<u8>,
+    },
     /// `.wh.NAME`: remove `path` (the directory's `NAME`).
-    Whiteout { path: Vec<u8> },
+    Whiteout {
+        path: Vec<u8>,
+    },
     /// `.wh..wh..opq`: hide what lower layers have in directory `path`.
-    Opaque { path: Vec<u8> },
+    Opaque {
+        path: Vec<u8>,
+    },
 }
 
 /// Counts of one layer read.
@@ -148,9 +161,29 @@ pub fn read_layer<R: Read>(
     let read = read_entries(&mut tar, &sink, &mut ops);
     // Whatever happened, wait for the store jobs: none may outlive this call.
     let digests = sink.finish();
-    if let Err(e) = read {
-        return Err(decorate(e, expect));
-    }
+    let plain = match read {
+        Err(e) => Err(decorate(e, expect)),
+        Ok(()) => check_plain_end(tar.inner_mut(), expect),
+    };
+    // The blob is checked last but reported first: a corrupted or swapped blob is a digest
+    // mismatch, whatever the decoder or the tar reader made of its bytes. Only a failure of the
+    // source itself (network, disk) or of the store leaves the rest of the blob unread.
+    let drain = !matches!(
+        &plain,
+        Err(LayerError::Tar(TarError::Io(_))) | Err(LayerError::Store(_))
+    );
+    let blob = tar.into_inner().into_inner().into_inner().into_inner().into_inner();
+    let compressed = match (&expect.digest, drain) {
+        (_, false) => Ok(0),
+        (Some(want), true) => blob.finish_into(want).map(|(_, n)| n),
+        (None, true) => blob.finish_unchecked().map(|(_, n)| n),
+    };
+    let (uncompressed, compressed) = match (plain, compressed) {
+        (_, Err(e @ (VerifyError::Mismatch { .. } | VerifyError::Size { .. }))) => return Err(LayerError::Blob(e)),
+        (Err(e), _) => return Err(e),
+        (Ok(_), Err(e)) => return Err(LayerError::Blob(e)),
+        (Ok(u), Ok(c)) => (u, c),
+    };
     let digests = digests?;
     for op in &mut ops {
         if let Op::Put {
@@ -172,26 +205,6 @@ pub fn read_layer<R: Read>(
         }
     }
     let entries = ops.len() as u64;
-    // The end-of-archive marker was read; what follows is padding, bounded.
-    let mut plain = tar.into_inner();
-    let mut rest = (&mut plain).take(MAX_TRAILER + 1);
-    let trailer = io::copy(&mut rest, &mut io::sink()).map_err(|e| decorate(LayerError::Tar(e.into()), expect))?;
-    if trailer > MAX_TRAILER {
-        return Err(LayerError::Trailer(trailer));
-    }
-    let (decoder, uncompressed) = match &expect.diff_id {
-        Some(want) => plain.into_inner().finish_into(want).map_err(|e| match e {
-            VerifyError::Mismatch { .. } => LayerError::DiffId { want: want.clone() },
-            e => LayerError::Blob(e),
-        })?,
-        None => plain.into_inner().finish_unchecked().map_err(LayerError::Blob)?,
-    };
-    let blob = decoder.into_inner().into_inner();
-    let (_, compressed) = match &expect.digest {
-        Some(want) => blob.finish_into(want),
-        None => blob.finish_unchecked(),
-    }
-    .map_err(LayerError::Blob)?;
     let s = sink.stats();
     Ok(Layer {
         ops,
@@ -202,6 +215,25 @@ pub fn read_layer<R: Read>(
             ..s
         },
     })
+}
+
+/// After the end-of-archive marker: at most [`MAX_TRAILER`] bytes of padding, then the diff_id.
+/// Returns the uncompressed size.
+fn check_plain_end<R: Read>(plain: &mut BufReader<Verified<R>>, expect: &Expect) -> Result<u64, LayerError> {
+    let trailer = io::copy(&mut (&mut *plain).take(MAX_TRAILER + 1), &mut io::sink())
+        .map_err(|e| decorate(LayerError::Tar(e.into()), expect))?;
+    if trailer > MAX_TRAILER {
+        return Err(LayerError::Trailer(trailer));
+    }
+    // Drained to its end, the buffer is empty: the verifier below has seen every byte.
+    let v = plain.get_mut();
+    match &expect.diff_id {
+        Some(want) => v.check(want).map_err(|e| match e {
+            VerifyError::Mismatch { .. } => LayerError::DiffId { want: want.clone() },
+            e => LayerError::Blob(e),
+        }),
+        None => Ok(v.bytes_read()),
+    }
 }
 
 /// A read error in terms of the blob: an overrun of the descriptor's size is a size mismatch.
@@ -342,10 +374,12 @@ fn read_entries<R: tar::Source>(tar: &mut TarReader<R>, sink: &Sink, ops: &mut V
         }
         let type_bits = match e.kind {
             Kind::Hardlink => {
-                let target = normalize(&e.link).filter(|t| !t.is_empty()).ok_or_else(|| LayerError::Path {
-                    path: path.clone(),
-                    why: "a hardlink whose target leaves the image's root",
-                })?;
+                let target = normalize(&e.link)
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| LayerError::Path {
+                        path: path.clone(),
+                        why: "a hardlink whose target leaves the image's root",
+                    })?;
                 ops.push(Op::Link { path, target });
                 continue;
             }
@@ -734,5 +768,148 @@ impl Layer {
             } => Some(d),
             _ => None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::tar::tests::{archive, header};
+
+    fn store() -> (Arc<Store>, std::path::PathBuf) {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "cfs-layer-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Relaxed)
+        ));
+        (Arc::new(Store::open(&dir).unwrap()), dir)
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn sample() -> Vec<u8> {
+        let big = vec![7u8; 5000];
+        archive(&[
+            (header(b"./", b'5', 0, b""), b""),
+            (header(b"etc/", b'5', 0, b""), b""),
+            (header(b"etc/big", b'0', 5000, b""), &big),
+            (header(b"etc/small", b'0', 3, b""), b"abc"),
+            (header(b"etc/.wh.gone", b'0', 0, b""), b""),
+            (header(b"var/.wh..wh..opq", b'0', 0, b""), b""),
+            (header(b"/abs/../link", b'2', 0, b"etc/big"), b""),
+        ])
+    }
+
+    fn expect(blob: &[u8], plain: &[u8]) -> Expect {
+        Expect {
+            digest: Some(BlobDigest::of(Algorithm::Sha256, blob)),
+            size: Some(blob.len() as u64),
+            diff_id: Some(BlobDigest::of(Algorithm::Sha256, plain)),
+        }
+    }
+
+    #[test]
+    fn reads_plain_and_gzip_layers() {
+        let (store, dir) = store();
+        let plain = sample();
+        for blob in [plain.clone(), gzip(&plain)] {
+            let l = read_layer(&blob[..], &expect(&blob, &plain), &store, tar::Limits::default()).unwrap();
+            let paths: Vec<String> = l
+                .ops
+                .iter()
+                .map(|op| match op {
+                    Op::Put { path, .. } => format!("put {}", String::from_utf8_lossy(path)),
+                    Op::Whiteout { path } => format!("wh {}", String::from_utf8_lossy(path)),
+                    Op::Opaque { path } => format!("opq {}", String::from_utf8_lossy(path)),
+                    Op::Link { path, .. } => format!("link {}", String::from_utf8_lossy(path)),
+                })
+                .collect();
+            assert_eq!(
+                paths,
+                [
+                    "put ",
+                    "put etc",
+                    "put etc/big",
+                    "put etc/small",
+                    "wh etc/gone",
+                    "opq var",
+                    "put link"
+                ]
+            );
+            let objs: Vec<_> = l.objects().collect();
+            assert_eq!(objs.len(), 1);
+            assert!(store.contains(objs[0]));
+            assert_eq!(l.stats.compressed_bytes, blob.len() as u64);
+            assert_eq!(l.stats.uncompressed_bytes, plain.len() as u64);
+            assert_eq!(Layer::decode(&l.encode()).unwrap().ops, l.ops);
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn refuses_what_does_not_match() {
+        let (store, dir) = store();
+        let plain = sample();
+        let blob = gzip(&plain);
+        let good = expect(&blob, &plain);
+        let read = |data: &[u8], e: &Expect| read_layer(data, e, &store, tar::Limits::default());
+        // Another blob than the digest names: a digest mismatch, even where it does not parse.
+        let mut bad = blob.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 1;
+        assert!(matches!(
+            read(&bad, &good),
+            Err(LayerError::Blob(VerifyError::Mismatch { .. }))
+        ));
+        let other = gzip(&archive(&[(header(b"x", b'0', 1, b""), b"x")]));
+        let e = Expect {
+            size: Some(other.len() as u64),
+            ..good.clone()
+        };
+        assert!(matches!(
+            read(&other, &e),
+            Err(LayerError::Blob(VerifyError::Mismatch { .. }))
+        ));
+        // Wrong sizes, a wrong diff_id.
+        let e = Expect {
+            size: Some(blob.len() as u64 - 1),
+            ..good.clone()
+        };
+        assert!(matches!(
+            read(&blob, &e),
+            Err(LayerError::Blob(VerifyError::Size { .. }))
+        ));
+        let e = Expect {
+            size: Some(blob.len() as u64 + 1),
+            ..good.clone()
+        };
+        assert!(matches!(
+            read(&blob, &e),
+            Err(LayerError::Blob(VerifyError::Size { .. }))
+        ));
+        let e = Expect {
+            diff_id: Some(BlobDigest::of(Algorithm::Sha256, b"other")),
+            ..good.clone()
+        };
+        assert!(matches!(read(&blob, &e), Err(LayerError::DiffId { .. })));
+        // Unchecked blobs: format errors surface as such.
+        let none = Expect::default();
+        assert!(matches!(read(b"not a tar", &none), Err(LayerError::Tar(_))));
+        assert!(matches!(
+            read(&plain[..1000], &none),
+            Err(LayerError::Tar(TarError::Truncated { .. }))
+        ));
+        let mut trailer = plain.clone();
+        trailer.extend(std::iter::repeat_n(0u8, 2 << 20));
+        assert!(matches!(read(&trailer, &none), Err(LayerError::Trailer(_))));
+        let escape = archive(&[(header(b"../x", b'0', 0, b""), b"")]);
+        assert!(matches!(read(&escape, &none), Err(LayerError::Path { .. })));
+        assert!(Layer::decode(b"CFSLAYR1\xff\xff\xff\xff\xff\xff\xff\xff").is_err());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

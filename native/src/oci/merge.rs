@@ -72,7 +72,11 @@ fn to_inode(node: &Node) -> Inode {
         uid: node.uid,
         gid: node.gid,
         nlink: 1,
-        rdev: if matches!(node.data, NodeData::Special) { node.rdev } else { 0 },
+        rdev: if matches!(node.data, NodeData::Special) {
+            node.rdev
+        } else {
+            0
+        },
         mtime: node.mtime,
         size,
         xattrs,
@@ -224,7 +228,11 @@ impl Merger {
                 let (dir, name) = split_last(path);
                 let mtime = self.tree.inodes[inode].mtime;
                 let parent = self.resolve_dir(path, dir, Some(mtime))?.unwrap();
-                if self.tree.lookup(parent, name).is_some_and(|o| self.tree.inodes[o].is_dir()) {
+                if self
+                    .tree
+                    .lookup(parent, name)
+                    .is_some_and(|o| self.tree.inodes[o].is_dir())
+                {
                     return Err(self.err(path, "a hardlink over a directory"));
                 }
                 self.set(parent, name, inode);
@@ -437,7 +445,12 @@ mod tests {
     #[test]
     fn escapes_and_loops() {
         // A symlink pointing out of the root resolves inside it.
-        let l = layer(vec![link("up", "../../.."), file("up/x", "x"), link("abs", "/etc"), file("abs/y", "y")]);
+        let l = layer(vec![
+            link("up", "../../.."),
+            file("up/x", "x"),
+            link("abs", "/etc"),
+            file("abs/y", "y"),
+        ]);
         let t = merge(&[&l], 1000).unwrap();
         assert!(t.resolve(b"x").is_some());
         assert!(t.resolve(b"etc/y").is_some());
@@ -451,7 +464,10 @@ mod tests {
         let l = layer(vec![file("f", "x"), file("f/x", "y")]);
         assert!(merge(&[&l], 1000).is_err());
         let many: Vec<Op> = (0..20).map(|i| file(&format!("f{i}"), "x")).collect();
-        assert!(matches!(merge(&[&layer(many)], 10), Err(MergeError::TooManyEntries(10))));
+        assert!(matches!(
+            merge(&[&layer(many)], 10),
+            Err(MergeError::TooManyEntries(10))
+        ));
     }
 
     #[test]

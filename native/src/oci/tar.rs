@@ -245,6 +245,10 @@ impl<R: Source> TarReader<R> {
         self.pos
     }
 
+    pub fn inner_mut(&mut self) -> &mut R {
+        &mut self.r
+    }
+
     /// The underlying reader (for draining what follows the end-of-archive marker).
     pub fn into_inner(self) -> R {
         self.r
@@ -322,7 +326,10 @@ impl<R: Source> TarReader<R> {
         let bad = |why| TarError::Pax { offset, why };
         let mut rest = data;
         while !rest.is_empty() {
-            let sp = rest.iter().position(|&b| b == b' ').ok_or(bad("record without a length"))?;
+            let sp = rest
+                .iter()
+                .position(|&b| b == b' ')
+                .ok_or(bad("record without a length"))?;
             let len = pax_decimal(&rest[..sp]).ok_or(bad("bad record length"))? as usize;
             if len <= sp + 1 || len > rest.len() || rest[len - 1] != b'\n' {
                 return Err(bad("record length does not fit"));
@@ -657,7 +664,10 @@ pub(crate) mod tests {
         let data = archive(&[
             (header(b"dir/", b'5', 0, b""), b""),
             (header(b"dir/f", b'0', 5, b""), b"hello"),
-            (header(b"././@LongLink", b'L', 301, b""), &[long.as_slice(), b"\0"].concat()),
+            (
+                header(b"././@LongLink", b'L', 301, b""),
+                &[long.as_slice(), b"\0"].concat(),
+            ),
             (header(b"short", b'2', 0, b"target"), b""),
             (header(b"PaxHeaders/x", b'x', p.len() as u64, b""), &p),
             (header(b"ignored", b'0', 3, b""), b"abc"),
@@ -671,7 +681,13 @@ pub(crate) mod tests {
         assert_eq!(es[2].0.path, long);
         assert_eq!(es[2].0.link, b"target");
         assert_eq!(es[3].0.path, b"dir/long-pax-name");
-        assert_eq!(es[3].0.mtime, Timespec { sec: -2, nsec: 750_000_000 });
+        assert_eq!(
+            es[3].0.mtime,
+            Timespec {
+                sec: -2,
+                nsec: 750_000_000
+            }
+        );
         assert_eq!(es[3].0.xattrs[0].value, b"v\0x");
         assert_eq!(es[3].1, b"abc");
         assert_eq!(es[4].0.kind, Kind::Hardlink);
@@ -687,7 +703,10 @@ pub(crate) mod tests {
         bad[0] = b'g';
         assert!(matches!(entries(&bad), Err(TarError::Checksum { offset: 0 })));
         let odd = archive(&[(header(b"f", b'Z', 0, b""), b"")]);
-        assert!(matches!(entries(&odd), Err(TarError::Unsupported { typeflag: 'Z', .. })));
+        assert!(matches!(
+            entries(&odd),
+            Err(TarError::Unsupported { typeflag: 'Z', .. })
+        ));
         let huge = archive(&[(header(b"p", b'x', 2 << 30, b""), b"")]);
         assert!(matches!(entries(&huge), Err(TarError::TooLarge { .. })));
         assert!(entries(b"this is not a tar archive at all").is_err());

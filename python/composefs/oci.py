@@ -544,6 +544,10 @@ def import_resolved(repo, src: Source, res: Resolved, name: str, ref_label: str,
 
         layer = retry(attempt, f"layer {label}") if retry else attempt()
         fetched[i] = True
+        # Kept at once, so an interrupted pull does not fetch this layer again; its objects are
+        # made durable first (a record never names objects a power cut could lose).
+        _syncfs(repo.objects)
+        layer.save(layer_record_path(repo, spec.diff_id))
         return layer
 
     started = time.monotonic()
@@ -557,9 +561,6 @@ def import_resolved(repo, src: Source, res: Resolved, name: str, ref_label: str,
             for fut in futures:
                 fut.cancel()
             raise
-    _syncfs(repo.objects)  # objects durable before a record or an image names them
-    for i in todo:
-        layers[i].save(layer_record_path(repo, res.layers[i].diff_id))
     with repo.workdir() as work:
         tmp_image = os.path.join(work, "image")
         try:

@@ -12,7 +12,7 @@ STAMPS   := $(CURDIR)/.venv/.stamps
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # System packages needed by the tool, its tests and its benchmarks.
-APT_PACKAGES := fsverity erofs-utils e2fsprogs attr util-linux python3-venv openssl zstd umoci
+APT_PACKAGES := fsverity erofs-utils e2fsprogs attr util-linux python3-venv openssl zstd umoci nginx-light
 
 NATIVE_SRC := $(shell find native/src -name '*.rs') native/Cargo.toml native/Cargo.lock pyproject.toml
 

@@ -199,10 +199,11 @@ def warm(root: Path) -> None:
                 os.close(fd)
 
 
-def run_child(args: list[str], stdout=subprocess.DEVNULL) -> tuple[float, float, int, bytes]:
+def run_child(args: list[str], stdout=subprocess.DEVNULL, env=None) -> tuple[float, float, int, bytes]:
     """(wall s, cpu s, peak RSS bytes, stdout) of one child process."""
     t = time.perf_counter()
-    p = subprocess.Popen(args, stdout=subprocess.PIPE if stdout is None else stdout, stderr=subprocess.PIPE)
+    p = subprocess.Popen(args, stdout=subprocess.PIPE if stdout is None else stdout, stderr=subprocess.PIPE,
+                         env=env)
     out = p.stdout.read() if p.stdout else b""
     err = p.stderr.read()
     _pid, status, ru = os.wait4(p.pid, 0)

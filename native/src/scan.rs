@@ -62,7 +62,8 @@ impl From<store::Error> for Error {
     fn from(e: store::Error) -> Error {
         match e {
             store::Error::Io { path, source } => Error::Io { path, source },
-            store::Error::Changed { path } => Error::Changed { path },
+            // A scan stores what it hashed itself: a mismatch is a file changing underneath.
+            store::Error::Changed { path } | store::Error::Mismatch { path } => Error::Changed { path },
         }
     }
 }

@@ -33,12 +33,15 @@ pub enum Error {
     Io { path: PathBuf, source: io::Error },
     #[error("{}: file changed while it was being read", path.display())]
     Changed { path: PathBuf },
+    /// Contents that had to hash to a given digest did not (nothing was stored).
+    #[error("{}: content does not match its digest", path.display())]
+    Mismatch { path: PathBuf },
 }
 
 impl Error {
     pub fn path(&self) -> &Path {
         match self {
-            Error::Io { path, .. } | Error::Changed { path } => path,
+            Error::Io { path, .. } | Error::Changed { path } | Error::Mismatch { path } => path,
         }
     }
 }
@@ -268,6 +271,66 @@ impl Store {
             return Ok((digest, size, Inserted::Reused));
         }
         Ok((digest, size, self.publish(w.tmp, &digest, size)?))
+    }
+
+    /// Insert contents read from `r` that must be the object `want` (at most `max` bytes): the
+    /// bytes are hashed as they are kept and compared before anything gets a name, so contents
+    /// that do not match are never stored ([`Error::Mismatch`]). `name` labels errors.
+    pub fn insert_expected<R: Read>(
+        &self,
+        mut r: R,
+        want: &Digest,
+        max: u64,
+        name: &Path,
+    ) -> Result<(u64, Inserted), Error> {
+        const SMALL: u64 = 1 << 20;
+        let mut head = Vec::new();
+        (&mut r)
+            .take(SMALL.min(max) + 1)
+            .read_to_end(&mut head)
+            .map_err(io_at(name))?;
+        let too_long = || Error::Io {
+            path: name.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::InvalidData, "more data than the image records"),
+        };
+        if head.len() as u64 <= SMALL.min(max) {
+            let d = fsverity::digest_bytes(&head, &fsverity::Params::default());
+            if d.as_slice() != want {
+                return Err(Error::Mismatch {
+                    path: name.to_path_buf(),
+                });
+            }
+            let size = head.len() as u64;
+            if self.contains(want) {
+                self.count_reused(size);
+                return Ok((size, Inserted::Reused));
+            }
+            let mut tmp = self.temporary()?;
+            let tmp_path = tmp.display_path(&self.root);
+            tmp.file.write_all(&head).map_err(io_at(&tmp_path))?;
+            return Ok((size, self.publish(tmp, want, size)?));
+        }
+        if head.len() as u64 > max {
+            return Err(too_long());
+        }
+        let mut w = self.object_writer()?;
+        w.write_all(&head).map_err(io_at(&w.path))?;
+        drop(head);
+        let copied = io::copy(&mut (&mut r).take(max - SMALL.min(max) + 1), &mut w).map_err(io_at(name))?;
+        if SMALL + copied > max {
+            return Err(too_long());
+        }
+        let (digest, size) = hash_fd(&w.tmp.file).map_err(io_at(&w.path))?;
+        if digest != *want {
+            return Err(Error::Mismatch {
+                path: name.to_path_buf(),
+            });
+        }
+        if self.contains(want) {
+            self.count_reused(size);
+            return Ok((size, Inserted::Reused));
+        }
+        Ok((size, self.publish(w.tmp, want, size)?))
     }
 
     /// The last steps of every insertion, for a temporary file whose contents hash to `digest`:

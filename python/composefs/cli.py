@@ -82,7 +82,8 @@ def _register_commands() -> None:
     cli.add_lazy("rm", "cmd_repo", "rm_cmd")
     cli.add_lazy("gc", "cmd_repo", "gc_cmd")
     cli.add_lazy("fsck", "cmd_repo", "fsck_cmd")
-    cli.add_lazy("oci", "cmd_oci", "oci_group")  # oci import
+    cli.add_lazy("pull", "cmd_remote", "pull_cmd")
+    cli.add_lazy("oci", "cmd_oci", "oci_group")  # oci import, oci pull
 
 
 _register_commands()

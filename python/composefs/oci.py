@@ -578,8 +578,8 @@ def import_resolved(repo, src: Source, res: Resolved, name: str, ref_label: str,
             "seconds": round(time.monotonic() - started, 3)}
 
 
-def _wait(futures, counter: Counter, total: int, count: int, progress: bool) -> None:
-    """Wait for the layer reads; on a terminal, a progress bar of the blob bytes read."""
+def _wait(futures, counter: Counter, total: int, count: int, progress: bool, unit: str = "layer") -> None:
+    """Wait for the reads; on a terminal, a progress bar of the bytes read."""
     pending = set(futures)
     if not progress or not pending:
         for f in concurrent.futures.as_completed(pending):
@@ -590,7 +590,7 @@ def _wait(futures, counter: Counter, total: int, count: int, progress: bool) -> 
     shown = 0
     started = time.monotonic()
     with click.progressbar(length=max(total, 1), file=sys.stderr, show_eta=True, show_percent=True,
-                           label=f"{count} layer{'s' if count != 1 else ''}",
+                           label=f"{count} {unit}{'s' if count != 1 else ''}",
                            item_show_func=lambda _: _rate(counter.n, started)) as bar:
         while pending:
             done, pending = concurrent.futures.wait(pending, timeout=0.25,

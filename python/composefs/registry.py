@@ -135,29 +135,15 @@ def credentials(ref: Reference, authfile: str | None) -> tuple[str, str] | None:
     return None
 
 
-class HTTPStatus(Exception):
-    def __init__(self, status: int, what: str):
-        super().__init__(f"{what}: HTTP {status}")
-        self.status = status
+class Connections:
+    """One keep-alive connection per thread and (scheme, host); HTTPS checks certificates
+    unless ``tls_verify`` is false."""
 
-
-class Registry(Source):
-    def __init__(self, ref: Reference, tls_verify: bool = True, authfile: str | None = None,
-                 timeout: float = TIMEOUT):
-        self.ref = ref
-        self.label = str(ref)
-        self.timeout = timeout
-        self.tls_verify = tls_verify
-        self.creds = credentials(ref, authfile)
-        self.scheme = "https"
-        self.auth_header: str | None = None
-        self.auth_lock = threading.Lock()
+    def __init__(self, timeout: float = TIMEOUT, tls_verify: bool = True):
+        self.timeout, self.tls_verify = timeout, tls_verify
         self.local = threading.local()
-        self._ping()
 
-    # --- transport -------------------------------------------------------------------------------
-
-    def _conn(self, scheme: str, host: str) -> http.client.HTTPConnection:
+    def get(self, scheme: str, host: str) -> http.client.HTTPConnection:
         conns = getattr(self.local, "conns", None)
         if conns is None:
             conns = self.local.conns = {}
@@ -174,10 +160,33 @@ class Registry(Source):
             conns[(scheme, host)] = c
         return c
 
-    def _drop(self, scheme: str, host: str) -> None:
+    def drop(self, scheme: str, host: str) -> None:
         c = getattr(self.local, "conns", {}).pop((scheme, host), None)
         if c is not None:
             c.close()
+
+
+class Registry(Source):
+    def __init__(self, ref: Reference, tls_verify: bool = True, authfile: str | None = None,
+                 timeout: float = TIMEOUT):
+        self.ref = ref
+        self.label = str(ref)
+        self.timeout = timeout
+        self.tls_verify = tls_verify
+        self.creds = credentials(ref, authfile)
+        self.scheme = "https"
+        self.auth_header: str | None = None
+        self.auth_lock = threading.Lock()
+        self.conns = Connections(timeout, tls_verify)
+        self._ping()
+
+    # --- transport -------------------------------------------------------------------------------
+
+    def _conn(self, scheme: str, host: str) -> http.client.HTTPConnection:
+        return self.conns.get(scheme, host)
+
+    def _drop(self, scheme: str, host: str) -> None:
+        self.conns.drop(scheme, host)
 
     def request(self, path: str, accept: tuple[str, ...] = (), what: str = "request") -> http.client.HTTPResponse:
         """GET ``path`` on the registry (redirects followed, auth challenges answered); a 2xx

@@ -6,6 +6,8 @@ mod errors;
 mod fsverity;
 mod image;
 mod oci;
+mod pyio;
+mod remote;
 mod scan;
 mod store;
 
@@ -16,6 +18,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     fsverity::register(m)?;
     image::register(m)?;
     oci::register(m)?;
+    remote::register(m)?;
     scan::register(m)?;
     store::register(m)?;
     Ok(())

@@ -2,6 +2,7 @@
 //! stream, the kept layer records, the merged image, and the member index of an archive file.
 use super::errors::{os_error, FormatError};
 use super::image::built_dict;
+use super::pyio::PyRead;
 use crate::erofs::build;
 use crate::erofs::writer::Options;
 use crate::oci::digest::{self, BlobDigest};
@@ -40,37 +41,6 @@ fn oci_verify_bytes(py: Python<'_>, data: &[u8], digest: &str, size: Option<u64>
 #[pyfunction]
 fn oci_sha256(py: Python<'_>, data: &[u8]) -> String {
     py.allow_threads(|| BlobDigest::of(digest::Algorithm::Sha256, data).to_string())
-}
-
-/// A Python object's `read(n)` as an `io::Read`; the first Python exception is kept so the
-/// caller can raise it unchanged (a network timeout stays a timeout).
-struct PyRead {
-    obj: Py<PyAny>,
-    error: Arc<Mutex<Option<PyErr>>>,
-}
-
-impl Read for PyRead {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = buf.len().min(1 << 20);
-        Python::with_gil(|py| {
-            let r = self
-                .obj
-                .call_method1(py, "read", (want,))
-                .and_then(|o| o.extract::<pyo3::pybacked::PyBackedBytes>(py));
-            match r {
-                Ok(b) if b.len() <= want => {
-                    buf[..b.len()].copy_from_slice(&b);
-                    Ok(b.len())
-                }
-                Ok(_) => Err(io::Error::other("read() returned more than asked")),
-                Err(e) => {
-                    let msg = e.to_string();
-                    self.error.lock().unwrap().get_or_insert(e);
-                    Err(io::Error::other(msg))
-                }
-            }
-        })
-    }
 }
 
 fn layer_err(e: LayerError) -> PyErr {
@@ -154,10 +124,7 @@ fn oci_read_layer(
         diff_id: diff_id.map(parse_digest).transpose()?,
     };
     let error = Arc::new(Mutex::new(None));
-    let reader = PyRead {
-        obj: source,
-        error: error.clone(),
-    };
+    let reader = PyRead::new(source, error.clone());
     let r = py.allow_threads(|| -> Result<Layer, LayerError> {
         let store = Arc::new(Store::open(&store_dir)?);
         layer::read_layer(reader, &expect, &store, tar::Limits::default())

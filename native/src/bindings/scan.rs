@@ -18,6 +18,7 @@ impl ToPyErr for store::Error {
         match self {
             store::Error::Io { path, source } => os_error(source, Some(path)),
             store::Error::Changed { path } => changed(path),
+            store::Error::Mismatch { .. } => super::errors::FormatError::new_err(self.to_string()),
         }
     }
 }

@@ -1,0 +1,100 @@
+"""The Rust core's readers of outside input, driven with hypothesis: a tar archive (the member
+index of an image archive, a layer) and a layer blob checked against its digests. Whatever the
+bytes, the answer is a result or a FormatError — never a crash, a hang or another exception —
+and valid archives built by Python's tarfile read back entry for entry."""
+
+import hashlib
+import io
+import os
+import tarfile
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from composefs import _native
+
+NAMES = st.text(alphabet="abcxyz./-_é", min_size=1, max_size=120).filter(lambda n: n.strip("./"))
+
+
+def build(entries) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, kind, data in entries:
+            ti = tarfile.TarInfo(name)
+            if kind == "dir":
+                ti.type = tarfile.DIRTYPE
+                tf.addfile(ti)
+            elif kind == "sym":
+                ti.type, ti.linkname = tarfile.SYMTYPE, "target/" + name
+                tf.addfile(ti)
+            else:
+                ti.size = len(data)
+                tf.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+
+ENTRIES = st.lists(st.tuples(NAMES, st.sampled_from(["file", "dir", "sym"]), st.binary(max_size=3000)),
+                   min_size=1, max_size=8)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entries=ENTRIES)
+def test_tar_index_reads_what_tarfile_wrote(tmp_path, entries):
+    data = build(entries)
+    path = tmp_path / "a.tar"
+    path.write_bytes(data)
+    got = _native.tar_index(path)
+    names = [os.fsdecode(m[0]).rstrip("/") for m in got]
+    assert names == [tarfile.TarInfo(n).name.rstrip("/") for n, _, _ in entries]
+    for (name, kind, offset, size, _link), (_, want_kind, body) in zip(got, entries):
+        assert kind == {"file": "file", "dir": "dir", "sym": "symlink"}[want_kind]
+        if kind == "file":
+            assert data[offset:offset + size] == body
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entries=ENTRIES, cuts=st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), max_size=6),
+       truncate=st.one_of(st.none(), st.integers(0, 1 << 16)))
+def test_mutated_archives_give_a_result_or_format_error(tmp_path, entries, cuts, truncate):
+    data = bytearray(build(entries))
+    for at, byte in cuts:
+        data[at % len(data)] = byte
+    if truncate is not None:
+        del data[truncate % (len(data) + 1):]
+    path = tmp_path / "m.tar"
+    path.write_bytes(bytes(data))
+    try:
+        _native.tar_index(path)
+    except _native.FormatError:
+        pass
+    store = tmp_path / "store"
+    try:
+        _native.oci_read_layer(io.BytesIO(bytes(data)), store)
+    except _native.FormatError:
+        pass
+    # Checked against the digests of the unmutated archive, a mutation is always refused.
+    good = build(entries)
+    if bytes(data) != good:
+        with pytest.raises(_native.FormatError):
+            _native.oci_read_layer(io.BytesIO(bytes(data)), store,
+                                   digest="sha256:" + hashlib.sha256(good).hexdigest(), size=len(good),
+                                   diff_id="sha256:" + hashlib.sha256(good).hexdigest())
+
+
+@pytest.mark.parametrize("digest", [
+    "", "sha256:", "sha256:../../etc/shadow", "sha256:" + "A" * 64, "sha256:" + "0" * 63, "md5:" + "0" * 32,
+    "sha512:" + "0" * 64, "sha256:" + "0" * 64 + "\n", "sha256:" + "0" * 62 + "/x",
+])
+def test_invalid_digests_are_refused(digest):
+    with pytest.raises(ValueError):
+        _native.oci_check_digest(digest)
+
+
+def test_source_exceptions_pass_through(tmp_path):
+    class Broken:
+        def read(self, n):
+            raise TimeoutError("the network went away")
+
+    with pytest.raises(TimeoutError):
+        _native.oci_read_layer(Broken(), tmp_path / "store")

@@ -15,7 +15,7 @@ OUT=${2:?usage: build-initramfs.sh KVER OUT.cpio [EXTRA.ko ...]}
 shift 2
 HERE=$(cd "$(dirname "$0")" && pwd)
 
-WANT=(pvpanic_mmio pvpanic_pci virtio_blk ext4 loop erofs overlay 9pnet_virtio 9p)
+WANT=(pvpanic_mmio pvpanic_pci virtio_blk ext4 loop erofs overlay 9pnet_virtio 9p veth sch_netem sch_tbf)
 for ko in "$@"; do
     deps=$(modinfo -F depends "$ko" 2>/dev/null || true)
     IFS=, read -r -a extra <<<"$deps"

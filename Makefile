@@ -12,7 +12,7 @@ STAMPS   := $(CURDIR)/.venv/.stamps
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # System packages needed by the tool, its tests and its benchmarks.
-APT_PACKAGES := fsverity erofs-utils e2fsprogs attr util-linux python3-venv openssl zstd umoci nginx-light
+APT_PACKAGES := fsverity erofs-utils e2fsprogs attr util-linux python3-venv openssl zstd umoci nginx-light fuse3 python3-click
 
 NATIVE_SRC := $(shell find native/src -name '*.rs') native/Cargo.toml native/Cargo.lock pyproject.toml
 
@@ -53,6 +53,8 @@ $(STAMPS)/native: $(STAMPS)/venv $(NATIVE_SRC)
 # PYTHONDONTWRITEBYTECODE is set; compiling here halves the start-up of every cfsctl command.
 setup: $(STAMPS)/native
 	@$(PY) -m compileall -q python/composefs
+	@# What fuse3's udev rule does where no udev runs: /dev/fuse open to users (FUSE mounts).
+	@if [ -c /dev/fuse ] && [ "$$(stat -c %a /dev/fuse)" != 666 ]; then $(SUDO) chmod 0666 /dev/fuse; fi
 
 demo: setup
 	@PATH=$(VENV)/bin:$$PATH bash tests/demo.sh

@@ -31,9 +31,12 @@ def parse_attr_list(text: str | None) -> list[str]:
 @click.option("--verity-check", type=click.IntRange(0, 2), default=None,
               help="0: no checks (default); 1: files whose image entry records a digest must have "
                    "fs-verity with exactly that digest; 2: every file must record and match one.")
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(BACKENDS + ("fuse",)), default="auto", show_default=True,
               help="kernel: the composefs module; overlay: EROFS + overlayfs on a stock kernel; "
-                   "auto: the module when /proc/filesystems lists composefs, else overlay.")
+                   "fuse: served in user space, no privileges needed; auto: fuse for a user who is "
+                   "not root, else the module when /proc/filesystems lists composefs, else overlay.")
+@click.option("--fuse", "use_fuse", is_flag=True, help="Same as --backend fuse.")
+@click.option("--foreground", is_flag=True, help="With fuse: serve in this process until unmounted.")
 @click.option("--upperdir", metavar="DIR", help="Writable overlay upper directory (with --workdir).")
 @click.option("--workdir", metavar="DIR", help="overlayfs work directory, on the upperdir's filesystem.")
 @click.option("-o", "--options", "attrs", metavar="OPTS",
@@ -41,8 +44,8 @@ def parse_attr_list(text: str | None) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print what was mounted as JSON.")
 @click.option("--erofs-source", type=click.Choice(["auto", "file", "loop"]), default="auto", hidden=True)
 @click.option("--mount-api", type=click.Choice(MOUNT_APIS), default="auto", hidden=True)
-def mount_cmd(image, mountpoint, basedirs, repo_path, digest, verity_check, backend, upperdir, workdir, attrs,
-              as_json, erofs_source, mount_api):
+def mount_cmd(image, mountpoint, basedirs, repo_path, digest, verity_check, backend, use_fuse, foreground, upperdir,
+              workdir, attrs, as_json, erofs_source, mount_api):
     """Mount the composefs IMAGE on MOUNTPOINT, file contents served from --basedir.
 
     \b
@@ -55,7 +58,10 @@ def mount_cmd(image, mountpoint, basedirs, repo_path, digest, verity_check, back
     (or unique digest prefix) in the repository, whose digest is then verified before mounting
     (by fs-verity when the image file has it, else computed in software).
 
-    Needs root. Only the final mount is left behind: on a stock kernel the image's EROFS mount is
+    The kernel paths need root; --fuse (the default for other users) needs none: the image is
+    checked and served by a daemon in user space, objects verified on first open at the
+    --verity-check level (default 1 with FUSE), and 'cfsctl umount' (or fusermount3 -u)
+    unmounts it. On the kernel paths only the final mount is left behind: on a stock kernel the image's EROFS mount is
     detached and held by the overlay, and a loop device (only used on kernels that cannot mount
     EROFS from a file) clears itself when the mount goes.
     """
@@ -72,6 +78,16 @@ def mount_cmd(image, mountpoint, basedirs, repo_path, digest, verity_check, back
         if not os.path.exists(image):
             raise MountError("image does not exist", image)
         raise MountError("an image file needs --basedir (the object directory)", image)
+    if use_fuse or backend == "fuse" or (backend == "auto" and os.geteuid() != 0):
+        from .fusemount import mount_fuse
+
+        if upperdir or workdir:
+            raise MountError("a FUSE mount is read-only; --upperdir needs a kernel backend")
+        result = mount_fuse(image, mountpoint, basedirs, digest=digest, verity_check=verity_check,
+                            foreground=foreground)
+        if as_json:
+            click.echo(json.dumps(result, indent=2))
+        return
     req = MountRequest(image=image, mountpoint=mountpoint, basedirs=[ObjectDir(b) for b in basedirs],
                        digest=digest, verity_check=verity_check, backend=backend, upperdir=upperdir,
                        workdir=workdir, attrs=parse_attr_list(attrs), erofs_source=erofs_source,

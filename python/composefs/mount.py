@@ -658,12 +658,17 @@ def unmount(mountpoint: str, lazy: bool = False) -> dict:
     The EROFS layer is a detached mount held only by the overlay, and its loop device (if any)
     auto-clears, so unmounting the one visible mount releases everything the mount created.
     """
-    require_root("unmount")
-    if not os.path.exists(mountpoint):
+    if not os.path.exists(mountpoint) and find_mount(mountpoint) is None:
         raise MountError("no such mount point", mountpoint)
     e = find_mount(mountpoint)
     if e is None:
         raise MountError("not a mount point", mountpoint)
+    from .fusemount import is_fuse_entry, unmount_fuse
+
+    if is_fuse_entry(e):  # a user's own FUSE mount: fusermount3 unmounts it, no root needed
+        unmount_fuse(e.mountpoint, lazy)
+        return {"mountpoint": e.mountpoint, "fstype": e.fstype, "backend": "fuse", "lazy": lazy}
+    require_root("unmount")
     if not is_composefs_entry(e):
         raise MountError(f"not a composefs mount (it is {e.fstype} from {e.source}); refusing to "
                          "unmount it, use umount(8)", mountpoint)

@@ -4,6 +4,7 @@ use pyo3::prelude::*;
 
 mod errors;
 mod fsverity;
+mod fuse;
 mod image;
 mod oci;
 mod pyio;
@@ -16,6 +17,7 @@ pub use errors::to_pyerr;
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     fsverity::register(m)?;
+    fuse::register(m)?;
     image::register(m)?;
     oci::register(m)?;
     remote::register(m)?;

@@ -1,0 +1,108 @@
+"""Mounting through FUSE: no privileges needed (``fusermount3`` does the mount for a user).
+
+The filesystem is served by the Rust core (``_native.fuse_serve``) in a daemon process of its
+own: ``mount_fuse`` checks the image (its digest when one is given, then a full read by the
+same reader ``cfsctl info`` uses), starts ``python -m composefs.fusemount serve ...`` in a new
+session, and returns once the mount is in ``/proc/self/mountinfo`` (or reports the daemon's
+error line). With ``foreground`` the caller itself serves until the mount goes. A daemon that
+dies leaves a mount answering ENOTCONN, which ``cfsctl umount`` (``fusermount3 -u``) removes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from . import _native
+from .errors import CfsError
+
+# How our FUSE mounts show in mountinfo: type "fuse" or "fuse.composefs" (with a subtype, as
+# fusermount3 mounts them), source "composefs:IMAGE".
+FSTYPES = ("fuse", "fuse.composefs")
+SOURCE_PREFIX = "composefs:"
+START_TIMEOUT = 20.0
+
+
+def _check_image(image: str, digest: str | None) -> None:
+    if digest:
+        from .fsverity import digest_file
+
+        got = digest_file(image).hex()
+        if got != digest:
+            raise CfsError(f"image digest mismatch: expected {digest}, the image has {got}", image)
+    try:
+        _native.fuse_check(image)
+    except _native.FormatError as e:
+        raise CfsError(f"not a valid composefs image: {e}", image) from None
+
+
+def mount_fuse(image: str, mountpoint: str, basedirs: list[str], digest: str | None = None,
+               verity_check: int | None = None, foreground: bool = False) -> dict:
+    image = os.path.abspath(image)
+    mountpoint = os.path.abspath(mountpoint)
+    if not os.path.isdir(mountpoint):
+        raise CfsError("mount point is not a directory", mountpoint)
+    level = 2 if digest else (1 if verity_check is None else verity_check)
+    _check_image(image, digest)
+    basedirs = [os.path.abspath(b) for b in basedirs]
+    if os.geteuid() != 0 and not shutil.which("fusermount3"):
+        raise CfsError("fusermount3 is not installed (Debian: fuse3); a user needs it to mount with FUSE")
+    args = ["serve", image, mountpoint, str(level), *basedirs]
+    if foreground:
+        serve(args)
+        return {"mountpoint": mountpoint, "backend": "fuse", "foreground": True}
+    # The daemon imports this very package, wherever it was imported from.
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
+    proc = subprocess.Popen([sys.executable, "-m", "composefs.fusemount", *args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                            close_fds=True, env=env)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if _mounted(mountpoint):
+            proc.stderr.close()  # the daemon's later messages (none expected) go nowhere
+            return {"mountpoint": mountpoint, "backend": "fuse", "pid": proc.pid, "verity_check": level}
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace").strip().splitlines()
+            raise CfsError(f"FUSE mount failed: {err[-1] if err else f'exit status {proc.returncode}'}", mountpoint)
+        time.sleep(0.02)
+    proc.kill()
+    raise CfsError("FUSE mount did not appear in time", mountpoint)
+
+
+def _mounted(mountpoint: str) -> bool:
+    from .mount import read_mountinfo
+
+    return any(e.mountpoint == mountpoint and is_fuse_entry(e) for e in read_mountinfo())
+
+
+def is_fuse_entry(e) -> bool:
+    return e.fstype in FSTYPES and e.source.startswith(SOURCE_PREFIX)
+
+
+def unmount_fuse(mountpoint: str, lazy: bool = False) -> None:
+    if os.geteuid() == 0:
+        from .mount import api
+
+        api.umount2(mountpoint, (api.MNT_DETACH if lazy else 0) | api.UMOUNT_NOFOLLOW)
+        return
+    cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [mountpoint]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise CfsError(f"fusermount3: {p.stderr.strip() or p.returncode}", mountpoint)
+
+
+def serve(args: list[str]) -> None:
+    _, image, mountpoint, level, *basedirs = args
+    _native.fuse_serve(image, mountpoint, basedirs, int(level), fsname=SOURCE_PREFIX + image)
+
+
+if __name__ == "__main__":
+    try:
+        serve(sys.argv[1:])
+    except (OSError, CfsError, _native.FormatError) as e:
+        print(f"cfsctl: error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,256 @@
+"""cfsctl mount --fuse: the image served in user space by the Rust core, compared entry by entry
+with the stock kernel path (EROFS + overlayfs) on the same image; objects checked on open
+(a tampered object is EIO, a missing one ENOENT); hostile images refused or served without the
+daemon dying; a killed daemon leaves a mount that unmounts cleanly; and a user who is not root
+mounts, reads and unmounts with one command each (fusermount3, from Debian's fuse3)."""
+
+import errno
+import os
+import random
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cfsrun import REPO
+
+CFSCTL = [sys.executable, "-m", "composefs.cli"]
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="the comparison with the kernel path mounts as root")
+pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="this kernel has no FUSE (/dev/fuse)")
+
+
+def run(*args, user=None, timeout=120):
+    return subprocess.run([*CFSCTL, *map(str, args)], capture_output=True, timeout=timeout)
+
+
+def make_tree(root: Path) -> None:
+    rng = random.Random(3)
+    (root / "d" / "e").mkdir(parents=True)
+    (root / "small").write_bytes(b"hello\n")
+    (root / "empty").write_bytes(b"")
+    (root / "d" / "big").write_bytes(rng.randbytes(300_000))
+    (root / "d" / "e" / "mid").write_bytes(rng.randbytes(5000))
+    os.link(root / "d" / "big", root / "hard")
+    os.symlink("d/big", root / "link")
+    os.mkfifo(root / "fifo")
+    os.mknod(root / "dev", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    os.setxattr(root / "small", "user.k", b"v")
+    os.setxattr(root / "d", "user.dir", b"x" * 100)
+    os.chmod(root / "d" / "e", 0o711)
+    os.chown(root / "d" / "e" / "mid", 1234, 5678)
+    os.utime(root / "small", (1_600_000_000, 1_600_000_000))
+
+
+@pytest.fixture
+def image(tmp_path):
+    src = tmp_path / "src"
+    make_tree(src)
+    r = run("build", src, tmp_path / "img.cfs", "--digest-store", tmp_path / "objects", "--json")
+    assert r.returncode == 0, r.stderr
+    return tmp_path / "img.cfs", tmp_path / "objects"
+
+
+def snapshot(root: Path) -> dict:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in [".", *sorted(dirnames + filenames)]:
+            p = Path(dirpath) / name
+            rel = os.path.relpath(p, root)
+            st = os.lstat(p)
+            e = {"mode": st.st_mode, "uid": st.st_uid, "gid": st.st_gid, "mtime": st.st_mtime_ns,
+                 "xattrs": {k: os.getxattr(p, k, follow_symlinks=False)
+                            for k in sorted(os.listxattr(p, follow_symlinks=False)) if k.startswith("user.")}}
+            if stat.S_ISREG(st.st_mode):
+                e |= {"size": st.st_size, "nlink": st.st_nlink, "data": p.read_bytes()}
+            elif stat.S_ISLNK(st.st_mode):
+                e["target"] = os.readlink(p)
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                e["rdev"] = st.st_rdev
+            out[rel] = e
+        if name == ".":
+            pass
+    return out
+
+
+def mounted(mnt: Path) -> bool:
+    return any(line.split()[4] == str(mnt) for line in open("/proc/self/mountinfo"))
+
+
+@ROOT_ONLY
+def test_fuse_presents_what_the_kernel_path_presents(image, tmp_path):
+    img, objects = image
+    fmnt, kmnt = tmp_path / "fuse", tmp_path / "kernel"
+    fmnt.mkdir()
+    kmnt.mkdir()
+    r = run("mount", img, fmnt, "--basedir", objects, "--fuse")
+    assert r.returncode == 0, r.stderr
+    try:
+        r = run("mount", img, kmnt, "--basedir", objects, "--backend", "overlay")
+        assert r.returncode == 0, r.stderr
+        try:
+            f, k = snapshot(fmnt), snapshot(kmnt)
+            assert f.keys() == k.keys()
+            for path in f:
+                assert f[path] == k[path], path
+            # hardlinks share an inode, stable for the mount
+            assert os.stat(fmnt / "hard").st_ino == os.stat(fmnt / "d" / "big").st_ino
+            assert os.stat(fmnt / "hard").st_ino == os.stat(fmnt / "hard").st_ino
+        finally:
+            run("umount", kmnt)
+        with pytest.raises(OSError) as e:
+            open(fmnt / "small", "wb")
+        assert e.value.errno in (errno.EROFS, errno.EACCES)
+    finally:
+        assert run("umount", fmnt).returncode == 0
+    assert not mounted(fmnt)
+
+
+def _object_of(objects: Path, size: int) -> Path:
+    return next(p for p in objects.glob("??/*") if p.stat().st_size == size)
+
+
+def test_tampered_object_is_eio_missing_is_enoent(image, tmp_path):
+    img, objects = image
+    victim = _object_of(objects, 5000)
+    data = bytearray(victim.read_bytes())
+    data[100] ^= 1
+    victim.chmod(0o644)
+    victim.write_bytes(bytes(data))
+    _object_of(objects, 300_000).unlink()
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    assert run("mount", img, mnt, "--basedir", objects, "--fuse").returncode == 0
+    try:
+        with pytest.raises(OSError) as e:
+            (mnt / "d" / "e" / "mid").read_bytes()
+        assert e.value.errno == errno.EIO
+        with pytest.raises(OSError) as e:
+            (mnt / "d" / "big").read_bytes()
+        assert e.value.errno == errno.ENOENT
+        assert (mnt / "small").read_bytes() == b"hello\n"  # the rest reads on
+    finally:
+        run("umount", mnt)
+    # With --verity-check 0 nothing is checked.
+    assert run("mount", img, mnt, "--basedir", objects, "--fuse", "--verity-check", "0").returncode == 0
+    try:
+        assert (mnt / "d" / "e" / "mid").read_bytes() == bytes(data)
+    finally:
+        run("umount", mnt)
+
+
+def test_digest_checked_before_mounting(image, tmp_path):
+    img, objects = image
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    r = run("mount", img, mnt, "--basedir", objects, "--fuse", "--digest", "0" * 64)
+    assert r.returncode == 1 and b"digest mismatch" in r.stderr and not mounted(mnt), r.stderr
+
+
+def test_killed_daemon_leaves_enotconn_and_unmounts(image, tmp_path):
+    img, objects = image
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    r = run("mount", img, mnt, "--basedir", objects, "--fuse", "--json")
+    assert r.returncode == 0, r.stderr
+    import json
+
+    os.kill(json.loads(r.stdout)["pid"], signal.SIGKILL)
+    time.sleep(0.3)
+    with pytest.raises(OSError) as e:
+        os.listdir(mnt)
+    assert e.value.errno == errno.ENOTCONN
+    r = run("umount", mnt)
+    assert r.returncode == 0, r.stderr
+    assert not mounted(mnt)
+
+
+def test_hostile_images_never_kill_the_daemon(image, tmp_path):
+    img, objects = image
+    good = img.read_bytes()
+    rng = random.Random(int(os.environ.get("CFS_FUSE_FUZZ_SEED", "11")))
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    refused = served = 0
+    for i in range(int(os.environ.get("CFS_FUSE_FUZZ_COUNT", "60"))):
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(1024, len(data))] = rng.randrange(256)
+        bad = tmp_path / f"bad{i}.cfs"
+        bad.write_bytes(bytes(data))
+        r = run("mount", bad, mnt, "--basedir", objects, "--fuse", "--verity-check", "0", timeout=60)
+        assert b"Traceback" not in r.stderr
+        if r.returncode != 0:
+            assert r.stderr.startswith(b"cfsctl: error: ") and r.stderr.count(b"\n") == 1, r.stderr
+            refused += 1
+            continue
+        served += 1
+        try:
+            for dirpath, dirnames, filenames in os.walk(mnt):
+                for n in filenames:
+                    p = os.path.join(dirpath, n)
+                    try:
+                        if stat.S_ISREG(os.lstat(p).st_mode):  # a FIFO would wait for a writer
+                            with open(p, "rb") as f:
+                                f.read()
+                    except OSError:
+                        pass
+            os.listdir(mnt)  # the daemon still answers
+        finally:
+            assert run("umount", mnt).returncode == 0
+    print(f"hostile images: {refused} refused, {served} served")
+    assert refused + served > 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to user nobody needs root")
+def test_unprivileged_user_mounts_reads_unmounts(image, tmp_path):
+    """User nobody, Debian's python3 (the project's own lives under root's home), the checkout's
+    sources and extension on the path: mount (FUSE chosen for a user), read, unmount."""
+    py = "/usr/bin/python3"
+    probe = subprocess.run(["runuser", "-u", "nobody", "--", py, "-c", "import click"], capture_output=True)
+    assert probe.returncode == 0, "python3-click is missing (APT_PACKAGES has it)"
+    assert os.access("/dev/fuse", os.R_OK | os.W_OK) and os.stat("/dev/fuse").st_mode & 0o006 == 0o006, \
+        "/dev/fuse is not open to users (make setup does what fuse3's udev rule does)"
+    img, objects = image
+    pub = Path(tempfile_dir())
+    try:
+        shutil.copy(img, pub / "img.cfs")
+        shutil.copytree(objects, pub / "objects")
+        (pub / "mnt").mkdir()
+        for p in [pub, *pub.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        os.chown(pub / "mnt", 65534, 65534)
+        code = ("import sys; sys.path.insert(0, %r); sys.argv[0] = 'cfsctl'; from composefs.cli import main; main()"
+                % str(REPO / "python"))
+
+        def user(*args):
+            return subprocess.run(["runuser", "-u", "nobody", "--", py, "-c", code, *map(str, args)],
+                                  capture_output=True, timeout=120)
+
+        r = user("mount", pub / "img.cfs", pub / "mnt", "--basedir", pub / "objects")
+        assert r.returncode == 0, r.stderr
+        try:
+            r = subprocess.run(["runuser", "-u", "nobody", "--", "cat", str(pub / "mnt" / "d" / "big")],
+                               capture_output=True)
+            assert r.returncode == 0 and r.stdout == (pub / "objects").joinpath(
+                *_object_of(pub / "objects", 300_000).parts[-2:]).read_bytes()
+        finally:
+            r = user("umount", pub / "mnt")
+        assert r.returncode == 0, r.stderr
+        assert not mounted(pub / "mnt")
+    finally:
+        subprocess.run(["umount", "-l", str(pub / "mnt")], capture_output=True)
+        shutil.rmtree(pub, ignore_errors=True)
+
+
+def tempfile_dir() -> str:
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="cfs-fuse-", dir="/var/tmp")
+    os.chmod(d, 0o755)
+    return d

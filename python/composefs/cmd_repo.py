@@ -137,6 +137,9 @@ def gc_cmd(dry_run, repo_path, as_json):
         return
     for p in r["skipped"]:
         click.echo(f"cfsctl: warning: skipped {printable(p['path'])}: {printable(p['message'])}", err=True)
+    if r["images_kept"]:
+        click.echo("cfsctl: warning: no image removed: a ref could not be read, so which images are named is "
+                   "unknown (see 'cfsctl fsck')", err=True)
     if r["objects_kept"]:
         click.echo("cfsctl: warning: no object removed: a named image could not be read, so the objects it "
                    "needs are unknown (see 'cfsctl fsck')", err=True)

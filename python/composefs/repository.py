@@ -492,12 +492,16 @@ class Repository:
     def gc(self, dry_run: bool = False) -> dict:
         """Remove images no ref names and objects no remaining image uses (exclusive lock held).
 
-        What cannot be read is skipped and listed under ``skipped``: a refused ref keeps nothing
-        alive and is left alone; a named image that cannot be read (corrupt, refused) is kept,
-        and then no object is removed at all, since which objects it needs is unknown.
+        What cannot be read is skipped and listed under ``skipped``, and gc keeps what it then
+        cannot know to be unused: a ref that cannot be read (refused, too long) might name any
+        image, so every image is kept; a named image that cannot be read (corrupt, refused) is
+        kept, and then no object is removed, since which objects it needs is unknown.
         """
         refs, skipped = self.scan_refs()
         live = set(refs.values())
+        images_kept = bool(skipped)
+        if images_kept:
+            live.update(self.image_digests())
         dead_images = [d for d in self.image_digests() if d not in live]
         needed: set[str] = set()
         unknown_needs = False
@@ -512,9 +516,14 @@ class Repository:
         freed = 0
         # Images first, then objects: a gc killed half-way leaves only unused objects behind,
         # never an image whose objects are gone.
-        for d in dead_images:
+        for d in list(dead_images):
             p = self.image_path(d)
-            freed += os.lstat(p).st_size
+            st = os.lstat(p)
+            if stat.S_ISDIR(st.st_mode):
+                skipped.append({"kind": "stray", "path": p, "message": "a directory, not an image: left alone"})
+                dead_images.remove(d)
+                continue
+            freed += st.st_size
             if not dry_run:
                 os.unlink(p)
                 with contextlib.suppress(FileNotFoundError):
@@ -526,7 +535,11 @@ class Repository:
                 rel = f"{sub}/{e.name}"
                 if e.name.startswith(".") or rel in needed:
                     continue
-                freed += e.stat(follow_symlinks=False).st_size
+                st = e.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    skipped.append({"kind": "stray", "path": e.path, "message": "a directory, not an object: left alone"})
+                    continue
+                freed += st.st_size
                 dead_objects.append(rel)
                 if not dry_run:
                     os.unlink(os.path.join(subdir, e.name))
@@ -537,7 +550,8 @@ class Repository:
                 if DIGEST_RE.match(base) and e != base and base not in live and not TMP_RE.search(e):
                     _remove_entry(os.path.join(self.images_dir, e))
         return {"dry_run": dry_run, "images_removed": dead_images, "objects_removed": len(dead_objects),
-                "bytes_freed": freed, "objects_kept": unknown_needs, "skipped": skipped}
+                "bytes_freed": freed, "images_kept": images_kept, "objects_kept": unknown_needs,
+                "skipped": skipped}
 
     def _object_dirs(self, problems: list[dict] | None = None) -> Iterator[tuple[str, str, list[os.DirEntry]]]:
         """(XX, path, entries) of each object directory, in order. Entries of objects/ that are

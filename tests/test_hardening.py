@@ -438,3 +438,29 @@ def test_undecodable_path_bytes_are_escaped(tmp_path):
                        capture_output=True, timeout=60)
     assert r.returncode == 1 and b"caf\\xe9\\x1b.img" in r.stderr and b"No such file" in r.stderr
     r.stderr.decode("utf-8")  # valid UTF-8 whatever the name held
+
+
+def test_gc_keeps_what_it_cannot_know_to_be_unused(repo, tree, tmp_path):
+    run_ok("import", tree, "--name", "a", "--repo", repo)
+    run_ok("import", tree / "d", "--name", "b", "--repo", repo)
+    db = images(repo)["b"]["digest"]
+    run_ok("rm", "b", "--repo", repo)
+    # an unreadable ref might name b: nothing named is removed, and gc says why
+    os.mkfifo(repo / "refs" / "odd")
+    r = cfsctl("gc", "--repo", repo)
+    no_traceback(r)
+    assert r.returncode == 0 and b"no image removed" in r.stderr and b"refs/odd" in r.stderr
+    assert (repo / "images" / db).exists()
+    os.unlink(repo / "refs" / "odd")
+    # directories where an unused image or object would be are not ours: left alone, reported
+    obj = objects_of(repo)[0]
+    stray_obj = obj.parent / ("0" * 62)
+    stray_obj.mkdir()
+    stray_img = repo / "images" / ("1" * 64)
+    stray_img.mkdir()
+    r = cfsctl("gc", "--repo", repo, "--json")
+    no_traceback(r)
+    out = json.loads(r.stdout)
+    assert r.returncode == 0 and out["images_removed"] == [db]
+    assert sorted(p["path"] for p in out["skipped"]) == sorted([str(stray_obj), str(stray_img)])
+    assert stray_obj.is_dir() and stray_img.is_dir() and not (repo / "images" / db).exists()

@@ -464,3 +464,48 @@ def test_gc_keeps_what_it_cannot_know_to_be_unused(repo, tree, tmp_path):
     assert r.returncode == 0 and out["images_removed"] == [db]
     assert sorted(p["path"] for p in out["skipped"]) == sorted([str(stray_obj), str(stray_img)])
     assert stray_obj.is_dir() and stray_img.is_dir() and not (repo / "images" / db).exists()
+
+
+def _as_nobody(*args, umask=0o022):
+    """cfsctl run by user nobody, with Debian's Python (the virtualenv's interpreter lives under
+    /root, which nobody cannot enter) and this checkout's modules."""
+    site = next(p for p in sys.path if p.endswith("site-packages") and os.path.isdir(p))
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__import__("composefs").__file__)))
+    return subprocess.run(["runuser", "-u", "nobody", "--", "env", f"PYTHONPATH={pkg}:{site}", "/usr/bin/python3",
+                           "-m", "composefs.cli", *map(os.fspath, args)], capture_output=True, timeout=300,
+                          preexec_fn=lambda: os.umask(umask))
+
+
+@needs_root
+@pytest.mark.skipif(not os.path.exists("/usr/bin/python3"), reason="needs Debian's /usr/bin/python3 for nobody")
+def test_repository_of_an_unprivileged_user_trusts_its_owner_and_root(reachable):
+    src = reachable / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_bytes(os.urandom(10000))
+    os.chmod(src / "d" / "f", 0o644)
+    for p in (src, src / "d"):
+        os.chmod(p, 0o755)
+    home = reachable / "home"
+    home.mkdir()
+    os.chown(home, pwd.getpwnam("nobody").pw_uid, -1)
+    repo = home / "repo"
+    for args in (("init", "--repo", repo), ("import", src, "--name", "mine", "--repo", repo)):
+        r = _as_nobody(*args, umask=0o000)
+        assert r.returncode == 0, r.stderr
+    nobody = pwd.getpwnam("nobody").pw_uid
+    for path, mode in _modes(repo).items():
+        assert os.lstat(repo / path).st_uid == nobody
+        assert mode in ((0o755,) if os.path.isdir(repo / path) else (0o644, 0o444)), (path, oct(mode))
+    # root works in nobody's repository; each trusts what the other made
+    (src / "more").write_bytes(os.urandom(7000))
+    run_ok("import", src, "--name", "roots", "--repo", repo)
+    assert b"0 problems" in run_ok("fsck", "--repo", repo).stdout
+    r = _as_nobody("fsck", "--repo", repo)
+    assert r.returncode == 0 and b"0 problems" in r.stdout, r.stderr
+    assert json.loads(_as_nobody("images", "--repo", repo, "--json").stdout)[0]["name"] == "mine"
+    # nobody in root's repository: refused by the modes, with a message, not a traceback
+    rootrepo = reachable / "rootrepo"
+    run_ok("init", "--repo", rootrepo, umask=0o000)
+    r = _as_nobody("import", src, "--name", "x", "--repo", rootrepo, umask=0o000)
+    no_traceback(r)
+    assert r.returncode == 1 and b"Permission denied" in r.stderr

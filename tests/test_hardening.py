@@ -257,6 +257,9 @@ def test_fsck_refuses_symlinks_and_reports_strays(repo, tree):
     r = cfsctl("mount", "b", "/mnt", "--repo", repo)
     no_traceback(r)
     assert r.returncode != 0 and b"no image named 'b'" in r.stderr
+    # and it can be removed (the symlink, not what it points at)
+    run_ok("rm", "b", "--repo", repo)
+    assert not os.path.lexists(repo / "refs" / "b") and (repo / "refs" / "a").is_file()
 
 
 def test_symlinked_image_is_refused(repo, tree, tmp_path):

@@ -482,12 +482,16 @@ class Repository:
 
     # --- removing ------------------------------------------------------------------------------
 
-    def remove_ref(self, name: str) -> str:
+    def remove_ref(self, name: str) -> str | None:
+        """Unlink ref ``name``; returns the digest it named (None for a ref that was refused,
+        e.g. a symlink, which is removed without being followed)."""
         refs = self.refs()
-        if name not in refs:
+        p = os.path.join(self.refs_dir, name)
+        plain = name not in ("", ".", "..") and "/" not in name and "\0" not in name
+        if name not in refs and not (plain and os.path.lexists(p) and not stat.S_ISDIR(os.lstat(p).st_mode)):
             raise CfsError(f"no image named {name!r} in repository {self.path}")
-        os.unlink(os.path.join(self.refs_dir, name))
-        return refs[name]
+        os.unlink(p)
+        return refs.get(name)
 
     def gc(self, dry_run: bool = False) -> dict:
         """Remove images no ref names and objects no remaining image uses (exclusive lock held).

@@ -272,11 +272,12 @@ def test_symlinked_image_is_refused(repo, tree, tmp_path):
     img.symlink_to(copy)
     i = images(repo)["a"]
     assert "refused" in i["unreadable"] and "symlink" in i["unreadable"]
-    r = Repository.open(repo)
-    with pytest.raises(Exception, match="refused"):
-        from composefs.repository import verified_image_for_mount
-
-        verified_image_for_mount(r, "a")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    for ref in ("a", d, d[:10]):
+        r = cfsctl("mount", ref, mnt, "--repo", repo)
+        no_traceback(r)
+        assert r.returncode == 1 and b"refused: image is a symlink" in r.stderr and not os.path.ismount(mnt)
     kinds = [p["kind"] for p in json.loads(cfsctl("fsck", "--repo", repo, "--json").stdout)["problems"]]
     assert kinds == ["image-refused", "ref-dangling"]
 

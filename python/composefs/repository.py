@@ -577,6 +577,8 @@ class Repository:
             elif st.st_uid not in self.trusted:
                 report("object-dir-refused", path, f"owned by uid {st.st_uid}, not by the repository's owner")
             else:
+                if st.st_mode & 0o022:
+                    report("mode", path, _OPEN_MODE)
                 yield top.name, path, sorted(os.scandir(path), key=lambda e: e.name)
 
     # --- checking ------------------------------------------------------------------------------
@@ -654,6 +656,10 @@ class Repository:
     def _strays(self) -> list[dict]:
         """Entries of the repository that nothing of ours creates (objects/ is checked apart)."""
         out = []
+        for d in (self.path, self.objects, self.images_dir, self.refs_dir, self.tmp_dir):
+            with contextlib.suppress(FileNotFoundError):
+                if os.lstat(d).st_mode & 0o022:
+                    out.append({"kind": "mode", "path": d, "message": _OPEN_MODE})
         known = {"meta.json", "lock", "objects", "images", "refs", "tmp"}
         for e in sorted(os.listdir(self.path)):
             if e not in known and not TMP_RE.search(e):
@@ -687,6 +693,10 @@ def _enable_verity(fd: int) -> bool:
                        errno.ETXTBSY, errno.EBUSY, errno.EROFS):
             return False
         raise
+
+
+# What fsck says of a directory made under a lax umask by an older cfsctl.
+_OPEN_MODE = "writable by group or others (another user could plant entries): chmod go-w"
 
 
 def _count_entries(image: str) -> int:

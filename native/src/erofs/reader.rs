@@ -20,8 +20,41 @@ pub enum ReadError {
     BadSuperMagic,
     #[error("unsupported block size 2^{0}")]
     BadBlockSize(u8),
+    #[error("not a regular file")]
+    NotRegularFile,
+    #[error("image too large ({0} bytes; at most {MAX_IMAGE_SIZE} are read)")]
+    TooLarge(u64),
     #[error("corrupt image: inode {nid}: {what}")]
     Corrupt { nid: u64, what: String },
+}
+
+/// The largest image file read. An image records metadata only (file contents live in objects),
+/// so even trees of millions of entries stay far below it; the bound keeps a device or a huge
+/// file given by mistake from being read into memory.
+pub const MAX_IMAGE_SIZE: u64 = 1 << 30;
+
+/// The bytes of an image file, read from an open descriptor (with `pread`, from offset 0). Only a
+/// regular file of at most [`MAX_IMAGE_SIZE`] bytes is read: the check comes before the first
+/// read, so a FIFO, a device or an endless file is refused instead of read. The outer error is
+/// the file's (I/O), the inner one the image's.
+pub fn read_image_file(file: &std::fs::File) -> std::io::Result<Result<Vec<u8>, ReadError>> {
+    use std::io::Read;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Ok(Err(ReadError::NotRegularFile));
+    }
+    if meta.len() > MAX_IMAGE_SIZE {
+        return Ok(Err(ReadError::TooLarge(meta.len())));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // A file growing while read is cut at the bound plus one byte, which then fails the check.
+    crate::store::PosReader { file, pos: 0 }
+        .take(MAX_IMAGE_SIZE + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_IMAGE_SIZE {
+        return Ok(Err(ReadError::TooLarge(bytes.len() as u64)));
+    }
+    Ok(Ok(bytes))
 }
 
 /// A loaded image.

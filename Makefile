@@ -133,6 +133,7 @@ fuzz-build: $(STAMPS)/cargo-fuzz
 define fuzz_run
 	@set -e; secs=$(or $(FUZZ_SECONDS),$(1)); for t in $(FUZZ_TARGETS); do \
 		echo ">> fuzzing $$t for $${secs}s"; \
+		ls $(FUZZ_DIR)/corpus/$$t/* >/dev/null 2>&1 || { echo "fuzz target $$t has no seeds in $(FUZZ_DIR)/corpus/$$t"; exit 1; }; \
 		mkdir -p $(FUZZ_WORK)/$$t; \
 		( $(CARGO_FUZZ) run $(FUZZ_BUILD) $$t $(FUZZ_WORK)/$$t fuzz/corpus/$$t -- \
 			-max_total_time=$$secs -print_final_stats=1 ) > $(FUZZ_WORK)/$$t.log 2>&1 \

@@ -136,7 +136,7 @@ define fuzz_run
 		ls $(FUZZ_DIR)/corpus/$$t/* >/dev/null 2>&1 || { echo "fuzz target $$t has no seeds in $(FUZZ_DIR)/corpus/$$t"; exit 1; }; \
 		mkdir -p $(FUZZ_WORK)/$$t; \
 		( $(CARGO_FUZZ) run $(FUZZ_BUILD) $$t $(FUZZ_WORK)/$$t fuzz/corpus/$$t -- \
-			-max_total_time=$$secs -print_final_stats=1 ) > $(FUZZ_WORK)/$$t.log 2>&1 \
+			-max_total_time=$$secs -timeout=120 -print_final_stats=1 ) > $(FUZZ_WORK)/$$t.log 2>&1 \
 			|| { tail -n 60 $(FUZZ_WORK)/$$t.log; echo "fuzz target $$t failed (log: $(FUZZ_WORK)/$$t.log)"; exit 1; }; \
 		grep -E 'backends on this CPU|^#[0-9]+[[:space:]]+DONE' $(FUZZ_WORK)/$$t.log | sed 's/^/   /'; \
 	done

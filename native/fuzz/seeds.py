@@ -13,9 +13,13 @@ usage: python seeds.py CONFORMANCE_DUMPS_DIR CORPUS_DIR
 
 import gzip
 import hashlib
+import io
 import random
 import re
+import subprocess
 import sys
+import tarfile
+import tempfile
 from pathlib import Path
 
 from composefs import _native
@@ -115,6 +119,57 @@ def fsverity_seeds() -> dict:
     return seeds
 
 
+def layer_tars() -> dict:
+    """Small layers in each tar dialect: every entry kind, OCI whiteouts, xattrs, long names."""
+
+    def tar(fmt, members) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=fmt) as t:
+            for m, data in members:
+                t.addfile(m, io.BytesIO(data) if data is not None else None)
+        return buf.getvalue()
+
+    def member(name, kind=tarfile.REGTYPE, data=b"", **kw):
+        m = tarfile.TarInfo(name)
+        m.type, m.mtime, m.mode = kind, 1700000000, kw.pop("mode", 0o644)
+        for k, v in kw.items():
+            setattr(m, k, v)
+        if kind == tarfile.REGTYPE:
+            m.size = len(data)
+            return m, data
+        return m, None
+
+    long = "d/" + "n" * 120
+    members = [
+        member("d/", tarfile.DIRTYPE, mode=0o755),
+        member("d/small", data=b"hello\n"),
+        member("d/big", data=bytes(range(256)) * 2, uid=70000, gid=5),
+        member("d/empty"),
+        member("d/link", tarfile.SYMTYPE, linkname="big"),
+        member("d/hard", tarfile.LNKTYPE, linkname="d/big"),
+        member("d/chr", tarfile.CHRTYPE, devmajor=1, devminor=3),
+        member("d/fifo", tarfile.FIFOTYPE),
+        member("d/.wh.gone"),
+        member("e/.wh..wh..opq"),
+        member("./f/../g", data=b"x" * 70),
+        member(long, data=b"long"),
+    ]
+    pax = list(members)
+    pax[1] = member("d/small", data=b"hello\n", pax_headers={"SCHILY.xattr.user.k": "v", "mtime": "1700000000.25"})
+    out = {
+        "ustar": tar(tarfile.USTAR_FORMAT, [m for m in members if len(m[0].name) <= 100]),
+        "gnu": tar(tarfile.GNU_FORMAT, members),
+        "pax": tar(tarfile.PAX_FORMAT, pax),
+    }
+    out["gzip"] = gzip.compress(out["pax"], mtime=0)
+    try:
+        out["zstd"] = subprocess.run(["zstd", "-q", "-c", "-3"], input=out["gnu"], capture_output=True,
+                                     check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return out
+
+
 def main() -> None:
     dumps_dir, corpus = Path(sys.argv[1]), Path(sys.argv[2])
     rng = random.Random(17)
@@ -139,6 +194,17 @@ def main() -> None:
             put("image_reader", f"{name}-v{v}", image)
     for name, data in fsverity_seeds().items():
         put("fsverity", name, data)
+    # oci_layer: the first byte picks the path (0 layer blob, 3 the same with its digest
+    # expected, 1 a kept layer record, 2 the tar reader alone).
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in layer_tars().items():
+            put("oci_layer", f"blob-{name}", b"\0" + data)
+            put("oci_layer", f"tar-{name}", b"\2" + data)
+            if name == "pax":
+                put("oci_layer", f"blob-checked-{name}", b"\3" + data)
+            layer = _native.oci_read_layer(io.BytesIO(data), tmp + "/store")
+            layer.save(tmp + "/record")
+            put("oci_layer", f"record-{name}", b"\1" + Path(tmp + "/record").read_bytes())
 
 
 if __name__ == "__main__":

@@ -148,11 +148,12 @@ fuzz-short: fuzz-build
 fuzz: fuzz-build
 	$(call fuzz_run,1800)
 
-# Add what the runs found that brings new coverage to the committed corpora (libFuzzer -merge=1).
+# Add to the committed corpora what the runs found that reaches new code (libFuzzer -merge=1 on
+# edges alone, -use_counters=0: hit counts would keep hundreds of near-copies).
 fuzz-merge: fuzz-build
 	@for t in $(FUZZ_TARGETS); do \
 		mkdir -p $(FUZZ_WORK)/$$t; \
-		set -o pipefail; $(CARGO_FUZZ) run $(FUZZ_BUILD) $$t fuzz/corpus/$$t $(FUZZ_WORK)/$$t -- -merge=1 2>&1 \
+		set -o pipefail; $(CARGO_FUZZ) run $(FUZZ_BUILD) $$t fuzz/corpus/$$t $(FUZZ_WORK)/$$t -- -merge=1 -use_counters=0 2>&1 \
 			| { grep -E '^MERGE-OUTER: [0-9]+ new files' || true; }; \
 	done
 

@@ -39,6 +39,8 @@ pub enum WriteError {
     BadName(String),
     #[error("invalid file type in mode {0:o}")]
     BadMode(u32),
+    #[error("symlink target {0:?} is empty, too long or holds a NUL byte")]
+    BadSymlink(String),
     #[error("cannot start worker threads: {0}")]
     Threads(String),
 }
@@ -1071,7 +1073,14 @@ fn bfs_nodes(tree: &Tree) -> Result<Vec<Node<'_>>, WriteError> {
                         inline: None,
                         external: ino.size > 0,
                     },
-                    (InodeData::Symlink { target }, mode::S_IFLNK) => Kind::Symlink(target),
+                    (InodeData::Symlink { target }, mode::S_IFLNK) => {
+                        // What a kernel (and our reader) accepts: 1..PATH_MAX-1 bytes, no NUL.
+                        // Trees from a dump or a scan always are; a merged layer record need not be.
+                        if target.is_empty() || target.len() >= crate::dump::PATH_MAX || target.contains(&0) {
+                            return Err(WriteError::BadSymlink(String::from_utf8_lossy(target).into_owned()));
+                        }
+                        Kind::Symlink(target)
+                    }
                     (_, mode::S_IFLNK) => return Err(WriteError::BadMode(ino.mode)),
                     (_, mode::S_IFCHR | mode::S_IFBLK | mode::S_IFIFO | mode::S_IFSOCK) => Kind::Other,
                     _ => return Err(WriteError::BadMode(ino.mode)),
@@ -1195,4 +1204,42 @@ fn bfs_nodes(tree: &Tree) -> Result<Vec<Node<'_>>, WriteError> {
         }
     }
     Ok(nodes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::{Inode, InodeData, Timespec, Tree};
+
+    fn tree_with_symlink(target: &[u8]) -> Tree {
+        let mut tree = Tree::new(Inode::new_dir(0o755));
+        let link = tree.push(Inode {
+            mode: mode::S_IFLNK | 0o777,
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+            rdev: 0,
+            mtime: Timespec::default(),
+            size: target.len() as u64,
+            xattrs: Vec::new(),
+            data: InodeData::Symlink {
+                target: target.to_vec(),
+            },
+        });
+        assert!(tree.link(crate::tree::ROOT, b"l".to_vec(), link));
+        tree
+    }
+
+    /// Found by the oci_layer fuzz target: a kept layer record with a NUL in a symlink target
+    /// merged into a tree whose image the reader (like the kernel) then refused.
+    #[test]
+    fn refuses_symlinks_no_reader_accepts() {
+        let long = vec![b'x'; 4096];
+        for target in [&b""[..], b"a\0b", &long] {
+            let err = write_image(&tree_with_symlink(target), &Options::default()).err();
+            assert!(matches!(err, Some(WriteError::BadSymlink(_))), "{target:?}: {err:?}");
+        }
+        let ok = write_image(&tree_with_symlink(&long[..4095]), &Options::default()).unwrap();
+        crate::erofs::reader::read_image(&ok.bytes).unwrap();
+    }
 }

@@ -362,7 +362,18 @@ def _sys_umount(tgt: Path) -> int:
     return 0 if _libc.umount2(os.fsencode(tgt), 0) == 0 else ctypes.get_errno()
 
 
-def test_hostile_images_refuse_or_walk_cleanly(work):
+MS_BIND = 4096
+
+
+def _sys_bind(src: Path, tgt: Path) -> int:
+    r = _libc.mount(os.fsencode(src), os.fsencode(tgt), None, MS_BIND, None)
+    return 0 if r == 0 else ctypes.get_errno()
+
+
+def test_hostile_images_refuse_or_walk_cleanly(work, verity_tmp):
+    """Mutated images mounted and walked; a quarter are mutated only after mounting (the image is
+    rewritten under the mount), and the basedir layout varies: one basedir, a search path, the
+    mount point itself as a basedir, and a bind mount of the mount placed under the basedir."""
     count = int(os.environ.get("CFS_FUZZ_COUNT", "1000"))
     dump = work / "f.dump"
     dump.write_text(FUZZ_DUMP)
@@ -374,26 +385,42 @@ def test_hostile_images_refuse_or_walk_cleanly(work):
     base = img.read_bytes()
     regions = ci.image_regions(base)
     assert regions["dirent"] and regions["xattr"] and len(regions["dir_nids"]) >= 3
-    rng = random.Random(int(os.environ.get("CFS_FUZZ_SEED", "1234")))
+    seed = int(os.environ.get("CFS_FUZZ_SEED", "1234"))
+    rng = random.Random(seed)
+    print(f"fuzz: {count} mutations, seed {seed} (CFS_FUZZ_COUNT, CFS_FUZZ_SEED)")
     mark = guestutil.kmsg_mark()
     mnt = work / "m"
     mnt.mkdir()
-    bad = work / "bad.cfs"
-    stats = {"refused": 0, "mounted": 0}
+    bindpoint = objs / "ab"  # the object directory of /c
+    layouts = {"one": f"{objs}", "path": f"{work / 'nothing'}:{objs}", "mountpoint": f"{mnt}:{objs}",
+               "bindloop": f"{objs}"}
+    bad = verity_tmp / "bad.cfs"  # ext4: the module reads it through the page cache
+    stats = {"refused": 0, "mounted": 0, "live": 0}
     t0 = time.monotonic()
     for i, (kind, data) in zip(range(count), _mutations(base, regions, rng)):
-        bad.write_bytes(data)
-        if _sys_mount(bad, mnt, f"basedir={objs},verity_check=0"):
+        live = rng.random() < 0.25
+        layout = rng.choice(list(layouts))
+        bad.write_bytes(base if live else data)
+        if _sys_mount(bad, mnt, f"basedir={layouts[layout]},verity_check=0"):
+            assert not live, f"mutation {i}: the unmodified image was refused"
             stats["refused"] += 1
             continue
         stats["mounted"] += 1
+        bound = layout == "bindloop" and _sys_bind(mnt / "a", bindpoint) == 0
         try:
+            if live:
+                stats["live"] += 1
+                with open(bad, "r+b") as f:
+                    f.write(data)
+                    f.truncate(len(data))
             _walk_tolerant(mnt)
         finally:
+            if bound:
+                _libc.umount2(os.fsencode(bindpoint), 2)  # MNT_DETACH
             err = _sys_umount(mnt)
-            assert err == 0, f"mutation {i} ({kind}): umount: {os.strerror(err)}"
+            assert err == 0, f"mutation {i} ({kind}, {layout}): umount: {os.strerror(err)}"
     problems = _dmesg_problems(guestutil.kmsg_since(mark))
-    print(f"fuzz: {count} mutations in {time.monotonic() - t0:.0f}s: {stats}")
+    print(f"fuzz: {count} mutations (seed {seed}) in {time.monotonic() - t0:.0f}s: {stats}")
     assert not problems, problems[:10]
     assert stats["mounted"] > count // 4, stats
 

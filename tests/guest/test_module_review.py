@@ -370,8 +370,8 @@ def test_generated_tree_same_answers_as_stock(work):
     ci.mount_stock(img, work / "lower", stock, [objs])
     ci.mount_module(img, mod, [objs], verity_check=0)
     try:
-        a = ci.walk(stock, probes=True)
-        b = ci.walk(mod, probes=True)
+        a = ci.walk(stock, probes=True, odirect_limit=None)
+        b = ci.walk(mod, probes=True, odirect_limit=None)
     finally:
         ci.umount(stock, work / "lower", mod)
     diffs = {p: (a["entries"][p], b["entries"].get(p)) for p in a["entries"]

@@ -271,7 +271,10 @@ int cfs_image_read_inode(struct cfs_buf *buf, u64 nid,
 	ci->layout = (fmt >> CFS_I_LAYOUT_SHIFT) & CFS_I_LAYOUT_MASK;
 
 	if (fmt & CFS_I_VERSION_MASK) {
-		err = cfs_buf_read(buf, ci->iloc, &raw.e, sizeof(raw.e));
+		/* only the rest: the union already holds the first 32 bytes */
+		err = cfs_buf_read(buf, ci->iloc + sizeof(raw.c),
+				   (u8 *)&raw.e + sizeof(raw.c),
+				   sizeof(raw.e) - sizeof(raw.c));
 		if (err)
 			return err;
 		ci->inode_isize = sizeof(raw.e);

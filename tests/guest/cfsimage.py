@@ -306,6 +306,40 @@ def walk(root: Path, contents: bool = True, probes: bool = False, odirect_limit:
     return {"entries": result, "links": links}
 
 
+def walk_both(a: Path, b: Path, **kw) -> tuple[dict, dict]:
+    """walk(a) and walk(b) at once, the first in a forked child: a walk is emulated Python, and
+    the guest has two vCPUs."""
+    import pickle
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never returns into pytest
+        code = 0
+        try:
+            os.close(r)
+            try:
+                res = ("ok", walk(a, **kw))
+            except BaseException as e:  # noqa: BLE001 - carried to the parent
+                res = ("error", repr(e))
+            with os.fdopen(w, "wb") as f:
+                pickle.dump(res, f)
+        except BaseException:  # noqa: BLE001
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    try:
+        wb = walk(b, **kw)
+    finally:
+        with os.fdopen(r, "rb") as f:
+            data = f.read()
+        os.waitpid(pid, 0)
+    kind, wa = pickle.loads(data)
+    if kind != "ok":
+        raise RuntimeError(f"walk of {a} failed: {wa}")
+    return wa, wb
+
+
 # --- a minimal parser, to aim the fuzzer --------------------------------------------------------
 def image_regions(img: bytes) -> dict:
     """Offsets of fields worth corrupting: inode headers, dirents, xattr headers and entries."""

@@ -61,8 +61,7 @@ def test_same_tree_as_stock_overlayfs(work, name):
     ci.mount_stock(img, work / "lower", stock, [objs])
     ci.mount_module(img, mod, [objs], verity_check=0)
     try:
-        a = ci.walk(stock, probes=True)
-        b = ci.walk(mod, probes=True)
+        a, b = ci.walk_both(stock, mod, probes=True)
     finally:
         ci.umount(stock, work / "lower", mod)
     assert a["links"] == b["links"]
@@ -370,7 +369,7 @@ def _sys_bind(src: Path, tgt: Path) -> int:
     return 0 if r == 0 else ctypes.get_errno()
 
 
-def test_hostile_images_refuse_or_walk_cleanly(work, verity_tmp):
+def test_hostile_images_refuse_or_walk_cleanly(work, verity_tmp, capsys):
     """Mutated images mounted and walked; a quarter are mutated only after mounting (the image is
     rewritten under the mount), and the basedir layout varies: one basedir, a search path, the
     mount point itself as a basedir, and a bind mount of the mount placed under the basedir."""
@@ -387,7 +386,8 @@ def test_hostile_images_refuse_or_walk_cleanly(work, verity_tmp):
     assert regions["dirent"] and regions["xattr"] and len(regions["dir_nids"]) >= 3
     seed = int(os.environ.get("CFS_FUZZ_SEED", "1234"))
     rng = random.Random(seed)
-    print(f"fuzz: {count} mutations, seed {seed} (CFS_FUZZ_COUNT, CFS_FUZZ_SEED)")
+    with capsys.disabled():  # in the run's output whatever the outcome
+        print(f"\nfuzz: {count} mutations, seed {seed} (CFS_FUZZ_COUNT, CFS_FUZZ_SEED)")
     mark = guestutil.kmsg_mark()
     mnt = work / "m"
     mnt.mkdir()
@@ -420,7 +420,8 @@ def test_hostile_images_refuse_or_walk_cleanly(work, verity_tmp):
             err = _sys_umount(mnt)
             assert err == 0, f"mutation {i} ({kind}, {layout}): umount: {os.strerror(err)}"
     problems = _dmesg_problems(guestutil.kmsg_since(mark))
-    print(f"fuzz: {count} mutations (seed {seed}) in {time.monotonic() - t0:.0f}s: {stats}")
+    with capsys.disabled():
+        print(f"\nfuzz: {count} mutations (seed {seed}) in {time.monotonic() - t0:.0f}s: {stats}")
     assert not problems, problems[:10]
     assert stats["mounted"] > count // 4, stats
 

@@ -394,6 +394,7 @@ def test_hostile_images_refuse_or_walk_cleanly(work, verity_tmp, capsys):
     bindpoint = objs / "ab"  # the object directory of /c
     layouts = {"one": f"{objs}", "path": f"{work / 'nothing'}:{objs}", "mountpoint": f"{mnt}:{objs}",
                "bindloop": f"{objs}"}
+    (work / "nothing").mkdir()  # an empty basedir first in the search path
     bad = verity_tmp / "bad.cfs"  # ext4: the module reads it through the page cache
     stats = {"refused": 0, "mounted": 0, "live": 0}
     t0 = time.monotonic()

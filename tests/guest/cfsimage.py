@@ -176,15 +176,21 @@ SYS_getdents64 = 217  # x86_64
 SEEK_DATA, SEEK_HOLE = 3, 4
 
 
-def getdents64(fd: int, bufsize: int = 32768):
+def getdents64(fd: int, bufsize: int = 32768, buf=None):
     """One getdents64(2) call: a list of (d_ino, d_off, d_type, name field as returned), where the
-    name field is everything between d_type and the record's end (the name, its NUL, padding)."""
-    buf = ctypes.create_string_buffer(bufsize)
-    n = _libc.syscall(SYS_getdents64, fd, buf, bufsize)
+    name field is everything between d_type and the record's end (the name, its NUL, padding).
+    `buf`, if given, is a writable buffer (e.g. an mmap) the kernel writes into."""
+    if buf is None:
+        buf = ctypes.create_string_buffer(bufsize)
+        cbuf = buf
+    else:
+        cbuf = ctypes.c_char.from_buffer(buf)
+    n = _libc.syscall(SYS_getdents64, fd, ctypes.byref(cbuf), bufsize)
     if n < 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
-    raw = buf.raw[:n]
+    raw = bytes(buf[:n])
+    del cbuf
     out, pos = [], 0
     while pos < n:
         ino, off, reclen, typ = struct.unpack_from("<QqHB", raw, pos)

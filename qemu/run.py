@@ -9,7 +9,7 @@ Usage (from the repository root, as root, after `make setup`; `make qemu-test` d
     qemu/run.py --no-build-module                # do not build or load kernel/*.ko
     qemu/run.py --keep                           # keep the verity disk image in qemu/work/run/
     qemu/run.py --shell                          # interactive busybox console instead of pytest
-    qemu/run.py --timeout 1800                   # global timeout in seconds (default 2400)
+    qemu/run.py --timeout 1800                   # global timeout in seconds (default 3600)
     qemu/run.py --job bench/guest/walk_read.py -- ARGS   # run this Python script instead of pytest
 
     make qemu-test QEMU_ARGS="--keep -- tests/guest/test_verity.py -x"   # same options via make
@@ -260,7 +260,7 @@ def main() -> int:
     ap.add_argument("--shell", action="store_true", help="interactive guest console instead of pytest")
     ap.add_argument("--job", type=Path, metavar="SCRIPT",
                     help="run this Python script (arguments after --) instead of pytest")
-    ap.add_argument("--timeout", type=float, default=float(os.environ.get("CFS_QEMU_TIMEOUT", 2400)))
+    ap.add_argument("--timeout", type=float, default=float(os.environ.get("CFS_QEMU_TIMEOUT", 3600)))
     ap.add_argument("--mem", default="2G")
     ap.add_argument("--cpu", default="max", help="QEMU CPU model (default: max)")
     ap.add_argument("--smp", type=int, default=2)

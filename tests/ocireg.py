@@ -210,15 +210,21 @@ def platform_of(img: Image) -> dict:
 
 
 def tag(lay: Layout, images: list[Image], name: str = "latest", multi: bool = False) -> None:
-    """index.json naming the image (or, with ``multi``, an image index of all of them) as ``name``."""
+    """Name the image (or, with ``multi``, an image index of all of them) ``name`` in index.json,
+    beside the names already there."""
     ann = {"org.opencontainers.image.ref.name": name}
     if not multi:
         (img,) = images
-        lay.index([{**img.manifest, "annotations": ann}])
-        return
-    idx = lay.put_json({"schemaVersion": 2, "mediaType": OCI_INDEX,
-                        "manifests": [{**i.manifest, "platform": platform_of(i)} for i in images]}, OCI_INDEX)
-    lay.index([{**idx, "annotations": ann}])
+        entry = {**img.manifest, "annotations": ann}
+    else:
+        idx = lay.put_json({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                            "manifests": [{**i.manifest, "platform": platform_of(i)} for i in images]}, OCI_INDEX)
+        entry = {**idx, "annotations": ann}
+    try:
+        old = json.loads((lay.root / "index.json").read_bytes())["manifests"]
+    except (OSError, ValueError, KeyError):
+        old = []
+    lay.index([m for m in old if m.get("annotations", {}).get("org.opencontainers.image.ref.name") != name] + [entry])
 
 
 def tar_layout(src: Path, dest: Path) -> Path:
@@ -299,6 +305,23 @@ def htpasswd_line(user: str, password: str) -> str:
     return r.stdout.strip() + "\n"
 
 
+def _rfc3339(t: str) -> float:
+    """Seconds since the epoch from the registry's timestamps (nanosecond fractions, 'Z')."""
+    import datetime
+
+    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$", t)
+    if not m:
+        return 0.0
+    base = datetime.datetime.fromisoformat(m.group(1) + ("+00:00" if m.group(3) == "Z" else m.group(3)))
+    return base.timestamp() + float("0." + (m.group(2) or "0"))
+
+
+def _go_duration(s: str) -> float:
+    """Seconds from a Go duration string such as 1m2.5s, 3.2ms or 850µs."""
+    unit = {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+    return sum(float(v) * unit[u] for v, u in re.findall(r"([\d.]+)(h|ms|us|µs|ns|m|s)", s))
+
+
 class Registry:
     """Debian's docker-registry on ``host:port`` with its storage and log under ``root``.
 
@@ -365,7 +388,8 @@ class Registry:
             if j.get("msg") == "response completed" or "http.request.uri" in j and "http.response.status" in j:
                 out.append({"method": j.get("http.request.method"), "uri": j.get("http.request.uri"),
                             "status": j.get("http.response.status"), "written": j.get("http.response.written", 0),
-                            "agent": j.get("http.request.useragent", "")})
+                            "agent": j.get("http.request.useragent", ""), "end": _rfc3339(j.get("time", "")),
+                            "duration": _go_duration(j.get("http.response.duration", "0s"))})
         return out
 
     def blob_gets(self, since: int = 0, agent_not: str = "skopeo") -> list[str]:

@@ -75,7 +75,6 @@ def layer3(tf):
     entry(tf, "usr/bin/tool", BIG["tool2"], mode=0o755)  # replaces one name only; link keeps old
     entry(tf, "usr/bin/.wh.other", b"")
     entry(tf, "empty", b"")
-    entry(tf, "../../evil", b"outside the root")  # ignored
     entry(tf, "usr/../dotdot", b"resolved")
 
 
@@ -150,7 +149,8 @@ def make_docker_save(path: Path, tmp: Path) -> Path:
             n = f"layer{i}/layer.tar"
             add(n, compress(layer_bytes(build), how))
             names.append(n)
-        config = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
+        config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {
+            "type": "layers", "diff_ids": [sha(layer_bytes(b)) for b, _ in LAYERS]}}).encode()
         add("config.json", config)
         add("manifest.json", json.dumps([{"Config": "config.json", "RepoTags": ["x:latest"], "Layers": names}]).encode())
     return path
@@ -365,46 +365,27 @@ def test_oci_import_of_an_umoci_image(repo, tmp_path):
     assert cfsctl("fsck", "--repo", repo).returncode == 0
 
 
-def _merge_layers(store: Path, work: Path, **batch) -> bytes:
-    from composefs import _native
-    from composefs.oci import BatchInserter, Merger, open_layer
-
-    work.mkdir()
-    inserter = BatchInserter(lambda paths: [d for d, _s, _h in _native.store_insert_many(str(store), paths)],
-                             str(work), **batch)
-    merger = Merger(inserter)
-    try:
-        for build, how in LAYERS:
-            tf, done = open_layer(io.BytesIO(compress(layer_bytes(build), how)))
-            merger.apply(tf)
-            tf.close()
-            done()
-        inserter.finish()
-    finally:
-        inserter.close()
-    assert os.listdir(work) == []  # every temporary content file went into the store
-    return merger.dump()
-
-
-@pytest.mark.parametrize("batch", [{"batch_files": 1}, {"batch_files": 2}, {"batch_bytes": 6000}])
-def test_batched_inserts_give_the_same_tree(tmp_path, batch):
-    """Small batches (many worker hand-overs, a batch finishing while the next layer is read)
-    give the same dump as one batch, and every object is in the store under its digest."""
-    one = _merge_layers(tmp_path / "s1", tmp_path / "w1")
-    many = _merge_layers(tmp_path / "s2", tmp_path / "w2", **batch)
-    assert many == one
-    objs = sorted(p.relative_to(tmp_path / "s2").as_posix() for p in (tmp_path / "s2").rglob("*") if p.is_file())
-    named = {m.decode() for m in re.findall(rb" ([0-9a-f]{2}/[0-9a-f]{62}) ", many)}
-    assert named and named <= set(objs)  # plus the contents of files later layers removed
-    assert len(objs) == len(BIG) + 1  # every content over 64 bytes, once (+ to-delete)
+def test_objects_named_by_their_digest(repo, tmp_path):
+    """Every content over 64 bytes is in the store once, under its fs-verity digest, and a
+    second import of the same layers reads nothing again (the layer records are reused)."""
     from composefs.fsverity import digest_file
 
+    r1 = import_ok(repo, make_oci_layout(tmp_path / "l"), "one")
+    objs = sorted(p for p in (repo / "objects").rglob("*") if p.is_file())
+    assert len(objs) == len(BIG) + 1  # every content over 64 bytes, once (+ to-delete)
     for o in objs:
-        assert digest_file(tmp_path / "s2" / o).hex() == o.replace("/", "")
+        assert digest_file(o).hex() == o.parent.name + o.name
+    assert r1["layers_fetched"] == 3
+    r2 = import_ok(repo, make_oci_layout(tmp_path / "l2"), "two")
+    assert (r2["layers_fetched"], r2["layers_reused"], r2["digest"]) == (0, 3, r1["digest"])
 
 
-def test_batched_insert_error_surfaces(tmp_path):
-    store = tmp_path / "not-a-dir"
-    store.write_bytes(b"x")
-    with pytest.raises(OSError):
-        _merge_layers(store, tmp_path / "w", batch_files=1)
+def test_entry_leaving_the_root_is_refused(repo, tmp_path):
+    """A tar entry whose path climbs out of the root is refused, as docker refuses it (a
+    "breakout"), and the import leaves no image behind."""
+    def evil(tf):
+        entry(tf, "../../evil", b"outside the root")
+    r = cfsctl("oci", "import", make_oci_layout(tmp_path / "l", LAYERS=[(evil, "none")]), "--name", "x", "--repo", repo)
+    assert r.returncode == 1 and r.stderr.count(b"\n") == 1, r.stderr
+    assert b"leaves the image's root" in r.stderr
+    assert not list((repo / "images").iterdir())

@@ -7,6 +7,7 @@ pub mod dump;
 pub mod erofs;
 pub mod fsverity;
 pub mod hash;
+pub mod oci;
 pub mod scan;
 pub mod store;
 pub mod tree;

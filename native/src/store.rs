@@ -218,14 +218,6 @@ impl Store {
             self.count_reused(size);
             return Ok(Inserted::Reused);
         }
-        let name = object_name(digest);
-        let dirname = cstr(&name.as_bytes()[..2]);
-        if unsafe { libc::mkdirat(self.dir.as_raw_fd(), dirname.as_ptr(), 0o755) } != 0 {
-            let e = last_err();
-            if errno_of(&e) != libc::EEXIST {
-                return Err(io_at(self.root.join(&name[..2]))(e));
-            }
-        }
         let tmp = self.temporary()?;
         let tmp_path = tmp.display_path(&self.root);
         let copied = copy_data(src, &tmp.file).map_err(|e| match e {
@@ -241,6 +233,55 @@ impl Store {
                 path: path.to_path_buf(),
             });
         }
+        self.publish(tmp, digest, size)
+    }
+
+    /// Insert `data` (already in memory): hashed, then written only when the store lacks it.
+    pub fn insert_bytes(&self, data: &[u8]) -> Result<(Digest, Inserted), Error> {
+        let d = fsverity::digest_bytes(data, &fsverity::Params::default());
+        let digest: Digest = d.try_into().expect("sha256 digest is 32 bytes");
+        let size = data.len() as u64;
+        if self.contains(&digest) {
+            self.count_reused(size);
+            return Ok((digest, Inserted::Reused));
+        }
+        let mut tmp = self.temporary()?;
+        let tmp_path = tmp.display_path(&self.root);
+        tmp.file.write_all(data).map_err(io_at(&tmp_path))?;
+        Ok((digest, self.publish(tmp, &digest, size)?))
+    }
+
+    /// A temporary file in the store for contents that arrive as a stream (too large to hold in
+    /// memory): write them, then [`Store::commit_object`] names the file by its digest.
+    pub fn object_writer(&self) -> Result<ObjectWriter, Error> {
+        let tmp = self.temporary()?;
+        let path = tmp.display_path(&self.root);
+        Ok(ObjectWriter { tmp, path })
+    }
+
+    /// Hash what was written to `w` and link it under its digest (or drop it when the store has
+    /// the object already). The bytes hashed are the file's own, read back.
+    pub fn commit_object(&self, w: ObjectWriter) -> Result<(Digest, u64, Inserted), Error> {
+        let (digest, size) = hash_fd(&w.tmp.file).map_err(io_at(&w.path))?;
+        if self.contains(&digest) {
+            self.count_reused(size);
+            return Ok((digest, size, Inserted::Reused));
+        }
+        Ok((digest, size, self.publish(w.tmp, &digest, size)?))
+    }
+
+    /// The last steps of every insertion, for a temporary file whose contents hash to `digest`:
+    /// mode 0644, fs-verity, then `linkat` under the digest name (never replacing a file).
+    fn publish(&self, tmp: Temp, digest: &Digest, size: u64) -> Result<Inserted, Error> {
+        let name = object_name(digest);
+        let dirname = cstr(&name.as_bytes()[..2]);
+        if unsafe { libc::mkdirat(self.dir.as_raw_fd(), dirname.as_ptr(), 0o755) } != 0 {
+            let e = last_err();
+            if errno_of(&e) != libc::EEXIST {
+                return Err(io_at(self.root.join(&name[..2]))(e));
+            }
+        }
+        let tmp_path = tmp.display_path(&self.root);
         // Readable by everybody whatever the umask (as mkcomposefs does).
         if unsafe { libc::fchmod(tmp.file.as_raw_fd(), 0o644) } != 0 {
             return Err(io_at(&tmp_path)(last_err()));
@@ -340,6 +381,29 @@ impl Store {
                 return Err(io_at(self.root.join(name))(e));
             }
         }
+    }
+}
+
+/// Contents being streamed into the store (see [`Store::object_writer`]); dropping it without
+/// committing leaves nothing behind.
+pub struct ObjectWriter {
+    tmp: Temp,
+    path: PathBuf,
+}
+
+impl Write for ObjectWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tmp.file.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ObjectWriter {
+    /// The temporary file's name, for error messages.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 

@@ -1,443 +1,489 @@
-"""Container images into a repository: OCI image layouts (directory or tar) and
-``docker save``/``podman save`` archives.
+"""Container images into a repository, from an OCI image layout (directory or tar), a
+``docker save`` / ``podman save`` archive, or a registry (:mod:`composefs.registry`).
 
-The layers are read in order as tar streams (plain, gzip or zstd, recognised by their magic
-bytes) and applied to an in-memory tree with the OCI whiteout rules: ``.wh.NAME`` removes NAME,
-``.wh..wh..opq`` hides everything the lower layers put in that directory. Nothing is extracted
-as a whole: each file's content (over 64 bytes) is written to one temporary file in the
-repository and inserted into the object store in batches (of 64 MiB or 1,024 files; a batch
-hashed and copied in Rust on both cores, on a worker thread while the next layer data is read),
-so at most two batches of content sit outside the store. Hardlinks (also to files of lower layers)
-stay one inode. The merged tree becomes a composefs dump that the writer turns into the image;
-the manifest and config are kept beside the image (``images/<digest>.oci/``).
+The order of work, and what is trusted when:
+1. the image index or manifest is read with a size limit; every digest string is checked by the
+   Rust core before it is used for anything; a blob named by digest is read only from inside
+   the layout (no symlinks, no ``..``) or the archive (members by exact name, links followed a
+   bounded number of times) and must match its descriptor's digest and size;
+2. the manifest and config must have the shape the OCI image spec gives them; the config's
+   ``rootfs.diff_ids`` name each layer's uncompressed tar;
+3. each layer is read by the Rust core (``_native.oci_read_layer``): blob digest and size,
+   decompression, diff_id and tar bounds all checked while it streams, file contents stored in
+   the object store as they arrive; layers are read concurrently. A layer whose record the
+   repository keeps (``layers/<diff_id>``, written once the layer passed every check and its
+   objects were flushed) is not fetched again while all its objects are in the store;
+4. the layers are merged in order and the image is written and committed with the manifest and
+   config beside it. Any failure before that leaves no ref and no image.
 """
 
 from __future__ import annotations
 
-import io
+import concurrent.futures
 import json
 import os
-import posixpath
-import shutil
+import platform as _platform
 import stat
-import subprocess
-import tarfile
+import sys
+import threading
+import time
 from dataclasses import dataclass, field
-from typing import IO, Callable, Iterator
+from typing import IO, Callable, Iterable
 
 from . import _native
 from .errors import CfsError
 
-INLINE_MAX = 64
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
+               "application/vnd.docker.distribution.manifest.list.v2+json")
+MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
+                  "application/vnd.docker.distribution.manifest.v2+json")
+LAYER_TYPES = tuple(
+    prefix + suffix
+    for prefix in ("application/vnd.oci.image.layer.v1.tar", "application/vnd.oci.image.layer.nondistributable.v1.tar")
+    for suffix in ("", "+gzip", "+zstd")
+) + ("application/vnd.docker.image.rootfs.diff.tar.gzip", "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip")
+
+MAX_MANIFEST = 4 << 20  # the distribution spec lets registries refuse larger manifests
+MAX_CONFIG = 8 << 20
+MAX_LAYERS = 1000
+MAX_INDEX_DEPTH = 4
+MAX_LINK_HOPS = 8
+PARALLEL_LAYERS = 3
 
 
-# --- archives ------------------------------------------------------------------------------------
+class ImageError(CfsError):
+    """Something about the image itself is wrong (not the network, not the local machine)."""
 
 
-class Archive:
-    """Blob access to an image archive: a directory or a (seekable) tar file."""
+# --- descriptors and documents -------------------------------------------------------------------
 
-    def __init__(self, path: str):
-        self.path = path
-        self.tar: tarfile.TarFile | None = None
-        self.members: dict[str, tarfile.TarInfo] = {}
-        if os.path.isdir(path):
-            return
-        if not os.path.exists(path):
-            raise CfsError("No such file or directory", path)
+
+@dataclass(frozen=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+    platform: dict | None = None
+
+    @classmethod
+    def parse(cls, obj, what: str) -> "Descriptor":
+        if not isinstance(obj, dict):
+            raise ImageError(f"{what}: a descriptor must be a JSON object")
+        mt, digest, size = obj.get("mediaType", ""), obj.get("digest"), obj.get("size")
+        if not isinstance(mt, str):
+            raise ImageError(f"{what}: mediaType must be a string")
+        if not isinstance(digest, str):
+            raise ImageError(f"{what}: descriptor without a digest")
         try:
-            self.tar = tarfile.open(path, "r:*")
-        except tarfile.TarError as e:
-            raise CfsError(f"not an OCI layout or docker archive: {e}", path) from None
-        for m in self.tar.getmembers():
-            self.members[posixpath.normpath(m.name.lstrip("/")).removeprefix("./")] = m
+            digest = _native.oci_check_digest(digest)
+        except ValueError as e:
+            raise ImageError(f"{what}: {e}") from None
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or size > 1 << 46:
+            raise ImageError(f"{what} {digest}: bad size {size!r}")
+        plat = obj.get("platform")
+        if plat is not None and not isinstance(plat, dict):
+            raise ImageError(f"{what} {digest}: platform must be a JSON object")
+        return cls(mt, digest, size, plat)
 
-    def exists(self, name: str) -> bool:
-        if self.tar is None:
-            return os.path.exists(os.path.join(self.path, name))
-        return name in self.members
 
-    def open(self, name: str) -> IO[bytes]:
-        if self.tar is None:
-            try:
-                return open(os.path.join(self.path, name), "rb")
-            except FileNotFoundError:
-                raise CfsError(f"archive has no {name}", self.path) from None
-        m = self.members.get(posixpath.normpath(name))
-        while m is not None and m.issym():
-            m = self.members.get(posixpath.normpath(posixpath.join(posixpath.dirname(m.name), m.linkname)))
-        if m is None:
-            raise CfsError(f"archive has no {name}", self.path)
-        f = self.tar.extractfile(m)
-        if f is None:
-            raise CfsError(f"{name} in the archive is not a file", self.path)
-        return f
+def parse_json(data: bytes, what: str) -> dict:
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise ImageError(f"{what}: not valid JSON ({str(e).splitlines()[0][:100]})") from None
+    if not isinstance(doc, dict):
+        raise ImageError(f"{what}: not a JSON object")
+    return doc
 
-    def read(self, name: str) -> bytes:
-        with self.open(name) as f:
-            return f.read()
+
+def check_bytes(data: bytes, desc: Descriptor, what: str) -> None:
+    try:
+        _native.oci_verify_bytes(data, desc.digest, desc.size)
+    except _native.FormatError as e:
+        raise ImageError(f"{what} {desc.digest}: {e}") from None
+
+
+# --- platforms -----------------------------------------------------------------------------------
+
+_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "i386": "386",
+         "i686": "386", "armv7l": "arm", "armv6l": "arm", "ppc64le": "ppc64le", "s390x": "s390x",
+         "riscv64": "riscv64", "mips64": "mips64le", "loongarch64": "loong64"}
+
+
+@dataclass(frozen=True)
+class Platform:
+    os: str
+    arch: str
+    variant: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "Platform":
+        parts = text.split("/")
+        if len(parts) not in (2, 3) or not all(parts):
+            raise CfsError(f"invalid platform {text!r} (expected os/arch[/variant], e.g. linux/amd64)")
+        return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+
+    @classmethod
+    def running(cls) -> "Platform":
+        m = _platform.machine()
+        arch = _ARCH.get(m, m)
+        variant = {"armv7l": "v7", "armv6l": "v6"}.get(m)
+        return cls("linux", arch, variant)
+
+    def matches(self, p: dict) -> bool:
+        if p.get("os") != self.os or p.get("architecture") != self.arch:
+            return False
+        if self.variant is None:
+            return True
+        v = p.get("variant")
+        return v == self.variant or (v is None and self.arch == "arm64" and self.variant == "v8")
+
+    def __str__(self) -> str:
+        return "/".join(x for x in (self.os, self.arch, self.variant) if x)
+
+
+def pick_manifest(index: dict, plat: Platform, what: str) -> Descriptor:
+    mans = index.get("manifests")
+    if not isinstance(mans, list) or not mans:
+        raise ImageError(f"{what}: lists no manifests")
+    if len(mans) > 10000:
+        raise ImageError(f"{what}: lists {len(mans)} manifests")
+    descs = [Descriptor.parse(m, f"{what}: manifest") for m in mans]
+    descs = [d for d in descs if d.media_type in INDEX_TYPES + MANIFEST_TYPES or d.media_type == ""]
+    with_plat = [d for d in descs if d.platform is not None]
+    hits = [d for d in with_plat if plat.matches(d.platform)]
+    if hits:
+        return hits[0]
+    untagged = [d for d in descs if d.platform is None]
+    if untagged:
+        return untagged[0]
+    have = sorted({"/".join(str(d.platform.get(k)) for k in ("os", "architecture", "variant") if d.platform.get(k))
+                   for d in with_plat})
+    raise ImageError(f"{what}: no image for platform {plat} (has {', '.join(have) or 'none'})")
+
+
+# --- sources -------------------------------------------------------------------------------------
+
+
+class Source:
+    """Where an image's blobs come from. ``label`` names it in messages."""
+
+    label: str
+
+    def top(self) -> tuple[bytes, Descriptor | None]:
+        """The top-level document (an index or a manifest) and, when something outside it names
+        it, its descriptor (to be checked)."""
+        raise NotImplementedError
+
+    def open_blob(self, desc: Descriptor) -> IO[bytes]:
+        raise NotImplementedError
+
+    def read_blob(self, desc: Descriptor, limit: int, what: str) -> bytes:
+        if desc.size > limit:
+            raise ImageError(f"{what} {desc.digest}: {desc.size} bytes is over the limit of {limit}")
+        with self.open_blob(desc) as f:
+            data = f.read(desc.size + 1)
+        check_bytes(data, desc, what)
+        return data
 
     def close(self) -> None:
-        if self.tar is not None:
-            self.tar.close()
+        pass
 
 
-def _blob(digest: str) -> str:
-    alg, _, hexd = digest.partition(":")
-    return f"blobs/{alg}/{hexd}"
+def _blob_path(digest: str) -> tuple[str, str]:
+    alg, _, hexd = _native.oci_check_digest(digest).partition(":")
+    return alg, hexd
 
 
-@dataclass
-class ImageRef:
-    manifest: bytes
-    config: bytes
-    layers: list[str]  # names inside the archive
+class LayoutDir(Source):
+    """An OCI image layout directory. Blobs are opened by walking ``blobs/ALG/HEX`` one name at
+    a time relative to the layout's own descriptor, refusing symlinks at every step."""
 
-
-def resolve_image(ar: Archive) -> ImageRef:
-    """The manifest, config and layer list of the (first) image of the archive."""
-    if ar.exists("index.json"):
-        index = json.loads(ar.read("index.json"))
-        while True:
-            mans = index.get("manifests") or []
-            if not mans:
-                raise CfsError("index.json lists no manifests", ar.path)
-            pick = next((m for m in mans if m.get("platform", {}).get("architecture") in (None, "amd64")), mans[0])
-            data = ar.read(_blob(pick["digest"]))
-            doc = json.loads(data)
-            if "manifests" in doc:  # a nested image index
-                index = doc
-                continue
-            config = ar.read(_blob(doc["config"]["digest"]))
-            return ImageRef(data, config, [_blob(l["digest"]) for l in doc.get("layers", [])])
-    if ar.exists("manifest.json"):
-        data = ar.read("manifest.json")
-        doc = json.loads(data)
-        if not isinstance(doc, list) or not doc:
-            raise CfsError("manifest.json is not a docker-save manifest", ar.path)
-        first = doc[0]
-        return ImageRef(json.dumps(first, indent=1).encode(), ar.read(first["Config"]), list(first["Layers"]))
-    raise CfsError("neither an OCI image layout (index.json) nor a docker save archive (manifest.json)", ar.path)
-
-
-class _Peek(io.RawIOBase):
-    """A stream with its first bytes put back."""
-
-    def __init__(self, head: bytes, rest: IO[bytes]):
-        self.head, self.rest = head, rest
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        if self.head:
-            n = min(len(b), len(self.head))
-            b[:n] = self.head[:n]
-            self.head = self.head[n:]
-            return n
-        data = self.rest.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-
-def open_layer(raw: IO[bytes]) -> tuple[tarfile.TarFile, Callable[[], None]]:
-    """A streaming tar reader over a plain, gzip or zstd layer."""
-    head = raw.read(4)
-    stream = io.BufferedReader(_Peek(head, raw), 1 << 20)
-    cleanup: Callable[[], None] = lambda: None
-    if head.startswith(GZIP_MAGIC):
-        return tarfile.open(fileobj=stream, mode="r|gz"), cleanup
-    if head == ZSTD_MAGIC:
+    def __init__(self, path: str):
+        self.label = path
         try:
-            import zstandard
+            self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise CfsError(e.strerror or str(e), path) from None
 
-            reader = zstandard.ZstdDecompressor().stream_reader(stream)
-            return tarfile.open(fileobj=reader, mode="r|"), reader.close
-        except ImportError:
-            if not shutil.which("zstd"):
-                raise CfsError("a zstd-compressed layer needs the 'zstandard' module or the zstd program") from None
-            proc = subprocess.Popen(["zstd", "-dc"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-            import threading
-
-            def feed():
+    def _open(self, names: Iterable[str], what: str) -> IO[bytes]:
+        names = list(names)
+        fd = self.fd
+        opened: list[int] = []
+        try:
+            for i, n in enumerate(names):
+                last = i == len(names) - 1
+                flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | (0 if last else os.O_DIRECTORY)
                 try:
-                    shutil.copyfileobj(stream, proc.stdin, 1 << 20)
-                finally:
-                    proc.stdin.close()
+                    fd = os.open(n, flags, dir_fd=fd)
+                except OSError as e:
+                    raise ImageError(f"{what}: {'/'.join(names)}: {e.strerror}") from None
+                opened.append(fd)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ImageError(f"{what}: {'/'.join(names)} is not a regular file")
+            f = os.fdopen(opened.pop(), "rb")
+            return f
+        finally:
+            for o in opened:
+                os.close(o)
 
-            t = threading.Thread(target=feed, daemon=True)
-            t.start()
+    def top(self) -> tuple[bytes, Descriptor | None]:
+        with self._open(["index.json"], "index.json") as f:
+            data = f.read(MAX_MANIFEST + 1)
+        if len(data) > MAX_MANIFEST:
+            raise ImageError(f"index.json is over the limit of {MAX_MANIFEST} bytes")
+        return data, None
 
-            def done():
-                proc.stdout.close()
-                t.join()
-                if proc.wait() != 0:
-                    raise CfsError("zstd could not decompress a layer")
+    def open_blob(self, desc: Descriptor) -> IO[bytes]:
+        alg, hexd = _blob_path(desc.digest)
+        return self._open(["blobs", alg, hexd], "blob")
 
-            return tarfile.open(fileobj=proc.stdout, mode="r|"), done
-    return tarfile.open(fileobj=stream, mode="r|"), cleanup
-
-
-# --- the merged tree -----------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class Node:
-    mode: int
-    uid: int = 0
-    gid: int = 0
-    mtime: int = 0
-    size: int = 0
-    rdev: int = 0
-    target: bytes = b""  # symlink
-    inline: bytes | None = None
-    digest: str | None = None
-    xattrs: dict[bytes, bytes] = field(default_factory=dict)
-    children: dict[bytes, "Node"] | None = None
-    layer: int = 0
+    def close(self) -> None:
+        os.close(self.fd)
 
 
-def _split(name: str) -> list[bytes] | None:
-    """Path components of a tar member name, ``..`` resolved; ``None`` if it escapes the root."""
-    out: list[bytes] = []
-    for p in os.fsencode(name).split(b"/"):
-        if p in (b"", b"."):
+class _Slice:
+    """``size`` bytes of a file from ``offset``, read with pread (many may be open at once)."""
+
+    def __init__(self, fd: int, offset: int, size: int):
+        self.fd, self.pos, self.end = fd, offset, offset + size
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            n = self.end - self.pos
+        n = min(n, self.end - self.pos)
+        if n <= 0:
+            return b""
+        data = os.pread(self.fd, n, self.pos)
+        if not data:
+            raise ImageError("archive is truncated")
+        self.pos += len(data)
+        return data
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class TarArchive(Source):
+    """A tar file holding an OCI layout or a docker-save image. Its members are indexed by the
+    Rust tar reader (headers only, bounded); a member is found by its exact normalised name, and
+    symlinks and hardlinks between members are followed at most ``MAX_LINK_HOPS`` times."""
+
+    def __init__(self, path: str):
+        self.label = path
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            if not stat.S_ISREG(os.fstat(self.fd).st_mode):
+                raise CfsError("not a directory or a regular file", path)
+            members = _native.tar_index(path)
+        except OSError as e:
+            raise CfsError(e.strerror or str(e), path) from None
+        except _native.FormatError as e:
+            raise ImageError(f"not an image archive: {_tail(e, path)}") from None
+        self.members: dict[str, tuple[str, int, int, str]] = {}
+        for name, kind, offset, size, link in members:
+            n = _norm(os.fsdecode(name))
+            if n is not None:
+                self.members[n] = (kind, offset, size, os.fsdecode(link))
+        self.docker = "index.json" not in self.members and "manifest.json" in self.members
+
+    def _find(self, name: str, what: str) -> tuple[int, int]:
+        n = _norm(name)
+        for _ in range(MAX_LINK_HOPS + 1):
+            m = self.members.get(n) if n is not None else None
+            if m is None:
+                raise ImageError(f"{what}: archive has no {name}")
+            kind, offset, size, link = m
+            if kind == "file":
+                return offset, size
+            if kind == "symlink":
+                n = _norm(os.path.join(os.path.dirname(n), link)) if not link.startswith("/") else _norm(link)
+            elif kind == "hardlink":
+                n = _norm(link)
+            else:
+                raise ImageError(f"{what}: {name} in the archive is not a file")
+        raise ImageError(f"{what}: {name}: too many levels of links in the archive")
+
+    def open_member(self, name: str, what: str, limit: int | None = None) -> _Slice:
+        offset, size = self._find(name, what)
+        if limit is not None and size > limit:
+            raise ImageError(f"{what}: {name} is over the limit of {limit} bytes")
+        return _Slice(self.fd, offset, size)
+
+    def top(self) -> tuple[bytes, Descriptor | None]:
+        return self.open_member("index.json", "index.json", MAX_MANIFEST).read(), None
+
+    def open_blob(self, desc: Descriptor) -> IO[bytes]:
+        alg, hexd = _blob_path(desc.digest)
+        return self.open_member(f"blobs/{alg}/{hexd}", "blob")
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _norm(name: str) -> str | None:
+    out: list[str] = []
+    for p in name.split("/"):
+        if p in ("", "."):
             continue
-        if p == b"..":
+        if p == "..":
             if not out:
                 return None
             out.pop()
             continue
         out.append(p)
+    return "/".join(out)
+
+
+def _tail(e: Exception, path: str) -> str:
+    s = str(e)
+    return s[len(path) + 2:] if s.startswith(path + ": ") else s
+
+
+# --- resolving an image --------------------------------------------------------------------------
+
+
+@dataclass
+class LayerSpec:
+    desc: Descriptor | None  # None: a docker-save layer, named only by its diff_id
+    diff_id: str
+    member: str | None = None  # docker-save: the layer's archive member
+
+
+@dataclass
+class Resolved:
+    manifest: bytes
+    config: bytes
+    layers: list[LayerSpec] = field(default_factory=list)
+
+
+def _manifest_layers(doc: dict, what: str) -> tuple[Descriptor, list[Descriptor]]:
+    if "config" not in doc:
+        raise ImageError(f"{what}: no config")
+    config = Descriptor.parse(doc["config"], f"{what}: config")
+    layers = doc.get("layers")
+    if not isinstance(layers, list):
+        raise ImageError(f"{what}: layers must be a list")
+    if len(layers) > MAX_LAYERS:
+        raise ImageError(f"{what}: {len(layers)} layers is over the limit of {MAX_LAYERS}")
+    descs = [Descriptor.parse(l, f"{what}: layer") for l in layers]
+    for d in descs:
+        if d.media_type not in LAYER_TYPES:
+            raise ImageError(f"{what}: layer {d.digest}: unsupported media type {d.media_type!r}")
+    return config, descs
+
+
+def _diff_ids(config: bytes, count: int) -> list[str]:
+    doc = parse_json(config, "config")
+    rootfs = doc.get("rootfs")
+    ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ImageError("config: rootfs.diff_ids must be a list of digests")
+    if len(ids) != count:
+        raise ImageError(f"config: {len(ids)} diff_ids for {count} layers")
+    out = []
+    for i in ids:
+        try:
+            out.append(_native.oci_check_digest(i))
+        except ValueError as e:
+            raise ImageError(f"config: {e}") from None
     return out
 
 
-class BatchInserter:
-    """Puts files into the object store in batches, one batch at a time on a worker thread.
-
-    ``add`` queues a temporary file for a node; when the queue holds ``batch_bytes`` or
-    ``batch_files``, it goes to ``insert_many`` (the native call hashes and copies the batch on
-    both cores with the GIL released) on the worker while the caller goes on reading the layer;
-    the caller waits only when a second batch is ready before the first is done. The node's
-    digest is set and its temporary file removed when its batch is done; ``finish`` waits for
-    everything (call it before using the digests).
-    """
-
-    def __init__(self, insert_many: Callable[[list[str]], list[str]], workdir: str,
-                 batch_bytes: int = 64 << 20, batch_files: int = 1024):
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.insert_many, self.workdir = insert_many, workdir
-        self.batch_bytes, self.batch_files = batch_bytes, batch_files
-        self.pending: list[tuple[Node, str]] = []
-        self.pending_bytes = 0
-        self.running = None
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cfs-insert")
-        self.count = 0
-        self.objects = 0
-
-    def new_path(self) -> str:
-        self.count += 1
-        return os.path.join(self.workdir, f"content-{self.count}")
-
-    def add(self, node: Node, path: str, size: int) -> None:
-        self.pending.append((node, path))
-        self.pending_bytes += size
-        if self.pending_bytes >= self.batch_bytes or len(self.pending) >= self.batch_files:
-            self._submit()
-
-    def _submit(self) -> None:
-        self._wait()
-        if self.pending:
-            batch, self.pending, self.pending_bytes = self.pending, [], 0
-            self.running = self.pool.submit(self._insert, batch)
-
-    def _insert(self, batch: list[tuple[Node, str]]) -> None:
-        digests = self.insert_many([p for _n, p in batch])
-        for (node, path), d in zip(batch, digests):
-            node.digest = d
-            os.unlink(path)
-        self.objects += len(batch)
-
-    def _wait(self) -> None:
-        if self.running is not None:
-            running, self.running = self.running, None
-            running.result()
-
-    def finish(self) -> None:
-        self._submit()
-        self._wait()
-
-    def close(self) -> None:
-        """Stop the worker, after its batch (on the error path too; its error, if any, was
-        raised by ``finish`` or is left behind for the error already on its way)."""
-        self.pool.shutdown(wait=True, cancel_futures=True)
+def resolve(src: Source, plat: Platform) -> Resolved:
+    """The manifest, config and layers of the image ``src`` holds for ``plat``."""
+    if isinstance(src, TarArchive) and src.docker:
+        return _resolve_docker(src)
+    data, desc = src.top()
+    if desc is not None:
+        check_bytes(data, desc, "manifest")
+    what = "index.json" if desc is None else "manifest"
+    doc = parse_json(data, what)
+    for _ in range(MAX_INDEX_DEPTH + 1):
+        mt = doc.get("mediaType", "")
+        if "manifests" in doc or mt in INDEX_TYPES:
+            pick = pick_manifest(doc, plat, what)
+            data = src.read_blob(pick, MAX_MANIFEST, "manifest")
+            doc = parse_json(data, f"manifest {pick.digest}")
+            what = f"manifest {pick.digest}"
+            continue
+        if mt and mt not in MANIFEST_TYPES:
+            raise ImageError(f"{what}: unsupported media type {mt!r}")
+        config_desc, layers = _manifest_layers(doc, what)
+        config = src.read_blob(config_desc, MAX_CONFIG, "config")
+        ids = _diff_ids(config, len(layers))
+        return Resolved(data, config, [LayerSpec(d, i) for d, i in zip(layers, ids)])
+    raise ImageError(f"{what}: image indexes nested more than {MAX_INDEX_DEPTH} deep")
 
 
-class Merger:
-    def __init__(self, inserter: BatchInserter):
-        self.root = Node(mode=stat.S_IFDIR | 0o755, children={})
-        self.inserter = inserter
-        self.layer = 0
-
-    def _dir(self, parts: list[bytes]) -> Node:
-        """The directory at parts, created (0755) where missing."""
-        node = self.root
-        for p in parts:
-            child = node.children.get(p)
-            if child is None or child.children is None:
-                child = Node(mode=stat.S_IFDIR | 0o755, children={}, layer=self.layer)
-                node.children[p] = child
-            node = child
-        return node
-
-    def _lookup(self, parts: list[bytes]) -> Node | None:
-        node = self.root
-        for p in parts:
-            if node.children is None:
-                return None
-            node = node.children.get(p)
-            if node is None:
-                return None
-        return node
-
-    def _prune(self, d: Node) -> None:
-        for name in list(d.children):
-            c = d.children[name]
-            if c.layer < self.layer:
-                del d.children[name]
-            elif c.children is not None:
-                self._prune(c)
-
-    def apply(self, tf: tarfile.TarFile) -> None:
-        self.layer += 1
-        for m in tf:
-            parts = _split(m.name)
-            if parts is None:  # "../x": outside the image; ignored as container runtimes do
-                continue
-            if not parts:
-                if m.isdir():
-                    self._meta(self.root, m)
-                continue
-            parent_parts, base = parts[:-1], parts[-1]
-            if base == b".wh..wh..opq":
-                self._prune(self._dir(parent_parts))
-                continue
-            if base.startswith(b".wh."):
-                parent = self._lookup(parent_parts)
-                if parent is not None and parent.children is not None:
-                    parent.children.pop(base[4:], None)
-                continue
-            parent = self._dir(parent_parts)
-            if m.islnk():
-                link = _split(m.linkname)
-                target = self._lookup(link) if link else None
-                if target is None or target.children is not None:
-                    raise CfsError(f"layer {self.layer}: hardlink {m.name} to missing {m.linkname}")
-                parent.children[base] = target
-                continue
-            if m.isdir():
-                old = parent.children.get(base)
-                if old is not None and old.children is not None:
-                    self._meta(old, m)
-                    old.layer = self.layer
-                    continue
-                node = Node(mode=stat.S_IFDIR, children={})
-            elif m.isreg():
-                node = Node(mode=stat.S_IFREG, size=m.size)
-                self._content(node, tf, m)
-            elif m.issym():
-                node = Node(mode=stat.S_IFLNK, target=os.fsencode(m.linkname))
-            elif m.ischr() or m.isblk():
-                node = Node(mode=stat.S_IFCHR if m.ischr() else stat.S_IFBLK,
-                            rdev=os.makedev(m.devmajor, m.devminor))
-            elif m.isfifo():
-                node = Node(mode=stat.S_IFIFO)
-            else:
-                continue
-            self._meta(node, m)
-            node.layer = self.layer
-            parent.children[base] = node
-
-    def _meta(self, node: Node, m: tarfile.TarInfo) -> None:
-        node.mode = stat.S_IFMT(node.mode) | (m.mode & 0o7777)
-        node.uid, node.gid, node.mtime = m.uid, m.gid, int(m.mtime)
-        node.xattrs = {}
-        for k, v in (m.pax_headers or {}).items():
-            if k.startswith("SCHILY.xattr."):
-                raw = v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v
-                node.xattrs[k[len("SCHILY.xattr."):].encode("utf-8", "surrogateescape")] = raw
-
-    def _content(self, node: Node, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
-        if m.size == 0:
-            return
-        src = tf.extractfile(m)
-        if m.size <= INLINE_MAX:
-            node.inline = src.read()
-            return
-        tmp = self.inserter.new_path()
-        with open(tmp, "wb") as out:
-            shutil.copyfileobj(src, out, 1 << 20)
-        self.inserter.add(node, tmp, m.size)
-
-    # --- to a dump -----------------------------------------------------------------------------
-
-    def walk(self) -> Iterator[tuple[bytes, Node]]:
-        yield b"/", self.root
-        stack = [(b"", self.root)]
-        while stack:
-            prefix, d = stack.pop()
-            for name in sorted(d.children):
-                c = d.children[name]
-                path = prefix + b"/" + name
-                yield path, c
-                if c.children is not None:
-                    stack.append((path, c))
-
-    def dump(self) -> bytes:
-        entries = list(self.walk())
-        nlink: dict[int, int] = {}
-        for _, n in entries:
-            nlink[id(n)] = nlink.get(id(n), 0) + 1
-        seen: dict[int, bytes] = {}
-        out = []
-        for path, n in entries:
-            if n.children is None and id(n) in seen:
-                out.append(b"%s 0 @%o 0 0 0 0 0.0 %s - -" % (_esc(path), n.mode, _esc(seen[id(n)])))
-                continue
-            seen[id(n)] = path
-            if n.children is not None:
-                links = 2 + sum(1 for c in n.children.values() if c.children is not None)
-            else:
-                links = nlink[id(n)]
-            size, payload, content, digest = 0, b"-", b"-", b"-"
-            if stat.S_ISREG(n.mode):
-                size = n.size
-                if n.digest:
-                    payload, digest = (n.digest[:2] + "/" + n.digest[2:]).encode(), n.digest.encode()
-                elif n.inline:
-                    content = _esc(n.inline)
-            elif stat.S_ISLNK(n.mode):
-                size, payload = len(n.target), _esc(n.target)
-            elif stat.S_ISDIR(n.mode):
-                size = 4096
-            fields = [_esc(path), b"%d" % size, b"%o" % n.mode, b"%d" % links, b"%d" % n.uid,
-                      b"%d" % n.gid, b"%d" % n.rdev, b"%d.0" % max(0, n.mtime), payload, content, digest]
-            fields += [_esc(k, eq=True) + b"=" + _esc(v) for k, v in sorted(n.xattrs.items())]
-            out.append(b" ".join(fields))
-        return b"\n".join(out) + b"\n"
+def _resolve_docker(src: TarArchive) -> Resolved:
+    data = src.open_member("manifest.json", "manifest.json", MAX_MANIFEST).read()
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise ImageError(f"manifest.json: not valid JSON ({str(e).splitlines()[0][:100]})") from None
+    if not isinstance(doc, list) or not doc or not isinstance(doc[0], dict):
+        raise ImageError("manifest.json: not a docker-save manifest (a list of images)")
+    first = doc[0]
+    cfg_name, layers = first.get("Config"), first.get("Layers")
+    if not isinstance(cfg_name, str) or not isinstance(layers, list) or not all(isinstance(l, str) for l in layers):
+        raise ImageError("manifest.json: Config must be a name and Layers a list of names")
+    if len(layers) > MAX_LAYERS:
+        raise ImageError(f"manifest.json: {len(layers)} layers is over the limit of {MAX_LAYERS}")
+    config = src.open_member(cfg_name, "config", MAX_CONFIG).read()
+    # The config's name is its digest (HEX.json, or blobs/sha256/HEX): check it when it is one.
+    base = os.path.basename(cfg_name).removesuffix(".json")
+    if len(base) == 64 and all(c in "0123456789abcdef" for c in base):
+        check_bytes(config, Descriptor("", f"sha256:{base}", len(config)), "config")
+    ids = _diff_ids(config, len(layers))
+    manifest = json.dumps(first, indent=1).encode()
+    return Resolved(manifest, config, [LayerSpec(None, i, member=m) for m, i in zip(layers, ids)])
 
 
-def _esc(b: bytes, eq: bool = False) -> bytes:
-    out = bytearray()
-    for c in b:
-        if c <= 0x20 or c >= 0x7f or c == 0x5C or (eq and c == 0x3D):
-            out += b"\\x%02x" % c
-        else:
-            out.append(c)
-    return bytes(out) if out else b"-"
+def open_source(path: str) -> Source:
+    if os.path.isdir(path):
+        return LayoutDir(path)
+    return TarArchive(path)
+
+
+# --- importing -----------------------------------------------------------------------------------
+
+
+class Counter:
+    def __init__(self):
+        self.n = 0
+        self.lock = threading.Lock()
+
+    def add(self, k: int) -> None:
+        with self.lock:
+            self.n += k
+
+
+class _Counted:
+    def __init__(self, raw, counter: Counter):
+        self.raw, self.counter = raw, counter
+
+    def read(self, n: int) -> bytes:
+        b = self.raw.read(n)
+        self.counter.add(len(b))
+        return b
+
+
+def layer_record_path(repo, diff_id: str) -> str:
+    alg, _, hexd = _native.oci_check_digest(diff_id).partition(":")
+    return os.path.join(repo.path, "layers", f"{alg}-{hexd}")
+
+
+def _cached_layer(repo, diff_id: str):
+    path = layer_record_path(repo, diff_id)
+    try:
+        layer = _native.OciLayer.load(path)
+    except (OSError, _native.FormatError):
+        return None
+    return layer if layer.missing_objects(repo.objects) == 0 else None
 
 
 def _syncfs(path: str) -> None:
@@ -453,40 +499,126 @@ def _syncfs(path: str) -> None:
         os.close(fd)
 
 
-# --- import --------------------------------------------------------------------------------------
+class Transient(Exception):
+    """A failure worth trying again (network, server); ``str`` says what happened."""
 
 
-def import_archive(repo, archive: str, name: str) -> dict:
-    """Import the image in ARCHIVE into the repository as NAME (caller holds the shared lock)."""
+def import_resolved(repo, src: Source, res: Resolved, name: str, ref_label: str, *,
+                    retry: Callable[[Callable[[], object], str], object] | None = None,
+                    progress: bool = False) -> dict:
+    """Read (or reuse) every layer of ``res``, build the image and name it (shared lock held)."""
     from .repository import check_name
 
     check_name(name)
-    ar = Archive(archive)
+    os.makedirs(os.path.join(repo.path, "layers"), mode=0o755, exist_ok=True)
+    n = len(res.layers)
+    layers: list = [None] * n
+    fetched = [False] * n
+    counter = Counter()
+    todo = []
+    for i, spec in enumerate(res.layers):
+        cached = _cached_layer(repo, spec.diff_id)
+        if cached is not None:
+            layers[i] = cached
+        else:
+            todo.append(i)
+    total = sum(res.layers[i].desc.size for i in todo if res.layers[i].desc is not None)
+
+    def read_one(i: int):
+        spec = res.layers[i]
+        label = spec.desc.digest if spec.desc is not None else spec.diff_id
+
+        def attempt():
+            if spec.member is not None:
+                stream = src.open_member(spec.member, f"layer {label}")
+            else:
+                stream = src.open_blob(spec.desc)
+            with stream:
+                try:
+                    return _native.oci_read_layer(
+                        _Counted(stream, counter), repo.objects,
+                        digest=spec.desc.digest if spec.desc else None,
+                        size=spec.desc.size if spec.desc else None, diff_id=spec.diff_id)
+                except _native.FormatError as e:
+                    raise ImageError(f"layer {label}: {e}") from None
+
+        layer = retry(attempt, f"layer {label}") if retry else attempt()
+        fetched[i] = True
+        return layer
+
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=PARALLEL_LAYERS, thread_name_prefix="cfs-layer") as pool:
+        futures = {pool.submit(read_one, i): i for i in todo}
+        try:
+            _wait(futures, counter, total, len(todo), progress)
+            for fut, i in futures.items():
+                layers[i] = fut.result()
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+    _syncfs(repo.objects)  # objects durable before a record or an image names them
+    for i in todo:
+        layers[i].save(layer_record_path(repo, res.layers[i].diff_id))
+    with repo.workdir() as work:
+        tmp_image = os.path.join(work, "image")
+        try:
+            r = _native.oci_build_image(layers, tmp_image)
+        except _native.FormatError as e:
+            raise ImageError(str(e)) from None
+        info = {"source": ref_label, "kind": "oci", "entries": r["entries"], "imported": int(time.time())}
+        repo._commit_image(work, tmp_image, r["digest"], name, info,
+                           {"manifest.json": res.manifest, "config.json": res.config})
+    stats = [l.stats for l in layers]
+    return {"name": name, "digest": r["digest"], "entries": r["entries"], "objects": r["objects"],
+            "object_bytes": r["object_bytes"], "missing_objects": 0, "layers": n,
+            "layers_fetched": sum(fetched), "layers_reused": n - sum(fetched),
+            "bytes_fetched": counter.n, "bytes_stored": sum(s["bytes_stored"] for s in stats),
+            "seconds": round(time.monotonic() - started, 3)}
+
+
+def _wait(futures, counter: Counter, total: int, count: int, progress: bool) -> None:
+    """Wait for the layer reads; on a terminal, a progress bar of the blob bytes read."""
+    pending = set(futures)
+    if not progress or not pending:
+        for f in concurrent.futures.as_completed(pending):
+            f.result()  # the first failure stops the wait (and the import)
+        return
+    import click
+
+    shown = 0
+    started = time.monotonic()
+    with click.progressbar(length=max(total, 1), file=sys.stderr, show_eta=True, show_percent=True,
+                           label=f"{count} layer{'s' if count != 1 else ''}",
+                           item_show_func=lambda _: _rate(counter.n, started)) as bar:
+        while pending:
+            done, pending = concurrent.futures.wait(pending, timeout=0.25,
+                                                    return_when=concurrent.futures.FIRST_EXCEPTION)
+            for f in done:
+                f.result()
+            now = counter.n
+            bar.update(min(now, total) - shown, now)
+            shown = min(now, total)
+
+
+def _rate(n: int, started: float) -> str:
+    dt = max(time.monotonic() - started, 1e-3)
+    return f"{n / 1e6:.1f} MB, {n / dt / 1e6:.1f} MB/s"
+
+
+def import_archive(repo, archive: str, name: str, platform: str | None = None, progress: bool = False) -> dict:
+    """Import the image in ARCHIVE (OCI layout dir or tar, docker-save tar) as NAME."""
+    plat = Platform.parse(platform) if platform else Platform.running()
     try:
-        ref = resolve_image(ar)
-        with repo.workdir() as work:
-            inserter = BatchInserter(
-                lambda paths: [d for d, _size, _how in _native.store_insert_many(repo.objects, paths)], work)
-            merger = Merger(inserter)
-            try:
-                for i, layer in enumerate(ref.layers):
-                    with ar.open(layer) as raw:
-                        tf, done = open_layer(raw)
-                        try:
-                            merger.apply(tf)
-                        except (tarfile.TarError, EOFError, OSError) as e:
-                            raise CfsError(f"layer {i + 1} ({layer}): {e}", archive) from None
-                        finally:
-                            tf.close()
-                        done()
-                inserter.finish()
-            finally:
-                inserter.close()
-            dump = merger.dump()
-            _syncfs(repo.objects)  # objects durable before an image names them
-        r = repo.import_dump(dump, name, os.path.abspath(archive), kind="oci",
-                             extra={"manifest.json": ref.manifest, "config.json": ref.config})
+        src = open_source(archive)
+    except ImageError as e:
+        raise CfsError(str(e), archive) from None
+    try:
+        try:
+            res = resolve(src, plat)
+            r = import_resolved(repo, src, res, name, os.path.abspath(archive), progress=progress)
+        except ImageError as e:
+            raise CfsError(str(e), archive) from None
     finally:
-        ar.close()
-    r["layers"] = len(ref.layers)
+        src.close()
     return r

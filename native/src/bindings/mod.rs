@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 mod errors;
 mod fsverity;
 mod image;
+mod oci;
 mod scan;
 mod store;
 
@@ -14,6 +15,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     fsverity::register(m)?;
     image::register(m)?;
+    oci::register(m)?;
     scan::register(m)?;
     store::register(m)?;
     Ok(())

@@ -1,0 +1,268 @@
+//! Bindings for container-image input (`crate::oci`): digest checks, layer reading from a Python
+//! stream, the kept layer records, the merged image, and the member index of an archive file.
+use super::errors::{os_error, FormatError};
+use super::image::built_dict;
+use crate::erofs::build;
+use crate::erofs::writer::Options;
+use crate::oci::digest::{self, BlobDigest};
+use crate::oci::layer::{self, Expect, Layer, LayerError};
+use crate::oci::merge;
+use crate::oci::tar::{self, Kind, TarReader};
+use crate::store::{self, Store};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+use std::io::{self, Read, Seek};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+fn parse_digest(s: &str) -> PyResult<BlobDigest> {
+    BlobDigest::parse(s).map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+/// `s` if it is a valid OCI digest (`sha256:<64 hex>` or `sha512:<128 hex>`); else ValueError.
+#[pyfunction]
+fn oci_check_digest(s: &str) -> PyResult<String> {
+    Ok(parse_digest(s)?.to_string())
+}
+
+/// Check `data` against `digest` (and `size` when given); FormatError("digest mismatch" or
+/// "size mismatch: ...") otherwise.
+#[pyfunction]
+#[pyo3(signature = (data, digest, size=None))]
+fn oci_verify_bytes(py: Python<'_>, data: &[u8], digest: &str, size: Option<u64>) -> PyResult<()> {
+    let want = parse_digest(digest)?;
+    py.allow_threads(|| digest::verify_bytes(data, &want, size))
+        .map_err(|e| FormatError::new_err(e.to_string()))
+}
+
+/// The sha256 digest (`sha256:<hex>`) of `data`.
+#[pyfunction]
+fn oci_sha256(py: Python<'_>, data: &[u8]) -> String {
+    py.allow_threads(|| BlobDigest::of(digest::Algorithm::Sha256, data).to_string())
+}
+
+/// A Python object's `read(n)` as an `io::Read`; the first Python exception is kept so the
+/// caller can raise it unchanged (a network timeout stays a timeout).
+struct PyRead {
+    obj: Py<PyAny>,
+    error: Arc<Mutex<Option<PyErr>>>,
+}
+
+impl Read for PyRead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf.len().min(1 << 20);
+        Python::with_gil(|py| {
+            let r = self
+                .obj
+                .call_method1(py, "read", (want,))
+                .and_then(|o| o.extract::<pyo3::pybacked::PyBackedBytes>(py));
+            match r {
+                Ok(b) if b.len() <= want => {
+                    buf[..b.len()].copy_from_slice(&b);
+                    Ok(b.len())
+                }
+                Ok(_) => Err(io::Error::other("read() returned more than asked")),
+                Err(e) => {
+                    let msg = e.to_string();
+                    self.error.lock().unwrap().get_or_insert(e);
+                    Err(io::Error::other(msg))
+                }
+            }
+        })
+    }
+}
+
+fn layer_err(e: LayerError) -> PyErr {
+    match e {
+        LayerError::Store(store::Error::Io { path, source }) => os_error(&source, Some(&path)),
+        e => FormatError::new_err(e.to_string()),
+    }
+}
+
+/// One layer read into a list of changes (see `crate::oci::layer`).
+#[pyclass(frozen, module = "composefs._native")]
+struct OciLayer {
+    layer: Arc<Layer>,
+}
+
+#[pymethods]
+impl OciLayer {
+    /// Counts of the read: compressed_bytes, uncompressed_bytes, entries, objects_stored,
+    /// bytes_stored, objects_reused, bytes_reused (zero for a layer loaded from a record).
+    #[getter]
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = &self.layer.stats;
+        let d = PyDict::new(py);
+        d.set_item("compressed_bytes", s.compressed_bytes)?;
+        d.set_item("uncompressed_bytes", s.uncompressed_bytes)?;
+        d.set_item("entries", s.entries)?;
+        d.set_item("objects_stored", s.objects_stored)?;
+        d.set_item("bytes_stored", s.bytes_stored)?;
+        d.set_item("objects_reused", s.objects_reused)?;
+        d.set_item("bytes_reused", s.bytes_reused)?;
+        Ok(d)
+    }
+
+    /// Write the layer's record to `path` atomically.
+    fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        let layer = self.layer.clone();
+        py.allow_threads(|| build::write_atomic(&path, &layer.encode())).map_err(|e| match e {
+            build::BuildError::Io { path, source } => os_error(&source, Some(&path)),
+            e => FormatError::new_err(e.to_string()),
+        })
+    }
+
+    /// A layer record read back from `path`; FormatError when it is not one.
+    #[staticmethod]
+    fn load(py: Python<'_>, path: PathBuf) -> PyResult<OciLayer> {
+        let layer = py.allow_threads(|| -> PyResult<Layer> {
+            let data = std::fs::read(&path).map_err(|e| os_error(&e, Some(&path)))?;
+            Layer::decode(&data).map_err(layer_err)
+        })?;
+        Ok(OciLayer { layer: Arc::new(layer) })
+    }
+
+    /// How many of the layer's objects the store at `store_dir` lacks.
+    fn missing_objects(&self, py: Python<'_>, store_dir: PathBuf) -> PyResult<u64> {
+        let layer = self.layer.clone();
+        py.allow_threads(|| {
+            let store = Store::open(&store_dir).map_err(|e| os_error(&io::Error::other(e.to_string()), None))?;
+            Ok(layer.objects().filter(|d| !store.contains(d)).count() as u64)
+        })
+    }
+}
+
+/// Read one layer blob from `source` (an object with `read(n) -> bytes`), checking it against
+/// `digest`/`size` (the blob) and `diff_id` (the uncompressed tar), storing file contents in
+/// the object store at `store_dir`. FormatError on anything wrong with the input; the source's
+/// own exceptions are raised unchanged.
+#[pyfunction]
+#[pyo3(signature = (source, store_dir, *, digest=None, size=None, diff_id=None))]
+fn oci_read_layer(
+    py: Python<'_>,
+    source: Py<PyAny>,
+    store_dir: PathBuf,
+    digest: Option<&str>,
+    size: Option<u64>,
+    diff_id: Option<&str>,
+) -> PyResult<OciLayer> {
+    let expect = Expect {
+        digest: digest.map(parse_digest).transpose()?,
+        size,
+        diff_id: diff_id.map(parse_digest).transpose()?,
+    };
+    let error = Arc::new(Mutex::new(None));
+    let reader = PyRead {
+        obj: source,
+        error: error.clone(),
+    };
+    let r = py.allow_threads(|| -> Result<Layer, LayerError> {
+        let store = Arc::new(Store::open(&store_dir)?);
+        layer::read_layer(reader, &expect, &store, tar::Limits::default())
+    });
+    if let Some(e) = error.lock().unwrap().take() {
+        return Err(e);
+    }
+    Ok(OciLayer {
+        layer: Arc::new(r.map_err(layer_err)?),
+    })
+}
+
+/// Apply `layers` in order and write the image to `image_path` (atomically). Returns the build
+/// summary dict (as `build_from_dump`) plus `entries` (paths, the root included).
+#[pyfunction]
+#[pyo3(signature = (layers, image_path, *, max_entries=4_000_000))]
+fn oci_build_image<'py>(
+    py: Python<'py>,
+    layers: Vec<PyRef<'py, OciLayer>>,
+    image_path: PathBuf,
+    max_entries: u64,
+) -> PyResult<Bound<'py, PyDict>> {
+    let layers: Vec<Arc<Layer>> = layers.iter().map(|l| l.layer.clone()).collect();
+    let (built, objects, entries) = py.allow_threads(|| -> PyResult<_> {
+        let refs: Vec<&Layer> = layers.iter().map(|l| l.as_ref()).collect();
+        let tree = merge::merge(&refs, max_entries).map_err(|e| FormatError::new_err(e.to_string()))?;
+        let mut entries = 1u64;
+        tree.walk_breadth_first(|_, _| entries += 1);
+        let built = build::build_counting(&tree, &Options::default(), Some(&image_path), false).map_err(|e| match e {
+            build::BuildError::Io { path, source } => os_error(&source, Some(&path)),
+            e => FormatError::new_err(e.to_string()),
+        })?;
+        tree.drop_in_background();
+        Ok((built.0, built.1, entries))
+    })?;
+    let d = built_dict(py, &built, objects)?;
+    d.set_item("entries", entries)?;
+    Ok(d)
+}
+
+/// (name, kind, data offset, size, link target) of one archive member.
+type Member = (Py<PyBytes>, &'static str, u64, u64, Py<PyBytes>);
+
+/// A buffered file whose skips seek instead of reading.
+struct FileSource(io::BufReader<std::fs::File>);
+
+impl Read for FileSource {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl tar::Source for FileSource {
+    fn skip(&mut self, n: u64) -> io::Result<u64> {
+        let len = self.0.get_ref().metadata()?.len();
+        let pos = self.0.stream_position()?;
+        let n = n.min(len.saturating_sub(pos));
+        self.0.seek_relative(n as i64)?;
+        Ok(n)
+    }
+}
+
+/// The members of the tar archive at `path`: (name, kind, data offset, size, link target), with
+/// kind one of "file", "hardlink", "symlink", "dir", "other". Only headers are read.
+#[pyfunction]
+fn tar_index(py: Python<'_>, path: PathBuf) -> PyResult<Vec<Member>> {
+    let entries = py.allow_threads(|| -> PyResult<Vec<tar::Entry>> {
+        let f = std::fs::File::open(&path).map_err(|e| os_error(&e, Some(&path)))?;
+        let mut r = TarReader::new(FileSource(io::BufReader::new(f)), tar::Limits::default());
+        let mut out = Vec::new();
+        while let Some(e) = r
+            .next_entry()
+            .map_err(|e| FormatError::new_err(format!("{}: {e}", Path::new(&path).display())))?
+        {
+            out.push(e);
+        }
+        Ok(out)
+    })?;
+    Ok(entries
+        .into_iter()
+        .map(|e| {
+            let kind = match e.kind {
+                Kind::Regular => "file",
+                Kind::Hardlink => "hardlink",
+                Kind::Symlink => "symlink",
+                Kind::Directory => "dir",
+                _ => "other",
+            };
+            (
+                PyBytes::new(py, &e.path).unbind(),
+                kind,
+                e.data_offset,
+                e.size,
+                PyBytes::new(py, &e.link).unbind(),
+            )
+        })
+        .collect())
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(oci_check_digest, m)?)?;
+    m.add_function(wrap_pyfunction!(oci_verify_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(oci_sha256, m)?)?;
+    m.add_function(wrap_pyfunction!(oci_read_layer, m)?)?;
+    m.add_function(wrap_pyfunction!(oci_build_image, m)?)?;
+    m.add_function(wrap_pyfunction!(tar_index, m)?)?;
+    m.add_class::<OciLayer>()?;
+    Ok(())
+}

@@ -1,0 +1,738 @@
+//! One container layer, read from its blob stream into a list of changes ([`Layer`]) while its
+//! file contents go into the object store.
+//!
+//! The protocol, in the order bytes flow:
+//! 1. the blob's bytes are hashed and counted as they arrive ([`Verified`]); more bytes than the
+//!    descriptor's size stop the read at once;
+//! 2. gzip or zstd is recognised by its magic bytes (anything else is read as plain tar) and
+//!    decompressed; the uncompressed stream is hashed too, for the config's `diff_id`;
+//! 3. tar entries are read with [`TarReader`]'s bounds; paths are normalised (`.` and empty
+//!    components dropped, `..` resolved; a path that leaves the root is an error), OCI whiteouts
+//!    become [`Op::Whiteout`] / [`Op::Opaque`];
+//! 4. a regular file's contents over [`INLINE_MAX`] bytes go to the store: small ones through
+//!    memory, large ones through a temporary file in the store; hashing and linking run on the
+//!    rayon pool while the stream is read on, with at most [`IN_FLIGHT`] bytes waiting;
+//! 5. at the end of the archive at most [`MAX_TRAILER`] more bytes are drained (tar padding),
+//!    then `diff_id` and the blob digest and size are compared. Only a layer whose every check
+//!    passed is returned; objects stored before a failure stay (they are named by their content).
+//!
+//! A [`Layer`] encodes to bytes ([`Layer::encode`]) so a repository can keep it by `diff_id`
+//! and skip the layer's download next time; [`Layer::decode`] checks every length it reads.
+
+use super::digest::{self, Algorithm, BlobDigest, Verified, VerifyError};
+use super::tar::{self, Kind, TarError, TarReader};
+use crate::scan::INLINE_MAX;
+use crate::store::{self, Store};
+use crate::tree::{mode, Digest, Timespec, Xattr};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex};
+
+/// Contents up to this size are hashed from memory; larger ones are streamed to a store file.
+const SMALL: u64 = 1 << 20;
+/// Bytes of contents read but not yet stored, at most.
+const IN_FLIGHT: u64 = 64 << 20;
+/// Bytes allowed after the end-of-archive marker (tar pads to records of 10 KiB).
+const MAX_TRAILER: u64 = 1 << 20;
+
+/// What a layer's regular file holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Content {
+    Empty,
+    Inline(Vec<u8>),
+    Object(Digest),
+}
+
+/// Type-specific data of a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeData {
+    Directory,
+    Regular { size: u64, content: Content },
+    Symlink(Vec<u8>),
+    /// Devices and fifos: `mode` and `rdev` say it all.
+    Special,
+}
+
+/// An inode a layer puts in place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// Type bits and permission bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: Timespec,
+    pub rdev: u64,
+    pub xattrs: Vec<Xattr>,
+    pub data: NodeData,
+}
+
+/// One change, in archive order. Paths are normalised: components joined by `/`, no leading
+/// `/`, no `.`/`..`/empty components; the root is the empty path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Put { path: Vec<u8>, node: Node },
+    /// A hardlink: `path` names the inode now at `target`.
+    Link { path: Vec<u8>, target: Vec<u8> },
+    /// `.wh.NAME`: remove `path` (the directory's `NAME`).
+    Whiteout { path: Vec<u8> },
+    /// `.wh..wh..opq`: hide what lower layers have in directory `path`.
+    Opaque { path: Vec<u8> },
+}
+
+/// Counts of one layer read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LayerStats {
+    pub compressed_bytes: u64,
+    pub uncompressed_bytes: u64,
+    pub entries: u64,
+    pub objects_stored: u64,
+    pub bytes_stored: u64,
+    pub objects_reused: u64,
+    pub bytes_reused: u64,
+}
+
+/// A layer as a list of changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Layer {
+    pub ops: Vec<Op>,
+    pub stats: LayerStats,
+}
+
+/// What the blob must be.
+#[derive(Clone, Debug, Default)]
+pub struct Expect {
+    /// The blob's digest (`None` for a docker-save layer, which only the diff_id names).
+    pub digest: Option<BlobDigest>,
+    pub size: Option<u64>,
+    pub diff_id: Option<BlobDigest>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error("{0}")]
+    Tar(#[from] TarError),
+    #[error("{0}")]
+    Blob(VerifyError),
+    #[error("digest mismatch of the uncompressed layer (diff_id {want})")]
+    DiffId { want: BlobDigest },
+    #[error("{}: {why}", String::from_utf8_lossy(path))]
+    Path { path: Vec<u8>, why: &'static str },
+    #[error("{0} bytes of data after the end of the tar archive")]
+    Trailer(u64),
+    #[error("not a supported layer: {0}")]
+    Decompress(io::Error),
+    #[error("{0}")]
+    Store(#[from] store::Error),
+    #[error("corrupt layer record: {0}")]
+    Record(&'static str),
+}
+
+/// A layer read from `raw`, with its contents stored in `store`. `read` counts the blob bytes
+/// consumed so far (for progress).
+pub fn read_layer<R: Read>(
+    raw: R,
+    expect: &Expect,
+    store: &Arc<Store>,
+    limits: tar::Limits,
+) -> Result<Layer, LayerError> {
+    let alg = expect.digest.as_ref().map_or(Algorithm::Sha256, |d| d.alg);
+    let blob = Verified::new(raw, alg, expect.size);
+    let mut buffered = BufReader::with_capacity(1 << 20, blob);
+    let head = fill(&mut buffered).map_err(|e| blob_err(e, expect))?;
+    let decoder = Decoder::new(buffered, &head).map_err(LayerError::Decompress)?;
+    let diff_alg = expect.diff_id.as_ref().map_or(Algorithm::Sha256, |d| d.alg);
+    let plain = Verified::new(decoder, diff_alg, None);
+    let mut tar = TarReader::new(io::BufReader::with_capacity(256 << 10, plain), limits);
+    let sink = Sink::new(store.clone());
+    let mut ops = Vec::new();
+    let read = read_entries(&mut tar, &sink, &mut ops);
+    // Whatever happened, wait for the store jobs: none may outlive this call.
+    let digests = sink.finish();
+    if let Err(e) = read {
+        return Err(decorate(e, expect));
+    }
+    let digests = digests?;
+    for op in &mut ops {
+        if let Op::Put {
+            node:
+                Node {
+                    data:
+                        NodeData::Regular {
+                            content: Content::Object(slot),
+                            ..
+                        },
+                    ..
+                },
+            ..
+        } = op
+        {
+            // Before the jobs end, an object's slot holds its job number.
+            let job = u64::from_le_bytes(slot[..8].try_into().unwrap()) as usize;
+            *slot = digests[job];
+        }
+    }
+    let entries = ops.len() as u64;
+    // The end-of-archive marker was read; what follows is padding, bounded.
+    let mut plain = tar.into_inner();
+    let mut rest = (&mut plain).take(MAX_TRAILER + 1);
+    let trailer = io::copy(&mut rest, &mut io::sink()).map_err(|e| decorate(LayerError::Tar(e.into()), expect))?;
+    if trailer > MAX_TRAILER {
+        return Err(LayerError::Trailer(trailer));
+    }
+    let (decoder, uncompressed) = match &expect.diff_id {
+        Some(want) => plain.into_inner().finish_into(want).map_err(|e| match e {
+            VerifyError::Mismatch { .. } => LayerError::DiffId { want: want.clone() },
+            e => LayerError::Blob(e),
+        })?,
+        None => plain.into_inner().finish_unchecked().map_err(LayerError::Blob)?,
+    };
+    let blob = decoder.into_inner().into_inner();
+    let (_, compressed) = match &expect.digest {
+        Some(want) => blob.finish_into(want),
+        None => blob.finish_unchecked(),
+    }
+    .map_err(LayerError::Blob)?;
+    let s = sink.stats();
+    Ok(Layer {
+        ops,
+        stats: LayerStats {
+            compressed_bytes: compressed,
+            uncompressed_bytes: uncompressed,
+            entries,
+            ..s
+        },
+    })
+}
+
+/// A read error in terms of the blob: an overrun of the descriptor's size is a size mismatch.
+fn blob_err(e: io::Error, _expect: &Expect) -> LayerError {
+    if digest::is_overrun(&e) {
+        return LayerError::Blob(digest::classify(e));
+    }
+    LayerError::Tar(TarError::Io(e))
+}
+
+fn decorate(e: LayerError, expect: &Expect) -> LayerError {
+    match e {
+        LayerError::Tar(TarError::Io(io)) => {
+            if digest::is_overrun(&io) {
+                return LayerError::Blob(digest::classify(io));
+            }
+            if io.kind() == io::ErrorKind::InvalidData || io.kind() == io::ErrorKind::Other {
+                // A decoder's complaint about its input.
+                return LayerError::Decompress(io);
+            }
+            let _ = expect;
+            LayerError::Tar(TarError::Io(io))
+        }
+        e => e,
+    }
+}
+
+fn fill<B: BufRead>(b: &mut B) -> io::Result<Vec<u8>> {
+    let head = b.fill_buf()?;
+    Ok(head[..head.len().min(4)].to_vec())
+}
+
+enum Decoder<B: BufRead> {
+    Gzip(Box<flate2::bufread::MultiGzDecoder<B>>),
+    Zstd(zstd::stream::read::Decoder<'static, B>),
+    Plain(B),
+}
+
+impl<B: BufRead> Decoder<B> {
+    fn new(b: B, head: &[u8]) -> io::Result<Decoder<B>> {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            return Ok(Decoder::Gzip(Box::new(flate2::bufread::MultiGzDecoder::new(b))));
+        }
+        if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            let mut d = zstd::stream::read::Decoder::with_buffer(b)?;
+            // Frames asking for a window over 128 MiB are refused (memory stays bounded).
+            d.window_log_max(27)?;
+            return Ok(Decoder::Zstd(d));
+        }
+        Ok(Decoder::Plain(b))
+    }
+    fn into_inner(self) -> B {
+        match self {
+            Decoder::Gzip(d) => d.into_inner(),
+            Decoder::Zstd(d) => d.finish(),
+            Decoder::Plain(b) => b,
+        }
+    }
+}
+
+impl<B: BufRead> Read for Decoder<B> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Decoder::Gzip(d) => d.read(buf),
+            Decoder::Zstd(d) => d.read(buf),
+            Decoder::Plain(b) => b.read(buf),
+        }
+    }
+}
+
+impl<R: Read> tar::Source for Verified<R> {}
+
+/// Normalise a tar path: components without `.`/empty, `..` resolved; `None` if it leaves the root.
+pub fn normalize(raw: &[u8]) -> Option<Vec<u8>> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for c in raw.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop()?;
+            }
+            c => parts.push(c),
+        }
+    }
+    Some(parts.join(&b'/'))
+}
+
+fn split_last(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&[], path),
+    }
+}
+
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if dir.is_empty() {
+        name.to_vec()
+    } else {
+        [dir, b"/", name].concat()
+    }
+}
+
+/// Linux `makedev`.
+pub fn makedev(major: u32, minor: u32) -> u64 {
+    let (ma, mi) = (major as u64, minor as u64);
+    ((ma & 0xffff_f000) << 32) | ((ma & 0xfff) << 8) | ((mi & 0xffff_ff00) << 12) | (mi & 0xff)
+}
+
+fn read_entries<R: tar::Source>(tar: &mut TarReader<R>, sink: &Sink, ops: &mut Vec<Op>) -> Result<(), LayerError> {
+    while let Some(e) = tar.next_entry()? {
+        let path = normalize(&e.path).ok_or_else(|| LayerError::Path {
+            path: e.path.clone(),
+            why: "leaves the image's root",
+        })?;
+        if path.split(|&b| b == b'/').any(|c| c.len() > 255) {
+            return Err(LayerError::Path {
+                path,
+                why: "a name longer than 255 bytes",
+            });
+        }
+        let (dir, base) = split_last(&path);
+        if base == b".wh..wh..opq" {
+            ops.push(Op::Opaque { path: dir.to_vec() });
+            continue;
+        }
+        if let Some(name) = base.strip_prefix(b".wh.") {
+            if name.starts_with(b".wh.") {
+                continue; // AUFS bookkeeping (.wh..wh.plnk, ...): not part of the tree
+            }
+            if name.is_empty() || name == b"." || name == b".." {
+                return Err(LayerError::Path {
+                    path,
+                    why: "a whiteout without a name",
+                });
+            }
+            ops.push(Op::Whiteout { path: join(dir, name) });
+            continue;
+        }
+        let type_bits = match e.kind {
+            Kind::Hardlink => {
+                let target = normalize(&e.link).filter(|t| !t.is_empty()).ok_or_else(|| LayerError::Path {
+                    path: path.clone(),
+                    why: "a hardlink whose target leaves the image's root",
+                })?;
+                ops.push(Op::Link { path, target });
+                continue;
+            }
+            Kind::Regular => mode::S_IFREG,
+            Kind::Directory => mode::S_IFDIR,
+            Kind::Symlink => mode::S_IFLNK,
+            Kind::Char => mode::S_IFCHR,
+            Kind::Block => mode::S_IFBLK,
+            Kind::Fifo => mode::S_IFIFO,
+        };
+        if path.is_empty() && e.kind != Kind::Directory {
+            return Err(LayerError::Path {
+                path: e.path.clone(),
+                why: "the root must be a directory",
+            });
+        }
+        let data = match e.kind {
+            Kind::Regular => NodeData::Regular {
+                size: e.size,
+                content: read_content(tar, sink, e.size)?,
+            },
+            Kind::Directory => NodeData::Directory,
+            Kind::Symlink => {
+                if e.link.is_empty() {
+                    return Err(LayerError::Path {
+                        path,
+                        why: "a symlink without a target",
+                    });
+                }
+                NodeData::Symlink(e.link.clone())
+            }
+            _ => NodeData::Special,
+        };
+        ops.push(Op::Put {
+            path,
+            node: Node {
+                mode: type_bits | e.mode,
+                uid: e.uid,
+                gid: e.gid,
+                mtime: e.mtime,
+                rdev: makedev(e.devmajor, e.devminor),
+                xattrs: e.xattrs,
+                data,
+            },
+        });
+    }
+    Ok(())
+}
+
+fn read_content<R: tar::Source>(tar: &mut TarReader<R>, sink: &Sink, size: u64) -> Result<Content, LayerError> {
+    if size == 0 {
+        return Ok(Content::Empty);
+    }
+    if size <= INLINE_MAX {
+        let mut buf = Vec::with_capacity(size as usize);
+        tar.read_data_to_end(&mut buf)?;
+        return Ok(Content::Inline(buf));
+    }
+    let job = if size <= SMALL {
+        sink.reserve(size);
+        let mut buf = Vec::with_capacity(size as usize);
+        tar.read_data_to_end(&mut buf)?;
+        sink.spawn(Work::Bytes(buf), size)
+    } else {
+        let mut w = sink.store.object_writer()?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = tar.read_data(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            w.write_all(&buf[..n]).map_err(|source| store::Error::Io {
+                path: w.path().to_path_buf(),
+                source,
+            })?;
+        }
+        sink.reserve(size);
+        sink.spawn(Work::File(w), size)
+    };
+    // The job number stands in the digest's place until the jobs are done.
+    let mut slot = [0u8; 32];
+    slot[..8].copy_from_slice(&(job as u64).to_le_bytes());
+    Ok(Content::Object(slot))
+}
+
+enum Work {
+    Bytes(Vec<u8>),
+    File(store::ObjectWriter),
+}
+
+#[derive(Default)]
+struct SinkState {
+    in_flight: u64,
+    running: usize,
+    digests: Vec<Digest>,
+    error: Option<store::Error>,
+}
+
+/// Store jobs of one layer on the rayon pool, with a bound on the bytes waiting.
+struct Sink {
+    store: Arc<Store>,
+    state: Arc<(Mutex<SinkState>, Condvar)>,
+    stored: Arc<[AtomicU64; 4]>,
+}
+
+impl Sink {
+    fn new(store: Arc<Store>) -> Sink {
+        Sink {
+            store,
+            state: Arc::new((Mutex::new(SinkState::default()), Condvar::new())),
+            stored: Arc::new(Default::default()),
+        }
+    }
+
+    /// Wait until `size` more bytes may be in flight (a single larger file always may go).
+    fn reserve(&self, size: u64) {
+        let (m, cv) = &*self.state;
+        let mut s = m.lock().unwrap();
+        while s.in_flight > 0 && s.in_flight + size > IN_FLIGHT {
+            s = cv.wait(s).unwrap();
+        }
+        s.in_flight += size;
+    }
+
+    fn spawn(&self, work: Work, size: u64) -> usize {
+        let (m, _) = &*self.state;
+        let job = {
+            let mut s = m.lock().unwrap();
+            s.running += 1;
+            s.digests.push([0; 32]);
+            s.digests.len() - 1
+        };
+        let store = self.store.clone();
+        let state = self.state.clone();
+        let stored = self.stored.clone();
+        rayon::spawn(move || {
+            let r = match work {
+                Work::Bytes(b) => store.insert_bytes(&b).map(|(d, how)| (d, b.len() as u64, how)),
+                Work::File(w) => store.commit_object(w),
+            };
+            let (m, cv) = &*state;
+            let mut s = m.lock().unwrap();
+            match r {
+                Ok((d, n, how)) => {
+                    s.digests[job] = d;
+                    let i = if how == store::Inserted::Stored { 0 } else { 2 };
+                    stored[i].fetch_add(1, Relaxed);
+                    stored[i + 1].fetch_add(n, Relaxed);
+                }
+                Err(e) => {
+                    s.error.get_or_insert(e);
+                }
+            }
+            s.in_flight -= size;
+            s.running -= 1;
+            cv.notify_all();
+        });
+        job
+    }
+
+    /// Wait for every job; the digests by job number, or the first error.
+    fn finish(&self) -> Result<Vec<Digest>, store::Error> {
+        let (m, cv) = &*self.state;
+        let mut s = m.lock().unwrap();
+        while s.running > 0 {
+            s = cv.wait(s).unwrap();
+        }
+        match s.error.take() {
+            Some(e) => Err(e),
+            None => Ok(std::mem::take(&mut s.digests)),
+        }
+    }
+
+    fn stats(&self) -> LayerStats {
+        LayerStats {
+            objects_stored: self.stored[0].load(Relaxed),
+            bytes_stored: self.stored[1].load(Relaxed),
+            objects_reused: self.stored[2].load(Relaxed),
+            bytes_reused: self.stored[3].load(Relaxed),
+            ..Default::default()
+        }
+    }
+}
+
+// --- the record a repository keeps -----------------------------------------------------------
+
+const MAGIC: &[u8; 8] = b"CFSLAYR1";
+
+struct Enc(Vec<u8>);
+
+impl Enc {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.u32(b.len() as u32);
+        self.0.extend_from_slice(b);
+    }
+}
+
+struct Dec<'a>(&'a [u8]);
+
+impl<'a> Dec<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], LayerError> {
+        if self.0.len() < n {
+            return Err(LayerError::Record("truncated"));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, LayerError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, LayerError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    fn u64(&mut self) -> Result<u64, LayerError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    fn bytes(&mut self) -> Result<Vec<u8>, LayerError> {
+        let n = self.u32()? as usize;
+        Ok(self.take(n)?.to_vec())
+    }
+}
+
+impl Layer {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc(MAGIC.to_vec());
+        e.u64(self.ops.len() as u64);
+        for op in &self.ops {
+            match op {
+                Op::Put { path, node } => {
+                    e.u8(0);
+                    e.bytes(path);
+                    e.u32(node.mode);
+                    e.u32(node.uid);
+                    e.u32(node.gid);
+                    e.u64(node.mtime.sec as u64);
+                    e.u32(node.mtime.nsec);
+                    e.u64(node.rdev);
+                    e.u32(node.xattrs.len() as u32);
+                    for x in &node.xattrs {
+                        e.bytes(&x.key);
+                        e.bytes(&x.value);
+                    }
+                    match &node.data {
+                        NodeData::Directory => e.u8(0),
+                        NodeData::Regular { size, content } => {
+                            e.u8(1);
+                            e.u64(*size);
+                            match content {
+                                Content::Empty => e.u8(0),
+                                Content::Inline(b) => {
+                                    e.u8(1);
+                                    e.bytes(b);
+                                }
+                                Content::Object(d) => {
+                                    e.u8(2);
+                                    e.0.extend_from_slice(d);
+                                }
+                            }
+                        }
+                        NodeData::Symlink(t) => {
+                            e.u8(2);
+                            e.bytes(t);
+                        }
+                        NodeData::Special => e.u8(3),
+                    }
+                }
+                Op::Link { path, target } => {
+                    e.u8(1);
+                    e.bytes(path);
+                    e.bytes(target);
+                }
+                Op::Whiteout { path } => {
+                    e.u8(2);
+                    e.bytes(path);
+                }
+                Op::Opaque { path } => {
+                    e.u8(3);
+                    e.bytes(path);
+                }
+            }
+        }
+        e.0
+    }
+
+    pub fn decode(data: &[u8]) -> Result<Layer, LayerError> {
+        let mut d = Dec(data);
+        if d.take(8)? != MAGIC {
+            return Err(LayerError::Record("bad magic"));
+        }
+        let n = d.u64()?;
+        // Every op takes at least 5 bytes: a count beyond that is a lie, not an allocation.
+        if n > data.len() as u64 / 5 {
+            return Err(LayerError::Record("bad count"));
+        }
+        let mut ops = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let op = match d.u8()? {
+                0 => {
+                    let path = d.bytes()?;
+                    let (mode, uid, gid) = (d.u32()?, d.u32()?, d.u32()?);
+                    let mtime = Timespec {
+                        sec: d.u64()? as i64,
+                        nsec: d.u32()?,
+                    };
+                    let rdev = d.u64()?;
+                    let nx = d.u32()?;
+                    let mut xattrs = Vec::new();
+                    for _ in 0..nx {
+                        xattrs.push(Xattr {
+                            key: d.bytes()?,
+                            value: d.bytes()?,
+                        });
+                    }
+                    let data = match d.u8()? {
+                        0 => NodeData::Directory,
+                        1 => {
+                            let size = d.u64()?;
+                            let content = match d.u8()? {
+                                0 => Content::Empty,
+                                1 => Content::Inline(d.bytes()?),
+                                2 => Content::Object(d.take(32)?.try_into().unwrap()),
+                                _ => return Err(LayerError::Record("bad content tag")),
+                            };
+                            NodeData::Regular { size, content }
+                        }
+                        2 => NodeData::Symlink(d.bytes()?),
+                        3 => NodeData::Special,
+                        _ => return Err(LayerError::Record("bad node tag")),
+                    };
+                    Op::Put {
+                        path,
+                        node: Node {
+                            mode,
+                            uid,
+                            gid,
+                            mtime,
+                            rdev,
+                            xattrs,
+                            data,
+                        },
+                    }
+                }
+                1 => Op::Link {
+                    path: d.bytes()?,
+                    target: d.bytes()?,
+                },
+                2 => Op::Whiteout { path: d.bytes()? },
+                3 => Op::Opaque { path: d.bytes()? },
+                _ => return Err(LayerError::Record("bad op tag")),
+            };
+            ops.push(op);
+        }
+        if !d.0.is_empty() {
+            return Err(LayerError::Record("trailing bytes"));
+        }
+        Ok(Layer {
+            ops,
+            stats: LayerStats::default(),
+        })
+    }
+
+    /// The objects the layer's files refer to.
+    pub fn objects(&self) -> impl Iterator<Item = &Digest> {
+        self.ops.iter().filter_map(|op| match op {
+            Op::Put {
+                node:
+                    Node {
+                        data:
+                            NodeData::Regular {
+                                content: Content::Object(d),
+                                ..
+                            },
+                        ..
+                    },
+                ..
+            } => Some(d),
+            _ => None,
+        })
+    }
+}

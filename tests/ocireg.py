@@ -651,6 +651,12 @@ def debian_layout() -> Path:
     return dest
 
 
+def unescape_dump(b: bytes) -> bytes:
+    """A field of a composefs dump (`cfsctl info dump`) with its escapes (\\xHH, \\n, ...) undone."""
+    return re.sub(rb"\\x([0-9a-fA-F]{2})|\\(.)", lambda m: bytes([int(m.group(1), 16)]) if m.group(1) else
+                  {b"n": b"\n", b"t": b"\t", b"r": b"\r", b"\\": b"\\"}[m.group(2)], b)
+
+
 # ---- the CLI, bounded -------------------------------------------------------------------------
 
 MEM_LIMIT = 1 << 30

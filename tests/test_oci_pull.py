@@ -161,7 +161,7 @@ def file_in(repo, dgst, path) -> bytes:
         f = t[f[8].decode()]
     if f[8] != b"-":
         return (repo / "objects" / f[8].decode()).read_bytes()
-    return b"" if f[9] == b"-" else f[9]
+    return b"" if f[9] == b"-" else ocireg.unescape_dump(f[9])
 
 
 # ---- pulling ----------------------------------------------------------------------------------
@@ -272,17 +272,25 @@ def _registry_blob_file(reg: Registry, dgst: str) -> Path:
 
 @pytest.mark.parametrize("which", ["layer", "config", "manifest"])
 def test_pull_refuses_wrong_bytes_from_the_registry(which, tmp_path, repo):
-    """The registry serves a blob whose bytes do not match its digest (same size, one bit
-    flipped in its storage): the pull stops with `digest mismatch` and keeps nothing."""
+    """The registry serves a blob whose bytes do not match its digest (same size, changed in its
+    storage where only the digest can tell: a byte of a file's content in the plain-tar layer, a
+    space turned into a tab in the JSON): the pull stops with `digest mismatch`, keeps nothing.
+    The manifest is pulled by digest, the reference a client can hold it to."""
     with ocireg.running_registry(tmp_path / "reg") as reg:
         lay, (img,) = make_layout(tmp_path / "lay")
         ref = reg.push(lay.root, "t", "cfs/tampered")
-        dg = {"layer": img.layers[1]["digest"], "config": img.config["digest"],
-              "manifest": reg.manifest_digest("cfs/tampered", "t")}[which]
+        mdigest = reg.manifest_digest("cfs/tampered", "t")
+        dg = {"layer": img.layers[0]["digest"], "config": img.config["digest"], "manifest": mdigest}[which]
         blob = _registry_blob_file(reg, dg)
         b = bytearray(blob.read_bytes())
-        b[len(b) // 2] ^= 0x20  # JSON stays JSON for a letter's case, a gzip stream is damaged
+        if which == "layer":
+            with tarfile.open(blob) as tf:
+                b[tf.getmember("usr/bin/prog").offset_data + 100] ^= 1
+        else:
+            b[b.index(b", ")+1] = ord("\t")
         blob.write_bytes(bytes(b))
+        if which == "manifest":
+            ref = f"docker://{reg.addr}/cfs/tampered@{mdigest}"
         before = RepoState.of(repo)
         line = assert_refused(pull(repo, ref), repo, before, "digest mismatch", what=which)
         if which != "manifest":

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import signal
 import stat
 import subprocess
@@ -309,6 +310,36 @@ def test_pull_json_summary_and_refs(registry, repo, tmp_path):
     start = len(registry.requests())
     assert pull_ok(repo, ref, "j")["digest"] == r["digest"]
     assert not set(registry.blob_gets(start)) & {x["digest"] for x in img.layers}
+
+
+def test_pull_progress_line_on_a_terminal(registry, repo, tmp_path):
+    """With stderr on a terminal the pull shows its progress with a byte rate; the result is the
+    same image."""
+    import pty
+
+    lay = Layout(tmp_path / "lay")
+    tag(lay, [build_image(lay, [([E(f"f{i}", os.urandom(1 << 20)) for i in range(6)], "gzip")])], "t")
+    ref = registry.push(lay.root, "t", "cfs/progress")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "composefs.cli", "oci", "pull", ref, "--name", "p", "--repo",
+                             str(repo), "--tls-verify=false"], stdout=subprocess.DEVNULL, stderr=slave,
+                            stdin=subprocess.DEVNULL)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the terminal's other side is closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(timeout=300) == 0, out[-2000:]
+    text = out.decode(errors="replace")
+    assert "Traceback" not in text
+    assert re.search(r"[0-9.]+ ?[kMG]?i?B/s", text), text[-2000:]
+    assert refs(repo)["p"] == _reference_digest(tmp_path, lay)
 
 
 # ---- the mounted image against umoci unpack ----------------------------------------------------

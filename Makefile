@@ -12,8 +12,11 @@ PY       := $(VENV)/bin/python
 STAMPS   := $(CURDIR)/.venv/.stamps
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-# System packages needed by the tool, its tests and its benchmarks.
-APT_PACKAGES := fsverity erofs-utils e2fsprogs attr util-linux python3-venv openssl zstd umoci nginx-light
+# System packages needed by the tool, its tests and its benchmarks (the OCI tests: a registry,
+# skopeo, umoci, debootstrap, htpasswd, iproute2 and iptables for network namespaces; the remote
+# repository tests: nginx).
+APT_PACKAGES := fsverity erofs-utils e2fsprogs attr util-linux python3-venv openssl zstd umoci \
+	docker-registry skopeo debootstrap apache2-utils iproute2 iptables nginx-light
 
 NATIVE_SRC := $(shell find native/src -name '*.rs') native/Cargo.toml native/Cargo.lock pyproject.toml
 

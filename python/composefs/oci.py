@@ -166,9 +166,11 @@ def pick_manifest(index: dict, plat: Platform, what: str) -> Descriptor:
 
 
 class Source:
-    """Where an image's blobs come from. ``label`` names it in messages."""
+    """Where an image's blobs come from. ``label`` names it in messages, ``top_name`` the
+    top-level document."""
 
     label: str
+    top_name = "index.json"
 
     def top(self) -> tuple[bytes, Descriptor | None]:
         """The top-level document (an index or a manifest) and, when something outside it names
@@ -400,9 +402,11 @@ def resolve(src: Source, plat: Platform) -> Resolved:
     data, desc = src.top()
     if desc is not None:
         check_bytes(data, desc, "manifest")
-    what = "index.json" if desc is None else "manifest"
+    what = src.top_name if desc is None else "manifest"
     doc = parse_json(data, what)
     for _ in range(MAX_INDEX_DEPTH + 1):
+        if doc.get("schemaVersion") != 2:
+            raise ImageError(f"{what}: schemaVersion {doc.get('schemaVersion')!r} is not supported (only 2)")
         mt = doc.get("mediaType", "")
         if "manifests" in doc or mt in INDEX_TYPES:
             pick = pick_manifest(doc, plat, what)

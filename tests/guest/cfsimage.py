@@ -14,9 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cfsrun
 
-REPO = Path(__file__).resolve().parents[2]
-CONFORMANCE = REPO.parent / "shared" / "conformance" / "dumps"
+CONFORMANCE = cfsrun.CONFORMANCE / "dumps"
 BLOCK = 4096
 
 

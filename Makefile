@@ -4,6 +4,7 @@
 #   make bench      run the benchmarks (not part of the tests)
 #   make qemu-test  kernel-level tests in a QEMU guest
 #   make fuzz       long coverage-guided fuzzing runs of the Rust core (FUZZ_SECONDS per target)
+#   make rust-check cargo fmt --check, clippy -D warnings and cargo test of native/
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -20,7 +21,7 @@ APT_PACKAGES := fsverity erofs-utils e2fsprogs attr util-linux python3-venv open
 
 NATIVE_SRC := $(shell find native/src -name '*.rs') native/Cargo.toml native/Cargo.lock pyproject.toml
 
-.PHONY: help setup demo test unit-test bench bench-apt qemu-test clean
+.PHONY: help setup demo test unit-test rust-check bench bench-apt qemu-test clean
 help:
 	@sed -n 's/^#   //p' Makefile
 
@@ -66,6 +67,11 @@ unit-test: setup
 
 test: setup
 	@rm -rf $(CURDIR)/.pytest-tmp && $(PY) -m pytest -q -ra --basetemp=$(CURDIR)/.pytest-tmp
+
+# The Rust crate on its own: formatting (native/rustfmt.toml), lints, its unit and conformance tests.
+rust-check:
+	@cd native && cargo fmt --check && cargo clippy -q --all-targets -- -D warnings && cargo test -q
+test: rust-check
 
 # Only the benchmarks need these (bench_repo.py makes two Debian root filesystems).
 BENCH_APT_PACKAGES := debootstrap

@@ -17,12 +17,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cfsrun
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
-from cfsrun import CONFORMANCE as _CONFORMANCE  # noqa: E402  (the one place that says where it is)
-
-CONFORMANCE = _CONFORMANCE / "dumps"
+CONFORMANCE = cfsrun.CONFORMANCE / "dumps"
 BLOCK = 4096
 
 

@@ -599,16 +599,16 @@ pub fn parse(input: &[u8]) -> Result<Tree, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dump::{write_dump, SAMPLE};
+    use crate::dump::SAMPLE;
 
     #[test]
     fn sample_round_trips_byte_for_byte() {
         let tree = parse(SAMPLE).unwrap();
         assert_eq!(
-            String::from_utf8_lossy(&write_dump(&tree)),
+            String::from_utf8_lossy(&crate::dump::dump_to_vec(&tree)),
             String::from_utf8_lossy(SAMPLE)
         );
-        assert_eq!(parse(&write_dump(&tree)).unwrap(), tree);
+        assert_eq!(parse(&crate::dump::dump_to_vec(&tree)).unwrap(), tree);
     }
 
     #[test]

@@ -498,7 +498,7 @@ pub fn read_image(img: &[u8]) -> Result<Loaded, ReadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dump::{parse, write_dump, SAMPLE};
+    use crate::dump::{parse, SAMPLE};
     use crate::erofs::writer::{write_image, Options};
 
     fn sample_image() -> Vec<u8> {
@@ -516,7 +516,7 @@ mod tests {
             for ino in t.inodes.iter_mut().filter(|i| i.is_dir()) {
                 ino.size = 0;
             }
-            write_dump(&t)
+            crate::dump::dump_to_vec(&t)
         };
         assert_eq!(
             String::from_utf8_lossy(&strip(&loaded.tree)),

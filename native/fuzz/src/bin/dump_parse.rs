@@ -20,17 +20,17 @@ fn image_dump(tree: &Tree, what: &str) -> Option<Vec<u8>> {
     let loaded =
         reader::read_image(&image.bytes).unwrap_or_else(|e| panic!("the image of {what} does not read back: {e}"));
     assert_eq!(loaded.version, image.version);
-    Some(dump::write_dump(&loaded.tree))
+    Some(dump::dump_to_vec(&loaded.tree))
 }
 
 fuzz_target!(|data: &[u8]| {
     let Ok(tree) = dump::parse(data) else {
         return;
     };
-    let text = dump::write_dump(&tree);
-    let _ = dump::write_ls(&tree);
+    let text = dump::dump_to_vec(&tree);
+    let _ = dump::ls_to_vec(&tree);
     let again = dump::parse(&text).unwrap_or_else(|e| panic!("a written dump does not parse: {e}"));
-    assert_eq!(dump::write_dump(&again), text, "parse → write is not stable");
+    assert_eq!(dump::dump_to_vec(&again), text, "parse → write is not stable");
 
     let Some(first) = image_dump(&tree, "the input") else {
         return;

@@ -11,12 +11,12 @@ fuzz_target!(|data: &[u8]| {
     let Ok(loaded) = reader::read_image(data) else {
         return;
     };
-    let text = dump::write_dump(&loaded.tree);
-    let _ = dump::write_ls(&loaded.tree);
+    let text = dump::dump_to_vec(&loaded.tree);
+    let _ = dump::ls_to_vec(&loaded.tree);
     let _ = dump::objects(&loaded.tree);
     if let Ok(again) = dump::parse(&text) {
         assert_eq!(
-            dump::write_dump(&again),
+            dump::dump_to_vec(&again),
             text,
             "dump of a read image changed on a re-parse"
         );

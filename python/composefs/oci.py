@@ -478,7 +478,7 @@ class _Counted:
 
 def layer_record_path(repo, diff_id: str) -> str:
     alg, _, hexd = _native.oci_check_digest(diff_id).partition(":")
-    return os.path.join(repo.path, "layers", f"{alg}-{hexd}")
+    return os.path.join(repo.layers_dir, f"{alg}-{hexd}")
 
 
 def _cached_layer(repo, diff_id: str):
@@ -514,7 +514,9 @@ def import_resolved(repo, src: Source, res: Resolved, name: str, ref_label: str,
     from .repository import check_name
 
     check_name(name)
-    os.makedirs(os.path.join(repo.path, "layers"), mode=0o755, exist_ok=True)
+    if not os.path.isdir(repo.layers_dir):
+        os.makedirs(repo.layers_dir, exist_ok=True)
+        os.chmod(repo.layers_dir, 0o755)  # whatever the umask, as every repository directory
     n = len(res.layers)
     layers: list = [None] * n
     fetched = [False] * n

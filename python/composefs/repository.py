@@ -187,6 +187,8 @@ class Repository:
         self.images_dir = os.path.join(self.path, "images")
         self.refs_dir = os.path.join(self.path, "refs")
         self.tmp_dir = os.path.join(self.path, "tmp")
+        # Records of verified container layers, by diff_id (composefs.oci keeps them).
+        self.layers_dir = os.path.join(self.path, "layers")
         self._lockfd: int | None = None
         self._owner: int | None = None
 
@@ -553,9 +555,42 @@ class Repository:
                 base = e.split(".", 1)[0]
                 if DIGEST_RE.match(base) and e != base and base not in live and not TMP_RE.search(e):
                     _remove_entry(os.path.join(self.images_dir, e))
+        layers_removed = self._gc_layer_records(live, dry_run, skipped)
         return {"dry_run": dry_run, "images_removed": dead_images, "objects_removed": len(dead_objects),
                 "bytes_freed": freed, "images_kept": images_kept, "objects_kept": unknown_needs,
-                "skipped": skipped}
+                "layers_removed": layers_removed, "skipped": skipped}
+
+    def _gc_layer_records(self, live: set[str], dry_run: bool, skipped: list[dict]) -> int:
+        """Remove the layer records no remaining container image lists in its config (they only
+        save a later pull the download). If a config cannot be read, every record is kept."""
+        wanted: set[str] = set()
+        for d in live:
+            cfg = os.path.join(self.image_path(d) + ".oci", "config.json")
+            try:
+                fd = os.open(cfg, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                skipped.append({"kind": "config-unreadable", "path": cfg, "message": e.strerror or str(e)})
+                return 0
+            try:
+                with os.fdopen(fd, "rb") as f:
+                    doc = json.loads(f.read(8 << 20))
+                ids = doc["rootfs"]["diff_ids"]
+                wanted.update(i.replace(":", "-", 1) for i in ids if isinstance(i, str))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                skipped.append({"kind": "config-unreadable", "path": cfg, "message": "not an image config"})
+                return 0
+        removed = 0
+        with contextlib.suppress(FileNotFoundError):
+            for e in os.listdir(self.layers_dir):
+                if e in wanted or not re.fullmatch(r"sha(256|512)-[0-9a-f]+|\..*\.tmp.*", e):
+                    continue
+                removed += 1
+                if not dry_run:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(self.layers_dir, e))
+        return removed
 
     def _object_dirs(self, problems: list[dict] | None = None) -> Iterator[tuple[str, str, list[os.DirEntry]]]:
         """(XX, path, entries) of each object directory, in order. Entries of objects/ that are
@@ -660,10 +695,15 @@ class Repository:
             with contextlib.suppress(FileNotFoundError):
                 if os.lstat(d).st_mode & 0o022:
                     out.append({"kind": "mode", "path": d, "message": _OPEN_MODE})
-        known = {"meta.json", "lock", "objects", "images", "refs", "tmp"}
+        known = {"meta.json", "lock", "objects", "images", "refs", "tmp", "layers"}
         for e in sorted(os.listdir(self.path)):
             if e not in known and not TMP_RE.search(e):
                 out.append({"kind": "stray", "path": os.path.join(self.path, e), "message": "unexpected entry"})
+        with contextlib.suppress(FileNotFoundError):
+            for e in sorted(os.listdir(self.layers_dir)):
+                if not re.fullmatch(r"sha(256|512)-[0-9a-f]{64}([0-9a-f]{64})?", e) and not TMP_RE.search(e):
+                    out.append({"kind": "stray", "path": os.path.join(self.layers_dir, e),
+                                "message": "not a layer record"})
         for e in sorted(os.listdir(self.images_dir)):
             if TMP_RE.search(e):
                 continue

@@ -3,6 +3,8 @@
 #   make test       set everything up, then run the whole test suite (CI runs this)
 #   make bench      run the benchmarks (not part of the tests)
 #   make qemu-test  kernel-level tests in a QEMU guest
+#   make fuzz       long coverage-guided fuzzing runs of the Rust core (FUZZ_SECONDS per target)
+#   make rust-check cargo fmt --check, clippy -D warnings and cargo test of native/
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -11,12 +13,15 @@ PY       := $(VENV)/bin/python
 STAMPS   := $(CURDIR)/.venv/.stamps
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-# System packages needed by the tool, its tests and its benchmarks.
-APT_PACKAGES := fsverity erofs-utils e2fsprogs attr util-linux python3-venv openssl zstd umoci nginx-light fuse3 python3-click
+# System packages needed by the tool, its tests and its benchmarks (the OCI tests: a registry,
+# skopeo, umoci, debootstrap, htpasswd, iproute2 and iptables for network namespaces; the remote
+# repository tests: nginx; FUSE mounts: fuse3; a user's cfsctl in the FUSE test: python3-click).
+APT_PACKAGES := fsverity erofs-utils e2fsprogs attr util-linux python3-venv openssl zstd umoci \
+	docker-registry skopeo debootstrap apache2-utils iproute2 iptables nginx-light fuse3 python3-click
 
 NATIVE_SRC := $(shell find native/src -name '*.rs') native/Cargo.toml native/Cargo.lock pyproject.toml
 
-.PHONY: help setup demo test unit-test bench bench-apt qemu-test clean
+.PHONY: help setup demo test unit-test rust-check bench bench-apt qemu-test clean
 help:
 	@sed -n 's/^#   //p' Makefile
 
@@ -65,6 +70,11 @@ unit-test: setup
 test: setup
 	@rm -rf $(CURDIR)/.pytest-tmp && $(PY) -m pytest -q -ra --basetemp=$(CURDIR)/.pytest-tmp
 
+# The Rust crate on its own: formatting (native/rustfmt.toml), lints, its unit and conformance tests.
+rust-check:
+	@cd native && cargo fmt --check && cargo clippy -q --all-targets -- -D warnings && cargo test -q
+test: rust-check
+
 # Only the benchmarks need these (bench_repo.py makes two Debian root filesystems).
 BENCH_APT_PACKAGES := debootstrap
 
@@ -77,7 +87,7 @@ bench: setup $(STAMPS)/bench-apt
 	@$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) native/target
+	rm -rf $(VENV) native/target native/fuzz/target
 
 # ---- QEMU guest tests (see qemu/README.md) ------------------------------------------------------
 # Boots Debian's 6.12 kernel under QEMU/TCG once and runs tests/guest there (real fs-verity, our
@@ -97,3 +107,70 @@ test: qemu-test
 .PHONY: qemu-clean
 qemu-clean:
 	rm -rf qemu/work
+
+# ---- Fuzzing (native/fuzz, see native/fuzz/README.md) -------------------------------------------
+# cargo-fuzz targets (libFuzzer) over the Rust core, one file each in native/fuzz/src/bin/, with
+# their corpora in native/fuzz/corpus/TARGET/. The stable toolchain builds them with
+# RUSTC_BOOTSTRAP=1 (no nightly here); no sanitizer (safe Rust is bounds-checked), debug
+# assertions on (integer overflow panics). New inputs go to a scratch corpus under
+# native/fuzz/target/, never into the committed one; `make fuzz-merge` adds the ones that bring new
+# coverage. The targets run one after another (CI has two cores).
+#   make fuzz                 FUZZ_SECONDS (default 1800) per target
+#   make fuzz-short           FUZZ_SECONDS (default 60) per target; part of `make test`
+#   make fuzz FUZZ_TARGETS=dump_parse FUZZ_SECONDS=600
+FUZZ_DIR       := native/fuzz
+FUZZ_TARGETS   ?= $(sort $(basename $(notdir $(wildcard $(FUZZ_DIR)/src/bin/*.rs))))
+FUZZ_SECONDS   ?=
+FUZZ_WORK      := $(CURDIR)/$(FUZZ_DIR)/target/corpus
+CARGO_FUZZ_VERSION := 0.13.2
+CARGO_FUZZ     := cd native && RUSTC_BOOTSTRAP=1 cargo fuzz
+FUZZ_BUILD     := -s none --debug-assertions
+
+$(STAMPS)/cargo-fuzz: Makefile
+	@mkdir -p $(STAMPS)
+	@if ! cargo fuzz --version 2>/dev/null | grep -qx 'cargo-fuzz $(CARGO_FUZZ_VERSION)'; then \
+		echo ">> installing cargo-fuzz $(CARGO_FUZZ_VERSION)"; \
+		cargo install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION); \
+	fi
+	@touch $@
+
+.PHONY: fuzz fuzz-short fuzz-build fuzz-merge fuzz-seeds
+fuzz-build: $(STAMPS)/cargo-fuzz
+	@echo ">> building fuzz targets: $(FUZZ_TARGETS)"
+	@set -o pipefail; $(CARGO_FUZZ) build $(FUZZ_BUILD) 2>&1 | { grep -v '^ *Compiling ' || true; }
+
+# $(call fuzz_run,SECONDS): run each target for SECONDS (FUZZ_SECONDS wins when given) from its
+# committed corpus; stop at the first crash (its input is kept in native/fuzz/artifacts/TARGET/).
+define fuzz_run
+	@set -e; secs=$(or $(FUZZ_SECONDS),$(1)); for t in $(FUZZ_TARGETS); do \
+		echo ">> fuzzing $$t for $${secs}s"; \
+		ls $(FUZZ_DIR)/corpus/$$t/* >/dev/null 2>&1 || { echo "fuzz target $$t has no seeds in $(FUZZ_DIR)/corpus/$$t"; exit 1; }; \
+		mkdir -p $(FUZZ_WORK)/$$t; \
+		( $(CARGO_FUZZ) run $(FUZZ_BUILD) $$t $(FUZZ_WORK)/$$t fuzz/corpus/$$t -- \
+			-max_total_time=$$secs -timeout=120 -print_final_stats=1 ) > $(FUZZ_WORK)/$$t.log 2>&1 \
+			|| { tail -n 60 $(FUZZ_WORK)/$$t.log; echo "fuzz target $$t failed (log: $(FUZZ_WORK)/$$t.log)"; exit 1; }; \
+		grep -E 'backends on this CPU|^#[0-9]+[[:space:]]+DONE' $(FUZZ_WORK)/$$t.log | sed 's/^/   /'; \
+	done
+endef
+
+fuzz-short: fuzz-build
+	$(call fuzz_run,60)
+
+fuzz: fuzz-build
+	$(call fuzz_run,1800)
+
+# Add to the committed corpora what the runs found that reaches new code (libFuzzer -merge=1 on
+# edges alone, -use_counters=0: hit counts would keep hundreds of near-copies).
+fuzz-merge: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p $(FUZZ_WORK)/$$t; \
+		set -o pipefail; $(CARGO_FUZZ) run $(FUZZ_BUILD) $$t fuzz/corpus/$$t $(FUZZ_WORK)/$$t -- -merge=1 -use_counters=0 2>&1 \
+			| { grep -E '^MERGE-OUTER: [0-9]+ new files' || true; }; \
+	done
+
+# Re-make the seeds from the conformance data (../shared/conformance) and images our writer builds.
+fuzz-seeds: setup
+	@$(PY) $(FUZZ_DIR)/seeds.py $(or $(CONFORMANCE),$(CURDIR)/../shared/conformance)/dumps $(FUZZ_DIR)/corpus
+
+# The short fuzzing runs are part of the full test run.
+test: fuzz-short

@@ -50,18 +50,33 @@ static bool cfs_nid_is_whiteout(const struct cfs_image *img, u64 nid)
 	return ret;
 }
 
+/*
+ * Positions are byte offsets of dirents, as in EROFS, except in the root:
+ * overlayfs always merges its root directory and numbers its entries
+ * instead (".", "..", and the whiteouts count), so the root's positions are
+ * entry indexes here too, and a seek to index N reads the entries before.
+ */
 static int cfs_readdir(struct file *file, struct dir_context *ctx)
 {
 	struct inode *dir = file_inode(file);
 	const struct cfs_image *img = CFS_IMG(dir);
 	const struct cfs_inode_info *ci = &CFS_I(dir)->ci;
+	bool indexed = dir == d_inode(dir->i_sb->s_root);
 	struct cfs_buf buf = CFS_BUF_INIT(img);
 	struct cfs_dirblock db;
+	loff_t idx = 0;
+	u64 bpos = 0;
 	int err = 0;
 
-	while (ctx->pos >= 0 && ctx->pos < dir->i_size) {
-		u64 bpos = ctx->pos & ~(u64)(CFS_BLKSIZE - 1);
-		unsigned int i, namelen;
+	if (ctx->pos < 0)
+		return 0;
+	if (!indexed)
+		bpos = ctx->pos & ~(u64)(CFS_BLKSIZE - 1);
+	db.data = cfs_dirblock_alloc();
+	if (!db.data)
+		return -ENOMEM;
+	for (; bpos < dir->i_size; bpos += CFS_BLKSIZE) {
+		unsigned int i = 0, namelen;
 		const char *name;
 		u8 ftype;
 		u64 nid;
@@ -69,21 +84,35 @@ static int cfs_readdir(struct file *file, struct dir_context *ctx)
 		err = cfs_dir_read_block(&buf, ci, bpos >> CFS_BLKBITS, &db);
 		if (err)
 			break;
-		i = DIV_ROUND_UP((unsigned int)(ctx->pos - bpos),
-				 sizeof(struct cfs_dirent));
+		if (indexed) {
+			if (ctx->pos >= idx + db.ndirents) {
+				idx += db.ndirents;
+				continue;
+			}
+			i = ctx->pos - idx;
+		} else if (ctx->pos > bpos) {
+			i = DIV_ROUND_UP((unsigned int)(ctx->pos - bpos),
+					 sizeof(struct cfs_dirent));
+		}
 		for (; i < db.ndirents; i++) {
-			ctx->pos = bpos + i * sizeof(struct cfs_dirent);
-			cfs_dirent_get(&db, i, &nid, &ftype, &name, &namelen);
+			ctx->pos = indexed ? idx + i :
+				   bpos + i * sizeof(struct cfs_dirent);
+			err = cfs_dirent_get(&db, i, &nid, &ftype, &name,
+					     &namelen);
+			if (err)
+				goto out;
 			if (ftype == FT_CHRDEV && cfs_nid_is_whiteout(img, nid))
 				continue;
 			if (!dir_emit(ctx, name, namelen, nid,
 				      fs_ftype_to_dtype(ftype)))
 				goto out;
 		}
-		ctx->pos = bpos + db.len;
+		idx += db.ndirents;
+		ctx->pos = indexed ? idx : bpos + db.len;
 	}
 out:
 	cfs_buf_put(&buf);
+	kfree(db.data);
 	return err;
 }
 

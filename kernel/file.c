@@ -71,6 +71,35 @@ static int cfs_verify_object(struct cfs_sb_info *sbi, struct cfs_inode *cino,
 	return 0;
 }
 
+/*
+ * The object under the first basedir that holds it as a regular file,
+ * looked up as overlayfs looks up a data layer: beneath the basedir's
+ * private clone, following no symlink and crossing no mount.  Every basedir
+ * failing gives the last one's error (-ENOENT when the object is missing or
+ * is not a regular file).
+ */
+static int cfs_lookup_object(struct cfs_sb_info *sbi, const char *redirect,
+			     struct path *p)
+{
+	unsigned int i;
+	int err = -ENOENT;
+
+	for (i = 0; i < sbi->nbasedirs; i++) {
+		struct vfsmount *mnt = sbi->basedirs[i];
+
+		err = vfs_path_lookup(mnt->mnt_root, mnt, redirect,
+				      LOOKUP_BENEATH | LOOKUP_NO_SYMLINKS |
+				      LOOKUP_NO_XDEV, p);
+		if (err)
+			continue;
+		if (d_is_reg(p->dentry))
+			return 0;
+		path_put(p);
+		err = -ENOENT;
+	}
+	return err;
+}
+
 /* find (once) the object under the basedirs and verify it */
 static int cfs_get_backing(struct inode *inode, struct path *out)
 {
@@ -78,8 +107,7 @@ static int cfs_get_backing(struct inode *inode, struct path *out)
 	struct cfs_inode *cino = CFS_I(inode);
 	const struct cred *old_cred;
 	struct path p = {};
-	unsigned int i;
-	int err = -EIO;
+	int err;
 
 	mutex_lock(&cino->backing_lock);
 	if (cino->backing.dentry) {
@@ -90,19 +118,19 @@ static int cfs_get_backing(struct inode *inode, struct path *out)
 	}
 
 	old_cred = override_creds(sbi->creds);
-	for (i = 0; i < sbi->nbasedirs; i++) {
-		if (vfs_path_lookup(sbi->basedirs[i].dentry,
-				    sbi->basedirs[i].mnt, cino->redirect + 1,
-				    LOOKUP_NO_SYMLINKS, &p))
-			continue;
-		if (d_is_reg(p.dentry))
-			break;
-		path_put(&p);
-		p.dentry = NULL;
-	}
-	if (!p.dentry) {
-		pr_warn_ratelimited("composefs: object %s not found\n",
+	err = cfs_lookup_object(sbi, cino->redirect, &p);
+	if (err) {
+		pr_warn_ratelimited("composefs: object %s not found (error %d)\n",
+				    cino->redirect, err);
+	} else if (p.mnt->mnt_sb->s_stack_depth >= inode->i_sb->s_stack_depth) {
+		/*
+		 * Cannot happen through a private clone taken at mount time,
+		 * which counted in our depth; never stack deeper than that.
+		 */
+		pr_warn_ratelimited("composefs: object %s is on a filesystem stacked too deep\n",
 				    cino->redirect);
+		path_put(&p);
+		err = -ELOOP;
 	} else {
 		err = cfs_verify_object(sbi, cino, &p);
 		if (err)
@@ -160,6 +188,27 @@ static int cfs_backed_release(struct inode *inode, struct file *file)
 	return 0;
 }
 
+/*
+ * Seeks go to the object file, as in overlayfs: only its filesystem knows
+ * its holes (SEEK_DATA, SEEK_HOLE) and its size.
+ */
+static loff_t cfs_backed_llseek(struct file *file, loff_t offset, int whence)
+{
+	struct inode *inode = file_inode(file);
+	struct file *realfile = file->private_data;
+	const struct cred *old_cred;
+	loff_t ret;
+
+	inode_lock(inode);
+	realfile->f_pos = file->f_pos;
+	old_cred = override_creds(CFS_SB(inode->i_sb)->creds);
+	ret = vfs_llseek(realfile, offset, whence);
+	revert_creds(old_cred);
+	file->f_pos = realfile->f_pos;
+	inode_unlock(inode);
+	return ret;
+}
+
 static ssize_t cfs_backed_read_iter(struct kiocb *iocb, struct iov_iter *iter)
 {
 	struct file *file = iocb->ki_filp;
@@ -200,7 +249,7 @@ static int cfs_backed_mmap(struct file *file, struct vm_area_struct *vma)
 const struct file_operations cfs_backed_fops = {
 	.open		= cfs_backed_open,
 	.release	= cfs_backed_release,
-	.llseek		= generic_file_llseek,
+	.llseek		= cfs_backed_llseek,
 	.read_iter	= cfs_backed_read_iter,
 	.splice_read	= cfs_backed_splice_read,
 	.mmap		= cfs_backed_mmap,
@@ -234,13 +283,32 @@ static int cfs_read_folio(struct file *file, struct folio *folio)
 	return err;
 }
 
+/*
+ * O_DIRECT opens, as on EROFS; a direct read must be block-aligned (else
+ * EINVAL, as EROFS answers) and is then served from the page cache, as
+ * EROFS serves data inline in its metadata.
+ */
+static ssize_t cfs_data_read_iter(struct kiocb *iocb, struct iov_iter *to)
+{
+	if (!iov_iter_count(to))
+		return 0;
+	if (iocb->ki_flags & IOCB_DIRECT) {
+		if ((iocb->ki_pos | iov_iter_count(to) |
+		     iov_iter_alignment(to)) & (CFS_BLKSIZE - 1))
+			return -EINVAL;
+		iocb->ki_flags &= ~IOCB_DIRECT;
+	}
+	return filemap_read(iocb, to, 0);
+}
+
 const struct address_space_operations cfs_data_aops = {
 	.read_folio	= cfs_read_folio,
+	.direct_IO	= noop_direct_IO,
 };
 
 const struct file_operations cfs_data_fops = {
 	.llseek		= generic_file_llseek,
-	.read_iter	= generic_file_read_iter,
+	.read_iter	= cfs_data_read_iter,
 	.splice_read	= filemap_splice_read,
 	.mmap		= generic_file_readonly_mmap,
 };

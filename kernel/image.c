@@ -2,10 +2,13 @@
 /*
  * composefs: parsing of composefs (EROFS) images.
  *
- * The image is read through the page cache of the image file.  Every
- * offset, length, nid and name taken from the image is checked before it
- * is used; a malformed image gives -EFSCORRUPTED (or -EOPNOTSUPP for
- * features this reader does not implement), never an out-of-bounds access.
+ * The image is read through the page cache of the image file, which
+ * whoever can write that file may change at any moment.  So every field is
+ * read once into a copy (cfs_buf_read), then checked, then used: nothing
+ * is used in place and nothing is read twice.  Every offset, length, nid
+ * and name taken from the image is checked before it is used; a malformed
+ * image gives -EFSCORRUPTED (or -EOPNOTSUPP for features this reader does
+ * not implement), never an out-of-bounds access.
  */
 #include <linux/fs.h>
 #include <linux/pagemap.h>
@@ -109,24 +112,6 @@ void cfs_buf_put(struct cfs_buf *buf)
 	buf->bounce = NULL;
 }
 
-/*
- * The @len bytes at image offset @off, in place; they must lie in the
- * image and within one page.  Valid until the cursor moves or is put.
- */
-const void *cfs_buf_map(struct cfs_buf *buf, u64 off, size_t len)
-{
-	u64 end;
-	int err;
-
-	if (check_add_overflow(off, (u64)len, &end) || end > buf->img->size ||
-	    len > PAGE_SIZE - offset_in_page(off))
-		return ERR_PTR(-EFSCORRUPTED);
-	err = cfs_buf_page(buf, off >> PAGE_SHIFT);
-	if (err)
-		return ERR_PTR(err);
-	return buf->kaddr + offset_in_page(off);
-}
-
 /* copy @len bytes at image offset @off (any range inside the image) */
 int cfs_buf_read(struct cfs_buf *buf, u64 off, void *dst, size_t len)
 {
@@ -196,13 +181,13 @@ int cfs_image_open(struct cfs_image *img, struct file *file)
 
 	img->root_nid = le16_to_cpu(sb.root_nid);
 	img->inos = le64_to_cpu(sb.inos);
-	img->build_time = le64_to_cpu(sb.build_time);
+	img->build_time = (s64)le64_to_cpu(sb.build_time);
 	img->build_time_nsec = le32_to_cpu(sb.build_time_nsec);
 	img->blocks = le32_to_cpu(sb.blocks);
 	img->meta_base = (u64)le32_to_cpu(sb.meta_blkaddr) << CFS_BLKBITS;
 	img->xattr_base = (u64)le32_to_cpu(sb.xattr_blkaddr) << CFS_BLKBITS;
 	if (img->meta_base >= img->size || img->xattr_base > img->size ||
-	    img->build_time > S64_MAX || img->build_time_nsec >= NSEC_PER_SEC)
+	    img->build_time_nsec >= NSEC_PER_SEC)
 		return -EFSCORRUPTED;
 	return 0;
 }
@@ -286,7 +271,10 @@ int cfs_image_read_inode(struct cfs_buf *buf, u64 nid,
 	ci->layout = (fmt >> CFS_I_LAYOUT_SHIFT) & CFS_I_LAYOUT_MASK;
 
 	if (fmt & CFS_I_VERSION_MASK) {
-		err = cfs_buf_read(buf, ci->iloc, &raw.e, sizeof(raw.e));
+		/* only the rest: the union already holds the first 32 bytes */
+		err = cfs_buf_read(buf, ci->iloc + sizeof(raw.c),
+				   (u8 *)&raw.e + sizeof(raw.c),
+				   sizeof(raw.e) - sizeof(raw.c));
 		if (err)
 			return err;
 		ci->inode_isize = sizeof(raw.e);
@@ -296,11 +284,10 @@ int cfs_image_read_inode(struct cfs_buf *buf, u64 nid,
 		iu = le32_to_cpu(raw.e.i_u);
 		ci->uid = le32_to_cpu(raw.e.i_uid);
 		ci->gid = le32_to_cpu(raw.e.i_gid);
-		ci->mtime = le64_to_cpu(raw.e.i_mtime);
+		ci->mtime = (s64)le64_to_cpu(raw.e.i_mtime);
 		ci->mtime_nsec = le32_to_cpu(raw.e.i_mtime_nsec);
 		ci->nlink = le32_to_cpu(raw.e.i_nlink);
-		if (le64_to_cpu(raw.e.i_mtime) > S64_MAX ||
-		    ci->mtime_nsec >= NSEC_PER_SEC)
+		if (ci->mtime_nsec >= NSEC_PER_SEC)
 			return -EFSCORRUPTED;
 	} else {
 		ci->inode_isize = sizeof(raw.c);
@@ -463,9 +450,16 @@ static inline const struct cfs_dirent *cfs_de(const struct cfs_dirblock *db)
 	return (const struct cfs_dirent *)db->data;
 }
 
+/* a buffer for one directory block (struct cfs_dirblock.data) */
+void *cfs_dirblock_alloc(void)
+{
+	return kmalloc(CFS_BLKSIZE, GFP_KERNEL);
+}
+
 /*
- * Map directory block @blk in place and check its dirent array: the first
- * nameoff gives the number of dirents, which must fit before the names.
+ * Copy directory block @blk into db->data and check its dirent array: the
+ * first nameoff gives the number of dirents, which must fit before the
+ * names.  Everything later taken from the block is taken from this copy.
  */
 static int cfs_dir_map_block(struct cfs_buf *buf,
 			     const struct cfs_inode_info *ci, unsigned int blk,
@@ -476,7 +470,6 @@ static int cfs_dir_map_block(struct cfs_buf *buf,
 	u64 pos = (u64)blk << CFS_BLKBITS;
 	u64 pa, n;
 	bool hole;
-	const void *p;
 	int err;
 
 	if (pos >= ci->size)
@@ -488,10 +481,9 @@ static int cfs_dir_map_block(struct cfs_buf *buf,
 	/* a directory block is never a hole and is contiguous */
 	if (hole || n < db->len)
 		return -EFSCORRUPTED;
-	p = cfs_buf_map(buf, pa, db->len);
-	if (IS_ERR(p))
-		return PTR_ERR(p);
-	db->data = p;
+	err = cfs_buf_read(buf, pa, db->data, db->len);
+	if (err)
+		return err;
 
 	de = cfs_de(db);
 	if (db->len < sizeof(*de))
@@ -558,20 +550,13 @@ static void cfs_dirent_nid(const struct cfs_dirblock *db, unsigned int i,
 	*ftype = cfs_de(db)[i].file_type;
 }
 
-/* only after cfs_dir_read_block() validated the block */
-void cfs_dirent_get(const struct cfs_dirblock *db, unsigned int i,
-		    u64 *nid, u8 *ftype, const char **name,
-		    unsigned int *namelen)
+/* dirent @i of a block copy that cfs_dir_read_block() validated */
+int cfs_dirent_get(const struct cfs_dirblock *db, unsigned int i,
+		   u64 *nid, u8 *ftype, const char **name,
+		   unsigned int *namelen)
 {
-	const struct cfs_dirent *de = cfs_de(db);
-	unsigned int off = le16_to_cpu(de[i].nameoff);
-
 	cfs_dirent_nid(db, i, nid, ftype);
-	*name = db->data + off;
-	if (i + 1 < db->ndirents)
-		*namelen = le16_to_cpu(de[i + 1].nameoff) - off;
-	else
-		*namelen = strnlen(db->data + off, db->len - off);
+	return cfs_dirent_name(db, i, name, namelen);
 }
 
 /*
@@ -608,6 +593,9 @@ int cfs_dir_lookup(const struct cfs_image *img,
 	long head = 0, back, cand = -1, mid, loaded = -1;
 	int err = -ENOENT, r = 0;
 
+	db.data = cfs_dirblock_alloc();
+	if (!db.data)
+		return -ENOMEM;
 	back = (long)cfs_dir_nblocks(ci) - 1;
 
 	/* find the last block whose first name is <= name */
@@ -660,6 +648,7 @@ int cfs_dir_lookup(const struct cfs_image *img,
 	}
 out:
 	cfs_buf_put(&buf);
+	kfree(db.data);
 	return err;
 }
 

@@ -24,7 +24,7 @@ struct cfs_image {
 	u64 size;		/* image size at mount */
 	u64 root_nid;
 	u64 inos;
-	u64 build_time;
+	s64 build_time;		/* signed on disk: times before 1970 are valid */
 	u32 build_time_nsec;
 	u32 blocks;
 	u64 meta_base;		/* byte offset of nid 0 */
@@ -72,7 +72,6 @@ struct cfs_buf {
 #define CFS_BUF_INIT(i)	{ .img = (i) }
 
 void cfs_buf_put(struct cfs_buf *buf);
-const void *cfs_buf_map(struct cfs_buf *buf, u64 off, size_t len);
 int cfs_buf_read(struct cfs_buf *buf, u64 off, void *dst, size_t len);
 
 /* One xattr entry as seen while iterating. */
@@ -89,13 +88,15 @@ struct cfs_xattr {
 typedef int (*cfs_xattr_actor)(void *ctx, const struct cfs_xattr *xa);
 
 /*
- * A directory block, used in place in the image's page cache (a block
- * never crosses a page: blocks are block-aligned, inline tails are checked
- * not to cross a block).  cfs_dir_read_block() validates every dirent
- * (readdir); lookup checks only the entries it compares.
+ * A directory block, copied out of the image before anything in it is
+ * looked at: whoever can write the image file can change its page cache
+ * at any moment, so a field validated in place could be different when it
+ * is used.  The copy is checked, then used, and never read from the image
+ * again.  cfs_dir_read_block() validates every dirent (readdir); lookup
+ * checks only the entries it compares.
  */
 struct cfs_dirblock {
-	const u8 *data;
+	u8 *data;		/* CFS_BLKSIZE bytes owned by the caller */
 	unsigned int len;	/* valid bytes (last block may be short) */
 	unsigned int ndirents;
 };
@@ -113,9 +114,10 @@ int cfs_image_read_data(const struct cfs_image *img,
 unsigned int cfs_dir_nblocks(const struct cfs_inode_info *ci);
 int cfs_dir_read_block(struct cfs_buf *buf, const struct cfs_inode_info *ci,
 		       unsigned int blk, struct cfs_dirblock *db);
-void cfs_dirent_get(const struct cfs_dirblock *db, unsigned int i,
-		    u64 *nid, u8 *ftype, const char **name,
-		    unsigned int *namelen);
+int cfs_dirent_get(const struct cfs_dirblock *db, unsigned int i,
+		   u64 *nid, u8 *ftype, const char **name,
+		   unsigned int *namelen);
+void *cfs_dirblock_alloc(void);
 int cfs_dir_lookup(const struct cfs_image *img,
 		   const struct cfs_inode_info *ci, const char *name,
 		   unsigned int namelen, u64 *nid, u8 *ftype);

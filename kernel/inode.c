@@ -7,7 +7,48 @@
 #include <linux/string.h>
 #include "internal.h"
 
+/*
+ * st_blocks of an object-backed file is size / 512 until its object has
+ * been found (by an open), then the object's own, as overlayfs reports it.
+ */
+static int cfs_file_getattr(struct mnt_idmap *idmap, const struct path *path,
+			    struct kstat *stat, u32 request_mask,
+			    unsigned int flags)
+{
+	struct inode *inode = d_inode(path->dentry);
+	struct cfs_inode *cino = CFS_I(inode);
+	struct path real = {};
+	const struct cred *old_cred;
+	struct kstat rstat;
+	int err;
+
+	generic_fillattr(idmap, request_mask, inode, stat);
+	if (!cfs_is_backed(inode))
+		return 0;
+	mutex_lock(&cino->backing_lock);
+	if (cino->backing.dentry) {
+		real = cino->backing;
+		path_get(&real);
+	}
+	mutex_unlock(&cino->backing_lock);
+	if (!real.dentry)
+		return 0;
+	old_cred = override_creds(CFS_SB(inode->i_sb)->creds);
+	/* the caller's security check, if any, was made on our inode */
+	if (flags & AT_GETATTR_NOSEC)
+		err = vfs_getattr_nosec(&real, &rstat, STATX_BLOCKS, flags);
+	else
+		err = vfs_getattr(&real, &rstat, STATX_BLOCKS, flags);
+	revert_creds(old_cred);
+	path_put(&real);
+	if (err)
+		return err;
+	stat->blocks = rstat.blocks;
+	return 0;
+}
+
 const struct inode_operations cfs_file_iops = {
+	.getattr	= cfs_file_getattr,
 	.listxattr	= cfs_listxattr,
 	.get_inode_acl	= cfs_get_inode_acl,
 };

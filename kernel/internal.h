@@ -22,7 +22,7 @@ enum {
 
 struct cfs_sb_info {
 	struct cfs_image img;
-	struct path *basedirs;
+	struct vfsmount **basedirs;	/* private clones, rooted at each basedir */
 	unsigned int nbasedirs;
 	char *basedir_opt;		/* as given, for show_options */
 	unsigned int verity_check;

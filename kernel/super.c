@@ -82,6 +82,14 @@ static int cfs_check_image_digest(struct fs_context *fc, struct file *file,
 	return 0;
 }
 
+/*
+ * Each basedir is resolved once, at mount time, and kept as a private clone
+ * of its mount (as overlayfs keeps its layers): the clone has no mounts
+ * below it, so objects are looked up only in the filesystem the basedir was
+ * on when mounting, whatever is mounted under the basedir later (a bind
+ * mount of this very composefs mount would otherwise make a file its own
+ * object, and opening it would recurse until the stack overflows).
+ */
 static int cfs_parse_basedirs(struct fs_context *fc, struct cfs_sb_info *sbi,
 			      int *depth)
 {
@@ -100,17 +108,28 @@ static int cfs_parse_basedirs(struct fs_context *fc, struct cfs_sb_info *sbi,
 		return -ENOMEM;
 	err = 0;
 	for (char *p = s; (dir = strsep(&p, ":")) != NULL;) {
-		struct path *path = &sbi->basedirs[sbi->nbasedirs];
+		struct vfsmount *mnt;
+		struct path path;
 
 		if (!*dir)
 			continue;
-		err = kern_path(dir, LOOKUP_FOLLOW | LOOKUP_DIRECTORY, path);
+		err = kern_path(dir, LOOKUP_FOLLOW | LOOKUP_DIRECTORY, &path);
 		if (err) {
 			errorfc(fc, "basedir %s: error %d", dir, err);
 			break;
 		}
-		sbi->nbasedirs++;
-		*depth = max(*depth, path->mnt->mnt_sb->s_stack_depth);
+		mnt = clone_private_mount(&path);
+		path_put(&path);
+		if (IS_ERR(mnt)) {
+			err = PTR_ERR(mnt);
+			errorfc(fc, "basedir %s: cannot clone its mount (error %d)",
+				dir, err);
+			break;
+		}
+		/* objects are only read, and reading them changes nothing */
+		mnt->mnt_flags |= MNT_READONLY | MNT_NOATIME;
+		sbi->basedirs[sbi->nbasedirs++] = mnt;
+		*depth = max(*depth, mnt->mnt_sb->s_stack_depth);
 	}
 	kfree(s);
 	return err;
@@ -320,13 +339,12 @@ static int cfs_init_fs_context(struct fs_context *fc)
 static void cfs_kill_sb(struct super_block *sb)
 {
 	struct cfs_sb_info *sbi = CFS_SB(sb);
-	unsigned int i;
 
 	kill_anon_super(sb);
 	if (!sbi)
 		return;
-	for (i = 0; i < sbi->nbasedirs; i++)
-		path_put(&sbi->basedirs[i]);
+	if (sbi->basedirs)
+		kern_unmount_array(sbi->basedirs, sbi->nbasedirs);
 	kfree(sbi->basedirs);
 	kfree(sbi->basedir_opt);
 	if (sbi->img.file)

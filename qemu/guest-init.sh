@@ -41,8 +41,18 @@ mount -t 9p -o trans=virtio,version=9p2000.L,cache=none,msize=262144 out /out ||
 . /out/job.env
 
 # The chroot: guest /proc /sys /dev, fresh tmpfs on /tmp and /run, the verity disk and the out share.
+# A checkout under /tmp or /run (a fresh clone in /tmp, say) would vanish under those tmpfs: hold
+# it on /repo first and bind it back at its own path, where the absolute paths inside its .venv
+# (the interpreter link, the scripts' #! lines, the editable install) expect it.
+case "$CFS_REPO/" in
+/tmp/* | /run/*)
+    mkdir -p /repo && mount -o bind "/host$CFS_REPO" /repo || fatal "cannot hold $CFS_REPO";;
+esac
 mount -t tmpfs -o mode=1777 tmpfs /host/tmp || fatal "tmpfs on /host/tmp"
 mount -t tmpfs -o mode=755 tmpfs /host/run || fatal "tmpfs on /host/run"
+if [ -d /repo ]; then
+    mkdir -p "/host$CFS_REPO" && mount -o bind /repo "/host$CFS_REPO" || fatal "cannot bind $CFS_REPO back"
+fi
 mount -o bind /proc /host/proc || fatal "bind /proc"
 mount -o bind /sys /host/sys || fatal "bind /sys"
 mkdir -p /dev/pts /dev/shm

@@ -9,7 +9,7 @@ Usage (from the repository root, as root, after `make setup`; `make qemu-test` d
     qemu/run.py --no-build-module                # do not build or load kernel/*.ko
     qemu/run.py --keep                           # keep the verity disk image in qemu/work/run/
     qemu/run.py --shell                          # interactive busybox console instead of pytest
-    qemu/run.py --timeout 1800                   # global timeout in seconds (default 2400)
+    qemu/run.py --timeout 1800                   # global timeout in seconds (default 3600)
     qemu/run.py --job bench/guest/walk_read.py -- ARGS   # run this Python script instead of pytest
 
     make qemu-test QEMU_ARGS="--keep -- tests/guest/test_verity.py -x"   # same options via make
@@ -124,6 +124,7 @@ def write_job(rundir: Path, nonce: str, modules: list[Path], pytest_args: list[s
         sys.exit("qemu: module paths must not contain ':' or spaces")
     (rundir / "job.env").write_text(
         f"CFS_NONCE={nonce}\nCFS_MODULES={shlex.quote(mods)}\nCFS_SHELL={int(shell)}\n"
+        f"CFS_REPO={shlex.quote(str(REPO))}\n"
     )
     venv_bin = REPO / ".venv" / "bin"
     env = {
@@ -260,7 +261,7 @@ def main() -> int:
     ap.add_argument("--shell", action="store_true", help="interactive guest console instead of pytest")
     ap.add_argument("--job", type=Path, metavar="SCRIPT",
                     help="run this Python script (arguments after --) instead of pytest")
-    ap.add_argument("--timeout", type=float, default=float(os.environ.get("CFS_QEMU_TIMEOUT", 2400)))
+    ap.add_argument("--timeout", type=float, default=float(os.environ.get("CFS_QEMU_TIMEOUT", 3600)))
     ap.add_argument("--mem", default="2G")
     ap.add_argument("--cpu", default="max", help="QEMU CPU model (default: max)")
     ap.add_argument("--smp", type=int, default=2)
@@ -286,10 +287,12 @@ def main() -> int:
     if shutil.which("qemu-system-x86_64") is None:
         print("qemu: qemu-system-x86_64 not installed; run `make qemu-test`", file=sys.stderr)
         return 2
-    hidden = [d for d in ("/tmp", "/run", "/proc", "/sys", "/dev") if str(REPO) == d or str(REPO).startswith(d + "/")]
-    if hidden:
-        print(f"qemu: the repository ({REPO}) is under {hidden[0]}, which the guest replaces with its own;"
-              " use a checkout elsewhere (e.g. under /var/tmp or /work)", file=sys.stderr)
+    # The guest puts its own filesystems on these; /tmp and /run are fine (the guest binds the
+    # checkout back over its tmpfs there, see guest-init.sh), the rest hold no checkout.
+    hidden = [d for d in ("/proc", "/sys", "/dev") if str(REPO) == d or str(REPO).startswith(d + "/")]
+    if hidden or str(REPO) in ("/tmp", "/run"):
+        print(f"qemu: the repository ({REPO}) cannot be shared with the guest from there;"
+              " use a checkout in a directory of its own", file=sys.stderr)
         return 2
     if not (REPO / ".venv" / "bin" / "python").exists():
         print("qemu: no .venv; run `make setup` first (make qemu-test does)", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Shared helpers for host tests: where the conformance data is, and running the CLI as a user would.
+"""Shared helpers for host and guest tests: where the conformance data is, and running the CLI as
+a user would.
 
 Import from here, not from ``conftest`` (``tests/guest`` has a conftest of its own, and the two
 would shadow each other as modules).
@@ -10,7 +11,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CONFORMANCE = REPO.parent / "shared" / "conformance"
+# The reference data the writer and the digests are checked against, kept in the repository so the
+# tests run from any checkout (README.md there says what each file holds and where it came from).
+CONFORMANCE = REPO / "tests" / "data" / "conformance"
 
 
 def cfsctl(*args, input=None, cwd=None):

@@ -48,8 +48,9 @@ def test_build_imports_only_what_it_needs():
     assert not loaded & {"composefs.cmd_mount", "composefs.mount", "composefs.cmd_repo", "composefs.repository"}
 
 
-def test_non_utf8_paths_in_errors_are_shown_exactly(tmp_path):
-    """Error messages name the path with its own bytes, also when they are not UTF-8."""
+def test_non_utf8_paths_in_errors_are_shown_escaped(tmp_path):
+    """Error messages name the path; bytes that are not UTF-8 show as \\xNN, never raw (a raw
+    byte may be half of an escape sequence for the terminal)."""
     import os
 
     name = os.fsencode(tmp_path) + b"/not-utf8-\xff\xfe"
@@ -58,4 +59,5 @@ def test_non_utf8_paths_in_errors_are_shown_exactly(tmp_path):
     for args, path in ((["digest", name], name), (["build", "--print-digest-only", missing], missing)):
         r = subprocess.run([sys.executable, "-m", "composefs.cli", *args], capture_output=True)
         assert r.returncode != 0
-        assert r.stderr.startswith(b"cfsctl: error: " + path + b": "), r.stderr
+        shown = path.replace(b"\xff", b"\\xff").replace(b"\xfe", b"\\xfe")
+        assert r.stderr.startswith(b"cfsctl: error: " + shown + b": "), r.stderr

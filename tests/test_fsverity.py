@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cfsrun import CONFORMANCE
 from composefs import _native, fsverity
 
-CONFORMANCE = Path(__file__).resolve().parent.parent.parent / "shared" / "conformance"
 FSVERITY = shutil.which("fsverity")
 needs_fsverity = pytest.mark.skipif(FSVERITY is None, reason="fsverity-utils (Debian package fsverity) not installed")
 BLOCK_SIZES = [1024, 2048, 4096, 8192, 16384, 32768, 65536]

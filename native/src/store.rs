@@ -15,6 +15,12 @@
 //!   file that [`Store::open`] removes once its owner process is gone.
 //!
 //! Objects are not fsync'ed one by one: call [`Store::sync`] (one `syncfs`) at the end of a build.
+//!
+//! Trust: only the store's owner (the owner of its root directory) and root may have put things
+//! in it. A `XX` directory or an object that is not a plain directory or regular file owned by
+//! one of them (a symlink, a FIFO, a file planted by another user through a too-open directory)
+//! is refused, never followed or reused. New directories get mode 0755 and objects 0644
+//! whatever the umask: readable by all, writable only by their owner.
 
 use crate::fsverity;
 use crate::tree::Digest;
@@ -26,6 +32,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -43,6 +50,14 @@ impl Error {
         match self {
             Error::Io { path, .. } | Error::Changed { path } | Error::Mismatch { path } => path,
         }
+    }
+}
+
+/// An entry refused by the trust rule (see the module comment).
+fn refused(path: PathBuf, why: &str) -> Error {
+    Error::Io {
+        path,
+        source: io::Error::other(format!("refused: {why}")),
     }
 }
 
@@ -86,6 +101,10 @@ struct Counters {
 pub struct Store {
     root: PathBuf,
     dir: OwnedFd,
+    /// Owner of the root directory: with root, the only owner trusted inside the store.
+    owner: u32,
+    /// The `00`..`ff` directories, opened once each (without following symlinks) and checked.
+    subdirs: [OnceLock<OwnedFd>; 256],
     /// Cleared after the first `O_TMPFILE` refusal: use named temporaries from then on.
     tmpfile_ok: AtomicBool,
     /// Cleared once the filesystem says it has no fs-verity.
@@ -126,16 +145,27 @@ impl Store {
     /// Open (creating it if needed) the store rooted at `root`, and remove temporary files left
     /// by builds that were killed (those whose process no longer exists).
     pub fn open(root: &Path) -> Result<Store, Error> {
-        std::fs::create_dir_all(root).map_err(io_at(root))?;
+        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(io_at(parent))?;
+        }
         let c = cstr(root.as_os_str().as_bytes());
+        let created = make_dir(libc::AT_FDCWD, &c).map_err(io_at(root))?;
+        // SAFETY: plain open with a NUL-terminated path.
         let fd = unsafe { libc::open(c.as_ptr(), libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC) };
         if fd < 0 {
             return Err(io_at(root)(last_err()));
         }
+        // SAFETY: a descriptor we just opened and own.
         let dir = unsafe { OwnedFd::from_raw_fd(fd) };
+        if created {
+            fix_dir_mode(&dir).map_err(io_at(root))?;
+        }
+        let owner = fstat(dir.as_raw_fd()).map_err(io_at(root))?.st_uid;
         let mut store = Store {
             root: root.to_path_buf(),
             dir,
+            owner,
+            subdirs: std::array::from_fn(|_| OnceLock::new()),
             tmpfile_ok: AtomicBool::new(true),
             verity_ok: AtomicBool::new(true),
             counters: Counters::default(),
@@ -155,11 +185,98 @@ impl Store {
         self.root.join(object_name(digest))
     }
 
-    /// Whether an object with this digest exists.
+    /// Whether an object with this digest exists (an untrusted entry under its name counts as
+    /// absent here; [`Store::lookup`] says why).
     pub fn contains(&self, digest: &Digest) -> bool {
-        let name = cstr(object_name(digest).as_bytes());
+        matches!(self.lookup(digest), Ok(true))
+    }
+
+    /// Whether a trusted object with this digest exists; an entry under its name that is not a
+    /// regular file owned by the store's owner or root is an error, not an object.
+    pub fn lookup(&self, digest: &Digest) -> Result<bool, Error> {
+        let Some(sub) = self.subdir(digest[0], false)? else {
+            return Ok(false);
+        };
+        let name = object_name(digest);
+        let rest = cstr(&name.as_bytes()[3..]);
+        // SAFETY: fstatat on our directory descriptor with a NUL-terminated name, into a zeroed stat.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        unsafe { libc::fstatat(self.dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) == 0 }
+        if unsafe { libc::fstatat(sub, rest.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+            let e = last_err();
+            return match errno_of(&e) {
+                libc::ENOENT => Ok(false),
+                _ => Err(io_at(self.root.join(&name))(e)),
+            };
+        }
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || !self.trusted(st.st_uid) {
+            return Err(refused(
+                self.root.join(&name),
+                "not a regular file owned by the object store's owner",
+            ));
+        }
+        Ok(true)
+    }
+
+    fn trusted(&self, uid: u32) -> bool {
+        uid == self.owner || uid == 0
+    }
+
+    /// The descriptor of directory `XX` for a digest starting with byte `b`, created (mode 0755)
+    /// when `create`; None when it does not exist and is not to be created. A symlink or a
+    /// directory owned by someone else is refused.
+    fn subdir(&self, b: u8, create: bool) -> Result<Option<RawFd>, Error> {
+        let slot = &self.subdirs[b as usize];
+        if let Some(fd) = slot.get() {
+            return Ok(Some(fd.as_raw_fd()));
+        }
+        let hex = format!("{b:02x}");
+        let path = || self.root.join(&hex);
+        let name = cstr(hex.as_bytes());
+        let open = || {
+            // SAFETY: openat on our directory descriptor with a NUL-terminated name.
+            let fd = unsafe {
+                libc::openat(
+                    self.dir.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_RDONLY | libc::O_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                Err(last_err())
+            } else {
+                // SAFETY: a descriptor we just opened and own.
+                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+            }
+        };
+        let fd = match open() {
+            Ok(fd) => fd,
+            Err(e) if errno_of(&e) == libc::ENOENT => {
+                if !create {
+                    return Ok(None);
+                }
+                let created = make_dir(self.dir.as_raw_fd(), &name).map_err(io_at(path()))?;
+                let fd = open().map_err(|e| self.subdir_error(e, path()))?;
+                if created {
+                    fix_dir_mode(&fd).map_err(io_at(path()))?;
+                }
+                fd
+            }
+            Err(e) => return Err(self.subdir_error(e, path())),
+        };
+        let st = fstat(fd.as_raw_fd()).map_err(io_at(path()))?;
+        if !self.trusted(st.st_uid) {
+            return Err(refused(path(), "directory not owned by the object store's owner"));
+        }
+        // Another thread may have opened it meanwhile: keep the first, drop ours.
+        let _ = slot.set(fd);
+        Ok(slot.get().map(|fd| fd.as_raw_fd()))
+    }
+
+    fn subdir_error(&self, e: io::Error, path: PathBuf) -> Error {
+        match errno_of(&e) {
+            libc::ELOOP | libc::ENOTDIR => refused(path, "not a directory (a symlink is never followed)"),
+            _ => io_at(path)(e),
+        }
     }
 
     pub fn stats(&self) -> StoreStats {
@@ -217,7 +334,7 @@ impl Store {
     /// fs-verity digest the caller computed as `digest` over `size` bytes. The object is stored
     /// only if a fresh copy of the file hashes to `digest`; otherwise [`Error::Changed`].
     pub fn insert_fd(&self, src: &File, path: &Path, digest: &Digest, size: u64) -> Result<Inserted, Error> {
-        if self.contains(digest) {
+        if self.lookup(digest)? {
             self.count_reused(size);
             return Ok(Inserted::Reused);
         }
@@ -244,7 +361,7 @@ impl Store {
         let d = fsverity::digest_bytes(data, &fsverity::Params::default());
         let digest: Digest = d.try_into().expect("sha256 digest is 32 bytes");
         let size = data.len() as u64;
-        if self.contains(&digest) {
+        if self.lookup(&digest)? {
             self.count_reused(size);
             return Ok((digest, Inserted::Reused));
         }
@@ -266,7 +383,7 @@ impl Store {
     /// the object already). The bytes hashed are the file's own, read back.
     pub fn commit_object(&self, w: ObjectWriter) -> Result<(Digest, u64, Inserted), Error> {
         let (digest, size) = hash_fd(&w.tmp.file).map_err(io_at(&w.path))?;
-        if self.contains(&digest) {
+        if self.lookup(&digest)? {
             self.count_reused(size);
             return Ok((digest, size, Inserted::Reused));
         }
@@ -301,7 +418,7 @@ impl Store {
                 });
             }
             let size = head.len() as u64;
-            if self.contains(want) {
+            if self.lookup(want)? {
                 self.count_reused(size);
                 return Ok((size, Inserted::Reused));
             }
@@ -326,7 +443,7 @@ impl Store {
                 path: name.to_path_buf(),
             });
         }
-        if self.contains(want) {
+        if self.lookup(want)? {
             self.count_reused(size);
             return Ok((size, Inserted::Reused));
         }
@@ -337,13 +454,7 @@ impl Store {
     /// mode 0644, fs-verity, then `linkat` under the digest name (never replacing a file).
     fn publish(&self, tmp: Temp, digest: &Digest, size: u64) -> Result<Inserted, Error> {
         let name = object_name(digest);
-        let dirname = cstr(&name.as_bytes()[..2]);
-        if unsafe { libc::mkdirat(self.dir.as_raw_fd(), dirname.as_ptr(), 0o755) } != 0 {
-            let e = last_err();
-            if errno_of(&e) != libc::EEXIST {
-                return Err(io_at(self.root.join(&name[..2]))(e));
-            }
-        }
+        let sub = self.subdir(digest[0], true)?.expect("created");
         let tmp_path = tmp.display_path(&self.root);
         // Readable by everybody whatever the umask (as mkcomposefs does).
         if unsafe { libc::fchmod(tmp.file.as_raw_fd(), 0o644) } != 0 {
@@ -353,8 +464,8 @@ impl Store {
         let ro = tmp.reopen_readonly().map_err(io_at(&tmp_path))?;
         let tmp = tmp.close_writer();
         self.enable_verity(&ro, &tmp_path)?;
-        let target = cstr(name.as_bytes());
-        let linked = tmp.link(&ro, self.dir.as_raw_fd(), &target);
+        let target = cstr(&name.as_bytes()[3..]);
+        let linked = tmp.link(&ro, sub, &target);
         drop(tmp); // removes a named temporary
         match linked {
             Ok(()) => {
@@ -363,6 +474,8 @@ impl Store {
                 Ok(Inserted::Stored)
             }
             Err(e) if errno_of(&e) == libc::EEXIST => {
+                // Added meanwhile: reused only if it is one we trust.
+                self.lookup(digest)?;
                 self.count_reused(size);
                 Ok(Inserted::Reused)
             }
@@ -468,6 +581,38 @@ impl ObjectWriter {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// `mkdirat(dirfd, name, 0755)`; Ok(false) when it exists already.
+fn make_dir(dirfd: RawFd, name: &CString) -> io::Result<bool> {
+    // SAFETY: mkdirat with a NUL-terminated name.
+    if unsafe { libc::mkdirat(dirfd, name.as_ptr(), 0o755) } == 0 {
+        return Ok(true);
+    }
+    let e = last_err();
+    if errno_of(&e) == libc::EEXIST {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// Mode 0755 on a directory we created, which mkdir gave `0755 & ~umask`.
+fn fix_dir_mode(dir: &OwnedFd) -> io::Result<()> {
+    // SAFETY: fchmod on a descriptor we own.
+    if unsafe { libc::fchmod(dir.as_raw_fd(), 0o755) } != 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
+fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+    // SAFETY: fstat into a zeroed stat buffer on a descriptor the caller holds.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(last_err());
+    }
+    Ok(st)
 }
 
 /// A temporary file in the store: unnamed (`O_TMPFILE`) or named (removed on drop).
@@ -823,6 +968,43 @@ mod tests {
         assert_eq!(store.stats().temporaries_removed, 1);
         assert!(!objects.join(".tmp-0-1").exists());
         assert!(mine.exists());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn symlinked_subdirectory_is_refused_not_followed() {
+        let base = tmpdir("symlink");
+        let src = base.join("src");
+        let data = vec![3u8; 5000];
+        std::fs::write(&src, &data).unwrap();
+        let digest = fsverity::sha256_digest(&data);
+        let objects = base.join("objects");
+        let outside = base.join("outside");
+        std::fs::create_dir_all(&objects).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, objects.join(&object_name(&digest)[..2])).unwrap();
+        let store = Store::open(&objects).unwrap();
+        let err = store.insert_path(&src).unwrap_err().to_string();
+        assert!(err.contains("refused") && err.contains("symlink"), "{err}");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn object_that_is_not_a_regular_file_is_refused() {
+        let base = tmpdir("notreg");
+        let src = base.join("src");
+        let data = vec![4u8; 5000];
+        std::fs::write(&src, &data).unwrap();
+        let digest = fsverity::sha256_digest(&data);
+        let objects = base.join("objects");
+        let name = object_name(&digest);
+        std::fs::create_dir_all(objects.join(&name[..2])).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", objects.join(&name)).unwrap();
+        let store = Store::open(&objects).unwrap();
+        assert!(!store.contains(&digest));
+        let err = store.insert_path(&src).unwrap_err().to_string();
+        assert!(err.contains("refused"), "{err}");
         std::fs::remove_dir_all(&base).unwrap();
     }
 }

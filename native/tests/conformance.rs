@@ -1,4 +1,5 @@
-//! The writer against the reference data in ../shared/conformance (dumps gunzipped with zcat).
+//! The writer against the reference data in tests/data/conformance (dumps gunzipped with zcat),
+//! the copy tests/cfsrun.py names for the Python tests.
 use _native::{dump, erofs::writer, fsverity};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ fn hex(b: &[u8]) -> String {
 
 #[test]
 fn conformance_dumps_match_reference_bytes() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/dumps");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data/conformance/dumps");
     let tsv = std::fs::read_to_string(dir.join("expected.tsv")).expect("conformance data");
     let mut failures = Vec::new();
     for row in tsv.lines().skip(1) {
@@ -35,7 +36,7 @@ fn conformance_dumps_match_reference_bytes() {
         let back = _native::erofs::reader::read_image(&img.bytes).unwrap();
         let again = writer::write_image(&back.tree, &writer::Options::default()).unwrap();
         assert!(again.bytes == img.bytes, "{}: image -> tree -> image differs", cols[0]);
-        let text = dump::write_dump(&back.tree);
+        let text = dump::dump_to_vec(&back.tree);
         let reparsed = dump::parse(&text).unwrap();
         let again = writer::write_image(
             &reparsed,

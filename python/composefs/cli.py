@@ -9,18 +9,19 @@ import sys
 import click
 
 from . import __version__
-from .errors import CfsError, describe_oserror
+from .errors import CfsError, describe_oserror, printable
 
 
 def fail(err: CfsError, code: int = 1) -> None:
-    # Paths may be any bytes (os.fsdecode form): write them back as the same bytes.
-    text = f"cfsctl: error: {err}"
+    # Names and paths may hold any bytes, escape sequences and newlines included: the message
+    # reaches the terminal escaped, on one line.
+    text = f"cfsctl: error: {printable(str(err))}"
     buffer = getattr(sys.stderr, "buffer", None)
     if buffer is None:
         click.echo(text, err=True)
     else:
         sys.stderr.flush()
-        buffer.write(text.encode(sys.getfilesystemencoding(), "surrogateescape") + b"\n")
+        buffer.write(text.encode("utf-8", "backslashreplace") + b"\n")
         buffer.flush()
     sys.exit(code)
 

@@ -24,6 +24,14 @@ def _out(data: bytes) -> None:
     out.flush()
 
 
+def _stream(fn, path) -> None:
+    """Have the Rust core write ``fn``'s output for the image straight to standard output as it
+    walks the tree (memory independent of the output's size)."""
+    out = click.get_binary_stream("stdout")
+    out.flush()
+    _call(lambda p: fn(p, out.fileno()), path)
+
+
 def _objects(images, basedir: str | None, missing: bool) -> list[bytes]:
     objs: set[bytes] = set()
     for img in images:
@@ -56,7 +64,7 @@ def info():
 def ls(images):
     """List every path; directories end in '/', symlinks show '-> TARGET', files '@ OBJECT'."""
     for img in images:
-        _out(_call(_native.image_ls, img))
+        _stream(_native.image_ls, img)
 
 
 @info.command("dump")
@@ -64,7 +72,7 @@ def ls(images):
 def dump(images):
     """Print the tree in composefs-dump(5) format (feed it to 'cfsctl build --from-dump')."""
     for img in images:
-        _out(_call(_native.image_to_dump, img))
+        _stream(_native.image_to_dump, img)
 
 
 @info.command("objects")

@@ -66,7 +66,8 @@ def mount_cmd(image, mountpoint, basedirs, repo_path, digest, verity_check, back
     EROFS from a file) clears itself when the mount goes.
     """
     basedirs = list(basedirs)
-    if not os.path.exists(image) and not basedirs and "/" not in image:
+    from_repo = not os.path.exists(image) and not basedirs and "/" not in image
+    if from_repo:
         from .repository import Repository, default_path, verified_image_for_mount
 
         repo = Repository.open(repo_path or default_path())
@@ -91,7 +92,7 @@ def mount_cmd(image, mountpoint, basedirs, repo_path, digest, verity_check, back
     req = MountRequest(image=image, mountpoint=mountpoint, basedirs=[ObjectDir(b) for b in basedirs],
                        digest=digest, verity_check=verity_check, backend=backend, upperdir=upperdir,
                        workdir=workdir, attrs=parse_attr_list(attrs), erofs_source=erofs_source,
-                       mount_api=mount_api)
+                       mount_api=mount_api, image_nofollow=from_repo)
     result = mount_image(req)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))

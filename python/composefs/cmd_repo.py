@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from .errors import CfsError
+from .errors import CfsError, printable
 from .repository import Repository, default_path
 
 repo_option = click.option(
@@ -98,10 +98,14 @@ def images_cmd(repo_path, as_json):
         return
     click.echo(f"{'NAME':<24} {'DIGEST':<14} {'ENTRIES':>8} {'BYTES':>11} {'UNIQUE':>11} {'SHARED':>11}")
     for i in imgs:
+        name = printable(i["name"])
         if i.get("missing"):
-            click.echo(f"{i['name']:<24} {i['digest'][:12]:<14} (image file missing)")
+            click.echo(f"{name:<24} {printable(i['digest'][:12]):<14} (image file missing)")
             continue
-        click.echo(f"{i['name']:<24} {i['digest'][:12]:<14} {i['entries']:>8} {_human(i['bytes']):>11} "
+        if "unreadable" in i:
+            click.echo(f"{name:<24} {printable(i['digest'][:12]):<14} (unreadable: {printable(i['unreadable'])})")
+            continue
+        click.echo(f"{name:<24} {i['digest'][:12]:<14} {i['entries']:>8} {_human(i['bytes']):>11} "
                    f"{_human(i['unique_bytes']):>11} {_human(i['shared_bytes']):>11}")
 
 
@@ -131,6 +135,14 @@ def gc_cmd(dry_run, repo_path, as_json):
     if as_json:
         click.echo(json.dumps(r, indent=2))
         return
+    for p in r["skipped"]:
+        click.echo(f"cfsctl: warning: skipped {printable(p['path'])}: {printable(p['message'])}", err=True)
+    if r["images_kept"]:
+        click.echo("cfsctl: warning: no image removed: a ref could not be read, so which images are named is "
+                   "unknown (see 'cfsctl fsck')", err=True)
+    if r["objects_kept"]:
+        click.echo("cfsctl: warning: no object removed: a named image could not be read, so the objects it "
+                   "needs are unknown (see 'cfsctl fsck')", err=True)
     verb = "would remove" if dry_run else "removed"
     click.echo(f"{verb} {len(r['images_removed'])} images and {r['objects_removed']} objects, "
                f"{_human(r['bytes_freed'])}")
@@ -152,7 +164,7 @@ def fsck_cmd(repo_path, as_json):
         click.echo(json.dumps(r, indent=2))
     else:
         for p in r["problems"]:
-            click.echo(f"cfsctl: {p['kind']}: {p['path']}: {p['message']}", err=True)
+            click.echo(f"cfsctl: {p['kind']}: {printable(p['path'])}: {printable(p['message'])}", err=True)
         click.echo(f"checked {r['objects']} objects and {r['images']} images: "
                    f"{len(r['problems'])} problems")
     if r["problems"]:

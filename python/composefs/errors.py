@@ -17,6 +17,28 @@ class CfsError(Exception):
         return f"{self.path}: {self.message}" if self.path else self.message
 
 
+def printable(text: str) -> str:
+    """``text`` made safe for a terminal: every character that is not printable (control
+    characters such as ESC and newline, format characters, the surrogate escapes that stand for
+    non-UTF-8 path bytes) is written as a backslash escape (``\\x1b``, ``\\n``, ``\\udc80`` becomes
+    ``\\x80``). The one escaping used for everything the CLI says about names and paths."""
+    if text.isprintable():
+        return text
+    out = []
+    for c in text:
+        if c.isprintable():
+            out.append(c)
+        elif c in "\n\t\r":
+            out.append({"\n": "\\n", "\t": "\\t", "\r": "\\r"}[c])
+        elif 0xDC80 <= ord(c) <= 0xDCFF:  # os.fsdecode's stand-in for an undecodable byte
+            out.append(f"\\x{ord(c) - 0xDC00:02x}")
+        elif ord(c) < 0x100:
+            out.append(f"\\x{ord(c):02x}")
+        else:
+            out.append(f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}")
+    return "".join(out)
+
+
 def describe_oserror(err: OSError) -> CfsError:
     """Turn an OSError (from Python or from the Rust core) into a CfsError naming its path."""
     what = err.strerror or str(err)

@@ -101,6 +101,8 @@ class MountRequest:
     # mixed: EROFS by fsmount, overlay by mount(2) with lowerdir=/proc/self/fd/N::... (6.5, 6.6);
     # legacy: mount(2) only, EROFS on a temporary mount point (kernels before 5.2).
     mount_api: str = "auto"  # auto | new | new-paths | mixed | legacy
+    # A repository's image is a file it made: a symlink there is refused, never followed.
+    image_nofollow: bool = False
 
     @property
     def writable(self) -> bool:
@@ -198,12 +200,14 @@ def _check_dir(path: str, what: str) -> str:
     return os.path.abspath(path)
 
 
-def _open_image(path: str) -> int:
+def _open_image(path: str, nofollow: bool = False) -> int:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (os.O_NOFOLLOW if nofollow else 0))
     except FileNotFoundError:
         raise MountError("image does not exist", path) from None
     except OSError as e:
+        if e.errno == errno.ELOOP and nofollow:
+            raise MountError("refused: image is a symlink (never followed)", path) from None
         raise MountError(f"cannot open image: {e.strerror}", path) from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
@@ -275,7 +279,7 @@ def mount_image(req: MountRequest) -> MountResult:
             raise MountError("the composefs kernel module mounts read-only; --upperdir needs --backend overlay")
     level = req.effective_verity_check()
     image = os.path.abspath(req.image)
-    imgfd = _open_image(image)
+    imgfd = _open_image(image, req.image_nofollow)
     try:
         if req.digest:
             got = measure_image_digest(imgfd, image)

@@ -166,9 +166,11 @@ def pick_manifest(index: dict, plat: Platform, what: str) -> Descriptor:
 
 
 class Source:
-    """Where an image's blobs come from. ``label`` names it in messages."""
+    """Where an image's blobs come from. ``label`` names it in messages, ``top_name`` the
+    top-level document."""
 
     label: str
+    top_name = "index.json"
 
     def top(self) -> tuple[bytes, Descriptor | None]:
         """The top-level document (an index or a manifest) and, when something outside it names
@@ -400,9 +402,11 @@ def resolve(src: Source, plat: Platform) -> Resolved:
     data, desc = src.top()
     if desc is not None:
         check_bytes(data, desc, "manifest")
-    what = "index.json" if desc is None else "manifest"
+    what = src.top_name if desc is None else "manifest"
     doc = parse_json(data, what)
     for _ in range(MAX_INDEX_DEPTH + 1):
+        if doc.get("schemaVersion") != 2:
+            raise ImageError(f"{what}: schemaVersion {doc.get('schemaVersion')!r} is not supported (only 2)")
         mt = doc.get("mediaType", "")
         if "manifests" in doc or mt in INDEX_TYPES:
             pick = pick_manifest(doc, plat, what)
@@ -474,7 +478,7 @@ class _Counted:
 
 def layer_record_path(repo, diff_id: str) -> str:
     alg, _, hexd = _native.oci_check_digest(diff_id).partition(":")
-    return os.path.join(repo.path, "layers", f"{alg}-{hexd}")
+    return os.path.join(repo.layers_dir, f"{alg}-{hexd}")
 
 
 def _cached_layer(repo, diff_id: str):
@@ -510,7 +514,9 @@ def import_resolved(repo, src: Source, res: Resolved, name: str, ref_label: str,
     from .repository import check_name
 
     check_name(name)
-    os.makedirs(os.path.join(repo.path, "layers"), mode=0o755, exist_ok=True)
+    if not os.path.isdir(repo.layers_dir):
+        os.makedirs(repo.layers_dir, exist_ok=True)
+        os.chmod(repo.layers_dir, 0o755)  # whatever the umask, as every repository directory
     n = len(res.layers)
     layers: list = [None] * n
     fetched = [False] * n

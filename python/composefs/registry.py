@@ -167,6 +167,8 @@ class Connections:
 
 
 class Registry(Source):
+    top_name = "manifest"
+
     def __init__(self, ref: Reference, tls_verify: bool = True, authfile: str | None = None,
                  timeout: float = TIMEOUT):
         self.ref = ref
@@ -314,11 +316,18 @@ class Registry(Source):
                 resp.close()
                 raise ImageError(f"manifest: {length} bytes is over the limit of {MAX_SMALL}")
             data = _read_all(resp, MAX_SMALL, "manifest")
-            return data, (resp.getheader("Content-Type") or "").split(";")[0].strip()
+            return (data, (resp.getheader("Content-Type") or "").split(";")[0].strip(),
+                    resp.getheader("Docker-Content-Digest"))
 
-        data, media_type = retrying(get, "manifest")
+        data, media_type, said = retrying(get, "manifest")
         if self.ref.digest:
             return data, Descriptor(media_type, self.ref.digest, len(data))
+        if said and said.startswith("sha256:"):
+            # By tag, the registry's word for the digest is all there is to check against.
+            try:
+                return data, Descriptor(media_type, _native.oci_check_digest(said.strip()), len(data))
+            except ValueError:
+                raise ImageError(f"manifest: the registry sent an invalid digest header {said[:80]!r}") from None
         return data, None
 
     def read_blob(self, desc: Descriptor, limit: int, what: str) -> bytes:
@@ -344,17 +353,14 @@ class Registry(Source):
 
 
 class _Body:
-    """A response body as a stream whose network errors are :class:`Transient`."""
+    """A response body as a stream whose network errors, and an end before the length the
+    server announced, are :class:`Transient`."""
 
     def __init__(self, resp: http.client.HTTPResponse, reg: Registry, what: str):
         self.resp, self.reg, self.what = resp, reg, what
 
     def read(self, n: int) -> bytes:
-        try:
-            return self.resp.read(n)
-        except (OSError, http.client.HTTPException) as e:
-            self.resp.close()
-            raise Transient(f"blob {self.what}: {_oserr(e)}") from None
+        return read_body(self.resp, n, f"blob {self.what}")
 
     def __enter__(self):
         return self
@@ -366,9 +372,25 @@ class _Body:
         return False
 
 
+def read_body(resp: http.client.HTTPResponse, n: int, what: str) -> bytes:
+    """``resp.read(n)``; a connection that ends early is Transient, not a short body."""
+    try:
+        data = resp.read(n)
+    except (OSError, http.client.HTTPException) as e:
+        resp.close()
+        raise Transient(f"{what}: {_oserr(e)}") from None
+    if not data and n and resp.length:
+        resp.close()
+        raise Transient(f"{what}: connection closed {resp.length} bytes before the end of the data")
+    return data
+
+
 def _read_all(resp: http.client.HTTPResponse, limit: int, what: str) -> bytes:
     try:
         data = resp.read(limit + 1)
+        if resp.length:
+            resp.close()
+            raise Transient(f"{what}: connection closed {resp.length} bytes before the end of the data")
         if len(data) > limit:
             resp.close()
             raise ImageError(f"{what}: more than {limit} bytes")

@@ -28,7 +28,7 @@ import urllib.parse
 from . import _native
 from .errors import CfsError
 from .oci import Counter, Transient, _Counted, _wait
-from .registry import MAX_REDIRECTS, TIMEOUT, Connections, _oserr, retrying
+from .registry import MAX_REDIRECTS, TIMEOUT, Connections, _oserr, read_body, retrying
 
 MAX_IMAGE = 256 << 20
 JOBS = 16
@@ -98,10 +98,10 @@ class _Body:
 
     def read(self, n: int) -> bytes:
         try:
-            return self.resp.read(n)
-        except (OSError, http.client.HTTPException) as e:
+            return read_body(self.resp, n, self.what)
+        except Transient:
             self.conns.drop(self.u.scheme, self.u.netloc)
-            raise Transient(f"{self.what}: {_oserr(e)}") from None
+            raise
 
     def __enter__(self):
         return self

@@ -22,6 +22,16 @@ temporaries) are removed by the next command that opens the repository.
 Mounting by name or digest verifies the image's digest: with fs-verity on the image file the
 kernel measures it; without fs-verity the digest is computed in software from the file and
 compared before mounting.
+
+Names (refs) are checked once, by :func:`check_name`: 1 to ``NAME_MAX`` characters from
+``A-Za-z0-9._:@+=-``, not starting with ``.``, ``-`` or ``sha256:``, never containing ``.tmp``
+(reserved for temporaries, which are swept) and never shaped like an image digest (6 to 64 hex
+digits): a digest or digest prefix always means the image itself, never a ref.
+
+Trust and modes: directories are created 0755 and files 0644 whatever the umask. Only the
+repository's owner (the owner of its directory) and root may have made what is in it: a ref,
+image, object or directory that is not a plain file (or directory) owned by one of them is
+refused and never followed, by import, mount and fsck alike; fsck also reports stray entries.
 """
 
 from __future__ import annotations
@@ -34,8 +44,9 @@ import json
 import os
 import re
 import shutil
-import time
+import stat
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -47,7 +58,18 @@ from .fsverity import digest_files
 FORMAT = "composefs-repository"
 VERSION = 1
 DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._:@+=-]{0,254}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._:@+=-]*$")
+# A file name has 255 bytes; refs/NAME.tmp-<pid>-<counter> must fit, with room to spare.
+NAME_MAX = 200
+# What resolve() takes for a digest: a full digest or a prefix of one, with or without "sha256:".
+DIGESTISH_RE = re.compile(r"^(sha256:)?[0-9a-f]{6,64}$", re.IGNORECASE)
+# Temporaries of _write_atomic (NAME.tmp-<pid>-<n>) and of the Rust image writer
+# (.NAME.tmp<pid>-<nonce>-<n>), the only names holding ".tmp".
+TMP_RE = re.compile(r"\.tmp-(\d+)-\d+$|\.tmp(\d+)-\d+-\d+$")
+DIR_MODE = 0o755
+FILE_MODE = 0o644
+# meta.json and refs are a line or two; anything longer is not ours.
+SMALL_FILE_MAX = 64 * 1024
 _counter = itertools.count()
 
 
@@ -62,10 +84,65 @@ def default_path() -> str:
     return os.path.join(base, "composefs")
 
 
-def check_name(name: str) -> str:
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be an image name, or None (the rule: see the module comment)."""
     if not NAME_RE.match(name):
-        raise CfsError(f"invalid image name {name!r} (letters, digits and ._:@+=- ; not starting with '.')")
+        return "letters, digits and ._:@+=- only, not starting with '.' or '-'"
+    if len(name) > NAME_MAX:
+        return f"{len(name)} characters, at most {NAME_MAX} are allowed"
+    if ".tmp" in name:
+        return "'.tmp' is reserved for temporary files"
+    if DIGESTISH_RE.match(name) or name.lower().startswith("sha256:"):
+        return "shaped like an image digest, which always names the image itself"
+    return None
+
+
+def check_name(name: str) -> str:
+    why = name_problem(name)
+    if why:
+        raise CfsError(f"invalid image name {name!r}: {why}")
     return name
+
+
+def _make_dir(path: str) -> None:
+    """mkdir with mode 0755 whatever the umask; an existing directory is left as it is."""
+    try:
+        os.mkdir(path, DIR_MODE)
+    except FileExistsError:
+        return
+    os.chmod(path, DIR_MODE)
+
+
+def _open_plain(path: str, trusted: tuple[int, ...], what: str) -> int:
+    """Open ``path`` read-only if it is a regular file owned by a trusted uid; never follows a
+    symlink, never blocks on a FIFO. Raises CfsError naming the path otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise CfsError(f"refused: {what} is a symlink (never followed)", path) from None
+        raise
+    st = os.fstat(fd)
+    why = None
+    if not stat.S_ISREG(st.st_mode):
+        why = f"{what} is not a regular file"
+    elif st.st_uid not in trusted:
+        why = f"{what} is owned by uid {st.st_uid}, not by the repository's owner"
+    if why:
+        os.close(fd)
+        raise CfsError(f"refused: {why}", path)
+    return fd
+
+
+def _read_plain(path: str, trusted: tuple[int, ...], what: str) -> bytes:
+    fd = _open_plain(path, trusted, what)
+    try:
+        data = os.pread(fd, SMALL_FILE_MAX + 1, 0)
+    finally:
+        os.close(fd)
+    if len(data) > SMALL_FILE_MAX:
+        raise CfsError(f"{what} is larger than {SMALL_FILE_MAX} bytes", path)
+    return data
 
 
 def _pid_alive(pid: int) -> bool:
@@ -80,10 +157,17 @@ def _pid_alive(pid: int) -> bool:
 
 def _write_atomic(path: str, data: bytes) -> None:
     tmp = f"{path}.tmp-{os.getpid()}-{next(_counter)}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        with open(fd, "wb", closefd=False) as f:
+            f.write(data)
+        os.fsync(fd)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    finally:
+        os.close(fd)
     os.rename(tmp, path)
 
 
@@ -103,7 +187,17 @@ class Repository:
         self.images_dir = os.path.join(self.path, "images")
         self.refs_dir = os.path.join(self.path, "refs")
         self.tmp_dir = os.path.join(self.path, "tmp")
+        # Records of verified container layers, by diff_id (composefs.oci keeps them).
+        self.layers_dir = os.path.join(self.path, "layers")
         self._lockfd: int | None = None
+        self._owner: int | None = None
+
+    @property
+    def trusted(self) -> tuple[int, ...]:
+        """The uids whose files the repository accepts: its owner's, and root's."""
+        if self._owner is None:
+            self._owner = os.stat(self.path).st_uid
+        return (self._owner, 0)
 
     # --- creation and opening ------------------------------------------------------------------
 
@@ -116,9 +210,15 @@ class Repository:
             return repo
         if os.path.exists(repo.path) and not os.path.isdir(repo.path):
             raise CfsError("exists and is not a directory", repo.path)
+        parent = os.path.dirname(repo.path)
+        os.makedirs(parent, exist_ok=True)
         for d in (repo.path, repo.objects, repo.images_dir, repo.refs_dir, repo.tmp_dir):
-            os.makedirs(d, exist_ok=True)
-        open(os.path.join(repo.path, "lock"), "a").close()
+            _make_dir(d)
+        repo.check_layout()
+        fd = os.open(os.path.join(repo.path, "lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     FILE_MODE)
+        os.fchmod(fd, FILE_MODE)
+        os.close(fd)
         _write_atomic(meta, json.dumps({"format": FORMAT, "version": VERSION}).encode() + b"\n")
         return repo
 
@@ -131,22 +231,37 @@ class Repository:
     def check_meta(self) -> None:
         meta = os.path.join(self.path, "meta.json")
         try:
-            with open(meta, "rb") as f:
-                m = json.load(f)
+            m = json.loads(_read_plain(meta, self.trusted, "repository metadata"))
         except FileNotFoundError:
             raise CfsError("not a composefs repository (no meta.json; run 'cfsctl init')", self.path) from None
         except ValueError:
             raise CfsError("repository metadata is not valid JSON", meta) from None
+        if not isinstance(m, dict):
+            raise CfsError("repository metadata is not a JSON object", meta)
         if m.get("format") != FORMAT:
             raise CfsError("not a composefs repository", meta)
         if m.get("version") != VERSION:
-            raise CfsError(f"repository version {m.get('version')} is not supported (this cfsctl: {VERSION})", meta)
+            raise CfsError(f"repository version {m.get('version')!r} is not supported (this cfsctl: {VERSION})", meta)
+        self.check_layout()
+
+    def check_layout(self) -> None:
+        """The repository's directories must be real directories of a trusted owner."""
+        for d in (self.objects, self.images_dir, self.refs_dir):
+            try:
+                st = os.lstat(d)
+            except FileNotFoundError:
+                raise CfsError("missing (a damaged repository)", d) from None
+            if not stat.S_ISDIR(st.st_mode):
+                raise CfsError("refused: not a directory (a symlink is never followed)", d)
+            if st.st_uid not in self.trusted:
+                raise CfsError(f"refused: owned by uid {st.st_uid}, not by the repository's owner", d)
 
     # --- locking and temporaries ---------------------------------------------------------------
 
     @contextlib.contextmanager
     def locked(self, exclusive: bool = False) -> Iterator["Repository"]:
-        fd = os.open(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             self._clean_temporaries()
@@ -157,25 +272,26 @@ class Repository:
     def _clean_temporaries(self) -> int:
         """Remove work directories and half-written files of processes that no longer exist."""
         removed = 0
-        os.makedirs(self.tmp_dir, exist_ok=True)
+        _make_dir(self.tmp_dir)
+        if not stat.S_ISDIR(os.lstat(self.tmp_dir).st_mode):
+            raise CfsError("refused: not a directory (a symlink is never followed)", self.tmp_dir)
         for entry in os.listdir(self.tmp_dir):
             pid = entry.split("-", 1)[0]
             if pid.isdigit() and not _pid_alive(int(pid)):
-                shutil.rmtree(os.path.join(self.tmp_dir, entry), ignore_errors=True)
+                _remove_entry(os.path.join(self.tmp_dir, entry))
                 removed += 1
         for d in (self.images_dir, self.refs_dir):
             for entry in os.listdir(d):
-                m = re.search(r"\.tmp-(\d+)-\d+$", entry) or re.search(r"\.tmp(\d+)-\d+-\d+$", entry)
-                if m and not _pid_alive(int(m.group(1))):
-                    p = os.path.join(d, entry)
-                    shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.unlink(p)
+                m = TMP_RE.search(entry)
+                if m and not _pid_alive(int(m.group(1) or m.group(2))):
+                    _remove_entry(os.path.join(d, entry))
                     removed += 1
         return removed
 
     @contextlib.contextmanager
     def workdir(self) -> Iterator[str]:
         d = os.path.join(self.tmp_dir, f"{os.getpid()}-{next(_counter)}-{time.monotonic_ns()}")
-        os.makedirs(d)
+        os.mkdir(d, 0o700)
         try:
             yield d
         finally:
@@ -186,17 +302,33 @@ class Repository:
     def image_path(self, digest: str) -> str:
         return os.path.join(self.images_dir, digest)
 
+    def open_image(self, digest: str) -> int:
+        """A read-only descriptor of the image file, refused unless it is a regular file of a
+        trusted owner (a symlink is never followed)."""
+        return _open_plain(self.image_path(digest), self.trusted, "image")
+
     def refs(self) -> dict[str, str]:
-        out = {}
+        """Every ref: name -> digest (refs that are refused are left out; see :meth:`scan_refs`)."""
+        return self.scan_refs()[0]
+
+    def scan_refs(self) -> tuple[dict[str, str], list[dict]]:
+        """(name -> digest for every ref, problems): every entry of refs/ but the temporaries of
+        running writes is a ref, whatever its name (names from before the name rule included);
+        one that is not a plain file of a trusted owner is a problem and is not read."""
+        out, problems = {}, []
         for name in sorted(os.listdir(self.refs_dir)):
-            if not NAME_RE.match(name) or ".tmp-" in name:
+            if TMP_RE.search(name):
                 continue
+            p = os.path.join(self.refs_dir, name)
             try:
-                with open(os.path.join(self.refs_dir, name)) as f:
-                    out[name] = f.read().strip()
+                data = _read_plain(p, self.trusted, "ref")
             except FileNotFoundError:
                 continue
-        return out
+            except CfsError as e:
+                problems.append({"kind": "ref-refused", "path": p, "message": e.message})
+                continue
+            out[name] = data.decode("utf-8", "replace").strip()
+        return out, problems
 
     def set_ref(self, name: str, digest: str) -> None:
         _write_atomic(os.path.join(self.refs_dir, check_name(name)), digest.encode() + b"\n")
@@ -205,12 +337,14 @@ class Repository:
         return sorted(e for e in os.listdir(self.images_dir) if DIGEST_RE.match(e))
 
     def resolve(self, name_or_digest: str) -> str:
-        """The digest of an image given by ref name, full digest or a unique digest prefix."""
-        refs = self.refs()
-        if name_or_digest in refs:
-            return refs[name_or_digest]
-        d = name_or_digest.lower().removeprefix("sha256:")
-        if re.fullmatch(r"[0-9a-f]{6,64}", d):
+        """The digest of an image given by ref name, full digest or a unique digest prefix. A
+        digest (or prefix) is looked up among the images only, never through a ref."""
+        if not DIGESTISH_RE.match(name_or_digest):
+            refs = self.refs()
+            if name_or_digest in refs:
+                return refs[name_or_digest]
+        else:
+            d = name_or_digest.lower().removeprefix("sha256:")
             hits = [x for x in self.image_digests() if x.startswith(d)]
             if len(hits) == 1:
                 return hits[0]
@@ -226,10 +360,9 @@ class Repository:
         if extra:
             oci = final + ".oci"
             staged = os.path.join(work, "oci")
-            os.makedirs(staged, exist_ok=True)
+            _make_dir(staged)
             for fname, data in extra.items():
-                with open(os.path.join(staged, fname), "wb") as f:
-                    f.write(data)
+                _write_atomic(os.path.join(staged, fname), data)
             if not os.path.isdir(oci):
                 try:
                     os.rename(staged, oci)
@@ -238,6 +371,7 @@ class Repository:
                         raise
         _write_atomic(final + ".json", json.dumps(info, indent=1).encode() + b"\n")
         with open(tmp_image, "rb") as f:
+            os.fchmod(f.fileno(), FILE_MODE)
             os.fsync(f.fileno())
             _enable_verity(f.fileno())
         os.rename(tmp_image, final)  # same digest, same bytes: replacing is harmless
@@ -278,20 +412,46 @@ class Repository:
     # --- reading -------------------------------------------------------------------------------
 
     def image_objects(self, digest: str) -> list[str]:
-        return [o.decode() for o in _native.image_objects(self.image_path(digest))]
+        """The objects an image uses. CfsError when the image cannot be read (refused, missing,
+        not an image), naming the image file."""
+        path = self.image_path(digest)
+        try:
+            fd = self.open_image(digest)
+        except FileNotFoundError:
+            raise CfsError("image file missing", path) from None
+        try:
+            return [o.decode() for o in _native.image_objects(fd)]
+        except _native.FormatError as e:
+            raise CfsError(str(e), path) from None
+        except OSError as e:
+            raise CfsError(e.strerror or str(e), path) from None
+        finally:
+            os.close(fd)
 
     def image_entries(self, digest: str) -> int:
         try:
-            with open(self.image_path(digest) + ".json") as f:
-                return int(json.load(f)["entries"])
-        except (OSError, ValueError, KeyError):
-            return _count_entries(self.image_path(digest))
+            info = json.loads(_read_plain(self.image_path(digest) + ".json", self.trusted, "image metadata"))
+            return int(info["entries"])
+        except (OSError, ValueError, KeyError, TypeError, CfsError):
+            fd = self.open_image(digest)
+            try:
+                return _native.image_count_paths(fd)
+            finally:
+                os.close(fd)
 
     def list_images(self) -> list[dict]:
         """One dict per ref: name, digest, entries, bytes (objects), unique_bytes, shared_bytes."""
         refs = self.refs()
         live = sorted(set(refs.values()))
-        objs = {d: set(self.image_objects(d)) for d in live if os.path.exists(self.image_path(d))}
+        objs: dict[str, set[str]] = {}
+        unreadable: dict[str, str] = {}
+        for d in live:
+            if not DIGEST_RE.match(d) or not os.path.lexists(self.image_path(d)):
+                continue
+            try:
+                objs[d] = set(self.image_objects(d))
+            except CfsError as e:
+                unreadable[d] = e.message
         users: dict[str, int] = {}
         for s in objs.values():
             for o in s:
@@ -304,84 +464,192 @@ class Repository:
                 sizes[o] = 0
         out = []
         for name, d in refs.items():
+            if d in unreadable:
+                out.append({"name": name, "digest": d, "unreadable": unreadable[d]})
+                continue
             if d not in objs:
                 out.append({"name": name, "digest": d, "missing": True})
                 continue
             total = sum(sizes[o] for o in objs[d])
             unique = sum(sizes[o] for o in objs[d] if users[o] == 1)
-            out.append({"name": name, "digest": d, "entries": self.image_entries(d),
+            try:
+                entries = self.image_entries(d)
+            except (CfsError, OSError, _native.FormatError) as e:
+                out.append({"name": name, "digest": d, "unreadable": str(e)})
+                continue
+            out.append({"name": name, "digest": d, "entries": entries,
                         "image_bytes": os.stat(self.image_path(d)).st_size, "objects": len(objs[d]),
                         "bytes": total, "unique_bytes": unique, "shared_bytes": total - unique})
         return out
 
     # --- removing ------------------------------------------------------------------------------
 
-    def remove_ref(self, name: str) -> str:
+    def remove_ref(self, name: str) -> str | None:
+        """Unlink ref ``name``; returns the digest it named (None for a ref that was refused,
+        e.g. a symlink, which is removed without being followed)."""
         refs = self.refs()
-        if name not in refs:
+        p = os.path.join(self.refs_dir, name)
+        plain = name not in ("", ".", "..") and "/" not in name and "\0" not in name
+        if name not in refs and not (plain and os.path.lexists(p) and not stat.S_ISDIR(os.lstat(p).st_mode)):
             raise CfsError(f"no image named {name!r} in repository {self.path}")
-        os.unlink(os.path.join(self.refs_dir, name))
-        return refs[name]
+        os.unlink(p)
+        return refs.get(name)
 
     def gc(self, dry_run: bool = False) -> dict:
-        """Remove images no ref names and objects no remaining image uses (exclusive lock held)."""
-        live = set(self.refs().values())
+        """Remove images no ref names and objects no remaining image uses (exclusive lock held).
+
+        What cannot be read is skipped and listed under ``skipped``, and gc keeps what it then
+        cannot know to be unused: a ref that cannot be read (refused, too long) might name any
+        image, so every image is kept; a named image that cannot be read (corrupt, refused) is
+        kept, and then no object is removed, since which objects it needs is unknown.
+        """
+        refs, skipped = self.scan_refs()
+        live = set(refs.values())
+        images_kept = bool(skipped)
+        if images_kept:
+            live.update(self.image_digests())
         dead_images = [d for d in self.image_digests() if d not in live]
         needed: set[str] = set()
-        for d in live:
-            if os.path.exists(self.image_path(d)):
+        unknown_needs = False
+        for d in sorted(live):
+            if not DIGEST_RE.match(d) or not os.path.lexists(self.image_path(d)):
+                continue
+            try:
                 needed.update(self.image_objects(d))
+            except CfsError as e:
+                skipped.append({"kind": "image-unreadable", "path": e.path, "message": e.message})
+                unknown_needs = True
         freed = 0
         # Images first, then objects: a gc killed half-way leaves only unused objects behind,
         # never an image whose objects are gone.
-        for d in dead_images:
+        for d in list(dead_images):
             p = self.image_path(d)
-            freed += os.lstat(p).st_size
+            st = os.lstat(p)
+            if stat.S_ISDIR(st.st_mode):
+                skipped.append({"kind": "stray", "path": p, "message": "a directory, not an image: left alone"})
+                dead_images.remove(d)
+                continue
+            freed += st.st_size
             if not dry_run:
                 os.unlink(p)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(p + ".json")
-                shutil.rmtree(p + ".oci", ignore_errors=True)
+                _remove_entry(p + ".oci")
         dead_objects = []
-        for sub in sorted(os.listdir(self.objects)):
-            subdir = os.path.join(self.objects, sub)
-            if len(sub) != 2 or not os.path.isdir(subdir):
-                continue
-            for e in os.listdir(subdir):
-                rel = f"{sub}/{e}"
-                if e.startswith("."):
+        for sub, subdir, entries in ([] if unknown_needs else self._object_dirs()):
+            for e in entries:
+                rel = f"{sub}/{e.name}"
+                if e.name.startswith(".") or rel in needed:
                     continue
-                if rel not in needed:
-                    p = os.path.join(subdir, e)
-                    freed += os.lstat(p).st_size
-                    dead_objects.append(rel)
-                    if not dry_run:
-                        os.unlink(p)
+                st = e.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    skipped.append({"kind": "stray", "path": e.path, "message": "a directory, not an object: left alone"})
+                    continue
+                freed += st.st_size
+                dead_objects.append(rel)
+                if not dry_run:
+                    os.unlink(os.path.join(subdir, e.name))
         # side files whose image is gone
         if not dry_run:
             for e in os.listdir(self.images_dir):
                 base = e.split(".", 1)[0]
-                if DIGEST_RE.match(base) and e != base and base not in live:
-                    p = os.path.join(self.images_dir, e)
-                    shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.unlink(p)
+                if DIGEST_RE.match(base) and e != base and base not in live and not TMP_RE.search(e):
+                    _remove_entry(os.path.join(self.images_dir, e))
+        layers_removed = self._gc_layer_records(live, dry_run, skipped)
         return {"dry_run": dry_run, "images_removed": dead_images, "objects_removed": len(dead_objects),
-                "bytes_freed": freed}
+                "bytes_freed": freed, "images_kept": images_kept, "objects_kept": unknown_needs,
+                "layers_removed": layers_removed, "skipped": skipped}
+
+    def _gc_layer_records(self, live: set[str], dry_run: bool, skipped: list[dict]) -> int:
+        """Remove the layer records no remaining container image lists in its config (they only
+        save a later pull the download). If a config cannot be read, every record is kept."""
+        wanted: set[str] = set()
+        for d in live:
+            cfg = os.path.join(self.image_path(d) + ".oci", "config.json")
+            try:
+                fd = os.open(cfg, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                skipped.append({"kind": "config-unreadable", "path": cfg, "message": e.strerror or str(e)})
+                return 0
+            try:
+                with os.fdopen(fd, "rb") as f:
+                    doc = json.loads(f.read(8 << 20))
+                ids = doc["rootfs"]["diff_ids"]
+                wanted.update(i.replace(":", "-", 1) for i in ids if isinstance(i, str))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                skipped.append({"kind": "config-unreadable", "path": cfg, "message": "not an image config"})
+                return 0
+        removed = 0
+        with contextlib.suppress(FileNotFoundError):
+            for e in os.listdir(self.layers_dir):
+                if e in wanted or not re.fullmatch(r"sha(256|512)-[0-9a-f]+|\..*\.tmp.*", e):
+                    continue
+                removed += 1
+                if not dry_run:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(self.layers_dir, e))
+        return removed
+
+    def _object_dirs(self, problems: list[dict] | None = None) -> Iterator[tuple[str, str, list[os.DirEntry]]]:
+        """(XX, path, entries) of each object directory, in order. Entries of objects/ that are
+        not such a directory (a symlink, a stray file, a foreign owner) are never entered; with
+        ``problems`` given they are reported there."""
+        def report(kind, path, message):
+            if problems is not None:
+                problems.append({"kind": kind, "path": path, "message": message})
+
+        for top in sorted(os.scandir(self.objects), key=lambda e: e.name):
+            path = top.path
+            if top.name.startswith(".tmp-"):
+                continue  # the object store's temporaries (removed once their writer is gone)
+            st = top.stat(follow_symlinks=False)
+            if not re.fullmatch(r"[0-9a-f]{2}", top.name):
+                report("stray", path, "not an object directory (objects/ holds only 00..ff)")
+            elif not stat.S_ISDIR(st.st_mode):
+                report("object-dir-refused", path, "not a directory (a symlink is never followed)")
+            elif st.st_uid not in self.trusted:
+                report("object-dir-refused", path, f"owned by uid {st.st_uid}, not by the repository's owner")
+            else:
+                if st.st_mode & 0o022:
+                    report("mode", path, _OPEN_MODE)
+                yield top.name, path, sorted(os.scandir(path), key=lambda e: e.name)
 
     # --- checking ------------------------------------------------------------------------------
 
     def fsck(self, threads: int | None = None) -> dict:
         problems: list[dict] = []
         paths, names = [], []
-        for sub in sorted(os.listdir(self.objects)):
-            subdir = os.path.join(self.objects, sub)
-            if not os.path.isdir(subdir):
-                continue
-            for e in sorted(os.listdir(subdir)):
-                if e.startswith("."):
-                    continue
-                paths.append(os.path.join(subdir, e))
-                names.append(sub + e)
-        images = self.image_digests()
+        for sub, subdir, entries in self._object_dirs(problems):
+            for e in entries:
+                p = e.path
+                st = e.stat(follow_symlinks=False)
+                if not re.fullmatch(r"[0-9a-f]{62}", e.name):
+                    if not e.name.startswith(".tmp-"):
+                        problems.append({"kind": "stray", "path": p, "message": "not named by an object digest"})
+                elif not stat.S_ISREG(st.st_mode):
+                    problems.append({"kind": "object-refused", "path": p,
+                                     "message": "not a regular file (a symlink is never followed)"})
+                elif st.st_uid not in self.trusted:
+                    problems.append({"kind": "object-refused", "path": p,
+                                     "message": f"owned by uid {st.st_uid}, not by the repository's owner"})
+                else:
+                    paths.append(p)
+                    names.append(sub + e.name)
+        images = []
+        for d in self.image_digests():
+            p = self.image_path(d)
+            st = os.lstat(p)
+            if not stat.S_ISREG(st.st_mode):
+                problems.append({"kind": "image-refused", "path": p,
+                                 "message": "not a regular file (a symlink is never followed)"})
+            elif st.st_uid not in self.trusted:
+                problems.append({"kind": "image-refused", "path": p,
+                                 "message": f"owned by uid {st.st_uid}, not by the repository's owner"})
+            else:
+                images.append(d)
+        problems.extend(self._strays())
         results = digest_files(paths + [self.image_path(d) for d in images], threads=threads)
         for p, n, r in zip(paths, names, results):
             if isinstance(r, OSError):
@@ -400,18 +668,50 @@ class Repository:
                 continue
             try:
                 objs = self.image_objects(d)
-            except (_native.FormatError, OSError) as e:
-                problems.append({"kind": "image-unreadable", "path": p, "message": str(e)})
+            except CfsError as e:
+                problems.append({"kind": "image-unreadable", "path": p, "message": e.message})
                 continue
             missing = [o for o in objs if o not in have]
             if missing:
                 problems.append({"kind": "objects-missing", "path": p,
                                  "message": f"{len(missing)} of {len(objs)} objects missing, e.g. {missing[0]}"})
-        for name, d in self.refs().items():
+        refs, ref_problems = self.scan_refs()
+        problems.extend(ref_problems)
+        for name, d in refs.items():
+            p = os.path.join(self.refs_dir, name)
+            if name_problem(name):
+                problems.append({"kind": "ref-name", "path": p,
+                                 "message": f"name not allowed ({name_problem(name)}); rename it with "
+                                            "'cfsctl import' or remove it with 'cfsctl rm'"})
             if not DIGEST_RE.match(d) or d not in images:
-                problems.append({"kind": "ref-dangling", "path": os.path.join(self.refs_dir, name),
+                problems.append({"kind": "ref-dangling", "path": p,
                                  "message": f"names image {d!r}, which is not in the repository"})
         return {"objects": len(paths), "images": len(images), "problems": problems}
+
+    def _strays(self) -> list[dict]:
+        """Entries of the repository that nothing of ours creates (objects/ is checked apart)."""
+        out = []
+        for d in (self.path, self.objects, self.images_dir, self.refs_dir, self.tmp_dir):
+            with contextlib.suppress(FileNotFoundError):
+                if os.lstat(d).st_mode & 0o022:
+                    out.append({"kind": "mode", "path": d, "message": _OPEN_MODE})
+        known = {"meta.json", "lock", "objects", "images", "refs", "tmp", "layers"}
+        for e in sorted(os.listdir(self.path)):
+            if e not in known and not TMP_RE.search(e):
+                out.append({"kind": "stray", "path": os.path.join(self.path, e), "message": "unexpected entry"})
+        with contextlib.suppress(FileNotFoundError):
+            for e in sorted(os.listdir(self.layers_dir)):
+                if not re.fullmatch(r"sha(256|512)-[0-9a-f]{64}([0-9a-f]{64})?", e) and not TMP_RE.search(e):
+                    out.append({"kind": "stray", "path": os.path.join(self.layers_dir, e),
+                                "message": "not a layer record"})
+        for e in sorted(os.listdir(self.images_dir)):
+            if TMP_RE.search(e):
+                continue
+            m = re.fullmatch(r"([0-9a-f]{64})(\.json|\.oci)?", e)
+            if not m:
+                out.append({"kind": "stray", "path": os.path.join(self.images_dir, e),
+                            "message": "not an image, its metadata or its OCI files"})
+        return out
 
 
 FS_IOC_ENABLE_VERITY = 0x40806685
@@ -435,9 +735,26 @@ def _enable_verity(fd: int) -> bool:
         raise
 
 
+# What fsck says of a directory made under a lax umask by an older cfsctl.
+_OPEN_MODE = "writable by group or others (another user could plant entries): chmod go-w"
+
+
 def _count_entries(image: str) -> int:
     """Entries of an image (every path including the root)."""
-    return len(_native.image_to_dump(image).splitlines())
+    return _native.image_count_paths(image)
+
+
+def _remove_entry(path: str) -> None:
+    """Remove a file, symlink or directory tree; a symlink is removed, never followed."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def verified_image_for_mount(repo: Repository, name_or_digest: str) -> tuple[str, str | None]:
@@ -454,18 +771,20 @@ def verified_image_for_mount(repo: Repository, name_or_digest: str) -> tuple[str
 
     digest = repo.resolve(name_or_digest)
     path = repo.image_path(digest)
-    if not os.path.exists(path):
-        raise CfsError(f"image {digest} is named but its file is missing (run 'cfsctl fsck')", path)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fd = repo.open_image(digest)
+    except FileNotFoundError:
+        raise CfsError(f"image {digest} is named but its file is missing (run 'cfsctl fsck')", path) from None
     try:
         try:
             mountapi.measure_verity(fd)
             return path, digest
         except OSError:
             pass
+        # The descriptor checked above, not the path again.
+        got = digest_file(f"/proc/self/fd/{fd}").hex()
     finally:
         os.close(fd)
-    got = digest_file(path).hex()
     if got != digest:
         raise CfsError(f"image digest mismatch: named {digest}, content is {got} (run 'cfsctl fsck')", path)
     return path, None

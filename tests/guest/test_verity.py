@@ -12,16 +12,14 @@ from pathlib import Path
 import pytest
 
 import guestutil as g
+from cfsrun import CONFORMANCE
 
-CONFORMANCE = Path(__file__).resolve().parents[2] / ".." / "shared" / "conformance" / "fsverity.tsv"
 FS_IOC_GETFLAGS = 0x80086601
 FS_VERITY_FL = 0x00100000
 
 
 def conformance_rows() -> list[tuple[int, str, str]]:
-    if not CONFORMANCE.exists():
-        return []
-    with open(CONFORMANCE, newline="") as f:
+    with open(CONFORMANCE / "fsverity.tsv", newline="") as f:
         return [(int(r["size"]), r["fsverity_sha256_4096"], r["fsverity_sha512_4096"])
                 for r in csv.DictReader(f, delimiter="\t")]
 
@@ -69,7 +67,6 @@ def test_enable_is_refused_where_verity_is_not_supported(tmp_path: Path):
     assert inode_flags(f) & FS_VERITY_FL == 0
 
 
-@pytest.mark.skipif(not ROWS, reason=f"conformance data missing: {CONFORMANCE}")
 @pytest.mark.parametrize("alg", ["sha256", "sha512"])
 def test_kernel_digest_matches_conformance(verity_tmp: Path, alg: str):
     rows = [r for r in ROWS if r[0] <= GUEST_MAX_CONFORMANCE_SIZE]

@@ -8,6 +8,11 @@ use crate::tree::Tree;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
+use std::fs::File;
+use std::io::Write;
+use std::mem::ManuallyDrop;
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The summary of a built image shared by dump and directory builds: digest, version, size, entry
@@ -57,9 +62,70 @@ fn read_file(path: &Path) -> PyResult<Vec<u8>> {
     std::fs::read(path).map_err(|e| os_error(&e, Some(path)))
 }
 
-fn load_image(path: &Path) -> PyResult<reader::Loaded> {
-    let bytes = read_file(path)?;
-    reader::read_image(&bytes).map_err(read_err)
+/// Where an image is read from: a path (followed if a symlink: the caller named it), or a
+/// descriptor the caller opened (the repository opens its images itself, refusing symlinks).
+#[derive(FromPyObject)]
+enum ImageSource {
+    Fd(RawFd),
+    Path(PathBuf),
+}
+
+/// Borrow a caller's descriptor as a `File` that is never closed here.
+fn borrowed_file(fd: RawFd) -> ManuallyDrop<File> {
+    // SAFETY: the caller keeps `fd` open for the whole call; ManuallyDrop never closes it.
+    ManuallyDrop::new(unsafe { File::from_raw_fd(fd) })
+}
+
+/// The image's bytes: a regular file of bounded size (see `reader::read_image_file`).
+fn image_bytes(src: &ImageSource) -> PyResult<Vec<u8>> {
+    let (file, path): (ManuallyDrop<File>, Option<&Path>) = match src {
+        ImageSource::Fd(fd) => (borrowed_file(*fd), None),
+        ImageSource::Path(p) => {
+            // Non-blocking, so that a FIFO given as an image is refused instead of waited on.
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+                .open(p)
+                .map_err(|e| os_error(&e, Some(p)))?;
+            (ManuallyDrop::new(f), Some(p.as_path()))
+        }
+    };
+    let r = reader::read_image_file(&file);
+    if matches!(src, ImageSource::Path(_)) {
+        drop(ManuallyDrop::into_inner(file));
+    }
+    r.map_err(|e| os_error(&e, path))?.map_err(read_err)
+}
+
+fn load_image(src: &ImageSource) -> PyResult<reader::Loaded> {
+    reader::read_image(&image_bytes(src)?).map_err(read_err)
+}
+
+/// Run `emit` into the descriptor `fd` (buffered), or into a vector returned as bytes.
+fn emit_to<'py>(
+    py: Python<'py>,
+    out: Option<RawFd>,
+    emit: impl FnOnce(&mut dyn Write) -> PyResult<()> + Send,
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    match out {
+        Some(fd) => {
+            py.allow_threads(|| -> PyResult<()> {
+                let file = borrowed_file(fd);
+                let mut w = std::io::BufWriter::with_capacity(1 << 16, &*file);
+                emit(&mut w)?;
+                w.flush().map_err(|e| os_error(&e, None))
+            })?;
+            Ok(None)
+        }
+        None => {
+            let v = py.allow_threads(|| -> PyResult<Vec<u8>> {
+                let mut v = Vec::new();
+                emit(&mut v)?;
+                Ok(v)
+            })?;
+            Ok(Some(PyBytes::new(py, &v)))
+        }
+    }
 }
 
 /// The source of a dump: bytes, or a path to read.
@@ -122,32 +188,50 @@ fn build_from_dump<'py>(
     Ok(d)
 }
 
-/// The image's tree in composefs-dump(5) format.
+/// The image's tree in composefs-dump(5) format: written to the descriptor `out` as the tree is
+/// walked (returns None), or returned as bytes without `out`. `image` is a path or an open
+/// descriptor.
 #[pyfunction]
-fn image_to_dump<'py>(py: Python<'py>, image_path: PathBuf) -> PyResult<Bound<'py, PyBytes>> {
-    let out = py.allow_threads(|| -> PyResult<Vec<u8>> { Ok(dump::write_dump(&load_image(&image_path)?.tree)) })?;
-    Ok(PyBytes::new(py, &out))
+#[pyo3(signature = (image, out=None))]
+fn image_to_dump<'py>(
+    py: Python<'py>,
+    image: ImageSource,
+    out: Option<RawFd>,
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    emit_to(py, out, |w| {
+        let loaded = load_image(&image)?;
+        dump::write_dump(&loaded.tree, w).map_err(|e| os_error(&e, None))
+    })
 }
 
-/// `composefs-info ls` output for an image.
+/// `composefs-info ls` output for an image, written or returned as [`image_to_dump`] does.
 #[pyfunction]
-fn image_ls<'py>(py: Python<'py>, image_path: PathBuf) -> PyResult<Bound<'py, PyBytes>> {
-    let out = py.allow_threads(|| -> PyResult<Vec<u8>> { Ok(dump::write_ls(&load_image(&image_path)?.tree)) })?;
-    Ok(PyBytes::new(py, &out))
+#[pyo3(signature = (image, out=None))]
+fn image_ls<'py>(py: Python<'py>, image: ImageSource, out: Option<RawFd>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    emit_to(py, out, |w| {
+        let loaded = load_image(&image)?;
+        dump::write_ls(&loaded.tree, w).map_err(|e| os_error(&e, None))
+    })
+}
+
+/// The number of paths in an image, its root included (the lines of its dump).
+#[pyfunction]
+fn image_count_paths(py: Python<'_>, image: ImageSource) -> PyResult<u64> {
+    py.allow_threads(|| Ok(dump::count_paths(&load_image(&image)?.tree)))
 }
 
 /// The distinct object paths (`XX/<rest>`) an image refers to, sorted, as bytes.
 #[pyfunction]
-fn image_objects(py: Python<'_>, image_path: PathBuf) -> PyResult<Vec<Py<PyBytes>>> {
-    let objs = py.allow_threads(|| -> PyResult<Vec<Vec<u8>>> { Ok(dump::objects(&load_image(&image_path)?.tree)) })?;
+fn image_objects(py: Python<'_>, image: ImageSource) -> PyResult<Vec<Py<PyBytes>>> {
+    let objs = py.allow_threads(|| -> PyResult<Vec<Vec<u8>>> { Ok(dump::objects(&load_image(&image)?.tree)) })?;
     Ok(objs.into_iter().map(|o| PyBytes::new(py, &o).unbind()).collect())
 }
 
 /// Header facts of an image: `version` (composefs format), `flags`, `digest` (fs-verity).
 #[pyfunction]
-fn image_info<'py>(py: Python<'py>, image_path: PathBuf) -> PyResult<Bound<'py, PyDict>> {
+fn image_info<'py>(py: Python<'py>, image: ImageSource) -> PyResult<Bound<'py, PyDict>> {
     let (version, flags, digest) = py.allow_threads(|| -> PyResult<_> {
-        let bytes = read_file(&image_path)?;
+        let bytes = image_bytes(&image)?;
         let loaded = reader::read_image(&bytes).map_err(read_err)?;
         let d = crate::fsverity::digest_bytes(&bytes, &crate::fsverity::Params::default());
         Ok((loaded.version, loaded.flags, d))
@@ -163,6 +247,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(build_from_dump, m)?)?;
     m.add_function(wrap_pyfunction!(image_to_dump, m)?)?;
     m.add_function(wrap_pyfunction!(image_ls, m)?)?;
+    m.add_function(wrap_pyfunction!(image_count_paths, m)?)?;
     m.add_function(wrap_pyfunction!(image_objects, m)?)?;
     m.add_function(wrap_pyfunction!(image_info, m)?)?;
     Ok(())

@@ -595,3 +595,121 @@ pub fn parse(input: &[u8]) -> Result<Tree, ParseError> {
     }
     p.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dump::SAMPLE;
+
+    #[test]
+    fn sample_round_trips_byte_for_byte() {
+        let tree = parse(SAMPLE).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&crate::dump::dump_to_vec(&tree)),
+            String::from_utf8_lossy(SAMPLE)
+        );
+        assert_eq!(parse(&crate::dump::dump_to_vec(&tree)).unwrap(), tree);
+    }
+
+    #[test]
+    fn sample_fields_land_where_they_belong() {
+        let tree = parse(SAMPLE).unwrap();
+        let big = tree.resolve(b"/dir/big").unwrap();
+        assert_eq!(tree.resolve(b"/dir/hl"), Some(big), "a hardlink names the same inode");
+        match &tree.inodes[big].data {
+            InodeData::Regular {
+                inline,
+                payload,
+                digest,
+            } => {
+                assert_eq!(inline, &None);
+                assert_eq!(payload.as_deref(), Some(format!("ab/{}", "cd".repeat(31)).as_bytes()));
+                assert_eq!(digest.unwrap()[..2], [0xab, 0xcd]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let small = &tree.inodes[tree.resolve(b"/dir/small").unwrap()];
+        assert_eq!(
+            (small.uid, small.gid, small.mtime),
+            (1000, 1000, Timespec { sec: 1003, nsec: 25 })
+        );
+        assert!(matches!(&small.data, InodeData::Regular { inline: Some(c), .. } if c == b"hello"));
+        let odd = &tree.inodes[tree.resolve(b"/name with=odd\x01bytes").unwrap()];
+        assert_eq!(
+            (odd.uid, odd.xattrs[0].key.as_slice(), odd.xattrs[0].value.as_slice()),
+            (70000, &b"user.k="[..], &b"v="[..])
+        );
+        let dev = &tree.inodes[tree.resolve(b"/dev").unwrap()];
+        assert_eq!((dev.file_type(), dev.rdev), (mode::S_IFCHR, 1025));
+    }
+
+    /// One bad line after a good root, and where and why the parser refuses it.
+    #[test]
+    fn refusals_name_the_line_and_the_reason() {
+        const ROOT_LINE: &str = "/ 4096 40755 2 0 0 0 0.0 - - -\n";
+        let digest = "ab".repeat(32);
+        let cases: Vec<(String, usize, ParseErrorKind)> = vec![
+            (String::new(), 0, ParseErrorKind::Empty),
+            ("/a 0 100644 1 0 0 0 0.0 - - -\n".into(), 1, ParseErrorKind::NoRoot),
+            ("/ 0 100644 1 0 0 0 0.0 - - -\n".into(), 1, ParseErrorKind::RootNotDir),
+            (format!("{ROOT_LINE}{ROOT_LINE}"), 2, ParseErrorKind::MultipleRoots),
+            (
+                format!("{ROOT_LINE}/a 0 100644 1 0 0 0\n"),
+                2,
+                ParseErrorKind::MissingFields(7),
+            ),
+            (
+                format!("{ROOT_LINE}/a 0 170644 1 0 0 0 0.0 - - -\n"),
+                2,
+                ParseErrorKind::BadMode(0o170644),
+            ),
+            (
+                format!("{ROOT_LINE}/x/a 0 100644 1 0 0 0 0.0 - - -\n"),
+                2,
+                ParseErrorKind::MissingParent("/x/a".into()),
+            ),
+            (
+                format!("{ROOT_LINE}/a 0 100644 1 0 0 0 0.0 - - -\n/a 0 100644 1 0 0 0 0.0 - - -\n"),
+                3,
+                ParseErrorKind::Duplicate("/a".into()),
+            ),
+            (
+                format!("{ROOT_LINE}/a 3 100644 1 0 0 0 0.0 - ab -\n"),
+                2,
+                ParseErrorKind::ContentSize { content: 2, size: 3 },
+            ),
+            (
+                format!("{ROOT_LINE}/a 9 100644 1 0 0 0 0.0 ab/c - {}\n", &digest[1..]),
+                2,
+                ParseErrorKind::BadDigest(digest[1..].to_string()),
+            ),
+            (
+                format!("{ROOT_LINE}/a 0 120777 1 0 0 0 0.0 - - -\n"),
+                2,
+                ParseErrorKind::SymlinkEmpty,
+            ),
+            (
+                format!("{ROOT_LINE}/a 0 100644 1 0 0 0 0.0 - - - user.x\n"),
+                2,
+                ParseErrorKind::XattrNoEquals,
+            ),
+            (
+                format!("{ROOT_LINE}/a 0 @100644 1 0 0 0 0.0 /nowhere - -\n"),
+                2,
+                ParseErrorKind::HardlinkMissingTarget("/nowhere".into()),
+            ),
+            (
+                format!("{ROOT_LINE}/a\\q 0 100644 1 0 0 0 0.0 - - -\n"),
+                2,
+                ParseErrorKind::BadEscape {
+                    field: "path",
+                    what: "unsupported escape type q".into(),
+                },
+            ),
+        ];
+        for (text, line, kind) in cases {
+            let err = parse(text.as_bytes()).expect_err(&text);
+            assert_eq!(err, ParseError { line, kind }, "{text:?}");
+        }
+    }
+}

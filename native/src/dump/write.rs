@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::tree::{InodeData, InodeId, Tree, ROOT};
+use std::io::{self, Write};
 
 fn line(out: &mut Vec<u8>, tree: &Tree, path: &[u8], id: InodeId, link_to: Option<&[u8]>) {
     let ino = &tree.inodes[id];
@@ -54,93 +55,146 @@ fn line(out: &mut Vec<u8>, tree: &Tree, path: &[u8], id: InodeId, link_to: Optio
     out.push(b'\n');
 }
 
-/// Print `tree` in composefs-dump(5) format.
-pub fn write_dump(tree: &Tree) -> Vec<u8> {
+/// Print `tree` in composefs-dump(5) format to `out`, entry by entry as the walk meets them.
+///
+/// Memory stays independent of how deep and long the paths are beyond the one path being
+/// printed: the walk keeps a single path buffer, and the target of a hardlink's `@` line is
+/// rebuilt from each directory's parent link when it is printed, never stored per directory.
+pub fn write_dump(tree: &Tree, out: &mut (impl Write + ?Sized)) -> io::Result<()> {
     let holders = tree.holders();
-    // Full path of every holding entry, for `@` lines.
-    let mut dir_path: Vec<Option<Vec<u8>>> = vec![None; tree.inodes.len()];
-    dir_path[ROOT] = Some(Vec::new());
-    let holder_path = |dir_path: &Vec<Option<Vec<u8>>>, id: InodeId| -> Option<Vec<u8>> {
-        let (d, i) = holders[id]?;
-        let mut p = dir_path[d].clone()?;
-        p.push(b'/');
-        p.extend_from_slice(&tree.inodes[d].entries()[i].name);
-        Some(p)
-    };
-    // Directory paths first (breadth-first, each directory once).
-    let mut queue = std::collections::VecDeque::from([ROOT]);
-    while let Some(d) = queue.pop_front() {
-        for e in tree.inodes[d].entries() {
-            if tree.inodes[e.inode].is_dir() && dir_path[e.inode].is_none() && e.inode != ROOT {
-                let mut p = dir_path[d].clone().unwrap();
-                p.push(b'/');
-                p.extend_from_slice(&e.name);
-                dir_path[e.inode] = Some(p);
-                queue.push_back(e.inode);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    line(&mut out, tree, b"", ROOT, None);
+    let parents = dir_parents(tree);
+    let mut buf = Vec::new();
+    let mut target = Vec::new();
+    line(&mut buf, tree, b"", ROOT, None);
+    out.write_all(&buf)?;
     walk_depth_first(tree, |d, i, path, first| {
         let e = &tree.inodes[d].entries()[i];
+        buf.clear();
         if tree.inodes[e.inode].is_dir() {
-            if first {
-                line(&mut out, tree, path, e.inode, None);
+            if !first {
+                return Ok(());
             }
+            line(&mut buf, tree, path, e.inode, None);
         } else if holders[e.inode] == Some((d, i)) {
-            line(&mut out, tree, path, e.inode, None);
+            line(&mut buf, tree, path, e.inode, None);
         } else {
-            let target = holder_path(&dir_path, e.inode).unwrap_or_default();
-            line(&mut out, tree, path, e.inode, Some(&target));
+            target.clear();
+            if let Some((hd, hi)) = holders[e.inode] {
+                entry_path(tree, &parents, hd, hi, &mut target);
+            }
+            line(&mut buf, tree, path, e.inode, Some(&target));
         }
-    });
-    out
+        out.write_all(&buf)
+    })
 }
 
-/// `composefs-info ls`: one line per path (depth-first): directories end in `/`, symlinks show
-/// `-> target`, object-backed files `@ payload`; extra names of a hardlink show the path only.
-pub fn write_ls(tree: &Tree) -> Vec<u8> {
+/// [`write_dump`] into a vector.
+pub fn dump_to_vec(tree: &Tree) -> Vec<u8> {
+    let mut v = Vec::new();
+    write_dump(tree, &mut v).expect("writing to a vector cannot fail");
+    v
+}
+
+/// `composefs-info ls` to `out`: one line per path (depth-first): directories end in `/`,
+/// symlinks show `-> target`, object-backed files `@ payload`; extra names of a hardlink show the
+/// path only. Streams like [`write_dump`].
+pub fn write_ls(tree: &Tree, out: &mut (impl Write + ?Sized)) -> io::Result<()> {
     let holders = tree.holders();
-    let mut out = Vec::new();
+    let mut buf = Vec::new();
     walk_depth_first(tree, |d, i, path, _| {
         let e = &tree.inodes[d].entries()[i];
+        buf.clear();
         // Paths keep spaces unescaped here (isprint instead of isgraph).
         for part in path.split(|&c| c == b' ').enumerate() {
             if part.0 > 0 {
-                out.push(b' ');
+                buf.push(b' ');
             }
-            escape_into(&mut out, part.1, Escape::Standard);
+            escape_into(&mut buf, part.1, Escape::Standard);
         }
         let child = &tree.inodes[e.inode];
         if holders[e.inode] == Some((d, i)) || child.is_dir() {
             match &child.data {
-                InodeData::Directory { .. } => out.extend_from_slice(b"/\t"),
+                InodeData::Directory { .. } => buf.extend_from_slice(b"/\t"),
                 InodeData::Symlink { target } => {
-                    out.extend_from_slice(b"\t-> ");
-                    escape_into(&mut out, target, Escape::Standard);
+                    buf.extend_from_slice(b"\t-> ");
+                    escape_into(&mut buf, target, Escape::Standard);
                 }
                 InodeData::Regular { payload: Some(p), .. } => {
-                    out.extend_from_slice(b"\t@ ");
-                    escape_into(&mut out, p, Escape::Standard);
+                    buf.extend_from_slice(b"\t@ ");
+                    escape_into(&mut buf, p, Escape::Standard);
                 }
                 _ => {}
             }
         }
-        out.push(b'\n');
-    });
-    out
+        buf.push(b'\n');
+        out.write_all(&buf)
+    })
+}
+
+/// [`write_ls`] into a vector.
+pub fn ls_to_vec(tree: &Tree) -> Vec<u8> {
+    let mut v = Vec::new();
+    write_ls(tree, &mut v).expect("writing to a vector cannot fail");
+    v
+}
+
+/// Number of paths in the tree, the root included (the lines of its dump).
+pub fn count_paths(tree: &Tree) -> u64 {
+    let mut n = 1;
+    walk_depth_first(tree, |_, _, _, _| {
+        n += 1;
+        Ok(())
+    })
+    .expect("counting cannot fail");
+    n
+}
+
+/// For every directory: the (parent directory, index in it) of the entry first naming it.
+fn dir_parents(tree: &Tree) -> Vec<Option<(InodeId, usize)>> {
+    let mut parents = vec![None; tree.inodes.len()];
+    for (d, ino) in tree.inodes.iter().enumerate() {
+        for (i, e) in ino.entries().iter().enumerate() {
+            if e.inode != ROOT && tree.inodes[e.inode].is_dir() && parents[e.inode].is_none() {
+                parents[e.inode] = Some((d, i));
+            }
+        }
+    }
+    parents
+}
+
+/// The full path of entry `i` of directory `d`, from the parent links, into `out`.
+fn entry_path(tree: &Tree, parents: &[Option<(InodeId, usize)>], d: InodeId, i: usize, out: &mut Vec<u8>) {
+    let mut chain = vec![(d, i)];
+    let mut cur = d;
+    // A valid tree has no cycles; the bound keeps a bad one from looping.
+    while let Some((p, pi)) = parents[cur] {
+        if chain.len() > tree.inodes.len() {
+            break;
+        }
+        chain.push((p, pi));
+        cur = p;
+    }
+    for &(dir, idx) in chain.iter().rev() {
+        out.push(b'/');
+        out.extend_from_slice(&tree.inodes[dir].entries()[idx].name);
+    }
 }
 
 /// Depth-first, pre-order walk over every entry below the root, in stored (sorted) order:
 /// `visit(dir, index in dir, full path, first)`. A directory is descended into once; `first` is
 /// false only for a directory met again (impossible in a valid tree, kept safe for a bad one).
-fn walk_depth_first(tree: &Tree, mut visit: impl FnMut(InodeId, usize, &[u8], bool)) {
+/// One path buffer serves the whole walk: a directory's frame remembers where its names start.
+fn walk_depth_first(
+    tree: &Tree,
+    mut visit: impl FnMut(InodeId, usize, &[u8], bool) -> io::Result<()>,
+) -> io::Result<()> {
     let mut seen = vec![false; tree.inodes.len()];
     seen[ROOT] = true;
-    let mut stack: Vec<(InodeId, usize, Vec<u8>)> = vec![(ROOT, 0, Vec::new())];
+    let mut path = Vec::new();
+    // (directory, next entry, length of `path` that names the directory)
+    let mut stack: Vec<(InodeId, usize, usize)> = vec![(ROOT, 0, 0)];
     while let Some(top) = stack.last_mut() {
-        let (d, i) = (top.0, top.1);
+        let (d, i, base) = *top;
         let entries = tree.inodes[d].entries();
         if i >= entries.len() {
             stack.pop();
@@ -148,15 +202,16 @@ fn walk_depth_first(tree: &Tree, mut visit: impl FnMut(InodeId, usize, &[u8], bo
         }
         top.1 += 1;
         let child = entries[i].inode;
-        let mut path = top.2.clone();
+        path.truncate(base);
         path.push(b'/');
         path.extend_from_slice(&entries[i].name);
         let descend = tree.inodes[child].is_dir() && !std::mem::replace(&mut seen[child], true);
-        visit(d, i, &path, descend || !tree.inodes[child].is_dir());
+        visit(d, i, &path, descend || !tree.inodes[child].is_dir())?;
         if descend {
-            stack.push((child, 0, path));
+            stack.push((child, 0, path.len()));
         }
     }
+    Ok(())
 }
 
 /// The distinct object paths (payloads of regular files), sorted.

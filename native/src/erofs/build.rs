@@ -123,6 +123,7 @@ pub fn write_atomic_with<R>(
     let name = path
         .file_name()
         .ok_or_else(|| io(std::io::Error::from_raw_os_error(libc::EISDIR)))?;
+    sweep_stale_temporaries(&dir, name);
     let mut tmp = None;
     for attempt in 0..100u32 {
         let nonce = std::time::SystemTime::now()
@@ -168,6 +169,39 @@ pub fn write_atomic_with<R>(
         let _ = std::fs::remove_file(&tmp_path);
         io(e)
     })
+}
+
+/// Remove the temporaries that killed writes of the same image left in `dir`
+/// (`.NAME.tmp<pid>-<nonce>-<n>`, or `.cfs.tmp<pid>-…` for very long names) whose process is
+/// gone. Best effort: a temporary that cannot be removed is left for the next write.
+fn sweep_stale_temporaries(dir: &Path, name: &std::ffi::OsStr) {
+    use std::os::unix::ffi::OsStrExt;
+    let mut own = b".".to_vec();
+    own.extend_from_slice(name.as_bytes());
+    own.extend_from_slice(b".tmp");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for ent in entries.flatten() {
+        let file_name = ent.file_name();
+        let n = file_name.as_bytes();
+        let rest = n
+            .strip_prefix(own.as_slice())
+            .or_else(|| n.strip_prefix(b".cfs.tmp".as_slice()));
+        let Some(rest) = rest else { continue };
+        let mut parts = rest.split(|&c| c == b'-');
+        let pid = parts
+            .next()
+            .and_then(|p| std::str::from_utf8(p).ok()?.parse::<u32>().ok());
+        let shaped = parts.clone().count() == 2 && parts.all(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit));
+        let Some(pid) = pid.filter(|_| shaped) else { continue };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if ent.file_type().map(|t| t.is_file()).unwrap_or(false) {
+            let _ = std::fs::remove_file(ent.path());
+        }
+    }
 }
 
 /// A built image: its fs-verity digest, format version and counts, and its bytes when asked.

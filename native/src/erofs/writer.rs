@@ -39,6 +39,8 @@ pub enum WriteError {
     BadName(String),
     #[error("invalid file type in mode {0:o}")]
     BadMode(u32),
+    #[error("symlink target {0:?} is empty, too long or holds a NUL byte")]
+    BadSymlink(String),
     #[error("cannot start worker threads: {0}")]
     Threads(String),
 }
@@ -1041,6 +1043,10 @@ impl Iterator for Chunks<'_, '_> {
     }
 }
 
+/// A directory's entries while `bfs_nodes` lays them out: the name, and the entry's index and inode
+/// (`None` for a synthetic whiteout of the root).
+type Listing<'t> = Vec<(&'t [u8], Option<(usize, InodeId)>)>;
+
 /// Step 1: the nodes in breadth-first order (a hardlinked inode sits where the entry holding it
 /// is), with their directory entries; plus the synthetic whiteouts `00`..`ff` of the root.
 fn bfs_nodes(tree: &Tree) -> Result<Vec<Node<'_>>, WriteError> {
@@ -1071,7 +1077,14 @@ fn bfs_nodes(tree: &Tree) -> Result<Vec<Node<'_>>, WriteError> {
                         inline: None,
                         external: ino.size > 0,
                     },
-                    (InodeData::Symlink { target }, mode::S_IFLNK) => Kind::Symlink(target),
+                    (InodeData::Symlink { target }, mode::S_IFLNK) => {
+                        // What a kernel (and our reader) accepts: 1..PATH_MAX-1 bytes, no NUL.
+                        // Trees from a dump or a scan always are; a merged layer record need not be.
+                        if target.is_empty() || target.len() >= crate::dump::PATH_MAX || target.contains(&0) {
+                            return Err(WriteError::BadSymlink(String::from_utf8_lossy(target).into_owned()));
+                        }
+                        Kind::Symlink(target)
+                    }
                     (_, mode::S_IFLNK) => return Err(WriteError::BadMode(ino.mode)),
                     (_, mode::S_IFCHR | mode::S_IFBLK | mode::S_IFIFO | mode::S_IFSOCK) => Kind::Other,
                     _ => return Err(WriteError::BadMode(ino.mode)),
@@ -1129,8 +1142,7 @@ fn bfs_nodes(tree: &Tree) -> Result<Vec<Node<'_>>, WriteError> {
             continue;
         }
         let entries = tree.inodes[src].entries();
-        // (name, Some((entry index, inode)) or None for a synthetic whiteout)
-        let mut list: Vec<(&[u8], Option<(usize, InodeId)>)> = entries
+        let mut list: Listing = entries
             .iter()
             .enumerate()
             .map(|(i, e)| (e.name.as_slice(), Some((i, e.inode))))
@@ -1180,19 +1192,163 @@ fn bfs_nodes(tree: &Tree) -> Result<Vec<Node<'_>>, WriteError> {
         qi += 1;
     }
     drop(holders);
-    for dir in 0..nodes.len() {
-        let Some(src) = nodes[dir].src else { continue };
-        for k in 0..nodes[dir].dirents.len() {
-            if nodes[dir].dirents[k].1 == u32::MAX {
-                let name = nodes[dir].dirents[k].0;
-                let target = tree
-                    .lookup(src, name)
-                    .map(|ino| node_of[ino])
-                    .filter(|&n| n != u32::MAX)
-                    .ok_or_else(|| WriteError::BadName(String::from_utf8_lossy(name).into_owned()))?;
-                nodes[dir].dirents[k].1 = target;
-            }
+    for node in nodes.iter_mut() {
+        let Some(src) = node.src else { continue };
+        for (name, target) in node.dirents.iter_mut().filter(|d| d.1 == u32::MAX) {
+            *target = tree
+                .lookup(src, name)
+                .map(|ino| node_of[ino])
+                .filter(|&n| n != u32::MAX)
+                .ok_or_else(|| WriteError::BadName(String::from_utf8_lossy(name).into_owned()))?;
         }
     }
     Ok(nodes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dump::{parse, SAMPLE};
+    use crate::tree::{Inode, InodeData, Timespec, ROOT};
+
+    fn sample_with_whiteout() -> Tree {
+        let mut tree = parse(SAMPLE).unwrap();
+        let dir = tree.resolve(b"/dir").unwrap();
+        let wh = tree.push(Inode {
+            mode: mode::S_IFCHR,
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+            rdev: 0,
+            mtime: Timespec::default(),
+            size: 0,
+            xattrs: vec![],
+            data: InodeData::Special,
+        });
+        assert!(tree.link(dir, b"gone".to_vec(), wh));
+        tree
+    }
+
+    fn versions(min_version: u32, max_version: u32) -> Options {
+        Options {
+            min_version,
+            max_version,
+            threads: 1,
+        }
+    }
+
+    #[test]
+    fn header_superblock_and_counts() {
+        let img = write_image(&parse(SAMPLE).unwrap(), &Options::default()).unwrap();
+        let b = &img.bytes;
+        let h = CfsHeader::decode(b);
+        assert_eq!(
+            (h.magic, h.version, h.composefs_version),
+            (CFS_MAGIC, CFS_HEADER_VERSION, 0)
+        );
+        assert!(b[CFS_HEADER_SIZE..SUPER_OFFSET as usize].iter().all(|&x| x == 0));
+        let sb = Superblock::decode(&b[SUPER_OFFSET as usize..]);
+        assert_eq!(sb.magic, EROFS_MAGIC);
+        assert_eq!(sb.build_time, 999, "build time is the tree's oldest mtime");
+        assert_eq!(img.stats.image_size, b.len() as u64);
+        let s = &img.stats;
+        // The root's 256 synthetic whiteouts are inodes but not counted as the tree's whiteouts.
+        assert_eq!(
+            (
+                s.directories,
+                s.regular_files,
+                s.inline_files,
+                s.object_files,
+                s.symlinks,
+                s.devices,
+                s.hardlinks
+            ),
+            (2, 4, 1, 1, 1, 2, 1)
+        );
+        assert_eq!(s.external_bytes, 100000);
+    }
+
+    #[test]
+    fn whiteouts_raise_the_version_within_its_bounds() {
+        let plain = parse(SAMPLE).unwrap();
+        let wh = sample_with_whiteout();
+        for (tree, min, max, want) in [(&plain, 0, 1, 0), (&plain, 1, 1, 1), (&wh, 0, 1, 1), (&wh, 0, 0, 0)] {
+            let img = write_image(tree, &versions(min, max)).unwrap();
+            assert_eq!(img.version, want, "min {min} max {max}");
+            assert_eq!(CfsHeader::decode(&img.bytes).composefs_version, want);
+        }
+        assert!(matches!(
+            write_image(&plain, &versions(2, 2)),
+            Err(WriteError::BadVersion(2))
+        ));
+    }
+
+    #[test]
+    fn bytes_do_not_depend_on_threads() {
+        let tree = sample_with_whiteout();
+        let one = write_image(&tree, &versions(0, 1)).unwrap().bytes;
+        for threads in [2, 4] {
+            let opts = Options {
+                threads,
+                ..versions(0, 1)
+            };
+            assert!(write_image(&tree, &opts).unwrap().bytes == one, "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn invalid_names_and_modes_are_refused() {
+        for name in [&b"a/b"[..], b"", b"..", b"nul\0"] {
+            let mut tree = Tree::default();
+            let d = tree.push(Inode::new_dir(0o755));
+            // Tree::link does not check names: the writer is the last line of defence.
+            tree.link(ROOT, name.to_vec(), d);
+            assert!(
+                matches!(write_image(&tree, &Options::default()), Err(WriteError::BadName(_))),
+                "{name:?}"
+            );
+        }
+        let mut tree = Tree::default();
+        let mut odd = Inode::new_dir(0o644);
+        odd.mode = 0o170644;
+        odd.data = InodeData::Special;
+        let id = tree.push(odd);
+        tree.link(ROOT, b"odd".to_vec(), id);
+        assert!(matches!(
+            write_image(&tree, &Options::default()),
+            Err(WriteError::BadMode(_))
+        ));
+    }
+
+    fn tree_with_symlink(target: &[u8]) -> Tree {
+        let mut tree = Tree::new(Inode::new_dir(0o755));
+        let link = tree.push(Inode {
+            mode: mode::S_IFLNK | 0o777,
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+            rdev: 0,
+            mtime: Timespec::default(),
+            size: target.len() as u64,
+            xattrs: Vec::new(),
+            data: InodeData::Symlink {
+                target: target.to_vec(),
+            },
+        });
+        assert!(tree.link(crate::tree::ROOT, b"l".to_vec(), link));
+        tree
+    }
+
+    /// Found by the oci_layer fuzz target: a kept layer record with a NUL in a symlink target
+    /// merged into a tree whose image the reader (like the kernel) then refused.
+    #[test]
+    fn refuses_symlinks_no_reader_accepts() {
+        let long = vec![b'x'; 4096];
+        for target in [&b""[..], b"a\0b", &long] {
+            let err = write_image(&tree_with_symlink(target), &Options::default()).err();
+            assert!(matches!(err, Some(WriteError::BadSymlink(_))), "{target:?}: {err:?}");
+        }
+        let ok = write_image(&tree_with_symlink(&long[..4095]), &Options::default()).unwrap();
+        crate::erofs::reader::read_image(&ok.bytes).unwrap();
+    }
 }

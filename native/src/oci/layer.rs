@@ -34,6 +34,10 @@ const SMALL: u64 = 1 << 20;
 const IN_FLIGHT: u64 = 64 << 20;
 /// Bytes allowed after the end-of-archive marker (tar pads to records of 10 KiB).
 const MAX_TRAILER: u64 = 1 << 20;
+/// Decompression bombs: past the first [`BOMB_FREE`] bytes, a layer may expand at most
+/// [`BOMB_RATIO`] times its compressed size (real layers expand 2 to 10 times).
+const BOMB_FREE: u64 = 256 << 20;
+const BOMB_RATIO: u64 = 100;
 
 /// What a layer's regular file holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,6 +142,8 @@ pub enum LayerError {
     Store(#[from] store::Error),
     #[error("corrupt layer record: {0}")]
     Record(&'static str),
+    #[error("{0}")]
+    Bomb(String),
 }
 
 /// A layer read from `raw`, with its contents stored in `store`. `read` counts the blob bytes
@@ -149,12 +155,25 @@ pub fn read_layer<R: Read>(
     limits: tar::Limits,
 ) -> Result<Layer, LayerError> {
     let alg = expect.digest.as_ref().map_or(Algorithm::Sha256, |d| d.alg);
-    let blob = Verified::new(raw, alg, expect.size);
+    let compressed = Arc::new(AtomicU64::new(0));
+    let blob = Verified::new(
+        Counting {
+            inner: raw,
+            count: compressed.clone(),
+        },
+        alg,
+        expect.size,
+    );
     let mut buffered = BufReader::with_capacity(1 << 20, blob);
     let head = fill(&mut buffered).map_err(|e| blob_err(e, expect))?;
     let decoder = Decoder::new(buffered, &head).map_err(LayerError::Decompress)?;
     let diff_alg = expect.diff_id.as_ref().map_or(Algorithm::Sha256, |d| d.alg);
-    let plain = Verified::new(decoder, diff_alg, None);
+    let guarded = BombGuard {
+        inner: decoder,
+        compressed,
+        out: 0,
+    };
+    let plain = Verified::new(guarded, diff_alg, None);
     let mut tar = TarReader::new(io::BufReader::with_capacity(256 << 10, plain), limits);
     let sink = Sink::new(store.clone());
     let mut ops = Vec::new();
@@ -172,7 +191,13 @@ pub fn read_layer<R: Read>(
         &plain,
         Err(LayerError::Tar(TarError::Io(_))) | Err(LayerError::Store(_))
     );
-    let blob = tar.into_inner().into_inner().into_inner().into_inner().into_inner();
+    let blob = tar
+        .into_inner()
+        .into_inner()
+        .into_inner()
+        .inner
+        .into_inner()
+        .into_inner();
     let compressed = match (&expect.digest, drain) {
         (_, false) => Ok(0),
         (Some(want), true) => blob.finish_into(want).map(|(_, n)| n),
@@ -250,6 +275,9 @@ fn decorate(e: LayerError, expect: &Expect) -> LayerError {
             if digest::is_overrun(&io) {
                 return LayerError::Blob(digest::classify(io));
             }
+            if io.get_ref().is_some_and(|r| r.is::<Bomb>()) {
+                return LayerError::Bomb(io.to_string());
+            }
             if io.kind() == io::ErrorKind::InvalidData || io.kind() == io::ErrorKind::Other {
                 // A decoder's complaint about its input.
                 return LayerError::Decompress(io);
@@ -258,6 +286,57 @@ fn decorate(e: LayerError, expect: &Expect) -> LayerError {
             LayerError::Tar(TarError::Io(io))
         }
         e => e,
+    }
+}
+
+/// Counts the bytes read through it into a shared counter.
+struct Counting<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Relaxed);
+        Ok(n)
+    }
+}
+
+/// Stops a decoder whose output outgrows its input by more than [`BOMB_RATIO`].
+struct BombGuard<R> {
+    inner: R,
+    compressed: Arc<AtomicU64>,
+    out: u64,
+}
+
+#[derive(Debug)]
+struct Bomb {
+    out: u64,
+    input: u64,
+}
+
+impl std::fmt::Display for Bomb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "decompression bomb: {} bytes from {} compressed bytes (over {}:1)",
+            self.out, self.input, BOMB_RATIO
+        )
+    }
+}
+
+impl std::error::Error for Bomb {}
+
+impl<R: Read> Read for BombGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.out += n as u64;
+        let input = self.compressed.load(Relaxed);
+        if self.out > BOMB_FREE && self.out > input.saturating_mul(BOMB_RATIO) {
+            return Err(io::Error::other(Bomb { out: self.out, input }));
+        }
+        Ok(n)
     }
 }
 
@@ -910,6 +989,22 @@ mod tests {
         let escape = archive(&[(header(b"../x", b'0', 0, b""), b"")]);
         assert!(matches!(read(&escape, &none), Err(LayerError::Path { .. })));
         assert!(Layer::decode(b"CFSLAYR1\xff\xff\xff\xff\xff\xff\xff\xff").is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn decompression_bombs_stop_early() {
+        let (store, dir) = store();
+        let size = BOMB_FREE + (64 << 20);
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&header(b"zeros", b'0', size, b"")).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..size >> 20 {
+            e.write_all(&zeros).unwrap();
+        }
+        let blob = e.finish().unwrap();
+        let r = read_layer(&blob[..], &Expect::default(), &store, tar::Limits::default());
+        assert!(matches!(r, Err(LayerError::Bomb(_))), "{r:?}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

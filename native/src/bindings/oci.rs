@@ -28,7 +28,7 @@ fn oci_check_digest(s: &str) -> PyResult<String> {
 }
 
 /// Check `data` against `digest` (and `size` when given); FormatError("digest mismatch" or
-/// "size mismatch: ...") otherwise.
+/// "digest mismatch (size ...)") otherwise.
 #[pyfunction]
 #[pyo3(signature = (data, digest, size=None))]
 fn oci_verify_bytes(py: Python<'_>, data: &[u8], digest: &str, size: Option<u64>) -> PyResult<()> {

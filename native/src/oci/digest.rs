@@ -118,7 +118,8 @@ impl Hasher {
 pub enum VerifyError {
     #[error("digest mismatch")]
     Mismatch { got: BlobDigest },
-    #[error("size mismatch: {got} bytes where the descriptor says {want}")]
+    /// A blob of another size is not the blob its digest names either.
+    #[error("digest mismatch (size {got} bytes where the descriptor says {want})")]
     Size { got: u64, want: u64 },
     #[error("{0}")]
     Io(#[from] io::Error),
@@ -161,7 +162,7 @@ impl fmt::Display for Overrun {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "size mismatch: more than the {} bytes the descriptor says",
+            "digest mismatch (more than the {} bytes the descriptor says)",
             self.want
         )
     }

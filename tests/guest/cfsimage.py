@@ -19,6 +19,7 @@ from pathlib import Path
 
 import cfsrun
 
+REPO = Path(__file__).resolve().parents[2]
 CONFORMANCE = cfsrun.CONFORMANCE / "dumps"
 BLOCK = 4096
 

@@ -490,19 +490,6 @@ def _cached_layer(repo, diff_id: str):
     return layer if layer.missing_objects(repo.objects) == 0 else None
 
 
-def _syncfs(path: str) -> None:
-    import ctypes
-
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.syncfs(fd) != 0:
-            e = ctypes.get_errno()
-            raise OSError(e, os.strerror(e), path)
-    finally:
-        os.close(fd)
-
-
 class Transient(Exception):
     """A failure worth trying again (network, server); ``str`` says what happened."""
 
@@ -521,6 +508,7 @@ def import_resolved(repo, src: Source, res: Resolved, name: str, ref_label: str,
     layers: list = [None] * n
     fetched = [False] * n
     counter = Counter()
+    store = _native.ObjectStore(repo.objects)  # its sync() flushes what the layers stored
     todo = []
     for i, spec in enumerate(res.layers):
         cached = _cached_layer(repo, spec.diff_id)
@@ -552,7 +540,7 @@ def import_resolved(repo, src: Source, res: Resolved, name: str, ref_label: str,
         fetched[i] = True
         # Kept at once, so an interrupted pull does not fetch this layer again; its objects are
         # made durable first (a record never names objects a power cut could lose).
-        _syncfs(repo.objects)
+        store.sync()
         layer.save(layer_record_path(repo, spec.diff_id))
         return layer
 

@@ -400,7 +400,8 @@ pub fn normalize(raw: &[u8]) -> Option<Vec<u8>> {
     Some(parts.join(&b'/'))
 }
 
-fn split_last(path: &[u8]) -> (&[u8], &[u8]) {
+/// A normalised path's directory and last component.
+pub(crate) fn split_last(path: &[u8]) -> (&[u8], &[u8]) {
     match path.iter().rposition(|&b| b == b'/') {
         Some(i) => (&path[..i], &path[i + 1..]),
         None => (&[], path),

@@ -12,7 +12,7 @@
 //!
 //! The result holds only reachable inodes, with link counts derived from the tree.
 
-use super::layer::{Content, Layer, Node, NodeData, Op};
+use super::layer::{split_last, Content, Layer, Node, NodeData, Op};
 use crate::store::object_name;
 use crate::tree::{Inode, InodeData, InodeId, Timespec, Tree, ROOT};
 use std::collections::HashSet;
@@ -274,13 +274,6 @@ impl Merger {
             }
             self.tree.inodes[d].data = InodeData::Directory { entries: kept };
         }
-    }
-}
-
-fn split_last(path: &[u8]) -> (&[u8], &[u8]) {
-    match path.iter().rposition(|&b| b == b'/') {
-        Some(i) => (&path[..i], &path[i + 1..]),
-        None => (&[], path),
     }
 }
 

@@ -5,6 +5,7 @@ daemon dying; a killed daemon leaves a mount that unmounts cleanly; and a user w
 mounts, reads and unmounts with one command each (fusermount3, from Debian's fuse3)."""
 
 import errno
+import json
 import os
 import random
 import shutil
@@ -12,6 +13,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -158,7 +160,6 @@ def test_killed_daemon_leaves_enotconn_and_unmounts(image, tmp_path):
     mnt.mkdir()
     r = run("mount", img, mnt, "--basedir", objects, "--fuse", "--json")
     assert r.returncode == 0, r.stderr
-    import json
 
     os.kill(json.loads(r.stdout)["pid"], signal.SIGKILL)
     time.sleep(0.3)
@@ -168,6 +169,64 @@ def test_killed_daemon_leaves_enotconn_and_unmounts(image, tmp_path):
     r = run("umount", mnt)
     assert r.returncode == 0, r.stderr
     assert not mounted(mnt)
+
+
+def _read_while_stopped(pid: int, fd: int, size: int) -> bytes | None:
+    """pread `size` bytes of `fd` while the daemon `pid` is stopped: what comes back without the
+    daemon's help (None if the read waited for it)."""
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(os.pread(fd, size, 0)), daemon=True)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        # The stop reaches each thread on its own time: wait until none can still answer.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            states = [(Path(f"/proc/{pid}/task") / t / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                      for t in os.listdir(f"/proc/{pid}/task")]
+            if all(st in "tT" for st in states):
+                break
+            time.sleep(0.05)
+        reader.start()
+        reader.join(10)
+        return got[0] if got else None
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        reader.join(30)
+
+
+@ROOT_ONLY
+def test_root_daemon_reads_through_passthrough_on_several_threads(image, tmp_path):
+    """Started by root, the daemon hands object reads to the kernel (FUSE passthrough): a file
+    opened before the daemon is stopped still reads, byte for byte; inline data (no object) still
+    needs the daemon. Requests are served by several threads."""
+    img, objects = image
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    r = run("mount", img, mnt, "--basedir", objects, "--fuse", "--json")
+    assert r.returncode == 0, r.stderr
+    pid = json.loads(r.stdout)["pid"]
+    try:
+        deadline = time.monotonic() + 10  # the serving threads start just after the mount
+        while True:
+            names = [(Path(f"/proc/{pid}/task") / t / "comm").read_text().strip()
+                     for t in os.listdir(f"/proc/{pid}/task")]
+            if sum(n.startswith("fuser") for n in names) >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert sum(n.startswith("fuser") for n in names) >= 2, names
+        want = (tmp_path / "src" / "d" / "big").read_bytes()
+        fd = os.open(mnt / "d" / "big", os.O_RDONLY)
+        try:
+            assert _read_while_stopped(pid, fd, len(want)) == want
+        finally:
+            os.close(fd)
+        fd = os.open(mnt / "small", os.O_RDONLY)  # inline in the image: served by the daemon
+        try:
+            assert _read_while_stopped(pid, fd, 100) is None
+        finally:
+            os.close(fd)
+    finally:
+        assert run("umount", mnt).returncode == 0
 
 
 def test_hostile_images_never_kill_the_daemon(image, tmp_path):

@@ -1,0 +1,223 @@
+"""Objects fetched on first open through the composefs module (`cfsctl mount --remote URL`).
+
+A real nginx in the guest serves a repository; the module mounts its image with an empty local
+object directory on the fs-verity disk and asks `cfsctl fetchd` (over /dev/composefs-fetch) for
+each object on first open. Checked: a walk and full read equal the source, fetched objects have
+fs-verity with their name as digest, a tampered object is EIO for that file only, a stopped
+server is EIO within the timeout and unmounts cleanly, a killed fetcher (or reader) returns at
+once, and eight readers of one missing object cause one request to the server.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import cfsimage as ci
+import guestutil
+from test_remote import Nginx, make_tree
+
+pytestmark = pytest.mark.skipif(os.environ.get("CFS_GUEST") == "1" and not ci.module_loaded(),
+                                reason="the composefs module is not loaded in this guest")
+
+CFSCTL = [sys.executable, "-m", "composefs.cli"]
+
+
+def cfsctl(*args, timeout=300):
+    return subprocess.run([*CFSCTL, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A repository (on tmpfs, the web root's repo/) holding image 'app' of a generated tree."""
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    tmp = tmp_path_factory.mktemp("lazy")
+    src = tmp / "src"
+    make_tree(src, files=24, big=2 << 20)
+    remote = tmp / "www" / "repo"
+    assert cfsctl("init", "--repo", remote).returncode == 0
+    r = cfsctl("import", src, "--name", "app", "--repo", remote, "--json")
+    assert r.returncode == 0, r.stderr
+    digest = json.loads(r.stdout)["digest"]
+    return src, remote, remote / "images" / digest
+
+
+def objects_of(d: Path) -> set[str]:
+    return {f"{p.parent.name}/{p.name}" for p in d.glob("??/*")}
+
+
+def rel_of(src_file: Path) -> str:
+    """The object name (XX/<62 hex>) of a source file."""
+    import composefs
+
+    h = composefs.digest_file(src_file).hex()
+    return f"{h[:2]}/{h[2:]}"
+
+
+class LazyMount:
+    def __init__(self, image: Path, mnt: Path, objects: Path, url: str, timeout: int = 20):
+        mnt.mkdir()
+        objects.mkdir()
+        self.mnt = mnt
+        r = cfsctl("mount", image, mnt, "--basedir", objects, "--backend", "kernel", "--verity-check", "1",
+                   "--remote", url, "--fetch-timeout", timeout, "--json")
+        assert r.returncode == 0, r.stderr
+        self.info = json.loads(r.stdout)
+        self.pid = self.info["fetchd_pid"]
+
+    def fetchd_alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        # our child was reaped by nobody: a zombie counts as gone
+        return Path(f"/proc/{self.pid}/stat").read_text().split(")")[1].split()[0] != "Z"
+
+    def umount(self) -> None:
+        r = cfsctl("umount", self.mnt)
+        assert r.returncode == 0, r.stderr
+        deadline = time.monotonic() + 20
+        while self.fetchd_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not self.fetchd_alive(), "cfsctl fetchd did not exit when the mount went"
+
+
+def read_errno(path: Path) -> int:
+    try:
+        path.read_bytes()
+    except OSError as e:
+        return e.errno
+    return 0
+
+
+def test_walk_and_read_fetch_each_object_once(served, tmp_path, verity_tmp):
+    src, remote, image = served
+    srv = Nginx(tmp_path, remote.parent)
+    objects = verity_tmp / "objects"
+    m = LazyMount(image, tmp_path / "mnt", objects, f"{srv.url}/repo")
+    try:
+        assert objects_of(objects) == set()
+        assert ",fetch" in Path("/proc/self/mountinfo").read_text()
+        for d, dirs, files in os.walk(src):
+            for f in files:
+                s = Path(d) / f
+                rel = s.relative_to(src)
+                if s.is_symlink():
+                    assert os.readlink(m.mnt / rel) == os.readlink(s)
+                else:
+                    assert (m.mnt / rel).read_bytes() == s.read_bytes(), rel
+            for sub in dirs:
+                assert (m.mnt / Path(d).relative_to(src) / sub).is_dir()
+        assert objects_of(objects) == objects_of(remote / "objects")
+        for o in objects_of(objects):
+            assert guestutil.fsverity_measure(objects / o) == "sha256:" + o.replace("/", "")
+        assert srv.requests("GET /repo/objects/") == len(objects_of(objects))
+        # the page cache now holds them; a second read asks for nothing
+        guestutil.drop_caches()
+        assert (m.mnt / "big").read_bytes() == (src / "big").read_bytes()
+        assert srv.requests("GET /repo/objects/") == len(objects_of(objects))
+    finally:
+        m.umount()
+        srv.stop()
+
+
+def test_tampered_object_is_eio_for_that_file_only(served, tmp_path, verity_tmp):
+    src, remote, image = served
+    www = tmp_path / "www"
+    subprocess.run(["cp", "-a", str(remote), str(www)], check=True)
+    victim = www / "repo" / "objects" / rel_of(src / "f2")
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.chmod(0o644)
+    victim.write_bytes(bytes(data))
+    srv = Nginx(tmp_path, www)
+    objects = verity_tmp / "objects"
+    m = LazyMount(image, tmp_path / "mnt", objects, f"{srv.url}/repo")
+    try:
+        assert read_errno(m.mnt / "f2") == errno.EIO
+        assert rel_of(src / "f2") not in objects_of(objects)
+        assert (m.mnt / "f4").read_bytes() == (src / "f4").read_bytes()
+        assert (m.mnt / "sub" / "f5").read_bytes() == (src / "sub" / "f5").read_bytes()
+    finally:
+        m.umount()
+        srv.stop()
+
+
+def test_server_down_is_eio_within_the_timeout(served, tmp_path, verity_tmp):
+    src, remote, image = served
+    srv = Nginx(tmp_path, remote.parent)
+    url = f"{srv.url}/repo"
+    srv.stop()
+    m = LazyMount(image, tmp_path / "mnt", verity_tmp / "objects", url, timeout=3)
+    try:
+        t = time.monotonic()
+        assert read_errno(m.mnt / "f2") == errno.EIO
+        assert time.monotonic() - t < 3 + 5
+    finally:
+        m.umount()  # clean: no EBUSY, the fetcher exits
+
+
+def test_killed_reader_and_killed_fetcher_return_at_once(served, tmp_path, verity_tmp):
+    src, remote, image = served
+    srv = Nginx(tmp_path, remote.parent, limit_rate="20k")  # "big" takes minutes
+    m = LazyMount(image, tmp_path / "mnt", verity_tmp / "objects", f"{srv.url}/repo", timeout=600)
+    try:
+        # a reader killed while it waits for its object returns
+        cat = subprocess.Popen(["cat", str(m.mnt / "big")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(1.5)
+        assert cat.poll() is None, "the object should still be on its way"
+        cat.kill()
+        cat.wait(timeout=5)
+        # a reader waiting when the fetcher dies gets EIO at once, and so does every later miss
+        waiting = subprocess.Popen(["cat", str(m.mnt / "big")], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        assert waiting.poll() is None
+        os.kill(m.pid, signal.SIGKILL)
+        t = time.monotonic()
+        assert waiting.wait(timeout=10) != 0
+        assert "Input/output error" in waiting.stderr.read()
+        assert time.monotonic() - t < 5
+        t = time.monotonic()
+        assert read_errno(m.mnt / "f6") == errno.EIO
+        assert time.monotonic() - t < 2
+    finally:
+        m.umount()
+        srv.stop()
+
+
+def test_parallel_readers_of_one_object_cause_one_fetch(served, tmp_path, verity_tmp):
+    src, remote, image = served
+    srv = Nginx(tmp_path, remote.parent, limit_rate="1m")  # 2 MiB: the readers meet while it comes
+    m = LazyMount(image, tmp_path / "mnt", verity_tmp / "objects", f"{srv.url}/repo")
+    want = (src / "big").read_bytes()
+    results: list[bytes | Exception] = []
+    start = threading.Barrier(8)
+
+    def reader():
+        start.wait()
+        try:
+            results.append((m.mnt / "big").read_bytes())
+        except OSError as e:
+            results.append(e)
+
+    try:
+        threads = [threading.Thread(target=reader) for _ in range(8)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(timeout=120)
+        assert len(results) == 8 and all(r == want for r in results)
+        assert srv.requests(f"GET /repo/objects/{rel_of(src / 'big')} ") == 1
+    finally:
+        m.umount()
+        srv.stop()

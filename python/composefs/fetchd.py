@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import queue
+import select
 import struct
 import subprocess
 import sys
@@ -36,6 +37,7 @@ ALG_SHA256 = 1
 REQUEST = struct.Struct("<IIQB7s32s")
 REPLY = struct.Struct("<IIQII")
 JOBS = 8
+START_TIMEOUT = 120  # seconds; an interpreter on a slow machine takes a few
 
 
 def _log(msg: str) -> None:
@@ -51,8 +53,9 @@ def reply(fd: int, req_id: int, error: int) -> None:
             _log(f"reply to request {req_id}: {e.strerror}")
 
 
-def serve(fd: int, url: str, basedir: str, image: str, jobs: int = JOBS, tls_verify: bool = True) -> None:
-    """Answer requests on channel ``fd`` until the mount goes."""
+def serve(fd: int, url: str, basedir: str, image: str, jobs: int = JOBS, tls_verify: bool = True,
+          ready_fd: int | None = None) -> None:
+    """Answer requests on channel ``fd`` until the mount goes; say so on ``ready_fd`` once able to."""
     from .remote import Remote, fetch_object
 
     sizes = {hexd: size for _rel, hexd, size in _native.image_objects_sized(image)}
@@ -87,6 +90,10 @@ def serve(fd: int, url: str, basedir: str, image: str, jobs: int = JOBS, tls_ver
     for i in range(max(1, jobs)):
         # daemon threads: the process exits with the mount, whatever is still in flight
         threading.Thread(target=worker, name=f"cfs-fetch-{i}", daemon=True).start()
+    if ready_fd is not None:
+        # the mount comes after this: a first miss does not wait for the interpreter to start
+        os.write(ready_fd, b"R")
+        os.close(ready_fd)
     while True:
         rec = os.read(fd, REQUEST.size)
         if not rec:
@@ -129,15 +136,31 @@ def start(url: str, image: str, basedir: str, jobs: int = JOBS, tls_verify: bool
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
     log = os.environ.get("CFS_FETCHD_LOG")
+    ready_r, ready_w = os.pipe()
     try:
         err = open(log, "ab") if log else subprocess.DEVNULL
-        args = [sys.executable, "-m", "composefs.cli", "fetchd", "--fd", str(fd), "--basedir", basedir,
-                "--image", image, "--jobs", str(jobs), f"--tls-verify={str(tls_verify).lower()}", url]
+        args = [sys.executable, "-m", "composefs.cli", "fetchd", "--fd", str(fd), "--ready-fd", str(ready_w),
+                "--basedir", basedir, "--image", image, "--jobs", str(jobs),
+                f"--tls-verify={str(tls_verify).lower()}", url]
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                pass_fds=(fd,), start_new_session=True, env=env)
+                                pass_fds=(fd, ready_w), start_new_session=True, env=env)
         if log:
             err.close()
+        os.close(ready_w)
+        ready_w = -1
+        # b"R" once it serves; end of file if it died first
+        ready, _, _ = select.select([ready_r], [], [], START_TIMEOUT)
+        if not ready:
+            proc.kill()
+        if not ready or os.read(ready_r, 1) != b"R":
+            proc.wait()
+            raise CfsError(f"cfsctl fetchd did not start (exit status {proc.returncode}"
+                           f"{'; see ' + log if log else '; $CFS_FETCHD_LOG names a file for its messages'})")
     except BaseException:
         os.close(fd)
         raise
+    finally:
+        os.close(ready_r)
+        if ready_w >= 0:
+            os.close(ready_w)
     return Fetcher(fd, proc)

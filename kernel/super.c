@@ -68,8 +68,12 @@ static int cfs_parse_param(struct fs_context *fc, struct fs_parameter *param)
 		ctx->has_digest = true;
 		break;
 	case Opt_fetch_fd: {
+		struct cfs_fetch_chan *ch;
+
+		if (fc->purpose == FS_CONTEXT_FOR_RECONFIGURE)
+			return invalfc(fc, "fetch_fd cannot change on remount");
 		/* resolved now, in the mounter's file table, as FUSE's fd= */
-		struct cfs_fetch_chan *ch = cfs_fetch_bind(result.uint_32);
+		ch = cfs_fetch_bind(result.uint_32);
 
 		if (IS_ERR(ch))
 			return invalfc(fc, "fetch_fd %u is not an unused open /dev/composefs-fetch",
@@ -186,7 +190,7 @@ static int cfs_show_options(struct seq_file *m, struct dentry *root)
 		seq_printf(m, ",digest=%*phN", (int)sizeof(sbi->digest),
 			   sbi->digest);
 	if (sbi->fetch)
-		seq_printf(m, ",fetch,fetch_timeout=%u", sbi->fetch_timeout);
+		seq_printf(m, ",fetch_timeout=%u", sbi->fetch_timeout);
 	return 0;
 }
 

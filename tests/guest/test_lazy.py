@@ -137,7 +137,7 @@ def test_lazy_mount_reads_the_source_fetching_each_object_once(served, tmp_path,
         raise
     try:
         assert objects_of(objects) == set()
-        assert ",fetch" in Path("/proc/self/mountinfo").read_text()
+        assert ",fetch_timeout=60" in Path("/proc/self/mountinfo").read_text()
         # eight readers of one missing object (2 MiB: it takes the server 2 s): one request
         want = (src / "big").read_bytes()
         results: list[bytes | Exception] = []

@@ -28,12 +28,16 @@ def free_port() -> int:
 
 
 class Nginx:
-    """nginx serving ROOT on 127.0.0.1:PORT; ``limit_rate`` slows every response down."""
+    """nginx serving ROOT on 127.0.0.1:PORT; ``limit_rate`` slows every response down. With
+    ``prefix`` (e.g. ``NetPair.server_cmd``) it runs in a network namespace a test made, on
+    ``host`` there (port 8080: nothing else lives in such a namespace)."""
 
-    def __init__(self, tmp: Path, root: Path, limit_rate: str | None = None):
+    def __init__(self, tmp: Path, root: Path, limit_rate: str | None = None, host: str = "127.0.0.1",
+                 prefix: list[str] | None = None):
         self.dir = tmp / "nginx"
         self.dir.mkdir(exist_ok=True)
-        self.port = free_port()
+        self.host = host
+        self.port = 8080 if prefix else free_port()
         self.conf = self.dir / "nginx.conf"
         rate = f"limit_rate {limit_rate};" if limit_rate else ""
         # The test's files are root's alone (tmp_path is 0700): the worker serves as their owner.
@@ -54,17 +58,24 @@ http {{
     scgi_temp_path {self.dir}/scgi;
     keepalive_requests 100000;
     server {{
-        listen 127.0.0.1:{self.port};
+        listen {host}:{self.port};
         root {root};
         autoindex off;
         {rate}
     }}
 }}
 """)
-        self.proc = subprocess.Popen([NGINX, "-c", str(self.conf), "-p", str(self.dir)],
+        self.proc = subprocess.Popen([*(prefix or []), NGINX, "-c", str(self.conf), "-p", str(self.dir)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
+            if prefix:  # unreachable from here; nginx writes its pid file once it listens
+                if (self.dir / "nginx.pid").exists():
+                    return
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"nginx did not start: {self.proc.stderr.read().decode()}")
+                time.sleep(0.05)
+                continue
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 return
@@ -76,7 +87,7 @@ http {{
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def requests(self, part: str) -> int:
         log = self.dir / "access.log"

@@ -341,3 +341,75 @@ def tempfile_dir() -> str:
     d = tempfile.mkdtemp(prefix="cfs-fuse-", dir="/var/tmp")
     os.chmod(d, 0o755)
     return d
+
+
+def test_remote_objects_fetched_on_first_open(tmp_path):
+    """--fuse --remote: an image whose objects are absent locally reads in full, each object
+    fetched once from the web server (eight readers of one missing object make one request),
+    checked and kept in the first basedir; a tampered object is EIO for that file only and never
+    stored; with the server gone a missing object is an error, not a hang."""
+    from test_remote import Nginx, make_tree
+
+    src = tmp_path / "src"
+    make_tree(src, files=20, big=2 << 20)
+    remote = tmp_path / "www" / "repo"
+    assert run("init", "--repo", remote).returncode == 0
+    r = run("import", src, "--name", "app", "--repo", remote, "--json")
+    assert r.returncode == 0, r.stderr
+    digest = json.loads(r.stdout)["digest"]
+    img = tmp_path / "app.cfs"
+    shutil.copyfile(remote / "images" / digest, img)
+    objs = sorted((remote / "objects").glob("??/*"), key=lambda p: p.stat().st_size)
+    victim = objs[0]  # the smallest object: tampered on the server
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 1
+    victim.chmod(0o644)
+    victim.write_bytes(bytes(data))
+    local = tmp_path / "local"
+    assert run("init", "--repo", local).returncode == 0
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    srv = Nginx(tmp_path, remote.parent)
+    try:
+        r = run("mount", img, mnt, "--basedir", local / "objects", "--fuse", "--remote", f"{srv.url}/repo")
+        assert r.returncode == 0, r.stderr
+        try:
+            got: list[bytes] = []
+            readers = [threading.Thread(target=lambda: got.append((mnt / "big").read_bytes())) for _ in range(8)]
+            for t in readers:
+                t.start()
+            for t in readers:
+                t.join(120)
+            assert got == [(src / "big").read_bytes()] * 8
+            big = next(p for p in objs if p.stat().st_size == 2 << 20)
+            assert srv.requests(f"GET /repo/objects/{big.parent.name}/{big.name} ") == 1
+            eio = []
+            for p in sorted(src.rglob("*")):
+                rel = p.relative_to(src)
+                if p.is_symlink() or not p.is_file():
+                    continue
+                try:
+                    assert (mnt / rel).read_bytes() == p.read_bytes(), rel
+                except OSError as e:
+                    assert e.errno == errno.EIO, rel
+                    eio.append(rel)
+            assert len(eio) == 1  # the tampered object's file, and only it
+            stored = {f"{p.parent.name}/{p.name}" for p in (local / "objects").glob("??/*")}
+            assert stored == {f"{p.parent.name}/{p.name}" for p in objs} - {f"{victim.parent.name}/{victim.name}"}
+            for p in objs:  # each fetched once, however often it was opened
+                assert srv.requests(f"GET /repo/objects/{p.parent.name}/{p.name} ") <= (1 if p != victim else 6)
+        finally:
+            assert run("umount", mnt).returncode == 0
+    finally:
+        srv.stop()
+    # The server gone: what is stored still reads; what is not fails, the mount stays usable.
+    (local / "objects" / big.parent.name / big.name).unlink()
+    r = run("mount", img, mnt, "--basedir", local / "objects", "--fuse", "--remote", "http://127.0.0.1:9/repo")
+    assert r.returncode == 0, r.stderr
+    try:
+        with pytest.raises(OSError) as e:
+            (mnt / "big").read_bytes()
+        assert e.value.errno in (errno.EIO, errno.ENOENT)
+        assert (mnt / "f2").read_bytes() == (src / "f2").read_bytes()  # f0 is the tampered one
+    finally:
+        assert run("umount", mnt).returncode == 0

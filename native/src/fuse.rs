@@ -48,6 +48,10 @@ pub enum FuseError {
     Image { path: PathBuf, source: reader::ReadError },
 }
 
+/// Fetches a missing object into the first basedir: called with the object's digest (hex) and
+/// the size the image records; an errno for the reader when it cannot.
+pub type Fetch = Box<dyn Fn(&str, u64) -> Result<(), i32> + Send + Sync>;
+
 /// What to serve and how to check it.
 pub struct Options {
     pub basedirs: Vec<PathBuf>,
@@ -56,6 +60,8 @@ pub struct Options {
     pub threads: usize,
     /// Ask the kernel for FUSE passthrough of object reads (used only if it grants it).
     pub passthrough: bool,
+    /// Where objects missing from every basedir come from (`--remote`); None: they stay missing.
+    pub fetch: Option<Fetch>,
 }
 
 struct Open {
@@ -78,6 +84,8 @@ pub struct CfsFuse {
     passthrough: AtomicBool,
     /// One backing id per inode, shared by its open files (the kernel asks for that).
     backing: Mutex<HashMap<u64, Weak<BackingId>>>,
+    /// One fetch at a time per missing object: later openers wait for it, then look again.
+    fetching: Mutex<HashMap<Digest, Arc<Mutex<()>>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -168,6 +176,7 @@ impl CfsFuse {
             next_fh: AtomicU64::new(1),
             passthrough: AtomicBool::new(false),
             backing: Mutex::new(HashMap::new()),
+            fetching: Mutex::new(HashMap::new()),
         })
     }
 
@@ -207,26 +216,54 @@ impl CfsFuse {
         *cell.get_or_init(|| object_digest(file).is_ok_and(|d| d == want))
     }
 
-    /// Open the object at `payload` in the first basedir that has it, and check it.
-    fn open_object(&self, payload: &[u8], digest: Option<Digest>) -> Result<File, Errno> {
-        let rel = Path::new(OsStr::from_bytes(payload));
-        if rel.is_absolute() || rel.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
-            return Err(Errno::EIO);
-        }
-        let mut found = None;
+    /// The object at `rel` in the first basedir that has it (None if none has).
+    fn find_object(&self, rel: &Path) -> Result<Option<File>, Errno> {
         for base in &self.opts.basedirs {
             match std::fs::OpenOptions::new()
                 .read(true)
                 .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(base.join(rel))
             {
-                Ok(f) => {
-                    found = Some(f);
-                    break;
-                }
+                Ok(f) => return Ok(Some(f)),
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
                 Err(_) => return Err(Errno::ENOENT),
             }
+        }
+        Ok(None)
+    }
+
+    /// Fetch the missing object `want` (stored at `rel`, `size` bytes) through `opts.fetch`,
+    /// once however many opens miss it together, then find it again. Only an object whose path
+    /// is its digest is fetched: requests name objects by digest and nothing else.
+    fn fetch_object(&self, rel: &Path, want: Digest, size: u64) -> Result<Option<File>, Errno> {
+        let Some(fetch) = &self.opts.fetch else {
+            return Ok(None);
+        };
+        let hex: String = want.iter().map(|b| format!("{b:02x}")).collect();
+        if rel.as_os_str().as_bytes() != format!("{}/{}", &hex[..2], &hex[2..]).as_bytes() {
+            return Ok(None);
+        }
+        let gate = lock(&self.fetching).entry(want).or_default().clone();
+        let _one = lock(&gate);
+        if let Some(f) = self.find_object(rel)? {
+            return Ok(Some(f)); // an opener before us fetched it
+        }
+        let fetched = fetch(&hex, size);
+        lock(&self.fetching).remove(&want);
+        fetched.map_err(Errno::from_i32)?;
+        self.find_object(rel)
+    }
+
+    /// Open the object at `payload` in the first basedir that has it (fetching it with
+    /// `--remote`), and check it.
+    fn open_object(&self, payload: &[u8], digest: Option<Digest>, size: u64) -> Result<File, Errno> {
+        let rel = Path::new(OsStr::from_bytes(payload));
+        if rel.is_absolute() || rel.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+            return Err(Errno::EIO);
+        }
+        let mut found = self.find_object(rel)?;
+        if let (None, Some(want)) = (&found, digest) {
+            found = self.fetch_object(rel, want, size)?;
         }
         // The stock path (overlayfs data-only layers) answers ENOENT for a missing object.
         let file = found.ok_or(Errno::ENOENT)?;
@@ -336,7 +373,7 @@ impl Filesystem for CfsFuse {
                 payload: Some(p),
                 digest,
                 ..
-            } => match self.open_object(p, *digest) {
+            } => match self.open_object(p, *digest, i.size) {
                 Ok(f) => Some(f),
                 Err(e) => return reply.error(e),
             },

@@ -42,9 +42,10 @@ def parse_attr_list(text: str | None) -> list[str]:
 @click.option("-o", "--options", "attrs", metavar="OPTS",
               help="Mount attributes, comma separated: ro, nosuid, nodev, noexec, noatime, ...")
 @click.option("--remote", metavar="URL",
-              help="Kernel module only: fetch objects missing from every basedir on first open from "
-                   "the repository at URL (as 'cfsctl pull' does), by a 'cfsctl fetchd' daemon that "
-                   "stores them in the first basedir and exits when the mount goes.")
+              help="Fetch objects missing from every basedir on first open from the repository at "
+                   "URL (checked as 'cfsctl pull' checks them) into the first basedir: with the kernel "
+                   "module by a 'cfsctl fetchd' daemon that exits when the mount goes, with FUSE by "
+                   "the FUSE daemon itself.")
 @click.option("--fetch-timeout", type=click.IntRange(1, 3600), default=None, metavar="SECONDS",
               help="With --remote: an open waiting longer for its object fails with EIO (default 30).")
 @click.option("--tls-verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL",
@@ -87,15 +88,15 @@ def mount_cmd(image, mountpoint, basedirs, repo_path, digest, verity_check, back
         if not os.path.exists(image):
             raise MountError("image does not exist", image)
         raise MountError("an image file needs --basedir (the object directory)", image)
-    if remote and (use_fuse or backend in ("fuse", "overlay")):
-        raise MountError("--remote needs the composefs kernel module (--backend kernel)")
+    if remote and backend == "overlay":
+        raise MountError("--remote needs the composefs kernel module or FUSE (--backend kernel|fuse)")
     if use_fuse or backend == "fuse" or (backend == "auto" and os.geteuid() != 0):
         from .fusemount import mount_fuse
 
         if upperdir or workdir:
             raise MountError("a FUSE mount is read-only; --upperdir needs a kernel backend")
         result = mount_fuse(image, mountpoint, basedirs, digest=digest, verity_check=verity_check,
-                            foreground=foreground)
+                            foreground=foreground, remote=remote, tls_verify=tls_verify)
         if as_json:
             click.echo(json.dumps(result, indent=2))
         return

@@ -40,7 +40,8 @@ def _check_image(image: str, digest: str | None) -> None:
 
 
 def mount_fuse(image: str, mountpoint: str, basedirs: list[str], digest: str | None = None,
-               verity_check: int | None = None, foreground: bool = False) -> dict:
+               verity_check: int | None = None, foreground: bool = False, remote: str | None = None,
+               tls_verify: bool = True) -> dict:
     image = os.path.abspath(image)
     mountpoint = os.path.abspath(mountpoint)
     if not os.path.isdir(mountpoint):
@@ -50,7 +51,11 @@ def mount_fuse(image: str, mountpoint: str, basedirs: list[str], digest: str | N
     basedirs = [os.path.abspath(b) for b in basedirs]
     if os.geteuid() != 0 and not shutil.which("fusermount3"):
         raise CfsError("fusermount3 is not installed (Debian: fuse3); a user needs it to mount with FUSE")
-    args = ["serve", image, mountpoint, str(level), *basedirs]
+    if remote:
+        from .remote import Remote
+
+        Remote(remote)  # a malformed URL is an error now, not a daemon's EIO later
+    args = ["serve", image, mountpoint, str(level), remote or "-", "1" if tls_verify else "0", *basedirs]
     if foreground:
         serve(args)
         return {"mountpoint": mountpoint, "backend": "fuse", "foreground": True}
@@ -96,8 +101,32 @@ def unmount_fuse(mountpoint: str, lazy: bool = False) -> None:
 
 
 def serve(args: list[str]) -> None:
-    _, image, mountpoint, level, *basedirs = args
-    _native.fuse_serve(image, mountpoint, basedirs, int(level), fsname=SOURCE_PREFIX + image)
+    _, image, mountpoint, level, remote, tls_verify, *basedirs = args
+    fetch = _fetcher(remote, basedirs[0], tls_verify == "1") if remote != "-" else None
+    _native.fuse_serve(image, mountpoint, basedirs, int(level), fsname=SOURCE_PREFIX + image, fetch=fetch)
+
+
+def _fetcher(url: str, basedir: str, tls_verify: bool):
+    """``fetch(hex, size) -> errno`` for the daemon: the object from the remote repository at
+    URL into the store at BASEDIR, by ``remote.fetch_object`` (the code ``cfsctl pull`` and
+    ``fetchd`` use: hashed while stored, linked only if it matches, fs-verity enabled)."""
+    import errno as _errno
+
+    from .remote import Remote, fetch_object
+
+    remote = Remote(url, tls_verify=tls_verify)
+    store = _native.ObjectStore(basedir)
+
+    def fetch(hexd: str, size: int) -> int:
+        try:
+            fetch_object(remote, store, hexd, size)
+            return 0
+        except CfsError as e:
+            return _errno.ENOENT if "not found" in str(e) else _errno.EIO
+        except Exception:  # a refused object, the network: the reader gets EIO, the daemon lives
+            return _errno.EIO
+
+    return fetch
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ use std::path::PathBuf;
 /// Serve `image` at `mountpoint` (read-only, objects from `basedirs`, checked at
 /// `verity_check` 0|1|2) until it is unmounted, with `threads` serving threads (0: default) and
 /// FUSE passthrough of object reads when `passthrough` and the kernel allows it. Blocks, with the
-/// GIL released.
+/// GIL released. `fetch(hex_digest, size) -> errno` (0: stored in the first basedir) is called,
+/// with the GIL, for an object missing from every basedir; an exception it raises is EIO.
 #[pyfunction]
-#[pyo3(signature = (image, mountpoint, basedirs, verity_check=1, fsname="composefs", threads=0, passthrough=true))]
+#[pyo3(signature = (image, mountpoint, basedirs, verity_check=1, fsname="composefs", threads=0, passthrough=true, fetch=None))]
 #[allow(clippy::too_many_arguments)]
 fn fuse_serve(
     py: Python<'_>,
@@ -20,12 +21,23 @@ fn fuse_serve(
     fsname: &str,
     threads: usize,
     passthrough: bool,
+    fetch: Option<PyObject>,
 ) -> PyResult<()> {
+    let fetch: Option<fuse::Fetch> = fetch.map(|f| {
+        Box::new(move |hex: &str, size: u64| {
+            Python::with_gil(|py| match f.call1(py, (hex, size)).and_then(|r| r.extract::<i32>(py)) {
+                Ok(0) => Ok(()),
+                Ok(e) if e > 0 => Err(e),
+                _ => Err(libc::EIO),
+            })
+        }) as fuse::Fetch
+    });
     let opts = Options {
         basedirs,
         verity_check,
         threads,
         passthrough,
+        fetch,
     };
     py.allow_threads(|| fuse::serve(&image, &mountpoint, opts, fsname))
         .map_err(|e| match e {
@@ -45,6 +57,7 @@ fn fuse_check(py: Python<'_>, image: PathBuf) -> PyResult<()> {
                 verity_check: 0,
                 threads: 0,
                 passthrough: false,
+                fetch: None,
             },
         )
         .map(|_| ())

@@ -112,9 +112,14 @@ def chroot_mkinitramfs(root: Path, kver: str, out: Path) -> str:
 
 def prepare_root(work: Path, kver: str, modules: list[Path]) -> Path:
     src = debian_root()
+    # The cached root stays untouched under an overlayfs: the test's additions go to its upper
+    # directory, and nothing is copied.
     root = work / "root"
-    root.mkdir(parents=True)
-    sh(["cp", "-a", "--reflink=auto", f"{src}/.", root], "copy the Debian root")
+    for d in (root, work / "root.upper", work / "root.work"):
+        d.mkdir(parents=True)
+    sh(["mount", "-t", "overlay", "boot-test-root", "-o",
+        f"lowerdir={src},upperdir={work / 'root.upper'},workdir={work / 'root.work'}", root],
+       "overlay over the cached Debian root")
     if not (root / "lib/modules" / kver).is_dir():
         log(f"FAIL: the Debian root has no kernel {kver} (it has {os.listdir(root / 'lib/modules')})")
         sys.exit(1)
@@ -132,8 +137,10 @@ def prepare_root(work: Path, kver: str, modules: list[Path]) -> Path:
     (unitdir / "default.target").unlink(missing_ok=True)
     os.symlink("/lib/systemd/system/multi-user.target", unitdir / "default.target")
     # units that only cost time in a test VM
-    for u in ("serial-getty@ttyS0.service", "getty@tty1.service", "apt-daily.timer", "apt-daily-upgrade.timer",
-              "systemd-timesyncd.service", "e2scrub_reap.service", "dpkg-db-backup.timer"):
+    for u in ("serial-getty@ttyS0.service", "getty@tty1.service", "getty-static.service", "apt-daily.timer",
+              "apt-daily-upgrade.timer", "systemd-timesyncd.service", "e2scrub_reap.service", "e2scrub_all.timer",
+              "dpkg-db-backup.timer", "fstrim.timer", "systemd-tmpfiles-clean.timer", "systemd-update-utmp.service",
+              "systemd-update-utmp-runlevel.service"):
         (unitdir / u).unlink(missing_ok=True)
         os.symlink("/dev/null", unitdir / u)
     # the initrd the kernel package made has no composefs hook; the test builds its own
@@ -321,8 +328,16 @@ def main() -> int:
         return 1
     work = args.work.resolve()
     if work.exists():
+        subprocess.run(["umount", "-q", str(work / "root")], check=False)  # a killed run's overlay
         shutil.rmtree(work)
     work.mkdir(parents=True)
+    try:
+        return run_all(args, work, kver, modules, t0)
+    finally:
+        subprocess.run(["umount", "-q", str(work / "root")], check=False)
+
+
+def run_all(args, work: Path, kver: str, modules: list[Path], t0: float) -> int:
     logs = work / "logs"
     root = prepare_root(work, kver, modules)
     t_root = time.monotonic()
@@ -372,6 +387,7 @@ def main() -> int:
         log(f"artefacts kept in {work}")
         return 1
     if not args.keep:
+        subprocess.run(["umount", "-q", str(work / "root")], check=False)
         shutil.rmtree(work, ignore_errors=True)
     log("PASS")
     return 0

@@ -314,7 +314,7 @@ def main() -> int:
     ap.add_argument("--cpu", default="max")
     ap.add_argument("--smp", type=int, default=2)
     ap.add_argument("--append", default="", help="extra kernel command line")
-    ap.add_argument("--timeout", type=float, default=420, help="seconds for one full boot")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds for one full boot")
     ap.add_argument("-v", "--verbose", action="store_true", help="stream the consoles")
     args = ap.parse_args()
     if os.geteuid() != 0:

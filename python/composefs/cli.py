@@ -86,6 +86,7 @@ def _register_commands() -> None:
     cli.add_lazy("pull", "cmd_remote", "pull_cmd")
     cli.add_lazy("fetchd", "cmd_remote", "fetchd_cmd")
     cli.add_lazy("oci", "cmd_oci", "oci_group")  # oci import, oci pull
+    cli.add_lazy("boot", "cmd_boot", "boot_group")  # boot deploy, karg, install-initramfs
 
 
 _register_commands()

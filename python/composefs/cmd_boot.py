@@ -1,0 +1,60 @@
+"""``cfsctl boot``: deploy an image as an operating system's root and set up early boot."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import click
+
+from . import boot
+
+
+@click.group("boot")
+def boot_group():
+    """Boot a machine from a composefs image (see README: boot from composefs)."""
+
+
+@boot_group.command("deploy")
+@click.argument("image")
+@click.option("--root", required=True, type=click.Path(file_okay=False),
+              help="The target root partition (mounted): its repository is ROOT/composefs.")
+@click.option("--karg-file", type=click.Path(dir_okay=False),
+              help="Also write the kernel argument (one line) to this file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def deploy_cmd(image, root, karg_file, as_json):
+    """Deploy IMAGE (name or digest in ROOT/composefs) and print its kernel argument.
+
+    Makes ROOT/state/deploy/<digest>/{etc,var}/{upper,work} and ROOT/state/var (kept when they
+    exist) and prints composefs=<digest>, the argument the initramfs boots that image from.
+    """
+    r = boot.deploy(root, image)
+    if karg_file:
+        tmp = f"{karg_file}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(r["karg"] + "\n")
+        os.replace(tmp, karg_file)
+    click.echo(json.dumps(r, indent=2) if as_json else r["karg"])
+
+
+@boot_group.command("karg")
+@click.argument("image")
+@click.option("--root", required=True, type=click.Path(file_okay=False),
+              help="The target root partition: its repository is ROOT/composefs.")
+def karg_cmd(image, root):
+    """Print the kernel argument (composefs=<digest>) of IMAGE in ROOT/composefs."""
+    from .repository import Repository
+
+    repo = Repository.open(boot.repo_path(root))
+    with repo.locked():
+        digest = repo.resolve(image)
+    click.echo(boot.karg(digest))
+
+
+@boot_group.command("install-initramfs")
+@click.option("--root", default="/", show_default=True, type=click.Path(file_okay=False),
+              help="The root whose /etc/initramfs-tools gets the hook and boot script.")
+def install_initramfs_cmd(root):
+    """Install the initramfs-tools hook and boot script (then run update-initramfs in ROOT)."""
+    for p in boot.install_initramfs(root):
+        click.echo(p)

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Make the Debian root that qemu/boot.py boots from a composefs image, once per package list.
+#
+#   qemu/boot-rootfs.sh MIRROR SECURITY_MIRROR DEST
+#
+# debootstrap (minbase + systemd + initramfs-tools + fsverity), then Debian's 6.12 kernel from
+# bookworm-security inside a chroot (debootstrap takes one suite only). The root is made in a
+# temporary directory beside DEST and renamed to DEST when complete: a killed run leaves no half
+# root under DEST's name. The caller keys DEST by this script's package list.
+set -euo pipefail
+MIRROR=${1:?usage: boot-rootfs.sh MIRROR SECURITY_MIRROR DEST}
+SECMIRROR=${2:?usage}
+DEST=${3:?usage}
+INCLUDE=systemd,systemd-sysv,udev,kmod,initramfs-tools,fsverity,util-linux
+KPKG=linux-image-6.12-amd64
+
+TMP=$(dirname "$DEST")/.tmp-$(basename "$DEST")-$$
+rm -rf "$TMP"
+cleanup() {
+    umount "$TMP/proc" 2>/dev/null || true
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+debootstrap --variant=minbase --include=$INCLUDE bookworm "$TMP" "$MIRROR"
+cat >"$TMP/etc/apt/sources.list" <<SRC
+deb $MIRROR bookworm main
+deb $MIRROR bookworm-updates main
+deb $SECMIRROR bookworm-security main
+SRC
+mount -t proc proc "$TMP/proc"
+# The initramfs is built later, with the composefs hook; none is needed now.
+echo update_initramfs=no >"$TMP/etc/initramfs-tools/update-initramfs.conf.tmp"
+mv "$TMP/etc/initramfs-tools/update-initramfs.conf" "$TMP/etc/initramfs-tools/update-initramfs.conf.orig"
+mv "$TMP/etc/initramfs-tools/update-initramfs.conf.tmp" "$TMP/etc/initramfs-tools/update-initramfs.conf"
+chroot "$TMP" apt-get -q update
+DEBIAN_FRONTEND=noninteractive chroot "$TMP" apt-get -y -q install --no-install-recommends $KPKG
+mv "$TMP/etc/initramfs-tools/update-initramfs.conf.orig" "$TMP/etc/initramfs-tools/update-initramfs.conf"
+chroot "$TMP" apt-get clean
+rm -rf "$TMP/var/lib/apt/lists/"*
+umount "$TMP/proc"
+mv "$TMP" "$DEST"
+trap - EXIT

@@ -14,6 +14,7 @@ the same way.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -21,6 +22,7 @@ import stat
 import struct
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -319,3 +321,36 @@ def write_dump(src: str, dump: str, store: str) -> None:
             lines.append(" ".join(fields))
     with open(dump, "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+@contextlib.contextmanager
+def user_namespace(offset: int = 100000, count: int = 65536):
+    """A user namespace whose ids 0..count-1 are offset.. outside; yields its /proc/PID/ns/user.
+
+    A process (unshare --user) holds the namespace; root writes its maps from outside, so no
+    newuidmap is needed."""
+    p = subprocess.Popen(["unshare", "--user", "sleep", "600"])
+    try:
+        ns = f"/proc/{p.pid}/ns/user"
+        for _ in range(1000):  # until unshare(2) has run in the child
+            try:
+                if os.readlink(ns) != os.readlink("/proc/self/ns/user"):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.01)
+        else:
+            raise AssertionError("unshare --user did not make a user namespace")
+        for m in ("uid_map", "gid_map"):
+            with open(f"/proc/{p.pid}/{m}", "w") as f:
+                f.write(f"0 {offset} {count}\n")
+        yield ns
+    finally:
+        p.kill()
+        p.wait()
+
+
+def idmapped(ident: int, offset: int = 100000, count: int = 65536) -> int:
+    """What an idmapped mount with user_namespace()'s mapping shows for an on-disk uid or gid:
+    shifted inside the mapped range, the overflow id (65534) outside it."""
+    return ident + offset if ident < count else 65534

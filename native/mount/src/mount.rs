@@ -489,7 +489,7 @@ impl Ctx<'_> {
     }
 
     fn readonly(&self) -> bool {
-        self.req.readonly.unwrap_or(true) || !self.req.writable()
+        !self.req.writable() || self.req.readonly == Some(true)
     }
 
     // --- the kernel module -------------------------------------------------------------------

@@ -82,9 +82,9 @@ unit-test: setup
 test: setup
 	@rm -rf $(CURDIR)/.pytest-tmp && $(PY) -m pytest -q -ra --basetemp=$(CURDIR)/.pytest-tmp
 
-# The Rust crate on its own: formatting (native/rustfmt.toml), lints, its unit and conformance tests.
+# The Rust workspace (the core and native/mount): formatting (native/rustfmt.toml), lints, unit and conformance tests.
 rust-check:
-	@cd native && cargo fmt --check && cargo clippy -q --all-targets -- -D warnings && cargo test -q
+	@cd native && cargo fmt --all --check && cargo clippy -q --workspace --all-targets -- -D warnings && cargo test -q --workspace
 test: rust-check
 
 # Only the benchmarks need these (bench_repo.py makes two Debian root filesystems).

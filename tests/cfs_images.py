@@ -332,15 +332,16 @@ def user_namespace(offset: int = 100000, count: int = 65536):
     p = subprocess.Popen(["unshare", "--user", "sleep", "600"])
     try:
         ns = f"/proc/{p.pid}/ns/user"
-        for _ in range(1000):  # until unshare(2) has run in the child
+        deadline = time.monotonic() + 120  # generous: an emulated guest on a busy host is slow
+        while True:  # until unshare(2) has run in the child
             try:
                 if os.readlink(ns) != os.readlink("/proc/self/ns/user"):
                     break
             except OSError:
                 pass
+            if p.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"unshare --user did not make a user namespace (exit status {p.poll()})")
             time.sleep(0.01)
-        else:
-            raise AssertionError("unshare --user did not make a user namespace")
         for m in ("uid_map", "gid_map"):
             with open(f"/proc/{p.pid}/{m}", "w") as f:
                 f.write(f"0 {offset} {count}\n")

@@ -704,3 +704,37 @@ def test_mount8_with_installed_helper(small, mnt, tmp_path):
     got = json.loads((out / "snap.json").read_text())
     assert got["entries"] == json.loads(json.dumps(small.snap["entries"]))
     assert mounts_under(mnt) == []
+
+
+REFERENCE_HELPER = os.environ.get("MOUNT_COMPOSEFS")
+
+# Option strings both helpers take alike: (options after basedir=STORE, whether the mount succeeds).
+SAME_AS_REFERENCE = [
+    ("", True),
+    (",ro", True),
+    (",rw", True),
+    (",tryverity", True),
+    (",bogus", False),
+    (",upperdir=/nonexistent", False),
+    (",digest=xyz", False),
+]
+
+
+@needs_mount
+@pytest.mark.skipif(not REFERENCE_HELPER, reason="set MOUNT_COMPOSEFS to the reference (composefs 1.0.x) helper")
+@pytest.mark.parametrize("extra,ok", SAME_AS_REFERENCE)
+def test_helper_agrees_with_the_reference(small, mnt, extra, ok):
+    """Same options, same outcome and the same overlay options in mountinfo (but the lower
+    layer's path, a temporary directory for the reference, a detached mount for us)."""
+    seen = []
+    for tool in (HELPER, REFERENCE_HELPER):
+        r = helper(small.image, mnt, "-o", f"basedir={small.store}{extra}", ref=tool)
+        assert (r.returncode == 0) == ok, (tool, r.stderr)
+        if ok:
+            (e,) = [e for e in cm.read_mountinfo() if e.mountpoint == mnt]
+            seen.append((e.fstype, e.source, sorted(o for o in e.super_options.split(",")
+                                                    if not o.startswith("lowerdir"))))
+            subprocess.run(["umount", mnt], check=True)
+    assert mounts_under(mnt) == []
+    if ok:
+        assert seen[0] == seen[1]

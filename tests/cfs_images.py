@@ -329,7 +329,12 @@ def user_namespace(offset: int = 100000, count: int = 65536):
 
     A process (unshare --user) holds the namespace; root writes its maps from outside, so no
     newuidmap is needed."""
-    p = subprocess.Popen(["unshare", "--user", "sleep", "600"])
+    cmd = ["unshare", "--user", "sleep", "600"]
+    if os.environ.get("CFS_GUEST") == "1" and os.path.exists("/proc/1/root/bin/busybox"):
+        # The guest runs the tests in `chroot /host`, and the kernel refuses a new user namespace
+        # to a chrooted process (EPERM): make it from the guest's own root, with its busybox.
+        cmd = ["chroot", "/proc/1/root", "/bin/busybox", "unshare", "-U", "/bin/busybox", "sleep", "600"]
+    p = subprocess.Popen(cmd)
     try:
         ns = f"/proc/{p.pid}/ns/user"
         deadline = time.monotonic() + 120  # generous: an emulated guest on a busy host is slow

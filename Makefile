@@ -20,9 +20,14 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := fsverity erofs-utils e2fsprogs attr util-linux python3-venv openssl zstd umoci \
 	docker-registry skopeo debootstrap apache2-utils iproute2 iptables nginx-light fuse3 python3-click
 
-NATIVE_SRC := $(shell find native/src -name '*.rs') native/Cargo.toml native/Cargo.lock pyproject.toml
+NATIVE_SRC := $(shell find native/src native/mount/src -name '*.rs') native/Cargo.toml native/mount/Cargo.toml \
+	native/Cargo.lock pyproject.toml
+# The native mount(8) helper: a binary of the native/mount crate (no Python at mount time), staged
+# where the wheel picks it up as a script (pyproject.toml's tool.maturin data) and installed into
+# the environment's bin/ as mount.composefs.
+HELPER_STAGED := $(CURDIR)/build/wheel-data/scripts/mount.composefs
 
-.PHONY: help setup demo test unit-test rust-check bench bench-apt qemu-test clean
+.PHONY: help setup demo test unit-test rust-check bench bench-apt qemu-test clean stage-helper
 help:
 	@sed -n 's/^#   //p' Makefile
 
@@ -49,10 +54,17 @@ $(STAMPS)/venv: $(STAMPS)/apt pyproject.toml
 	@$(PY) -m pip install -q 'maturin>=1.5,<2' 'click>=8.1' pytest hypothesis pytest-virtualenv pyroute2
 	@touch $@
 
-# Release build of the Rust extension, installed into .venv (Python sources are linked, not copied).
+stage-helper:
+	@cd native && cargo build -q --release -p composefs-mount --bin mount-composefs
+	@install -D -m 0755 native/target/release/mount-composefs $(HELPER_STAGED)
+
+# Release build of the Rust extension, installed into .venv (Python sources are linked, not copied),
+# and the mount helper beside cfsctl.
 $(STAMPS)/native: $(STAMPS)/venv $(NATIVE_SRC)
-	@echo ">> building composefs._native (release)"
+	@echo ">> building composefs._native and mount.composefs (release)"
+	@$(MAKE) -s stage-helper
 	@cd $(CURDIR) && VIRTUAL_ENV=$(VENV) PATH=$(VENV)/bin:$$PATH $(VENV)/bin/maturin develop --release -q
+	@install -m 0755 $(HELPER_STAGED) $(VENV)/bin/mount.composefs
 	@touch $@
 
 # The package is installed in editable mode, so nothing byte-compiles its modules when
@@ -71,9 +83,9 @@ unit-test: setup
 test: setup
 	@rm -rf $(CURDIR)/.pytest-tmp && $(PY) -m pytest -q -ra --basetemp=$(CURDIR)/.pytest-tmp
 
-# The Rust crate on its own: formatting (native/rustfmt.toml), lints, its unit and conformance tests.
+# The Rust workspace (the core and native/mount): formatting (native/rustfmt.toml), lints, unit and conformance tests.
 rust-check:
-	@cd native && cargo fmt --check && cargo clippy -q --all-targets -- -D warnings && cargo test -q
+	@cd native && cargo fmt --all --check && cargo clippy -q --workspace --all-targets -- -D warnings && cargo test -q --workspace
 test: rust-check
 
 # Only the benchmarks need these (bench_repo.py makes two Debian root filesystems).

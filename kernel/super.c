@@ -401,6 +401,13 @@ static struct file_system_type cfs_fs_type = {
 	.init_fs_context	= cfs_init_fs_context,
 	.parameters		= cfs_param_spec,
 	.kill_sb		= cfs_kill_sb,
+	/*
+	 * Idmapped mounts (mount.composefs idmap=): ownership reaches user space only
+	 * through generic_fillattr(), generic_permission() and the VFS's ACL helpers,
+	 * which all take the mount's idmap; nothing here writes, and backing objects
+	 * are opened with the mounter's credentials whatever the mapping.
+	 */
+	.fs_flags		= FS_ALLOW_IDMAP,
 };
 MODULE_ALIAS_FS("composefs");
 

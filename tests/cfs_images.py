@@ -14,6 +14,7 @@ the same way.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -21,6 +22,7 @@ import stat
 import struct
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -319,3 +321,42 @@ def write_dump(src: str, dump: str, store: str) -> None:
             lines.append(" ".join(fields))
     with open(dump, "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+@contextlib.contextmanager
+def user_namespace(offset: int = 100000, count: int = 65536):
+    """A user namespace whose ids 0..count-1 are offset.. outside; yields its /proc/PID/ns/user.
+
+    A process (unshare --user) holds the namespace; root writes its maps from outside, so no
+    newuidmap is needed."""
+    cmd = ["unshare", "--user", "sleep", "600"]
+    if os.environ.get("CFS_GUEST") == "1" and os.path.exists("/proc/1/root/bin/busybox"):
+        # The guest runs the tests in `chroot /host`, and the kernel refuses a new user namespace
+        # to a chrooted process (EPERM): make it from the guest's own root, with its busybox.
+        cmd = ["chroot", "/proc/1/root", "/bin/busybox", "unshare", "-U", "/bin/busybox", "sleep", "600"]
+    p = subprocess.Popen(cmd)
+    try:
+        ns = f"/proc/{p.pid}/ns/user"
+        deadline = time.monotonic() + 120  # generous: an emulated guest on a busy host is slow
+        while True:  # until unshare(2) has run in the child
+            try:
+                if os.readlink(ns) != os.readlink("/proc/self/ns/user"):
+                    break
+            except OSError:
+                pass
+            if p.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"unshare --user did not make a user namespace (exit status {p.poll()})")
+            time.sleep(0.01)
+        for m in ("uid_map", "gid_map"):
+            with open(f"/proc/{p.pid}/{m}", "w") as f:
+                f.write(f"0 {offset} {count}\n")
+        yield ns
+    finally:
+        p.kill()
+        p.wait()
+
+
+def idmapped(ident: int, offset: int = 100000, count: int = 65536) -> int:
+    """What an idmapped mount with user_namespace()'s mapping shows for an on-disk uid or gid:
+    shifted inside the mapped range, the overflow id (65534) outside it."""
+    return ident + offset if ident < count else 65534

@@ -39,7 +39,7 @@ def test_the_package_exports_what_it_documents():
     assert r.stdout.strip() == "False"
     # Importing every submodule binds it as an attribute of the package: no public name may be
     # one of them, or the submodule would replace it.
-    for module in ("api", "build", "cli", "errors", "fsverity", "mount", "mount_helper", "mountapi",
+    for module in ("api", "build", "cli", "errors", "fsverity", "mount", "mountapi",
                    "repository"):
         __import__(f"composefs.{module}")
     for name in composefs.__all__:

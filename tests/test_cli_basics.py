@@ -1,5 +1,6 @@
 """The CLI starts, explains itself and reports its version."""
 
+import json
 import subprocess
 import sys
 
@@ -61,3 +62,24 @@ def test_non_utf8_paths_in_errors_are_shown_escaped(tmp_path):
         assert r.returncode != 0
         shown = path.replace(b"\xff", b"\\xff").replace(b"\xfe", b"\\xfe")
         assert r.stderr.startswith(b"cfsctl: error: " + shown + b": "), r.stderr
+
+
+def test_global_options_before_and_after_the_command(tmp_path):
+    """--repo and --json mean the same before the command as after it; a command's own value
+    wins; one a command does not take is a usage error naming it."""
+    repo, other = tmp_path / "r", tmp_path / "other"
+    for where in (repo, other):
+        assert run("init", "--repo", where).returncode == 0
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"x" * 100)
+    assert run("import", str(src), "--name", "app", "--repo", repo).returncode == 0
+    for argv in (["--repo", repo, "--json", "images"], ["--json", "images", "--repo", repo],
+                 ["images", "--json", "--repo", repo], ["--repo", other, "images", "--repo", repo, "--json"]):
+        r = run(*argv)
+        assert r.returncode == 0, (argv, r.stderr)
+        assert [i["name"] for i in json.loads(r.stdout)] == ["app"], argv
+    r = run("--repo", repo, "digest", src / "f")
+    assert r.returncode == 2 and "--repo does not apply to 'digest'" in r.stderr
+    r = run("--json", "digest", src / "f")
+    assert r.returncode == 0 and json.loads(r.stdout)[0]["path"] == str(src / "f")

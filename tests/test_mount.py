@@ -1,5 +1,5 @@
 """Mounting composefs images on this kernel (EROFS + overlayfs) with `cfsctl mount`/`umount` and
-`mount -t composefs` through the mount.composefs helper.
+`mount -t composefs` through the native mount.composefs helper (native/mount).
 
 Needs root (CI runs as root) and erofs + overlay in /proc/filesystems; skips only when those are
 really absent.
@@ -25,7 +25,7 @@ sys.path.insert(0, HERE)
 import cfs_images  # noqa: E402
 
 from composefs import mount as cm  # noqa: E402
-from composefs import mount_helper  # noqa: E402
+from composefs import _native, mountapi  # noqa: E402
 
 
 def _have_fs(name: str) -> bool:
@@ -361,13 +361,14 @@ def _error_cases(small, tmp):
         ([small.image, "MNT", "--basedir", small.store, "--digest", "g" * 64], "expected 64 hex digits"),
         ([small.image, "MNT", "--basedir", small.store, "--verity-check", "3"], "--verity-check"),
         ([small.image, "MNT", "--basedir", small.store, "--backend", "nfs"], "--backend"),
-        ([small.image, "MNT", "--basedir", small.store, "--upperdir", tmp], "--upperdir and --workdir go together"),
+        ([small.image, "MNT", "--basedir", small.store, "--upperdir", tmp], "upperdir and workdir go together"),
         ([small.image, tmp + "/no-such-mnt", "--basedir", small.store], "mount point does not exist"),
         ([small.image, "MNT"], "needs --basedir"),
         ([not_image, "MNT", "--basedir", small.store], "not a composefs image"),
         ([small.image, "MNT", "--basedir", small.store, "--digest", HEX64, "--verity-check", "1"],
-         "--digest implies --verity-check 2"),
-        ([small.image, "MNT", "--basedir", small.store, "-o", "bogus"], "unknown mount attribute"),
+         "implies verity_check=2"),
+        ([small.image, "MNT", "--basedir", small.store, "-o", "bogus"], 'unknown option "bogus"'),
+        ([small.image, "MNT", "-o", "basedir=" + small.store + ",verity_check=7"], "bad verity_check=7"),
     ]
 
 
@@ -383,11 +384,15 @@ def test_bad_options_give_clear_errors_and_mount_nothing(small, mnt, tmp_path):
 
 
 def _fs_has_verity(path: str) -> bool:
+    """FS_IOC_MEASURE_VERITY on a directory: ENODATA where the filesystem has fs-verity."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        cm.check_verity_support(path)
-        return True
-    except cm.MountError:
-        return False
+        mountapi.measure_verity(fd)
+    except OSError as e:
+        return e.errno == errno.ENODATA
+    finally:
+        os.close(fd)
+    return True
 
 
 @needs_mount
@@ -399,7 +404,7 @@ def test_verification_without_fsverity_is_refused_not_passed(small, mnt):
     r = cfsctl("mount", small.image, mnt, "--basedir", small.store, "--verity-check", "1")
     assert r.returncode != 0 and "does not support fs-verity" in r.stderr
     r = cfsctl("mount", small.image, mnt, "--basedir", small.store, "--digest", HEX64)
-    assert r.returncode != 0 and "--digest given but the filesystem holding the image does not support fs-verity" in r.stderr
+    assert r.returncode != 0 and "digest was given but the filesystem holding the image does not support fs-verity" in r.stderr
     assert mounts_under(mnt) == []
 
 
@@ -478,51 +483,189 @@ def test_install_helper(tmp_path):
     assert os.path.islink(link)
 
 
+HELPER = os.path.join(os.path.dirname(sys.executable), "mount.composefs")
+
+
+def helper(*args, ref: str | None = None):
+    return subprocess.run([ref or HELPER, *map(str, args)], capture_output=True, text=True, timeout=60)
+
+
+def test_helper_is_a_native_binary():
+    with open(HELPER, "rb") as f:
+        assert f.read(4) == b"\x7fELF"  # no interpreter starts at mount time
+
+
+# The option parser the helper and `cfsctl mount -o` share (native/mount/src/options.rs).
 HELPER_PARSE = [
-    (["img", "/m", "-o", "basedir=/a:/b,verity_check=1"], {"basedirs": ["/a", "/b"], "verity_check": 1}),
-    (["img", "/m", "-o", "ro,basedir=/a", "-o", "digest=" + HEX64.upper()],
-     {"basedirs": ["/a"], "digest": HEX64, "attrs": ["ro"]}),
-    (["img", "/m", "-o", "rw,nosuid,nodev,basedir=/a,upperdir=/u,workdir=/w,x-systemd.automount,_netdev"],
-     {"attrs": ["nosuid", "nodev"], "upperdir": "/u", "workdir": "/w"}),
-    (["-v", "img", "/m", "-obasedir=/a,backend=overlay"], {"backend": "overlay"}),
-    (["img", "/m", "-s", "-o", "basedir=/a,unknown=1"], {"basedirs": ["/a"]}),
+    (["basedir=/a:/b,verity_check=1"], {"basedirs": [b"/a", b"/b"], "verity_check": 1}),
+    (["ro,basedir=/a", "digest=" + HEX64.upper()], {"basedirs": [b"/a"], "digest": HEX64, "readonly": True}),
+    (["rw,nosuid,nodev,basedir=/a,upperdir=/u,workdir=/w,x-systemd.automount,_netdev"],
+     {"attrs": ["nosuid", "nodev"], "upperdir": b"/u", "workdir": b"/w", "readonly": False}),
+    (["basedir=/a,backend=overlay,verity"], {"backend": "overlay", "require_verity": True}),
+    (["basedir=/a,tryverity,idmap=/proc/1/ns/user"], {"try_verity": True, "idmap": b"/proc/1/ns/user"}),
+    ([r"basedir=/o\,1:/o\:2:/o\\3,upperdir=/u\,x"], {"basedirs": [b"/o,1", b"/o:2", b"/o\\3"], "upperdir": b"/u,x"}),
 ]
 
 
-@pytest.mark.parametrize("argv,expect", HELPER_PARSE)
-def test_helper_parses_mount8_arguments(argv, expect):
-    src, target, opts, flags = mount_helper.parse_args(argv)
-    req = mount_helper.request_from_options(src, target, opts, flags["sloppy"])
-    assert (req.image, req.mountpoint) == ("img", "/m")
+@pytest.mark.parametrize("opts,expect", HELPER_PARSE)
+def test_helper_option_parser(opts, expect):
+    got = _native.parse_mount_options(opts)
     for k, v in expect.items():
-        got = getattr(req, k)
-        if k == "basedirs":
-            got = [b.path for b in got]
-        assert got == v, k
+        g = got[k]
+        if k in ("basedirs", "upperdir", "workdir", "idmap"):
+            g = [os.fsencode(x) for x in g] if isinstance(g, list) else os.fsencode(g)
+        assert g == v, k
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["img"], "usage"),
-    (["img", "/m"], "missing basedir"),
-    (["img", "/m", "-o", "basedir=/a,unknown=1"], "unknown option"),
-    (["img", "/m", "-o", "basedir=/a,verity_check=5"], "verity_check"),
-    (["img", "/m", "-o", "basedir=/a,digest=12"], "64 hex digits"),
-    (["img", "/m", "-t", "ext4", "-o", "basedir=/a"], "not ext4"),
-    (["img", "/m", "-o", "basedir=/a,upperdir=/u"], "go together"),
-])
-def test_helper_rejects_bad_arguments(argv, message, capsys):
-    assert mount_helper.main(argv) == mount_helper.EX_USAGE
-    assert message in capsys.readouterr().err
+# (arguments, exit status, text on stderr): mount(8)'s statuses, 1 for usage, 32 for failures.
+HELPER_ERRORS = [
+    (["img"], 1, "no mount point given"),
+    ([], 1, "no image given"),
+    (["img", "/m"], 1, "missing basedir"),
+    (["img", "/m", "-o", "basedir=/a,unknown=1"], 1, "unknown option"),
+    (["img", "/m", "-s", "-o", "basedir=/a,noverity"], 1, "refused even with -s"),
+    (["img", "/m", "-o", "basedir=/a,verity_check=5"], 1, "verity_check"),
+    (["img", "/m", "-o", "basedir=/a,digest=12"], 1, "64 hex digits"),
+    (["img", "/m", "-o", "basedir=/a,verity,verity_check=1"], 1, "implies verity_check=2"),
+    (["img", "/m", "-t", "ext4", "-o", "basedir=/a"], 1, "not ext4"),
+    (["img", "/m", "-o", "basedir=/a,upperdir=/u"], 1, "go together"),
+    (["img", "/m", "-o", "basedir=/a::/b"], 1, "empty directory name"),
+    (["img", "/m", "-q", "-o", "basedir=/a"], 1, "unknown flag -q"),
+    (["img", "/m", "--bogus"], 1, "unknown option --bogus"),
+]
 
 
-def test_kernel_and_legacy_option_strings():
-    assert cm.kernel_options(["/a", "/b"], 2, HEX64) == [("basedir", "/a:/b"), ("verity_check", "2"), ("digest", HEX64)]
-    with pytest.raises(cm.MountError):
-        cm.kernel_options(["/a:b"], 0, None)
-    assert cm.overlay_legacy_options("/proc/self/fd/5", ["/s,1", "/s:2"], 2) == (
-        "lowerdir=/proc/self/fd/5::/s\\,1::/s\\:2,metacopy=on,redirect_dir=on,verity=require")
-    assert cm.overlay_legacy_options("/l", ["/s"], 1, "/u", "/w") == (
-        "lowerdir=/l::/s,metacopy=on,redirect_dir=on,upperdir=/u,workdir=/w,verity=on")
+@pytest.mark.parametrize("argv,status,message", HELPER_ERRORS)
+def test_helper_rejects_bad_arguments(argv, status, message):
+    r = helper(*argv)
+    assert (r.returncode, r.stdout) == (status, ""), r.stderr
+    assert r.stderr.startswith("mount.composefs: ") and message in r.stderr, r.stderr
+
+
+def test_helper_help_and_version():
+    for flag in ("-h", "--help"):
+        r = helper(flag)
+        assert r.returncode == 0 and r.stdout.startswith("usage: mount.composefs") and "tryverity" in r.stdout
+    r = helper("--version")
+    assert r.returncode == 0 and r.stdout.startswith("mount.composefs ")
+    # -f (fake) checks the options and mounts nothing; sloppy skips what it does not know
+    r = helper("-f", "-s", "-v", "img", "/m", "-o", "basedir=/a,whatever=1")
+    assert r.returncode == 0 and "would mount img on /m" in r.stdout
+
+
+@needs_root
+def test_helper_failures_exit_32(small, mnt, tmp_path):
+    cases = [
+        ([tmp_path / "missing.cfs", mnt, "-o", f"basedir={small.store}"], "image does not exist"),
+        ([small.image, tmp_path / "nowhere", "-o", f"basedir={small.store}"], "mount point does not exist"),
+        ([small.image, mnt, "-o", f"basedir={tmp_path}/none"], "basedir does not exist"),
+        ([small.image, mnt, "-o", f"basedir={small.store},idmap={tmp_path}/no-userns"], "idmap"),
+    ]
+    for argv, message in cases:
+        r = helper(*argv)
+        assert r.returncode == 32 and message in r.stderr, (argv, r.stderr)
+    assert mounts_under(mnt) == []
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", HELPER, small.image, mnt,
+                        "-o", f"basedir={small.store}"], capture_output=True, text=True)
+    assert r.returncode == 1 and "must be root" in r.stderr
+
+
+@needs_mount
+def test_helper_escaped_commas_and_colons_reach_the_kernel(small, tmp_path):
+    store = tmp_path / "obj,store:x"
+    shutil.copytree(small.store, store)
+    m = tmp_path / "mnt"
+    m.mkdir()
+    esc = str(store).replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
+    r = helper(small.image, m, "-o", f"ro,basedir={esc}")
+    try:
+        assert r.returncode == 0, r.stderr
+        with open(m / "small.txt", "rb") as f:
+            assert f.read() == b"hello composefs\n"
+        compare(small.snap, str(m))
+    finally:
+        subprocess.run(["umount", str(m)], capture_output=True)
+    assert mounts_under(str(m)) == []
+
+
+@needs_mount
+def test_helper_verification_options_are_never_dropped(small, mnt):
+    """Without fs-verity here, `verity` and `digest=` refuse (exit 32), with -s too; `tryverity`
+    mounts with overlay verity=require (the kernel can verify), as the reference helper does."""
+    if _fs_has_verity(small.store):
+        pytest.skip("this filesystem has fs-verity; the guest tests cover verification")
+    for opts in ("verity", f"digest={HEX64}", "verity_check=1"):
+        for flags in ([], ["-s"]):
+            r = helper(*flags, small.image, mnt, "-o", f"basedir={small.store},{opts}")
+            assert r.returncode == 32 and "fs-verity" in r.stderr, (opts, r.stderr)
+    assert mounts_under(mnt) == []
+    r = helper(small.image, mnt, "-o", f"basedir={small.store},tryverity")
+    assert r.returncode == 0, r.stderr
+    try:
+        (e,) = [e for e in cm.read_mountinfo() if e.mountpoint == mnt]
+        assert "verity=require" in e.super_options.split(",")
+    finally:
+        cfsctl("umount", mnt, check=True)
+
+
+@pytest.fixture
+def userns():
+    """A user namespace mapping its uids/gids 0..65535 to 100000..165535 outside (/proc/PID/ns/user)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare(1) is missing")
+    with cfs_images.user_namespace() as ns:
+        yield ns
+
+
+def _owners(snap: dict) -> dict:
+    return {k: (e["uid"], e["gid"]) for k, e in snap["entries"].items()}
+
+
+@needs_mount
+@pytest.mark.parametrize("api", ["new", "attached"])
+def test_idmap_shifts_owners_on_the_stock_path(small, mnt, userns, api):
+    """idmap=PATH: the image's tree seen through the namespace's ID mapping (uid u shows as
+    100000+u), through the helper and through `cfsctl mount -o` (the same Rust code)."""
+    want = {k: (cfs_images.idmapped(u), cfs_images.idmapped(g)) for k, (u, g) in _owners(small.snap).items()}
+    assert len({u for u, _ in want.values()}) > 2  # several owners, one of them outside the mapping
+    r = helper(small.image, mnt, "-o", f"basedir={small.store},idmap={userns}")
+    assert r.returncode == 0, r.stderr
+    try:
+        assert _owners(cfs_images.snapshot(mnt, content=False)) == want
+        with open(os.path.join(mnt, "small.txt"), "rb") as f:
+            assert f.read() == b"hello composefs\n"
+    finally:
+        cfsctl("umount", mnt, check=True)
+    r = cfsctl("mount", small.image, mnt, "-o", f"basedir={small.store},idmap={userns}", "--mount-api", api,
+               "--json", check=True)
+    try:
+        assert json.loads(r.stdout)["idmap"] == userns
+        assert _owners(cfs_images.snapshot(mnt, content=False)) == want
+    finally:
+        cfsctl("umount", mnt, check=True)
+    # Not a user namespace: refused, nothing mounted.
+    r = helper(small.image, mnt, "-o", f"basedir={small.store},idmap=/proc/self/ns/mnt")
+    assert r.returncode == 32 and "idmap" in r.stderr
+    assert mounts_under(mnt) == []
+
+
+@needs_mount
+def test_cfsctl_mount_takes_helper_options_and_the_name_rule(small, mnt, tmp_path):
+    r = cfsctl("mount", small.image, mnt, "-o", f"basedir={small.store},nosuid", "--json", check=True)
+    try:
+        assert json.loads(r.stdout)["basedirs"] == [small.store]
+        assert os.statvfs(mnt).f_flag & os.ST_NOSUID
+    finally:
+        cfsctl("umount", mnt, check=True)
+    # A bare name is a repository name even when a file of that name is in the current directory;
+    # the error says how to mean the file.
+    here = tmp_path / "cwd"
+    here.mkdir()
+    shutil.copy(small.image, here / "app.cfs")
+    r = subprocess.run([sys.executable, "-m", "composefs.cli", "mount", "app.cfs", mnt, "--repo",
+                        str(tmp_path / "no-repo")], capture_output=True, text=True, cwd=here)
+    assert r.returncode != 0 and "write ./app.cfs" in r.stderr, r.stderr
+    assert mounts_under(mnt) == []
 
 
 HELPER_SCRIPT = textwrap.dedent("""
@@ -561,3 +704,37 @@ def test_mount8_with_installed_helper(small, mnt, tmp_path):
     got = json.loads((out / "snap.json").read_text())
     assert got["entries"] == json.loads(json.dumps(small.snap["entries"]))
     assert mounts_under(mnt) == []
+
+
+REFERENCE_HELPER = os.environ.get("MOUNT_COMPOSEFS")
+
+# Option strings both helpers take alike: (options after basedir=STORE, whether the mount succeeds).
+SAME_AS_REFERENCE = [
+    ("", True),
+    (",ro", True),
+    (",rw", True),
+    (",tryverity", True),
+    (",bogus", False),
+    (",upperdir=/nonexistent", False),
+    (",digest=xyz", False),
+]
+
+
+@needs_mount
+@pytest.mark.skipif(not REFERENCE_HELPER, reason="set MOUNT_COMPOSEFS to the reference (composefs 1.0.x) helper")
+@pytest.mark.parametrize("extra,ok", SAME_AS_REFERENCE)
+def test_helper_agrees_with_the_reference(small, mnt, extra, ok):
+    """Same options, same outcome and the same overlay options in mountinfo (but the lower
+    layer's path, a temporary directory for the reference, a detached mount for us)."""
+    seen = []
+    for tool in (HELPER, REFERENCE_HELPER):
+        r = helper(small.image, mnt, "-o", f"basedir={small.store}{extra}", ref=tool)
+        assert (r.returncode == 0) == ok, (tool, r.stderr)
+        if ok:
+            (e,) = [e for e in cm.read_mountinfo() if e.mountpoint == mnt]
+            seen.append((e.fstype, e.source, sorted(o for o in e.super_options.split(",")
+                                                    if not o.startswith("lowerdir"))))
+            subprocess.run(["umount", mnt], check=True)
+    assert mounts_under(mnt) == []
+    if ok:
+        assert seen[0] == seen[1]

@@ -23,6 +23,10 @@ def build_wheel(out: Path) -> Path:
     # The environment `make setup` builds the extension in (see the Makefile): the same one lets
     # cargo reuse that release build instead of compiling everything again.
     env = dict(os.environ, VIRTUAL_ENV=sys.prefix, PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+    # The native mount.composefs goes into the wheel as a script; `make stage-helper` builds it.
+    r = subprocess.run(["make", "-s", "stage-helper"], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=1800)
+    assert r.returncode == 0, r.stdout + r.stderr
     r = subprocess.run([BIN / "maturin", "build", "--release", "-q", "-o", out], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -62,7 +66,9 @@ def test_installed_from_the_wheel_not_the_source_tree(venv):
 def test_cfsctl_builds_and_digests(venv, tmp_path):
     cfsctl = venv.virtualenv / "bin" / "cfsctl"
     assert "build" in run(venv, cfsctl, "--help").stdout
-    assert (venv.virtualenv / "bin" / "mount.composefs").exists()
+    helper = venv.virtualenv / "bin" / "mount.composefs"
+    assert helper.read_bytes()[:4] == b"\x7fELF"  # the native helper, not a Python script
+    assert run(venv, helper, "--version").stdout.startswith("mount.composefs ")
     src = tmp_path / "src"
     (src / "d").mkdir(parents=True)
     (src / "d" / "big").write_bytes(b"composefs " * 10000)

@@ -221,6 +221,7 @@ def mount_image(
     upperdir: StrPath | None = None,
     workdir: StrPath | None = None,
     options: Sequence[str] = (),
+    idmap: StrPath | None = None,
 ) -> MountResult:
     """Mount the image file ``image`` on ``mountpoint`` (needs root), like ``cfsctl mount``.
 
@@ -229,7 +230,9 @@ def mount_image(
     ``verity_check`` 1 checks the files whose entry records a digest, 2 requires one everywhere.
     ``backend``: "kernel" (the composefs module), "overlay" (EROFS + overlayfs on a stock
     kernel) or "auto". ``upperdir`` with ``workdir`` makes the mount writable (overlay only);
-    ``options`` are mount attributes such as "nosuid", "nodev", "noexec", "noatime".
+    ``options`` are mount attributes such as "nosuid", "nodev", "noexec", "noatime". ``idmap``
+    (a user namespace file such as ``/proc/PID/ns/user``) makes the mount idmapped with its ID
+    mapping.
     """
     from .mount import MountRequest, ObjectDir
     from .mount import mount_image as _mount_image
@@ -240,7 +243,8 @@ def mount_image(
                        basedirs=[ObjectDir(os.fspath(b)) for b in basedirs], digest=digest,
                        verity_check=verity_check, backend=backend,
                        upperdir=None if upperdir is None else os.fspath(upperdir),
-                       workdir=None if workdir is None else os.fspath(workdir), attrs=list(options))
+                       workdir=None if workdir is None else os.fspath(workdir), attrs=list(options),
+                       idmap=None if idmap is None else os.fspath(idmap))
     return _mount_image(req)
 
 

@@ -60,12 +60,41 @@ class CfsGroup(click.Group):
 
 @click.group(cls=CfsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cfsctl")
-def cli() -> None:
+@click.option("--repo", "repo_path", metavar="PATH", default=None,
+              help="The repository, for the commands that use one (same as their --repo).")
+@click.option("--json", "as_json", is_flag=True, help="JSON output, for the commands that have it (same as their --json).")
+@click.pass_context
+def cli(ctx: click.Context, repo_path: str | None, as_json: bool) -> None:
     """Build, inspect and mount composefs images.
 
     A composefs image holds a directory tree's structure and metadata; file contents live in a
     content-addressed object store named by fs-verity digests, shared between images.
+
+    --repo and --json may come before the command or after it, with the same meaning.
     """
+    _global_options(ctx, repo_path=repo_path, as_json=as_json or None)
+
+
+def _global_options(ctx: click.Context, **given) -> None:
+    """Hand global options to the invoked command as its own option defaults (a command's own
+    --repo or --json still wins); an option the command does not have is a usage error."""
+    given = {k: v for k, v in given.items() if v is not None}
+    name = ctx.invoked_subcommand
+    if not given or name is None:
+        return
+    cmd = ctx.command.get_command(ctx, name)
+    if cmd is None:
+        return
+    leaves = {n: cmd.get_command(ctx, n) for n in cmd.list_commands(ctx)} if isinstance(cmd, click.Group) else {}
+    targets = [c for c in leaves.values() if c is not None] or [cmd]
+    flags = {"repo_path": "--repo", "as_json": "--json"}
+    for key in given:
+        if not any(any(p.name == key for p in c.params) for c in targets):
+            raise click.UsageError(f"{flags[key]} does not apply to '{name}'", ctx)
+    if isinstance(cmd, click.Group):
+        ctx.default_map = {name: {n: dict(given) for n in leaves}}
+    else:
+        ctx.default_map = {name: dict(given)}
 
 
 # Sub-commands live in their own modules (one room per concern) and register here, one line

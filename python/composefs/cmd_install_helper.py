@@ -15,14 +15,14 @@ HELPER = "mount.composefs"
 
 
 def helper_script() -> str:
-    """The installed ``mount.composefs`` console script (next to this Python's cfsctl)."""
+    """The installed ``mount.composefs`` (the native helper, next to this Python's cfsctl)."""
     beside = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), HELPER)
     if os.access(beside, os.X_OK):
         return beside
     found = shutil.which(HELPER)
     if found:
         return os.path.abspath(found)
-    raise CfsError(f"the {HELPER} script is not installed with this Python (reinstall the package)")
+    raise CfsError(f"the {HELPER} helper is not installed with this Python (reinstall the package)")
 
 
 def install_helper(prefix: str, force: bool = False) -> dict:

@@ -7,13 +7,14 @@ import os
 
 import click
 
-from .mount import BACKENDS, MOUNT_APIS, MountError, MountRequest, ObjectDir, mount_image, unmount
+from .errors import CfsError
+from .mount import BACKENDS, MOUNT_APIS, MountError, MountRequest, ObjectDir, mount_image, parse_options, unmount
 
 
-def parse_attr_list(text: str | None) -> list[str]:
-    if not text:
-        return []
-    return [a for a in (x.strip() for x in text.split(",")) if a]
+def is_image_path(image: str, basedirs: list) -> bool:
+    """The one rule for IMAGE: a path when it holds a '/' or object directories are given
+    (--basedir, -o basedir=); else an image name, digest or digest prefix in the repository."""
+    return "/" in image or bool(basedirs)
 
 
 @click.command("mount")
@@ -39,8 +40,10 @@ def parse_attr_list(text: str | None) -> list[str]:
 @click.option("--foreground", is_flag=True, help="With fuse: serve in this process until unmounted.")
 @click.option("--upperdir", metavar="DIR", help="Writable overlay upper directory (with --workdir).")
 @click.option("--workdir", metavar="DIR", help="overlayfs work directory, on the upperdir's filesystem.")
-@click.option("-o", "--options", "attrs", metavar="OPTS",
-              help="Mount attributes, comma separated: ro, nosuid, nodev, noexec, noatime, ...")
+@click.option("-o", "--options", "options", metavar="OPTS", multiple=True,
+              help="mount.composefs options, comma separated (backslash escapes): basedir=DIR[:DIR], "
+                   "digest=HEX, verity, tryverity, verity_check=N, idmap=PATH, upperdir=DIR, "
+                   "workdir=DIR, backend=..., ro, rw, nosuid, nodev, noexec, noatime, ...")
 @click.option("--remote", metavar="URL",
               help="Fetch objects missing from every basedir on first open from the repository at "
                    "URL (checked as 'cfsctl pull' checks them) into the first basedir: with the kernel "
@@ -54,7 +57,7 @@ def parse_attr_list(text: str | None) -> list[str]:
 @click.option("--erofs-source", type=click.Choice(["auto", "file", "loop"]), default="auto", hidden=True)
 @click.option("--mount-api", type=click.Choice(MOUNT_APIS), default="auto", hidden=True)
 def mount_cmd(image, mountpoint, basedirs, repo_path, digest, verity_check, backend, use_fuse, foreground, upperdir,
-              workdir, attrs, remote, fetch_timeout, tls_verify, as_json, erofs_source, mount_api):
+              workdir, options, remote, fetch_timeout, tls_verify, as_json, erofs_source, mount_api):
     """Mount the composefs IMAGE on MOUNTPOINT, file contents served from --basedir.
 
     \b
@@ -62,10 +65,13 @@ def mount_cmd(image, mountpoint, basedirs, repo_path, digest, verity_check, back
       cfsctl mount app.cfs /mnt/app --basedir /var/lib/composefs/objects
       cfsctl umount /mnt/app
 
-    IMAGE is an image file when that path exists (or --basedir is given, or it holds a '/');
-    anything else is an image name or digest
-    (or unique digest prefix) in the repository, whose digest is then verified before mounting
-    (by fs-verity when the image file has it, else computed in software).
+    IMAGE is an image file when it holds a '/' (write ./app.cfs for a file here) or when object
+    directories are given (--basedir, -o basedir=); anything else is an image name or digest (or
+    unique digest prefix) in the repository, whose digest is then verified before mounting (by
+    fs-verity when the image file has it, else computed in software).
+
+    -o takes what mount.composefs takes (the same Rust code parses it); the flags above add to
+    it, and win where both say something.
 
     The kernel paths need root; --fuse (the default for other users) needs none: the image is
     checked and served by a daemon in user space, objects verified on first open at the
@@ -74,20 +80,37 @@ def mount_cmd(image, mountpoint, basedirs, repo_path, digest, verity_check, back
     detached and held by the overlay, and a loop device (only used on kernels that cannot mount
     EROFS from a file) clears itself when the mount goes.
     """
-    basedirs = list(basedirs)
-    from_repo = not os.path.exists(image) and not basedirs and "/" not in image
+    o = parse_options(options) if options else {}
+    basedirs = list(basedirs) + [os.fsdecode(b) for b in o.get("basedirs") or []]
+    digest = digest or o.get("digest")
+    verity_check = verity_check if verity_check is not None else o.get("verity_check")
+    upperdir = upperdir or (os.fsdecode(o["upperdir"]) if o.get("upperdir") else None)
+    workdir = workdir or (os.fsdecode(o["workdir"]) if o.get("workdir") else None)
+    if backend == "auto" and o.get("backend", "auto") != "auto":
+        backend = o["backend"]
+    attrs = list(o.get("attrs") or [])
+    if o.get("readonly") is not None:
+        attrs.append("ro" if o["readonly"] else "rw")
+    from_repo = not is_image_path(image, basedirs)
     if from_repo:
         from .repository import Repository, default_path, verified_image_for_mount
 
-        repo = Repository.open(repo_path or default_path())
-        with repo.locked():
-            image, repo_digest = verified_image_for_mount(repo, image)
+        try:
+            repo = Repository.open(repo_path or default_path())
+            with repo.locked():
+                image, repo_digest = verified_image_for_mount(repo, image)
+        except CfsError as e:
+            if os.path.exists(image):
+                raise MountError(f"{e}; IMAGE without a '/' and without --basedir is looked up in the "
+                                 f"repository: for the file here write ./{image} and give --basedir",
+                                 image) from None
+            raise
         digest = digest or repo_digest
         basedirs.append(repo.objects)
     elif not basedirs:
         if not os.path.exists(image):
             raise MountError("image does not exist", image)
-        raise MountError("an image file needs --basedir (the object directory)", image)
+        raise MountError("an image file needs --basedir or -o basedir= (the object directory)", image)
     if remote and backend == "overlay":
         raise MountError("--remote needs the composefs kernel module or FUSE (--backend kernel|fuse)")
     if use_fuse or backend == "fuse" or (backend == "auto" and os.geteuid() != 0):
@@ -95,6 +118,10 @@ def mount_cmd(image, mountpoint, basedirs, repo_path, digest, verity_check, back
 
         if upperdir or workdir:
             raise MountError("a FUSE mount is read-only; --upperdir needs a kernel backend")
+        if o.get("idmap"):
+            raise MountError("idmap= needs a kernel backend (a FUSE mount cannot be idmapped)")
+        if verity_check is None and (o.get("require_verity") or o.get("try_verity")):
+            verity_check = 2
         result = mount_fuse(image, mountpoint, basedirs, digest=digest, verity_check=verity_check,
                             foreground=foreground, remote=remote, tls_verify=tls_verify)
         if as_json:
@@ -102,8 +129,10 @@ def mount_cmd(image, mountpoint, basedirs, repo_path, digest, verity_check, back
         return
     req = MountRequest(image=image, mountpoint=mountpoint, basedirs=[ObjectDir(b) for b in basedirs],
                        digest=digest, verity_check=verity_check, backend=backend, upperdir=upperdir,
-                       workdir=workdir, attrs=parse_attr_list(attrs), erofs_source=erofs_source,
-                       mount_api=mount_api, image_nofollow=from_repo, fetch_timeout=fetch_timeout)
+                       workdir=workdir, attrs=attrs, erofs_source=erofs_source, mount_api=mount_api,
+                       image_nofollow=from_repo, require_verity=bool(o.get("require_verity")),
+                       try_verity=bool(o.get("try_verity")),
+                       idmap=os.fsdecode(o["idmap"]) if o.get("idmap") else None, fetch_timeout=fetch_timeout)
     if remote:
         from .fetchd import start
 

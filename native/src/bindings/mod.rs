@@ -6,6 +6,7 @@ mod errors;
 mod fsverity;
 mod fuse;
 mod image;
+mod mount;
 mod oci;
 mod pyio;
 mod remote;
@@ -19,6 +20,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     fsverity::register(m)?;
     fuse::register(m)?;
     image::register(m)?;
+    mount::register(m)?;
     oci::register(m)?;
     remote::register(m)?;
     scan::register(m)?;

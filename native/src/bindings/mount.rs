@@ -1,0 +1,140 @@
+//! Bindings for the `composefs-mount` crate (the mount logic `mount.composefs` runs too):
+//! `cfsctl mount` hands its request over here. Errors become `composefs._native.MountFailed`
+//! with `(message, path, kind)`; the Python side turns them into `MountError`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use composefs_mount as cm;
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+create_exception!(
+    _native,
+    MountFailed,
+    PyException,
+    "A mount that could not be done: args are (message, path or None, kind: usage|permission|failure)."
+);
+
+fn mount_err(e: cm::Error) -> PyErr {
+    let kind = match e.kind {
+        cm::ErrorKind::Usage => "usage",
+        cm::ErrorKind::Permission => "permission",
+        cm::ErrorKind::Failure => "failure",
+    };
+    MountFailed::new_err((e.message, e.path.map(|p| p.into_os_string()), kind))
+}
+
+fn source(s: &str) -> Result<cm::ErofsSource, cm::Error> {
+    Ok(match s {
+        "auto" => cm::ErofsSource::Auto,
+        "file" => cm::ErofsSource::File,
+        "loop" => cm::ErofsSource::Loop,
+        _ => return Err(cm::Error::usage(format!("bad erofs source {s:?}"))),
+    })
+}
+
+/// Mount an image (see the `composefs-mount` crate); returns what was done as a dict.
+#[pyfunction]
+#[pyo3(signature = (image, mountpoint, basedirs, *, digest=None, verity_check=None, require_verity=false,
+    try_verity=false, backend="auto", upperdir=None, workdir=None, attrs=Vec::new(), readonly=None, idmap=None,
+    erofs_source="auto", mount_api="auto", image_nofollow=false, fetch_fd=None, fetch_timeout=None))]
+#[allow(clippy::too_many_arguments)]
+fn mount_image<'py>(
+    py: Python<'py>,
+    image: PathBuf,
+    mountpoint: PathBuf,
+    basedirs: Vec<PathBuf>,
+    digest: Option<&str>,
+    verity_check: Option<u8>,
+    require_verity: bool,
+    try_verity: bool,
+    backend: &str,
+    upperdir: Option<PathBuf>,
+    workdir: Option<PathBuf>,
+    attrs: Vec<String>,
+    readonly: Option<bool>,
+    idmap: Option<PathBuf>,
+    erofs_source: &str,
+    mount_api: &str,
+    image_nofollow: bool,
+    fetch_fd: Option<i32>,
+    fetch_timeout: Option<u32>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let mut req = cm::Request::new(image, mountpoint);
+    req.basedirs = basedirs;
+    req.digest = digest.map(cm::options::parse_digest).transpose().map_err(mount_err)?;
+    req.verity_check = verity_check;
+    req.require_verity = require_verity;
+    req.try_verity = try_verity;
+    req.backend = cm::Backend::parse(backend).map_err(mount_err)?;
+    req.upperdir = upperdir;
+    req.workdir = workdir;
+    req.readonly = readonly;
+    for a in attrs {
+        match a.as_str() {
+            "ro" => req.readonly = Some(true),
+            "rw" => req.readonly = Some(false),
+            _ => req.attrs.push(a),
+        }
+    }
+    req.idmap = idmap;
+    req.erofs_source = source(erofs_source).map_err(mount_err)?;
+    req.mount_api = cm::MountApi::parse(mount_api).map_err(mount_err)?;
+    req.image_nofollow = image_nofollow;
+    req.fetch_fd = fetch_fd;
+    req.fetch_timeout = fetch_timeout;
+    let out = py.allow_threads(|| cm::mount_image(&req)).map_err(mount_err)?;
+    let d = PyDict::new(py);
+    d.set_item("backend", out.backend)?;
+    d.set_item("image", out.image)?;
+    d.set_item("mountpoint", out.mountpoint)?;
+    d.set_item("basedirs", out.basedirs)?;
+    d.set_item("verity_check", out.verity_check)?;
+    d.set_item("digest", out.digest)?;
+    d.set_item("writable", out.writable)?;
+    d.set_item("erofs_source", out.erofs_source)?;
+    d.set_item("loop_device", out.loop_device)?;
+    d.set_item("mount_api", out.mount_api)?;
+    d.set_item("layers_by", out.layers_by)?;
+    d.set_item("idmap", out.idmap)?;
+    Ok(d)
+}
+
+/// The helper's `-o` option strings (mount.composefs spellings and escapes) as the fields of a
+/// mount request: a dict with the keys `mount_image` takes.
+#[pyfunction]
+#[pyo3(signature = (options, sloppy=false))]
+fn parse_mount_options<'py>(py: Python<'py>, options: Vec<OsString>, sloppy: bool) -> PyResult<Bound<'py, PyDict>> {
+    let mut req = cm::Request::new(PathBuf::new(), PathBuf::new());
+    cm::options::apply(&mut req, &options, sloppy).map_err(mount_err)?;
+    let d = PyDict::new(py);
+    d.set_item("basedirs", req.basedirs)?;
+    d.set_item("digest", req.digest)?;
+    d.set_item("verity_check", req.verity_check)?;
+    d.set_item("require_verity", req.require_verity)?;
+    d.set_item("try_verity", req.try_verity)?;
+    d.set_item("backend", format!("{:?}", req.backend).to_lowercase())?;
+    d.set_item("upperdir", req.upperdir)?;
+    d.set_item("workdir", req.workdir)?;
+    d.set_item("attrs", req.attrs)?;
+    d.set_item("readonly", req.readonly)?;
+    d.set_item("idmap", req.idmap)?;
+    Ok(d)
+}
+
+/// True when /proc/filesystems lists the composefs module's filesystem.
+#[pyfunction]
+fn kernel_module_available() -> bool {
+    cm::kernel_module_available()
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("MountFailed", m.py().get_type::<MountFailed>())?;
+    m.add_function(wrap_pyfunction!(mount_image, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_mount_options, m)?)?;
+    m.add_function(wrap_pyfunction!(kernel_module_available, m)?)?;
+    Ok(())
+}

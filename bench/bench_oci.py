@@ -136,7 +136,13 @@ def run(workdir: Path) -> list[dict]:
         rs_env = dict(os.environ, PATH=f"{shim}:{os.environ.get('PATH', '/usr/bin:/bin')}")
         warm(reg.dir)
         runs = workdir / "runs"
-        shutil.rmtree(runs, ignore_errors=True)
+        if runs.exists():
+            # Left by an interrupted run. ext4's inode allocator skips every inode freed in the
+            # last ~30 s, re-reading its inode-table block each time: a pull right after such a
+            # delete pays seconds of system time for it. Wait that out.
+            shutil.rmtree(runs, ignore_errors=True)
+            log("removed old runs; waiting 35 s for ext4's recently-deleted inode window")
+            time.sleep(35)
         runs.mkdir()
 
         def fresh(name: str) -> Path:
@@ -194,6 +200,7 @@ def run(workdir: Path) -> list[dict]:
                 samples[label].append((wall, cpu, rss))
     finally:
         reg.stop()
+        shutil.rmtree(workdir / "runs", ignore_errors=True)  # now, not before the next run
     med = {k: (statistics.median(w for w, _, _ in v), statistics.median(c for _, c, _ in v), max(r for _, _, r in v),
                min(w for w, _, _ in v), max(w for w, _, _ in v), len(v))
            for k, v in samples.items() if v}

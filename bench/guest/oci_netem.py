@@ -7,7 +7,7 @@ Run by `qemu/run.py --job bench/guest/oci_netem.py -- --ref-path REPO:TAG [--rat
 [--repeat N]`, the disk ($CFS_VERITY_DIR) preloaded with `registry/storage/`: a docker-registry
 filesystem store holding the image.
 
-The network: tests/ocireg.py's NetPair (two network namespaces joined by a veth pair, 192.0.2.1
+The network: two network namespaces joined by a veth pair (as tests/ocireg.py's NetPair), 192.0.2.1
 the server, 192.0.2.2 the client); its Registry runs docker-registry in the server namespace on
 192.0.2.1:5000. Shaping with tc(8) on both veth ends: `netem delay 25ms` each way (50 ms RTT),
 and on the server's end (what the registry sends) a `tbf` child of that netem at the given rate.
@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from ocireg import NetPair, Registry, wait_port  # noqa: E402
+from ocireg import Registry, wait_port  # noqa: E402
 
 DATA = Path(os.environ.get("CFS_VERITY_DIR", "/run/cfs/verity"))
 OUT = Path(os.environ.get("CFS_OUT_DIR", "/run/cfs/out"))
@@ -64,6 +64,46 @@ def timed(args: list[str]) -> tuple[float, bytes]:
 def cpu_children() -> float:
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
+
+
+class NetPair:
+    """Two network namespaces joined by a veth pair, as tests/ocireg.py's NetPair (same
+    addresses), made with ip(8): pyroute2's netns.create gave up waiting for its helper process
+    under TCG on a busy host."""
+
+    SERVER, CLIENT = "192.0.2.1", "192.0.2.2"
+
+    def __init__(self):
+        tag = os.getpid()
+        self.srv, self.cli = f"cfsb-s-{tag}", f"cfsb-c-{tag}"
+        self.sif, self.cif = f"cfsbs{tag}"[:15], f"cfsbc{tag}"[:15]
+        try:
+            for cmd in (["netns", "add", self.srv], ["netns", "add", self.cli],
+                        ["link", "add", self.sif, "type", "veth", "peer", "name", self.cif],
+                        ["link", "set", self.sif, "netns", self.srv], ["link", "set", self.cif, "netns", self.cli]):
+                subprocess.run(["ip", *cmd], check=True, capture_output=True)
+            for ns, ifn, addr in ((self.srv, self.sif, self.SERVER), (self.cli, self.cif, self.CLIENT)):
+                for cmd in (["addr", "add", f"{addr}/24", "dev", ifn], ["link", "set", ifn, "up"],
+                            ["link", "set", "lo", "up"]):
+                    subprocess.run(["ip", "-n", ns, *cmd], check=True, capture_output=True)
+        except BaseException:
+            self.close()
+            raise
+
+    def prefix(self, ns: str) -> list[str]:
+        return ["nsenter", f"--net=/var/run/netns/{ns}", "--"]
+
+    @property
+    def server_cmd(self) -> list[str]:
+        return self.prefix(self.srv)
+
+    @property
+    def client_cmd(self) -> list[str]:
+        return self.prefix(self.cli)
+
+    def close(self) -> None:
+        for ns in (self.srv, self.cli):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 def start(reg: Registry, timeout: float = 300) -> None:

@@ -1,17 +1,24 @@
 """`cfsctl oci pull` from a local registry against the ways users get the same result today.
 
-The image: the debootstrap'd Debian minbase root of bench_repo.py (shared with it, made once),
-as a two-layer OCI image (layer 1: everything but /usr/share; layer 2: /usr/share; GNU tar with
-numeric owners and xattrs, gzip -6), pushed with skopeo into Debian's docker-registry on
-127.0.0.1 (a temporary config under bench/work/oci/, plain HTTP).
+The image: a debootstrap'd Debian root (bookworm minbase plus python3, made once by
+bench_repo.make_root and cached beside bench_repo's roots) as a two-layer OCI image (layer 1:
+everything but /usr/share; layer 2: /usr/share; bench_repo.make_layout: GNU tar with numeric
+owners and xattrs, gzip -6), pushed with skopeo into Debian's docker-registry on 127.0.0.1 (a
+temporary config under bench/work/oci/, plain HTTP).
 
-Timed, each into an empty repository, alternated round by round (BENCH_REPEAT rounds, best wall
-time kept), page cache warm, `sync` and quiet writeback before each run:
+Timed, each into an empty repository, the tools alternated round by round (the order rotates;
+BENCH_REPEAT rounds, medians reported), page cache warm, `sync` and quiet writeback before each
+run; wall time, CPU time (user + system) and peak RSS from the child's `wait4` rusage (RSS: the
+largest of the process and its waited-for descendants, e.g. skopeo under composefs-rs):
   * `cfsctl oci pull` (this project);
-  * `skopeo copy docker://... oci:DIR` then `cfsctl oci import DIR` (what users do without pull);
+  * `skopeo copy docker://... oci:DIR` then `cfsctl oci import DIR` (what users do without pull;
+    times and CPU add up, RSS is the larger of the two);
   * the reference Rust project's `cfsctl oci pull` when `COMPOSEFS_RS_CFSCTL=/path/to/cfsctl`
-    (composefs-rs, built by hand outside this repository) is set: it fetches through skopeo's
-    image proxy, pointed at the plain-HTTP registry by a temporary registries.conf.
+    (composefs-rs, built by hand outside this repository) is set, into a repository made with
+    `cfsctl init --insecure --algorithm fsverity-sha256-12` (our digest, no verity here). It
+    fetches through `skopeo experimental-image-proxy`; Debian's skopeo 1.9 ignores
+    CONTAINERS_REGISTRIES_CONF, so a `skopeo` shim first on PATH adds `--registries-conf` naming
+    the plain-HTTP registry as insecure.
 Target (issue #12): >= 1.5x faster than the faster of the other two, peak RSS under 150 MB.
 """
 
@@ -21,62 +28,26 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import time
 from pathlib import Path
 
 from bench_build import loadavg, log, run_child, settle, warm
-from bench_repo import ROOTS, make_root, mib, sha256_file
+from bench_repo import make_layout, make_root, mib
 
 TITLE = "oci pull from a local registry: cfsctl oci pull vs skopeo copy + cfsctl oci import vs composefs-rs"
-REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
+REPEAT = int(os.environ.get("BENCH_REPEAT", "5"))
 TIMEOUT = 1800
 REPO = "bench/debian"
-TAG = "minbase"
-
-
-def make_two_layer_layout(out: Path, root: Path) -> None:
-    """OUT: an OCI layout of ROOT as two gzip layers (all but usr/share, then usr/share)."""
-    if (out / "index.json").exists():
-        return
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    blobs = tmp / "blobs" / "sha256"
-    blobs.mkdir(parents=True)
-    tar_base = ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-C", str(root)]
-    layers = []
-    for n, args in enumerate([["--exclude=./usr/share", "-cf"], ["-cf"]]):
-        tar = tmp / f"layer{n}.tar"
-        what = ["."] if n == 0 else ["./usr/share"]
-        log(f"making {out}: layer {n + 1}")
-        subprocess.run(tar_base + args + [str(tar)] + what, check=True, timeout=TIMEOUT)
-        diff_id = sha256_file(tar)
-        subprocess.run(["gzip", "-6", "-n", str(tar)], check=True, timeout=TIMEOUT)
-        gz = tmp / f"layer{n}.tar.gz"
-        d, size = sha256_file(gz), gz.stat().st_size
-        os.rename(gz, blobs / d)
-        layers.append((d, size, diff_id))
-
-    def blob(doc: dict) -> tuple[str, int]:
-        data = json.dumps(doc, sort_keys=True).encode()
-        import hashlib
-
-        d = hashlib.sha256(data).hexdigest()
-        (blobs / d).write_bytes(data)
-        return d, len(data)
-
-    cfg_d, cfg_n = blob({"architecture": "amd64", "os": "linux", "config": {},
-                         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{i}" for _, _, i in layers]}})
-    man_d, man_n = blob({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                         "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                                    "digest": f"sha256:{cfg_d}", "size": cfg_n},
-                         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                                     "digest": f"sha256:{d}", "size": s} for d, s, _ in layers]})
-    (tmp / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-    (tmp / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": f"sha256:{man_d}", "size": man_n,
-         "annotations": {"org.opencontainers.image.ref.name": TAG}}]}))
-    os.rename(tmp, out)
+TAG = "minbase-py"
+ROOT_OPTS = ["--variant=minbase", "--include=python3"]
+LAYERS = [(["--exclude=./usr/share"], ["."]), ([], ["./usr/share"])]
+TARGET_SPEEDUP = 1.5
+TARGET_RSS = 150e6
+OURS = "cfsctl oci pull"
+SKOPEO = "skopeo copy + cfsctl oci import"
+RS = "composefs-rs cfsctl oci pull"
 
 
 def free_port() -> int:
@@ -86,13 +57,15 @@ def free_port() -> int:
 
 
 class Registry:
-    def __init__(self, workdir: Path):
+    """docker-registry on 127.0.0.1 (plain HTTP), its store in DATA (default WORKDIR/registry/data)."""
+
+    def __init__(self, workdir: Path, data: Path | None = None):
         self.dir = workdir / "registry"
         self.dir.mkdir(exist_ok=True)
         self.port = free_port()
         cfg = self.dir / "config.yml"
         cfg.write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
-                       f"    rootdirectory: {self.dir / 'data'}\n  delete:\n    enabled: true\n"
+                       f"    rootdirectory: {data or self.dir / 'data'}\n  delete:\n    enabled: true\n"
                        f"http:\n  addr: 127.0.0.1:{self.port}\n")
         exe = shutil.which("docker-registry") or "/usr/bin/docker-registry"
         self.proc = subprocess.Popen([exe, "serve", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -114,23 +87,62 @@ class Registry:
         self.proc.wait(timeout=30)
 
 
+def image(workdir: Path) -> tuple[Path, Path]:
+    """The root and its two-layer layout (each made once)."""
+    (workdir.parent / "repo").mkdir(exist_ok=True)
+    root = make_root(workdir.parent / "repo", TAG, ROOT_OPTS)
+    layout = workdir / f"layout-{TAG}-2"
+    spec = (root.parent / f"{TAG}.spec").read_text() + json.dumps(LAYERS)
+    stamp = workdir / f"layout-{TAG}-2.spec"
+    if not (stamp.exists() and stamp.read_text() == spec):
+        shutil.rmtree(layout, ignore_errors=True)
+    make_layout(layout, root, LAYERS, tag=TAG)
+    stamp.write_text(spec)
+    return root, layout
+
+
+def layout_sizes(layout: Path) -> tuple[int, int]:
+    """(compressed bytes of all blobs, uncompressed bytes of the layers' tars)."""
+    blobs = sum(f.stat().st_size for f in (layout / "blobs").rglob("*") if f.is_file())
+    index = json.loads((layout / "index.json").read_text())
+    man = json.loads((layout / "blobs/sha256" / index["manifests"][0]["digest"].split(":")[1]).read_bytes())
+    tars = 0
+    for layer in man["layers"]:
+        with subprocess.Popen(["gzip", "-dc", str(layout / "blobs/sha256" / layer["digest"].split(":")[1])],
+                              stdout=subprocess.PIPE) as p:
+            while chunk := p.stdout.read(1 << 20):
+                tars += len(chunk)
+    return blobs, tars
+
+
 def run(workdir: Path) -> list[dict]:
     ours = shutil.which("cfsctl") or str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "cfsctl")
     rs = os.environ.get("COMPOSEFS_RS_CFSCTL")
-    (workdir.parent / "repo").mkdir(exist_ok=True)
-    root = make_root(workdir.parent / "repo", "minbase", ROOTS["minbase"])
-    layout = workdir / "layout-minbase-2"
-    make_two_layer_layout(layout, root)
-    blob_bytes = sum(f.stat().st_size for f in (layout / "blobs").rglob("*") if f.is_file())
+    _root, layout = image(workdir)
+    blob_bytes, tar_bytes = layout_sizes(layout)
+    log(f"image: {blob_bytes / 1e6:.1f} MB of blobs, {tar_bytes / 1e6:.1f} MB of tar")
     reg = Registry(workdir)
+    load_start = loadavg()
     try:
         subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:{TAG}", reg.ref],
                        check=True, timeout=TIMEOUT)
         regconf = workdir / "registries.conf"
         regconf.write_text(f'[[registry]]\nlocation = "127.0.0.1:{reg.port}"\ninsecure = true\n')
+        shim = workdir / "shim"
+        shim.mkdir(exist_ok=True)
+        skopeo = shutil.which("skopeo") or "/usr/bin/skopeo"
+        (shim / "skopeo").write_text(f'#!/bin/sh\nexec {skopeo} --registries-conf {regconf} "$@"\n')
+        (shim / "skopeo").chmod(0o755)
+        rs_env = dict(os.environ, PATH=f"{shim}:{os.environ.get('PATH', '/usr/bin:/bin')}")
         warm(reg.dir)
         runs = workdir / "runs"
-        shutil.rmtree(runs, ignore_errors=True)
+        if runs.exists():
+            # Left by an interrupted run. ext4's inode allocator skips every inode freed in the
+            # last ~30 s, re-reading its inode-table block each time: a pull right after such a
+            # delete pays seconds of system time for it. Wait that out.
+            shutil.rmtree(runs, ignore_errors=True)
+            log("removed old runs; waiting 35 s for ext4's recently-deleted inode window")
+            time.sleep(35)
         runs.mkdir()
 
         def fresh(name: str) -> Path:
@@ -152,19 +164,21 @@ def run(workdir: Path) -> list[dict]:
 
         def rs_pull(i: int):
             repo = fresh(f"rs-{i}")
-            repo.mkdir()
-            return [[rs, "--insecure", "--repo", str(repo), "oci", "pull", reg.ref, "d"]]
+            subprocess.run([rs, "init", "--insecure", "--algorithm", "fsverity-sha256-12", str(repo)], check=True,
+                           capture_output=True)
+            return [[rs, "--repo", str(repo), "oci", "pull", reg.ref, "d"]]
 
-        tools = [("cfsctl oci pull", ours_pull), ("skopeo copy + cfsctl oci import", skopeo_import)]
+        tools = [(OURS, ours_pull, None), (SKOPEO, skopeo_import, None)]
         if rs:
-            tools.append(("composefs-rs cfsctl oci pull", rs_pull))
-        env = dict(os.environ, CONTAINERS_REGISTRIES_CONF=str(regconf))
-        best: dict[str, tuple[float, float, int]] = {}
+            tools.append((RS, rs_pull, rs_env))
+        samples: dict[str, list[tuple[float, float, int]]] = {t[0]: [] for t in tools}
         failed: dict[str, str] = {}
-        digests: dict[str, str] = {}
+        digests: dict[str, set[str]] = {}
+        loads = []
         for i in range(REPEAT):
-            order = tools if i % 2 == 0 else tools[::-1]
-            for label, steps in order:
+            k = i % len(tools)
+            order = tools[k:] + tools[:k]
+            for label, steps, env in order:
                 if label in failed:
                     continue
                 wall = cpu = 0.0
@@ -175,30 +189,48 @@ def run(workdir: Path) -> list[dict]:
                         w, c, r, out = run_child(args, stdout=None, env=env)
                         wall, cpu, rss = wall + w, cpu + c, max(rss, r)
                         if args[0] == ours and out.strip():
-                            digests[label] = json.loads(out)["digest"]
+                            digests.setdefault(label, set()).add(json.loads(out)["digest"])
                 except RuntimeError as e:
                     failed[label] = str(e).strip().splitlines()[-1][:200]
                     log(f"{label}: {e}")
                     continue
-                log(f"{label}: {wall:.3f} s wall, {cpu:.3f} s cpu, {mib(rss)} peak RSS (load {loadavg()})")
-                if label not in best or wall < best[label][0]:
-                    best[label] = (wall, cpu, rss)
+                loads.append(os.getloadavg()[0])
+                log(f"round {i + 1}: {label}: {wall:.3f} s wall, {cpu:.3f} s cpu, {mib(rss)} peak RSS "
+                    f"(load {loadavg()})")
+                samples[label].append((wall, cpu, rss))
     finally:
         reg.stop()
+        shutil.rmtree(workdir / "runs", ignore_errors=True)  # now, not before the next run
+    med = {k: (statistics.median(w for w, _, _ in v), statistics.median(c for _, c, _ in v), max(r for _, _, r in v),
+               min(w for w, _, _ in v), max(w for w, _, _ in v), len(v))
+           for k, v in samples.items() if v}
+    case = f"pull into an empty repository, {blob_bytes / 1e6:.0f} MB of gzip layers, {tar_bytes / 1e6:.0f} MB of tar"
     rows = []
-    others = [best[k][0] for k in best if k != "cfsctl oci pull"]
-    for label, _ in tools:
-        if label in failed and label not in best:
-            rows.append({"case": "pull into an empty repository", "tool": label, "seconds": None,
-                         "note": f"FAILED: {failed[label]}"})
+    others = {k: med[k][0] for k in med if k != OURS}
+    for label, _, _ in tools:
+        if label not in med:
+            rows.append({"case": case, "tool": label, "seconds": None, "note": f"FAILED: {failed.get(label, '?')}"})
             continue
-        wall, cpu, rss = best[label]
-        note = [f"peak RSS {mib(rss)}"]
-        if label == "cfsctl oci pull" and others:
-            note.append(f"{min(others) / wall:.2f}x the faster other way")
-        rows.append({"case": "pull into an empty repository", "tool": label, "seconds": wall, "cpu": cpu,
-                     "bytes": blob_bytes, "note": ", ".join(note)})
-    if len(set(digests.values())) == 1 and len(digests) > 1:
+        wall, cpu, rss, lo, hi, n = med[label]
+        note = [f"median of {n} (wall {lo:.2f}-{hi:.2f} s)", f"peak RSS {rss / 1e6:.0f} MB"]
+        if label == OURS:
+            if others:
+                fastest = min(others, key=others.get)
+                x = others[fastest] / wall
+                note.append(f"{x:.2f}x the faster other way ({fastest}): target >= {TARGET_SPEEDUP}x "
+                            f"{'met' if x >= TARGET_SPEEDUP else 'MISSED'}")
+            note.append(f"RSS target < {TARGET_RSS / 1e6:.0f} MB {'met' if rss < TARGET_RSS else 'MISSED'}")
+        if label in failed:
+            note.append(f"failed once: {failed[label]}")
+        rows.append({"case": case, "tool": label, "seconds": wall, "cpu": cpu, "bytes": blob_bytes,
+                     "note": ", ".join(note)})
+    all_digests = set().union(*digests.values()) if digests else set()
+    if len(all_digests) == 1 and len(digests) > 1:
         rows.append({"case": "same image digest from pull and skopeo + import", "tool": "", "seconds": None,
-                     "note": next(iter(digests.values()))})
+                     "note": next(iter(all_digests))})
+    elif len(all_digests) > 1:
+        rows.append({"case": "image digests DIFFER", "tool": "", "seconds": None, "note": repr(digests)})
+    rows.append({"case": "load average", "tool": "", "seconds": None,
+                 "note": f"{load_start} at start, 1-min {min(loads, default=0):.1f}-{max(loads, default=0):.1f} "
+                         f"over the runs, {loadavg()} at end"})
     return rows

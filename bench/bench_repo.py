@@ -297,24 +297,34 @@ def run(workdir: Path) -> list[dict]:
 # ---------------------------------------------------------------- the same trees as container images
 
 
-def make_layout(out: Path, root: Path) -> None:
-    """A one-image OCI layout at OUT whose one layer is ROOT as a gzip tar (GNU tar, numeric
-    owners, xattrs), made once. (umoci 0.4.7's `insert` writes truncated layers here.)"""
+# One layer holding the whole tree: tar options, then the paths (relative to the root) it holds.
+WHOLE_TREE = [([], ["."])]
+
+
+def make_layout(out: Path, root: Path, layers: list[tuple[list[str], list[str]]] = WHOLE_TREE,
+                tag: str | None = None) -> None:
+    """A one-image OCI layout at OUT whose layers are parts of ROOT as gzip tars (GNU tar,
+    numeric owners, xattrs), made once. LAYERS gives each layer's extra tar options (e.g.
+    `--exclude`) and the paths it holds; TAG is the image's ref name (default: the root's name).
+    (umoci 0.4.7's `insert` writes truncated layers here.)"""
     if (out / "index.json").exists():
         return
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     blobs = tmp / "blobs" / "sha256"
     blobs.mkdir(parents=True)
-    tar = tmp / "layer.tar"
-    log(f"making {out}: tar of {root}")
-    subprocess.run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*",
-                    "-C", str(root), "-cf", str(tar), "."], check=True, timeout=TIMEOUT)
-    diff_id = sha256_file(tar)
-    subprocess.run(["gzip", "-6", "-n", str(tar)], check=True, timeout=TIMEOUT)
-    gz = tmp / "layer.tar.gz"
-    layer_digest, layer_size = sha256_file(gz), gz.stat().st_size
-    os.rename(gz, blobs / layer_digest)
+    made = []  # (blob digest, blob size, diff_id) per layer
+    for n, (opts, paths) in enumerate(layers):
+        tar = tmp / f"layer{n}.tar"
+        log(f"making {out}: layer {n + 1} of {len(layers)}, tar of {root} {' '.join(opts + paths)}")
+        subprocess.run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-C", str(root),
+                        *opts, "-cf", str(tar), *paths], check=True, timeout=TIMEOUT)
+        diff_id = sha256_file(tar)
+        subprocess.run(["gzip", "-6", "-n", str(tar)], check=True, timeout=TIMEOUT)
+        gz = tmp / f"layer{n}.tar.gz"
+        digest, size = sha256_file(gz), gz.stat().st_size
+        os.rename(gz, blobs / digest)
+        made.append((digest, size, diff_id))
 
     def blob(doc: dict) -> tuple[str, int]:
         data = json.dumps(doc, sort_keys=True).encode()
@@ -323,16 +333,16 @@ def make_layout(out: Path, root: Path) -> None:
         return d, len(data)
 
     cfg_d, cfg_n = blob({"architecture": "amd64", "os": "linux", "config": {},
-                         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id}"]}})
+                         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{i}" for _, _, i in made]}})
     man_d, man_n = blob({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
                          "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                                     "digest": f"sha256:{cfg_d}", "size": cfg_n},
                          "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                                     "digest": f"sha256:{layer_digest}", "size": layer_size}]})
+                                     "digest": f"sha256:{d}", "size": size} for d, size, _ in made]})
     (tmp / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
     (tmp / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
         {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": f"sha256:{man_d}", "size": man_n,
-         "annotations": {"org.opencontainers.image.ref.name": root.name}}]}))
+         "annotations": {"org.opencontainers.image.ref.name": tag or root.name}}]}))
     os.rename(tmp, out)
 
 

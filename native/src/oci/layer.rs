@@ -26,7 +26,7 @@ use crate::store::{self, Store};
 use crate::tree::{mode, Digest, Timespec, Xattr};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 
 /// Contents up to this size are hashed from memory; larger ones are streamed to a store file.
 const SMALL: u64 = 1 << 20;
@@ -148,7 +148,7 @@ pub enum LayerError {
 
 /// A layer read from `raw`, with its contents stored in `store`. `read` counts the blob bytes
 /// consumed so far (for progress).
-pub fn read_layer<R: Read>(
+pub fn read_layer<R: Read + Send>(
     raw: R,
     expect: &Expect,
     store: &Arc<Store>,
@@ -173,17 +173,40 @@ pub fn read_layer<R: Read>(
         compressed,
         out: 0,
     };
-    let plain = Verified::new(guarded, diff_alg, None);
-    let mut tar = TarReader::new(io::BufReader::with_capacity(256 << 10, plain), limits);
     let sink = Sink::new(store.clone());
     let mut ops = Vec::new();
-    let read = read_entries(&mut tar, &sink, &mut ops);
-    // Whatever happened, wait for the store jobs: none may outlive this call.
-    let digests = sink.finish();
-    let plain = match read {
-        Err(e) => Err(decorate(e, expect)),
-        Ok(()) => check_plain_end(tar.inner_mut(), expect),
-    };
+    // Two stages on two threads: this one fetches, checks and decompresses the blob; the second
+    // hashes the uncompressed stream and parses the tar. A layer's two halves of the work then
+    // overlap instead of queueing behind each other on one core.
+    let (guarded, digests, plain) = std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(STAGE_CHUNKS);
+        let parser = scope.spawn(|| {
+            let plain = Verified::new(
+                Staged {
+                    rx,
+                    buf: Vec::new(),
+                    pos: 0,
+                },
+                diff_alg,
+                None,
+            );
+            let mut tar = TarReader::new(io::BufReader::with_capacity(256 << 10, plain), limits);
+            let read = read_entries(&mut tar, &sink, &mut ops);
+            // Whatever happened, wait for the store jobs: none may outlive this call.
+            let digests = sink.finish();
+            let plain = match read {
+                Err(e) => Err(decorate(e, expect)),
+                Ok(()) => check_plain_end(tar.inner_mut(), expect),
+            };
+            // Dropping the receiver tells the fetching stage to stop.
+            drop(tar);
+            (digests, plain)
+        });
+        let guarded = pump(guarded, &tx);
+        drop(tx);
+        let (digests, plain) = parser.join().expect("the tar stage does not panic");
+        (guarded, digests, plain)
+    });
     // The blob is checked last but reported first: a corrupted or swapped blob is a digest
     // mismatch, whatever the decoder or the tar reader made of its bytes. Only a failure of the
     // source itself (network, disk) or of the store leaves the rest of the blob unread.
@@ -191,13 +214,7 @@ pub fn read_layer<R: Read>(
         &plain,
         Err(LayerError::Tar(TarError::Io(_))) | Err(LayerError::Store(_))
     );
-    let blob = tar
-        .into_inner()
-        .into_inner()
-        .into_inner()
-        .inner
-        .into_inner()
-        .into_inner();
+    let blob = guarded.inner.into_inner().into_inner();
     let compressed = match (&expect.digest, drain) {
         (_, false) => Ok(0),
         (Some(want), true) => blob.finish_into(want).map(|(_, n)| n),
@@ -258,6 +275,69 @@ fn check_plain_end<R: Read>(plain: &mut BufReader<Verified<R>>, expect: &Expect)
             e => LayerError::Blob(e),
         }),
         None => Ok(v.bytes_read()),
+    }
+}
+
+/// Uncompressed chunks queued between the two stages of [`read_layer`] (bounded memory).
+const STAGE_CHUNKS: usize = 4;
+const STAGE_CHUNK: usize = 1 << 20;
+
+/// The fetching stage: read `r` to its end in chunks and send them, an error as the last item.
+/// Stops early when the tar stage has gone (its receiver dropped); returns `r` for the drain.
+fn pump<R: Read>(mut r: R, tx: &mpsc::SyncSender<io::Result<Vec<u8>>>) -> R {
+    loop {
+        let mut buf = vec![0u8; STAGE_CHUNK];
+        let mut n = 0;
+        let mut err = None;
+        while n < buf.len() {
+            match r.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        buf.truncate(n);
+        let end = n == 0 || err.is_some();
+        if n > 0 && tx.send(Ok(buf)).is_err() {
+            return r;
+        }
+        if let Some(e) = err {
+            let _ = tx.send(Err(e));
+            return r;
+        }
+        if end {
+            return r; // end of stream: the closed channel reads as EOF
+        }
+    }
+}
+
+/// The tar stage's end of the channel, as a reader.
+struct Staged {
+    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for Staged {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.buf.len() {
+            match self.rx.recv() {
+                Ok(Ok(b)) => {
+                    self.buf = b;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(mpsc::RecvError) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 

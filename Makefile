@@ -180,13 +180,13 @@ test: fuzz-short
 # an import/gc loop or a `cfsctl build --digest-store` loop, and checks what is left after each
 # reboot. `make powercut-test CUTS=50` is the long run; 3 cuts are part of `make test`.
 CUTS ?= 50
-POWERCUT_ARGS ?=
+POWERCUT_ARGS ?= --lanes 3
 .PHONY: powercut-test powercut-short
 powercut-test: setup $(STAMPS)/qemu-apt
 	@$(SUDO) $(PY) qemu/powercut.py --cuts $(CUTS) $(POWERCUT_ARGS)
 
 powercut-short: setup $(STAMPS)/qemu-apt
-	@$(SUDO) $(PY) qemu/powercut.py --cuts 3 --max-delay 8 --work qemu/work-powercut-short
+	@$(SUDO) $(PY) qemu/powercut.py --cuts 3 --lanes 3 --max-delay 8 --work qemu/work-powercut-short
 
 test: powercut-short
 

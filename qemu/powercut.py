@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Power cuts in QEMU: boot, work, kill QEMU at a random moment, boot again on the same disk, check.
 
-    qemu/powercut.py --cuts 50                 # `make powercut-test CUTS=50`
-    qemu/powercut.py --cuts 3 --max-delay 8    # the short run in `make test`
+    qemu/powercut.py --cuts 50 --lanes 3                  # `make powercut-test CUTS=50`
+    qemu/powercut.py --cuts 3 --lanes 3 --max-delay 8     # the short run in `make test`
 
 Each boot runs tests/guest/powercut_job.py through qemu/run.py on one ext4 disk (-O verity) that
-lives across boots (--disk). The job first checks what the previous cut left (fsck, refs, objects,
-the digest store; see its docstring), prints CFS-PC-ARMED and then imports and gc's (even boots)
-or runs `cfsctl build --digest-store` (odd boots) until run.py SIGKILLs QEMU a random delay after
-that line. A last boot only checks. Exit status 0 only when every boot checked clean, every cut
-happened, and no kernel log line was bad.
+lives across boots (--disk). The job first checks what the previous cut left (fsck, refs,
+objects, the digest store; see its docstring), prints CFS-PC-ARMED, then imports and gc's or runs
+`cfsctl build --digest-store` (the boots of a lane alternate) until run.py SIGKILLs QEMU a random
+delay after that line. A last boot of each lane only checks. --lanes VMs run at once, each on a
+disk of its own, sharing out the cuts (under TCG a boot is slow and CPU-bound; lanes shorten the
+run). Exit status 0 only when every boot checked clean, every cut happened, and no kernel log
+line was bad. Each boot's console and run.py log: WORK/laneK/boots/.
 
 The disk is `-drive cache=none` (O_DIRECT on the host file). What a SIGKILL of QEMU loses is what
 a power cut loses from the guest's side: its page cache and every write not yet handed to the
@@ -114,7 +116,7 @@ def main() -> int:
         mine = plan[k::a.lanes]
         for i, (n, delay, bseed) in enumerate(mine + [(a.cuts + k, None, 0)]):
             final = delay is None
-            mode = "repo" if i % 2 == 0 else "build"
+            mode = "repo" if (i + k) % 2 == 0 else "build"  # lanes start with different modes
             rec = boot(lwork, lwork / "disk.img", n, mode, bseed, delay, a.timeout)
             rec["lane"] = k
             with mu:

@@ -254,7 +254,8 @@ def main() -> int:
     s = Soak(work / "repo", work, a.seconds, a.importers, seed, mounts, a.final_mounts)
     t0 = time.monotonic()
     s.run()
-    report = {"seconds": round(time.monotonic() - t0, 1), "workers_seconds": round(s.t_workers_done - t0, 1), "importers": a.importers, "seed": seed,
+    report = {"seconds": round(time.monotonic() - t0, 1), "workers_seconds": round(s.t_workers_done - t0, 1),
+              "importers": a.importers, "seed": seed,
               "mounts": mounts, "counts": s.counts, "fsck": s.fsck, "problems": s.problems, "locks": s.lock_report()}
     text = json.dumps(report, indent=1)
     print(text)

@@ -180,7 +180,8 @@ class Checker:
                 continue
             missing = [o for o in objs if o not in have]
             if missing:
-                self.problem(f"ref {name}: image {digest} misses {len(missing)} of {len(objs)} objects, e.g. {missing[0]}")
+                self.problem(f"ref {name}: image {digest} misses {len(missing)} of {len(objs)} objects, "
+                             f"e.g. {missing[0]}")
 
     def check_build(self) -> None:
         have = self.check_objects(self.store, "store_objects")

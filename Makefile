@@ -180,7 +180,7 @@ test: fuzz-short
 # an import/gc loop or a `cfsctl build --digest-store` loop, and checks what is left after each
 # reboot. `make powercut-test CUTS=50` is the long run; 3 cuts are part of `make test`.
 CUTS ?= 50
-POWERCUT_ARGS ?= --lanes 3
+POWERCUT_ARGS ?= --lanes 4
 .PHONY: powercut-test powercut-short
 powercut-test: setup $(STAMPS)/qemu-apt
 	@$(SUDO) $(PY) qemu/powercut.py --cuts $(CUTS) $(POWERCUT_ARGS)

@@ -103,7 +103,9 @@ def main() -> int:
     ap.add_argument("--max-delay", type=float, default=20.0,
                     help="cut a uniformly random 0..SECONDS after the workload starts")
     ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--timeout", type=float, default=600.0, help="per boot")
+    ap.add_argument("--timeout", type=float, default=1200.0, help="per boot")
+    ap.add_argument("--stop-after", type=float, default=0, metavar="SECONDS",
+                    help="start no cut after this long (each lane still ends with its check boot)")
     ap.add_argument("--lanes", type=int, default=1,
                     help="VMs at once, each on a disk of its own (the cuts are shared out)")
     ap.add_argument("--work", type=Path, default=HERE / "work-powercut")
@@ -125,6 +127,8 @@ def main() -> int:
         lwork.mkdir()
         mine = plan[k::a.lanes]
         for i, (n, delay, bseed) in enumerate(mine + [(a.cuts + k, None, 0)]):
+            if delay is not None and a.stop_after and time.monotonic() - t0 > a.stop_after:
+                continue  # out of time: no more cuts, only the final check of this lane
             final = delay is None
             mode = "repo" if (i + k) % 2 == 0 else "build"  # lanes start with different modes
             rec = boot(lwork, lwork / "disk.img", n, mode, bseed, delay, a.timeout)

@@ -196,3 +196,26 @@ fuzz-seeds: setup
 
 # The short fuzzing runs are part of the full test run.
 test: fuzz-short
+
+# ---- Power cuts in QEMU (qemu/powercut.py) ------------------------------------------------------
+# Boots the guest on one ext4 disk (-O verity) again and again, SIGKILLs QEMU at a random moment of
+# an import/gc loop or a `cfsctl build --digest-store` loop, and checks what is left after each
+# reboot. `make powercut-test CUTS=50` is the long run; 3 cuts are part of `make test`.
+CUTS ?= 50
+POWERCUT_ARGS ?= --lanes 4
+.PHONY: powercut-test powercut-short
+powercut-test: setup $(STAMPS)/qemu-apt
+	@$(SUDO) $(PY) qemu/powercut.py --cuts $(CUTS) $(POWERCUT_ARGS)
+
+powercut-short: setup $(STAMPS)/qemu-apt
+	@$(SUDO) $(PY) qemu/powercut.py --cuts 3 --lanes 3 --max-delay 8 --work qemu/work-powercut-short
+
+test: powercut-short
+
+# ---- Concurrency soak on the host (tests/soak.py) -----------------------------------------------
+# 8 concurrent imports + gc + mounts on one repository for SOAK_SECONDS, then fsck and a mount of
+# every name left; reports lock waits. A short one is tests/test_soak.py in the host suite.
+SOAK_SECONDS ?= 600
+.PHONY: soak
+soak: setup
+	@$(SUDO) $(PY) tests/soak.py --seconds $(SOAK_SECONDS)

@@ -11,6 +11,8 @@ Usage (from the repository root, as root, after `make setup`; `make qemu-test` d
     qemu/run.py --shell                          # interactive busybox console instead of pytest
     qemu/run.py --timeout 1800                   # global timeout in seconds (default 3600)
     qemu/run.py --job bench/guest/walk_read.py -- ARGS   # run this Python script instead of pytest
+    qemu/run.py --disk W/disk.img --drive-cache none \
+        --kill-after 'MARKER' --kill-delay 3.5 --job ...  # power cut 3.5 s after MARKER (qemu/powercut.py)
 
     make qemu-test QEMU_ARGS="--keep -- tests/guest/test_verity.py -x"   # same options via make
 
@@ -32,6 +34,12 @@ What happens:
      shows the marker line with this run's nonce and pytest=0, modules=ok, setup=ok, and the
      guest's dmesg holds no BUG/WARNING/Oops/general protection/... line. On failure the tail of
      the guest dmesg and of the console log are printed.
+
+Power cuts (qemu/powercut.py drives these): --disk IMG boots on that image, kept across runs
+(made like verity.img when missing, never removed); --kill-after REGEX with --kill-delay SECONDS
+SIGKILLs QEMU that long after a console line matches REGEX. Such a run passes when the kill
+happened and the kernel log so far is clean (no result marker is expected); it fails when the
+guest finished before the kill. --drive-cache sets the virtio disk's cache= mode (default unsafe).
 
 Artefacts in qemu/work/run/: console.log (serial console), dmesg.txt, junit.xml, qemu.cmd, job.sh
 (pytest; extra arguments are appended) and shell.sh (bash in the test environment; for --shell).
@@ -190,7 +198,7 @@ def qemu_cmd(args, kver: str, initrd: Path, rundir: Path, img: Path) -> list[str
         "-append", append.strip(),
         "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
         "-virtfs", f"local,path={rundir},mount_tag=out,security_model=none,multidevs=remap",
-        "-drive", f"file={img},format=raw,if=virtio,cache=unsafe,aio=threads",
+        "-drive", f"file={img},format=raw,if=virtio,cache={args.drive_cache},aio=threads",
     ]
 
 
@@ -219,7 +227,33 @@ def tail_lines(path: Path, n: int) -> str:
     return "\n".join(lines[-n:]) + "\n"
 
 
-def run_vm(cmd: list[str], args, rundir: Path, t_boot: float) -> tuple[int, bool]:
+class KillWatch:
+    """--kill-after/--kill-delay: SIGKILL QEMU (a power cut) a set time after a console line."""
+
+    def __init__(self, path: Path, pattern: str | None, delay: float):
+        self.path, self.delay, self.pos, self.buf = path, delay, 0, b""
+        self.pattern = re.compile(pattern.encode(), re.M) if pattern else None
+        self.seen_at: float | None = None
+        self.killed_at: float | None = None
+
+    def poll(self, proc: subprocess.Popen) -> None:
+        if self.pattern is None or self.killed_at is not None:
+            return
+        if self.seen_at is None and self.path.exists():
+            with open(self.path, "rb") as f:
+                f.seek(self.pos)
+                data = f.read()
+            self.pos += len(data)
+            self.buf = (self.buf + data)[-65536:]
+            if self.pattern.search(self.buf):
+                self.seen_at = time.monotonic()
+        if self.seen_at is not None and time.monotonic() >= self.seen_at + self.delay:
+            proc.kill()
+            self.killed_at = time.monotonic()
+
+
+def run_vm(cmd: list[str], args, rundir: Path, t_boot: float,
+           watch: KillWatch | None = None) -> tuple[int, bool]:
     """Runs QEMU to its end or the timeout; QEMU never outlives us. Returns (exit status, timed out)."""
     if args.shell:
         proc = subprocess.Popen(cmd)
@@ -230,9 +264,12 @@ def run_vm(cmd: list[str], args, rundir: Path, t_boot: float) -> tuple[int, bool
             return proc.wait(), False
         tail = Tail(rundir / "console.log", not args.quiet)
         deadline = t_boot + args.timeout
+        step = 0.05 if watch is not None and watch.pattern is not None else 0.5
         while True:
+            if watch is not None:
+                watch.poll(proc)
             try:
-                rc = proc.wait(timeout=0.5)
+                rc = proc.wait(timeout=step)
                 tail.pump()
                 return rc, False
             except subprocess.TimeoutExpired:
@@ -267,6 +304,11 @@ def main() -> int:
     ap.add_argument("--smp", type=int, default=2)
     ap.add_argument("--disk-size", default="4G")
     ap.add_argument("--disk-dir", type=Path, help="preload the verity disk with this directory (mkfs.ext4 -d)")
+    ap.add_argument("--disk", type=Path, help="boot on this disk image, kept across runs (made when missing)")
+    ap.add_argument("--drive-cache", default="unsafe", help="cache= mode of the virtio disk (default: unsafe)")
+    ap.add_argument("--kill-after", metavar="REGEX", help="SIGKILL QEMU --kill-delay seconds after a console "
+                    "line matches REGEX (a power cut; see the top of this file)")
+    ap.add_argument("--kill-delay", type=float, default=0.0, metavar="SECONDS")
     ap.add_argument("--append", default="", help="extra kernel command line")
     ap.add_argument("--work", type=Path, default=HERE / "work")
     ap.add_argument("-q", "--quiet", action="store_true", help="do not stream the console (it is still logged)")
@@ -315,7 +357,12 @@ def main() -> int:
     initrd = work / f"initramfs-{kver}.cpio"
     run_checked([str(HERE / "build-initramfs.sh"), kver, str(initrd), *map(str, modules)], "build initramfs")
     img = rundir / "verity.img"
-    make_disk(img, args.disk_size, args.disk_dir)
+    if args.disk is not None:
+        img = args.disk.resolve()
+        if not img.exists():
+            make_disk(img, args.disk_size, args.disk_dir)
+    else:
+        make_disk(img, args.disk_size, args.disk_dir)
     nonce = secrets.token_hex(8)
     write_job(rundir, nonce, modules, pytest_args, args.shell, args.job)
 
@@ -336,8 +383,10 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
-    rc, timed_out = run_vm(cmd, args, rundir, t_boot)
+    watch = KillWatch(rundir / "console.log", args.kill_after, args.kill_delay)
+    rc, timed_out = run_vm(cmd, args, rundir, t_boot, watch)
     t_end = time.monotonic()
+    cut = watch.killed_at is not None
 
 
     console = (rundir / "console.log").read_text("utf-8", "replace") if (rundir / "console.log").exists() else ""
@@ -346,12 +395,14 @@ def main() -> int:
     problems: list[str] = []
     if timed_out:
         problems.append(f"timeout after {args.timeout:.0f}s (guest hung or too slow)")
-    if rc != 0 and not timed_out:
+    if args.kill_after and not cut and not timed_out:
+        problems.append("the guest finished before the power cut (--kill-after never fired)")
+    if rc != 0 and not timed_out and not cut:
         problems.append(f"QEMU exited with status {rc} (non-zero: guest panic via pvpanic, or QEMU error)")
     marks = [m for m in MARKER_RE.finditer(console) if m["nonce"] == nonce]
-    if not marks:
+    if not marks and not cut:
         problems.append("no result marker with this run's nonce on the console (guest crashed, hung or rebooted)")
-    else:
+    elif marks:
         m = marks[-1]
         if m["setup"] != "ok":
             problems.append("guest set-up failed (see the console log)")
@@ -373,11 +424,14 @@ def main() -> int:
         print(tail_lines(dmesg_path, 120) if dmesg_path.exists() else "(no dmesg.txt; see console)")
         print("=== console log (tail) ===")
         print(tail_lines(rundir / "console.log", 60))
-    if not problems and not args.keep:
+    if not problems and not args.keep and args.disk is None:
         img.unlink(missing_ok=True)
 
     boot = f"{float(ready[1]):.1f}s to guest ready" if ready else "guest never got ready"
     guest = f", guest job {float(done[1]) - float(ready[1]):.1f}s" if ready and done else ""
+    if cut:
+        log(f"power cut: QEMU killed {watch.killed_at - watch.seen_at:.2f}s after the kill marker, "
+            f"{watch.killed_at - t_boot:.1f}s after start")
     log(f"timing: total {t_end - t0:.1f}s (prep {t_boot - t0:.1f}s, VM {t_end - t_boot:.1f}s; {boot}{guest})")
     if problems:
         for p in problems:

@@ -155,6 +155,24 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _log_lock(exclusive: bool, waited: float, held: float) -> None:
+    """The lock's one instrumentation point: with ``CFS_LOCK_LOG=FILE`` in the environment, each
+    release of the repository lock appends a JSON line (pid, mode, seconds waited for it, seconds
+    held) to FILE, one ``O_APPEND`` write, so concurrent commands can share the file. Soak runs
+    (tests/soak.py) read it to report lock waits; nothing else writes or reads it."""
+    path = os.environ.get("CFS_LOCK_LOG")
+    if not path:
+        return
+    line = json.dumps({"pid": os.getpid(), "mode": "exclusive" if exclusive else "shared",
+                       "wait": round(waited, 6), "held": round(held, 6)}) + "\n"
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+
 def _write_atomic(path: str, data: bytes) -> None:
     tmp = f"{path}.tmp-{os.getpid()}-{next(_counter)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
@@ -262,12 +280,17 @@ class Repository:
     def locked(self, exclusive: bool = False) -> Iterator["Repository"]:
         fd = os.open(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
                      FILE_MODE)
+        t0 = time.monotonic()
+        t1 = None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            t1 = time.monotonic()
             self._clean_temporaries()
             yield self
         finally:
             os.close(fd)
+            if t1 is not None:
+                _log_lock(exclusive, t1 - t0, time.monotonic() - t1)
 
     def _clean_temporaries(self) -> int:
         """Remove work directories and half-written files of processes that no longer exist."""

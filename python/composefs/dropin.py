@@ -22,8 +22,14 @@ DEFAULT_MAX_VERSION = 1
 MAX_VERSION = 1
 
 
+def _argv0() -> str:
+    """argv[0] as given: what composefs-info's usage and glibc's getopt messages print."""
+    return sys.argv[0] if sys.argv and sys.argv[0] else "composefs"
+
+
 def _prog() -> str:
-    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "mkcomposefs"
+    """Its base name: what err(3) and mkcomposefs' usage print."""
+    return os.path.basename(_argv0())
 
 
 def _die(message: str, code: int = 1) -> None:
@@ -37,14 +43,25 @@ def _say(message: str) -> None:
     sys.stderr.write(message + "\n")
 
 
-def _getopt(args: list[str], longopts: list[str], usage) -> tuple[list[tuple[str, str]], list[str]]:
+def _getopt(args: list[str], longopts: list[str], usage, quiet: bool) -> tuple[list[tuple[str, str]], list[str]]:
+    """GNU getopt_long. ``quiet``: the reference's option string starts with ':' (mkcomposefs), so
+    getopt prints nothing itself and a missing value is reported as "option needs a value"."""
     try:
         return getopt.gnu_getopt(args, "", longopts)
     except getopt.GetoptError as e:
-        if "requires argument" in e.msg:
+        missing = "requires argument" in e.msg
+        if quiet and missing:
             _say("option needs a value")
             raise SystemExit(1) from None
-        _say(f"{_prog()}: unrecognized option '--{e.opt}'" if e.opt else f"{_prog()}: {e.msg}")
+        if not quiet:  # glibc's own messages
+            if missing:
+                _say(f"{_argv0()}: option '--{e.opt}' requires an argument")
+            elif "must not have an argument" in e.msg:
+                _say(f"{_argv0()}: option '--{e.opt}' doesn't allow an argument")
+            elif "not a unique prefix" in e.msg:
+                _say(f"{_argv0()}: option '--{e.opt}' is ambiguous")
+            else:
+                _say(f"{_argv0()}: unrecognized option '--{e.opt}'")
         return usage(None)
 
 
@@ -95,7 +112,7 @@ def _c_long(text: str) -> int | None:
 
 
 def mkcomposefs(args: list[str]) -> int:
-    opts, rest = _getopt(args, MKCOMPOSEFS_LONGOPTS, mkcomposefs_usage)
+    opts, rest = _getopt(args, MKCOMPOSEFS_LONGOPTS, mkcomposefs_usage, quiet=True)
     flags = dict(use_epoch=False, skip_devices=False, skip_xattrs=False, user_xattrs=False)
     store = None
     print_digest = print_digest_only = from_file = False
@@ -196,13 +213,15 @@ INFO_COMMANDS = ("ls", "objects", "dump", "missing-objects", "measure-file")
 
 
 def composefs_info_usage(exit_code: int | None = 1):
-    _say(f"usage: {_prog()} [--basedir=path] [ls|objects|dump|missing-objects|measure-file] IMAGES...")
+    _say(f"usage: {_argv0()} [--basedir=path] [ls|objects|dump|missing-objects|measure-file] IMAGES...")
     raise SystemExit(1 if exit_code is None else exit_code)
 
 
 def measure_file(path: str) -> str:
     """composefs-info measure-file: the kernel's fs-verity measurement of a file when it has
-    fs-verity, else its digest computed here (sha256, 4 KiB blocks, no salt)."""
+    fs-verity, else its digest computed here (sha256, 4 KiB blocks, no salt). Unlike composefs
+    1.0.8's, an empty file gets its fs-verity digest (the one `fsverity digest` prints; the
+    reference prints another) and a file that is not regular is refused, not read."""
     from . import fsverity
     from .mountapi import FS_VERITY_HASH_ALG_SHA256, measure_verity
 
@@ -228,7 +247,7 @@ def composefs_info(args: list[str]) -> int:
         sys.stdout.flush()
         composefs_info_usage()
 
-    opts, rest = _getopt(args, ["basedir=", "filter="], usage)
+    opts, rest = _getopt(args, ["basedir=", "filter="], usage, quiet=False)
     basedir = None
     filters: list[bytes] = []
     for o, v in opts:

@@ -5,6 +5,7 @@
 #   make qemu-test  kernel-level tests in a QEMU guest
 #   make fuzz       long coverage-guided fuzzing runs of the Rust core (FUZZ_SECONDS per target)
 #   make rust-check cargo fmt --check, clippy -D warnings and cargo test of native/
+#   make man        regenerate the man pages and shell completions in pkgdata/ from the commands
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -19,9 +20,11 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := fsverity erofs-utils e2fsprogs attr util-linux python3-venv openssl zstd umoci \
 	docker-registry skopeo debootstrap apache2-utils iproute2 iptables nginx-light fuse3 python3-click
 
-NATIVE_SRC := $(shell find native/src -name '*.rs') native/Cargo.toml native/Cargo.lock pyproject.toml
+# pkgdata/: man pages and completions, installed into the environment by the same install.
+NATIVE_SRC := $(shell find native/src -name '*.rs') native/Cargo.toml native/Cargo.lock pyproject.toml \
+	$(shell find pkgdata -type f)
 
-.PHONY: help setup demo test unit-test rust-check bench bench-apt qemu-test clean
+.PHONY: help setup demo test unit-test rust-check bench bench-apt qemu-test clean man
 help:
 	@sed -n 's/^#   //p' Makefile
 
@@ -88,6 +91,12 @@ bench: setup $(STAMPS)/bench-apt
 
 clean:
 	rm -rf $(VENV) native/target native/fuzz/target
+
+# Man pages and completion scripts are generated from the commands (composefs/manpages.py) and
+# kept in the repository; tests/test_manpages.py fails when they are out of date.
+man: setup
+	@$(PY) -m composefs.manpages pkgdata/data/share
+	@$(MAKE) -s setup
 
 # ---- QEMU guest tests (see qemu/README.md) ------------------------------------------------------
 # Boots Debian's 6.12 kernel under QEMU/TCG once and runs tests/guest there (real fs-verity, our

@@ -33,8 +33,9 @@ def _prog() -> str:
 
 
 def _die(message: str, code: int = 1) -> None:
+    """err(3)'s way out: ``PROG: MESSAGE``. Names in MESSAGE are escaped by the caller (``_p``)."""
     sys.stdout.flush()
-    sys.stderr.write(f"{_prog()}: {printable(message)}\n")
+    sys.stderr.write(f"{_prog()}: {message}\n")
     sys.stderr.flush()
     raise SystemExit(code)
 
@@ -195,9 +196,9 @@ def mkcomposefs(args: list[str]) -> int:
             result = build_image(source, target, scan, store=store, min_version=lo, max_version=hi,
                                  return_image=to_stdout)
     except CfsError as e:
-        _die(str(e))
+        _die(printable(str(e)))
     except OSError as e:
-        _die(f"{e.filename}: {e.strerror}" if e.filename else (e.strerror or str(e)))
+        _die(printable(f"{e.filename}: {e.strerror}" if e.filename else (e.strerror or str(e))))
     out = sys.stdout.buffer
     if to_stdout:
         out.write(result["image"])
@@ -255,7 +256,7 @@ def composefs_info(args: list[str]) -> int:
             basedir = v
         else:
             if "/" in v:
-                _die(f"Filter must be a single name: {v}")
+                _die(f"Filter must be a single name: {printable(v)}: Success")  # err(3) with errno 0, as 1.0.8
             filters.append(os.fsencode(v))
     if not rest:
         _say("No command specified")
@@ -269,14 +270,15 @@ def composefs_info(args: list[str]) -> int:
             try:
                 digest = measure_file(path)
             except OSError as e:
-                _die(f"Failed to open '{path}': {e.strerror}")
+                _die(f"Failed to open '{printable(path)}': {e.strerror}")
             sys.stdout.write(digest + "\n")
             sys.stdout.flush()
         return 0
     if command not in INFO_COMMANDS:
-        _die(f"Unknown command '{command}'\n")
+        _die(f"Unknown command '{printable(command)}'\n")
     if basedir is not None and not os.path.isdir(basedir):
-        _die(f"Can't open basedir `{basedir}`\n: {os.strerror(errno.ENOENT if not os.path.exists(basedir) else errno.ENOTDIR)}")
+        why = os.strerror(errno.ENOENT if not os.path.exists(basedir) else errno.ENOTDIR)
+        _die(f"Can't open basedir `{printable(basedir)}`\n: {why}")
     if not images:
         _say("No image path specified")
         composefs_info_usage()
@@ -294,9 +296,9 @@ def composefs_info(args: list[str]) -> int:
             else:
                 objects.update(_native.image_objects(img, filter=flt))
         except _native.FormatError as e:
-            _die(f"Failed to load '{img}': {e}")
+            _die(f"Failed to load '{printable(img)}': {printable(str(e))}")
         except OSError as e:
-            _die(f"Failed to open '{img}': {e.strerror}")
+            _die(f"Failed to open '{printable(img)}': {e.strerror}")
     if command in ("objects", "missing-objects"):
         names = sorted(objects)
         if command == "missing-objects" and basedir is not None:

@@ -102,7 +102,7 @@ def _section(name: str, body: str) -> str:
     lines = body.splitlines()
     out = [f".SH {name}"]
     if name == "SYNOPSIS":  # one invocation per line
-        return "\n.br\n".join([out[0], *(_roff(line) for line in lines)]).replace(".SH SYNOPSIS\n.br\n", ".SH SYNOPSIS\n")
+        return out[0] + "\n" + "\n.br\n".join(_roff(line) for line in lines)
     i = 0
     while i < len(lines):
         line = lines[i]

@@ -6,6 +6,7 @@
 #   make qemu-boot-test  boot Debian from a composefs image in QEMU (both root paths)
 #   make fuzz       long coverage-guided fuzzing runs of the Rust core (FUZZ_SECONDS per target)
 #   make rust-check cargo fmt --check, clippy -D warnings and cargo test of native/
+#   make man        regenerate the man pages and shell completions in pkgdata/ from the commands
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -20,14 +21,14 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := fsverity erofs-utils e2fsprogs attr util-linux python3-venv openssl zstd umoci \
 	docker-registry skopeo debootstrap apache2-utils iproute2 iptables nginx-light fuse3 python3-click
 
+# pkgdata/: the wheel's data directory (pyproject.toml's tool.maturin data): data/share/ holds the
+# man pages and completions; scripts/ the native mount(8) helper, a binary of the native/mount
+# crate (no Python at mount time) staged there by stage-helper, installed as bin/mount.composefs.
 NATIVE_SRC := $(shell find native/src native/mount/src -name '*.rs') native/Cargo.toml native/mount/Cargo.toml \
-	native/Cargo.lock pyproject.toml
-# The native mount(8) helper: a binary of the native/mount crate (no Python at mount time), staged
-# where the wheel picks it up as a script (pyproject.toml's tool.maturin data) and installed into
-# the environment's bin/ as mount.composefs.
-HELPER_STAGED := $(CURDIR)/build/wheel-data/scripts/mount.composefs
+	native/Cargo.lock pyproject.toml $(shell find pkgdata/data -type f)
+HELPER_STAGED := $(CURDIR)/pkgdata/scripts/mount.composefs
 
-.PHONY: help setup demo test unit-test rust-check bench bench-apt qemu-test clean stage-helper
+.PHONY: help setup demo test unit-test rust-check bench bench-apt qemu-test clean stage-helper man
 help:
 	@sed -n 's/^#   //p' Makefile
 
@@ -101,6 +102,12 @@ bench: setup $(STAMPS)/bench-apt
 
 clean:
 	rm -rf $(VENV) native/target native/fuzz/target
+
+# Man pages and completion scripts are generated from the commands (composefs/manpages.py) and
+# kept in the repository; tests/test_manpages.py fails when they are out of date.
+man: setup
+	@$(PY) -m composefs.manpages pkgdata/data/share
+	@$(MAKE) -s setup
 
 # ---- QEMU guest tests (see qemu/README.md) ------------------------------------------------------
 # Boots Debian's 6.12 kernel under QEMU/TCG once and runs tests/guest there (real fs-verity, our

@@ -11,8 +11,8 @@ Measured (page cache warm: both trees read once before the first timing; before 
 writeback of the previous one is flushed, `sync` + wait, outside the timing):
   * each tree: entries, bytes of regular files (each inode once), `du -s --block-size=1`; the sum;
   * `cfsctl init` of a fresh repository, then `cfsctl import minbase`, then `cfsctl import standard`
-    (wall, CPU of the child, peak RSS via os.wait4), once with hardlinks kept (our default) and once
-    with `--no-hardlinks` (what mkcomposefs 1.0 does: the like-for-like comparison);
+    (wall, CPU of the child, peak RSS via os.wait4), once with hardlinks kept (`--hardlinks`) and
+    once with `--no-hardlinks` (the default, what mkcomposefs 1.0 does: the like-for-like comparison);
   * the repository's disk use (`du -s --block-size=1`: whole, objects/, images/) against the sum
     of the trees, and `cfsctl images --json` (bytes unique to an image, bytes shared);
   * the reference: `mkcomposefs --digest-store=STORE TREE IMAGE` for both trees into one fresh
@@ -211,7 +211,8 @@ def run(workdir: Path) -> list[dict]:
     def cfs_init(repo: Path) -> None:
         subprocess.run([ours, "init", "--repo", str(repo)], check=True, capture_output=True, timeout=60)
 
-    tools = [Tool("cfsctl import", cfs_steps([])), Tool("cfsctl import --no-hardlinks", cfs_steps(["--no-hardlinks"]))]
+    tools = [Tool("cfsctl import --hardlinks", cfs_steps(["--hardlinks"])),
+             Tool("cfsctl import --no-hardlinks", cfs_steps(["--no-hardlinks"]))]
     if ref:
         def ref_steps(store: Path):
             return [(name, [ref, "--print-digest", f"--digest-store={store / 'objects'}", str(root),
@@ -277,13 +278,13 @@ def run(workdir: Path) -> list[dict]:
         rows.append({"case": "disk use after both imports", "tool": tool.label, "seconds": None, "bytes": whole,
                      "note": f"{mib(whole)} (du) = {whole / total_du:.1%} of the trees' {mib(total_du)}; "
                              f"{what}; {nobj:,} objects"})
-        if tool.label == "cfsctl import":
+        if tool.label == "cfsctl import --hardlinks":
             imgs = json.loads(subprocess.run([ours, "images", "--repo", str(store), "--json"], check=True,
                                              capture_output=True, timeout=TIMEOUT).stdout)
             for im in imgs:
                 rows.append({"case": f"cfsctl images: {im['name']}", "tool": "cfsctl images --json",
-                             "seconds": None, "bytes": im["bytes"],
-                             "note": f"{im['objects']:,} objects, {mib(im['bytes'])}: {mib(im['unique_bytes'])} "
+                             "seconds": None, "bytes": im["object_bytes"],
+                             "note": f"{im['objects']:,} objects, {mib(im['object_bytes'])}: {mib(im['unique_bytes'])} "
                                      f"unique, {mib(im['shared_bytes'])} shared; image file {mib(im['image_bytes'])}"})
 
     if WITH_OCI:

@@ -702,9 +702,11 @@ class RepoState:
 
 def assert_refused(r: subprocess.CompletedProcess, repo: Path, before: RepoState, phrase: str | None = None,
                    what: str = "") -> str:
-    """exit 1, exactly one line on stderr starting `cfsctl: error: `, no traceback, and the
-    repository as it was (objects may remain)."""
+    """exit 1, exactly one line on stderr starting `cfsctl: error: ` (under --json the same text as
+    `{"error": TEXT}`), no traceback, and the repository as it was (objects may remain)."""
     err = r.stderr.decode(errors="replace")
+    if err.startswith("{") and err.count("\n") == 1:
+        err = "cfsctl: error: " + json.loads(err)["error"] + "\n"
     assert r.returncode is not None, f"{what}: still running at the timeout; stderr: {err[-500:]}"
     assert r.returncode == 1, f"{what}: exit {r.returncode}; stderr: {err[-1500:]}"
     assert "Traceback" not in err, f"{what}: {err[-1500:]}"

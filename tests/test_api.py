@@ -64,19 +64,19 @@ def test_digests_match_the_conformance_rows(tmp_path):
 def test_build_from_directory_is_what_cfsctl_builds(tmp_path):
     make_tree(tmp_path / "src")
     store = tmp_path / "objects"
-    r = composefs.build_from_directory(tmp_path / "src", tmp_path / "api.cfs", store=store)
+    r = composefs.build_from_directory(tmp_path / "src", tmp_path / "api.cfs", store=store, hardlinks=True)
     assert isinstance(r, composefs.BuildResult)
     assert (r.regular_files, r.inline_files, r.object_files, r.symlinks, r.hardlinks) == (3, 1, 1, 1, 1)
     assert r.objects == 1 and r.object_bytes == 128000 and r.bytes_stored == 128000 and r.bytes_reused == 0
     assert r.image is None
-    c = cfsctl("build", tmp_path / "src", tmp_path / "cli.cfs", "--print-digest")
+    c = cfsctl("build", tmp_path / "src", tmp_path / "cli.cfs", "--print-digest", "--hardlinks")
     assert c.returncode == 0, c.stderr
     assert c.stdout.decode().strip() == r.digest
     assert (tmp_path / "api.cfs").read_bytes() == (tmp_path / "cli.cfs").read_bytes()
     assert composefs.image_objects(tmp_path / "api.cfs") == [f"{d[:2]}/{d[2:]}" for d in
                                                               [composefs.digest_file(tmp_path / "src" / "big").hex()]]
     assert all((store / o).is_file() for o in composefs.image_objects(tmp_path / "api.cfs"))
-    again = composefs.build_from_directory(tmp_path / "src", store=store, hardlinks=False, return_image=True)
+    again = composefs.build_from_directory(tmp_path / "src", store=store, return_image=True)
     assert again.bytes_reused == 128000 and again.hardlinks == 0 and again.image is not None
     assert hashlib.sha256(again.image).hexdigest() != hashlib.sha256((tmp_path / "api.cfs").read_bytes()).hexdigest()
 

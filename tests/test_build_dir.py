@@ -26,7 +26,7 @@ def cfsctl(*args, check=True):
 
 
 def check_image_equals_source(root: bytes, image: str, *, no_hardlinks: bool) -> None:
-    dump = cfsctl("info", "dump", image).stdout
+    dump = cfsctl("info", "dump", "--no-opaque", image).stdout
     got = canonical(dump)
     by_path = {p: (names, e) for names, e in got.items() for p in names}
     want = source_paths(root)
@@ -75,11 +75,11 @@ def test_image_from_directory_reads_back_as_source(tmp_path, no_hardlinks):
     materialize(root, every_kind())
     image = str(tmp_path / "img")
     store = str(tmp_path / "store")
-    args = ["build", root, image, "--digest-store", store, "--json"] + (["--no-hardlinks"] if no_hardlinks else [])
+    args = ["build", root, image, "--digest-store", store, "--json"] + ([] if no_hardlinks else ["--hardlinks"])
     summary = json.loads(cfsctl(*args).stdout)
     check_image_equals_source(root, image, no_hardlinks=no_hardlinks)
     assert summary["digest"] == fsverity_digests([image.encode()])[image.encode()]
-    assert summary["entries"]["hardlinks"] == (0 if no_hardlinks else 4)
+    assert summary["counts"]["hardlinks"] == (0 if no_hardlinks else 4)
     # Every object the image names is in the store.
     assert cfsctl("info", "missing-objects", "--basedir", store, image).stdout.strip() == b""
     assert cfsctl("info", "missing-objects", image).stdout.strip() != b""
@@ -98,7 +98,7 @@ def test_json_stats_store_and_dedup(tmp_path):
     assert s1["objects"] == 2
     assert s1["bytes_stored"] == 57_000
     assert s1["bytes_deduplicated"] == 50_000
-    assert s1["entries"]["inline_files"] == 1 and s1["entries"]["object_files"] == 3
+    assert s1["counts"]["inline_files"] == 1 and s1["counts"]["object_files"] == 3 and s1["entries"] == 5
     s2 = json.loads(cfsctl("build", root, tmp_path / "i2", "--digest-store", store, "--json").stdout)
     assert s2["bytes_stored"] == 0
     assert s2["bytes_deduplicated"] == 107_000
@@ -117,7 +117,18 @@ def test_digest_independent_of_threads_and_print_digest_only(tmp_path):
 
 def test_help_documents_hardlinks():
     out = cfsctl("build", "--help").stdout.decode()
-    assert "--no-hardlinks" in out and "mkcomposefs 1.0" in out
+    assert "--hardlinks" in out and "--no-hardlinks" in out and "mkcomposefs 1.0" in out
+
+
+def test_hardlinks_are_opt_in_and_no_hardlinks_is_the_default(tmp_path):
+    """The default is mkcomposefs 1.0's image (every name its own inode); --hardlinks keeps them."""
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / "a").write_bytes(os.urandom(5000))
+    os.link(root / "a", root / "b")
+    default, split, keep = (cfsctl("build", root, "--print-digest-only", *f).stdout for f in
+                            ([], ["--no-hardlinks"], ["--hardlinks"]))
+    assert default == split != keep
 
 
 def test_unreadable_file_cli_error_names_path():

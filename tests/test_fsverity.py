@@ -430,7 +430,8 @@ def test_cli_json(sample, odd_paths):
     missing = str(odd_paths["missing"][0])
     r = cfsctl("digest", "--json", "--hash-alg", "sha512", "--salt", "0a0b", names[3], missing, cwd=cwd)
     assert r.returncode == 1
-    assert r.stderr == f"cfsctl: error: {missing}: No such file or directory\n"
+    # Under --json the error line is JSON too (docs/json.md), with the same text.
+    assert r.stderr == json.dumps({"error": f"{missing}: No such file or directory"}) + "\n"
     out = json.loads(r.stdout)
     assert out == [
         {
@@ -473,6 +474,9 @@ def test_cli_bad_options(sample, options, message):
     r = cfsctl("digest", *options, names[0], cwd=cwd)
     assert r.returncode == 2
     assert r.stdout == ""
+    if "--json" in options:  # a usage error under --json is one JSON line
+        assert message in json.loads(r.stderr)["error"]
+        return
     assert "Usage: cfsctl digest [OPTIONS] FILE..." in r.stderr
     assert message in r.stderr
 

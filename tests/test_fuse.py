@@ -52,7 +52,7 @@ def make_tree(root: Path) -> None:
 def image(tmp_path):
     src = tmp_path / "src"
     make_tree(src)
-    r = run("build", src, tmp_path / "img.cfs", "--digest-store", tmp_path / "objects", "--json")
+    r = run("build", src, tmp_path / "img.cfs", "--digest-store", tmp_path / "objects", "--hardlinks", "--json")
     assert r.returncode == 0, r.stderr
     return tmp_path / "img.cfs", tmp_path / "objects"
 

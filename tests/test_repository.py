@@ -87,7 +87,7 @@ def test_import_images_sharing(repo, trees):
         assert imgs[name]["entries"] == 7  # /, sub, shared.bin, own, small, link, hardlink
     shared_size = 200000
     for name, own in (("a", 10001), ("b", 10002)):
-        assert imgs[name]["bytes"] == shared_size + own
+        assert imgs[name]["object_bytes"] == shared_size + own
         assert imgs[name]["shared_bytes"] == shared_size
         assert imgs[name]["unique_bytes"] == own
     # objects stored once
@@ -99,10 +99,10 @@ def test_import_images_sharing(repo, trees):
 
 def test_import_no_hardlinks_matches_build(repo, trees):
     a, _ = trees
-    keep = json.loads(run_ok("import", a, "--name", "keep", "--repo", repo, "--json").stdout)
-    split = json.loads(run_ok("import", a, "--name", "split", "--no-hardlinks", "--repo", repo, "--json").stdout)
+    keep = json.loads(run_ok("import", a, "--name", "keep", "--hardlinks", "--repo", repo, "--json").stdout)
+    split = json.loads(run_ok("import", a, "--name", "split", "--repo", repo, "--json").stdout)
     assert keep["digest"] != split["digest"]
-    for r, flags in ((keep, []), (split, ["--no-hardlinks"])):
+    for r, flags in ((keep, ["--hardlinks"]), (split, ["--no-hardlinks"]), (split, [])):
         built = run_ok("build", *flags, "--print-digest-only", a).stdout.decode().split()[-1]
         assert built.removeprefix("sha256:") == r["digest"]
     dumps = {n: run_ok("info", "dump", repo / "images" / r["digest"]).stdout for n, r in
@@ -302,7 +302,7 @@ root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
 @root
 def test_mount_by_name_and_digest(repo, trees, tmp_path):
     a, _ = trees
-    run_ok("import", a, "--name", "a", "--repo", repo)
+    run_ok("import", a, "--name", "a", "--hardlinks", "--repo", repo)
     d = images(repo)["a"]["digest"]
     mnt = tmp_path / "mnt"
     mnt.mkdir()

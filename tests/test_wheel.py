@@ -75,7 +75,7 @@ def test_cfsctl_builds_and_digests(venv, tmp_path):
     (src / "small").write_bytes(b"hi\n")
     b = run(venv, cfsctl, "build", src, tmp_path / "img.cfs", "--digest-store", tmp_path / "objects", "--json")
     summary = json.loads(b.stdout)
-    assert summary["objects"] == 1 and summary["entries"]["inline_files"] == 1
+    assert summary["objects"] == 1 and summary["counts"]["inline_files"] == 1
     d = run(venv, cfsctl, "digest", "--json", src / "d" / "big")
     (digest,) = [e["digest"] for e in json.loads(d.stdout)]
     assert (tmp_path / "objects" / digest[:2] / digest[2:]).is_file()

@@ -212,6 +212,20 @@ impl Tree {
 
     /// Visit every (parent, entry) pair breadth-first: the root's entries first, then each
     /// directory's children in name order. Each directory inode is descended into once.
+    /// Keep only the root's entries named in `names` (composefs-info's `--filter`). An inode held
+    /// by an entry that is no longer reachable is then held by its first remaining entry.
+    pub fn retain_top_level(&mut self, names: &[Vec<u8>]) {
+        if let InodeData::Directory { entries } = &mut self.inodes[ROOT].data {
+            entries.retain(|e| names.contains(&e.name));
+        }
+        let mut reachable = vec![false; self.inodes.len()];
+        reachable[ROOT] = true;
+        self.walk_breadth_first(|_, e| reachable[e.inode] = true);
+        let inodes = &self.inodes;
+        self.primary
+            .retain(|_, (dir, name)| reachable[*dir] && inodes[*dir].entries().iter().any(|e| e.name == *name));
+    }
+
     pub fn walk_breadth_first(&self, mut f: impl FnMut(InodeId, &DirEntry)) {
         let mut queue = std::collections::VecDeque::from([ROOT]);
         let mut seen = vec![false; self.inodes.len()];

@@ -97,7 +97,7 @@ def build_from_directory(
     image: StrPath | None = None,
     *,
     store: StrPath | None = None,
-    hardlinks: bool = True,
+    hardlinks: bool = False,
     use_epoch: bool = False,
     skip_devices: bool = False,
     skip_xattrs: bool = False,
@@ -113,9 +113,10 @@ def build_from_directory(
     become objects named by their fs-verity digest, copied into the object directory ``store``
     when one is given (atomically, deduplicated, flushed before returning). The image is written
     to ``image`` atomically; ``image=None`` only computes it (its digest, or its bytes with
-    ``return_image``). ``hardlinks=False`` gives every name its own inode, as mkcomposefs 1.0
-    does; the other flags mean what mkcomposefs' options of the same names mean. ``threads=0``
-    uses every CPU; the bytes never depend on it.
+    ``return_image``). Like mkcomposefs 1.0, every name gets its own inode (the same image
+    bytes); ``hardlinks=True`` keeps the names of one source inode one inode; the other flags
+    mean what mkcomposefs' options of the same names mean. ``threads=0`` uses every CPU; the
+    bytes never depend on it.
     """
     from .build import ScanOptions, build_image
 
@@ -352,7 +353,7 @@ class Repository:
     def __repr__(self) -> str:
         return f"Repository({self.path!r})"
 
-    def import_directory(self, source: StrPath, name: str, *, hardlinks: bool = True) -> ImportResult:
+    def import_directory(self, source: StrPath, name: str, *, hardlinks: bool = False) -> ImportResult:
         """Scan ``source`` into the store and name the image ``name`` (replacing that name)."""
         with self._repo.locked():
             r = self._repo.import_directory(os.fspath(source), name, no_hardlinks=not hardlinks)

@@ -15,6 +15,7 @@ Mount points below the source are descended into, like mkcomposefs does (there i
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import threading
@@ -80,7 +81,7 @@ def scan_directory(
         kwargs["store"] = os.fspath(store)
     stream = sys.stderr if progress is True else (progress or None)
     counter = _native.ScanProgress() if stream is not None else None
-    with ProgressLine(counter, stream):
+    with ProgressLine(counter, stream, source):
         return _native.scan_directory(os.fspath(source), progress=counter, entries=entries, **kwargs)
 
 
@@ -92,54 +93,117 @@ def _human(n: float) -> str:
     return str(n)
 
 
-class ProgressLine:
-    """Polls a ``ScanProgress`` from a background thread (the scan runs without the GIL) and
-    redraws one status line; does nothing without a counter."""
+def count_bytes(root: str | os.PathLike, stop: threading.Event | None = None) -> int:
+    """Bytes of the regular files under ``root``, each inode once: what a scan reads. Metadata
+    only (no file is opened); symlinks are not followed, mount points are descended into as the
+    scan does. Unreadable directories count as empty (the scan reports them)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    stack = [os.fspath(root)]
+    while stack and not (stop and stop.is_set()):
+        try:
+            it = os.scandir(stack.pop())
+        except OSError:
+            continue
+        with it:
+            for e in it:
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+                    elif e.is_file(follow_symlinks=False):
+                        st = e.stat(follow_symlinks=False)
+                        if st.st_nlink > 1:
+                            if (st.st_dev, st.st_ino) in seen:
+                                continue
+                            seen.add((st.st_dev, st.st_ino))
+                        total += st.st_size
+                except OSError:
+                    continue
+    return total
 
-    def __init__(self, counter, stream: TextIO | None, interval: float = 0.2):
+
+class ProgressLine:
+    """One progress bar over the whole scan, drawn by click: bytes read of the bytes to read,
+    percentage, rate and ETA, on one line as wide as the terminal. Does nothing without a
+    counter or when the stream is not a terminal.
+
+    The scan hashes files as its walk finds them, so it knows its total only at the end; the
+    total comes from a metadata-only count of ``source`` in a background thread instead, and
+    until that is done the bar shows bytes and rate without percentage or ETA. The scan's
+    counters are polled (the scan runs without the GIL)."""
+
+    def __init__(self, counter, stream: TextIO | None, source: str | os.PathLike | None = None,
+                 interval: float = 0.2):
         self.counter = counter
         self.stream = stream
+        self.source = source
         self.interval = interval
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._width = 0
+        self._threads: list[threading.Thread] = []
+        self._bar = None
+        self._total: int | None = None
+        self._started = time.monotonic()
 
-    def render(self, s: dict[str, int | str]) -> str:
-        if s["phase"] == "contents" or s["phase"] == "done":
-            total = s["bytes_total"] or 1
-            frac = min(1.0, s["bytes_done"] / total)
-            bar = "#" * int(frac * 30)
-            return (
-                f"reading [{bar:<30}] {frac * 100:5.1f}%  {s['files_done']}/{s['files_total']} files  "
-                f"{_human(s['bytes_done'])}/{_human(s['bytes_total'])}"
-            )
-        return f"scanning: {s['entries']} entries"
+    def _columns(self) -> int:
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns
+        except (OSError, ValueError, AttributeError):
+            return 80
 
-    def _draw(self) -> None:
-        line = self.render(self.counter.snapshot())
-        pad = max(0, self._width - len(line))
-        self.stream.write("\r" + line + " " * pad)
-        self.stream.flush()
-        self._width = len(line)
+    def _info(self, _item) -> str:
+        s = self._last
+        rate = s["bytes_done"] / max(time.monotonic() - self._started, 1e-3)
+        total = f"/{_human(self._total)}" if self._total is not None else ""
+        return f"{_human(s['bytes_done'])}{total} {_human(rate)}/s"
 
-    def _run(self) -> None:
+    def _draw(self, final: bool = False) -> None:
+        s = self._last = self.counter.snapshot()
+        bar = self._bar
+        if self._total is not None and bar.length is None:
+            bar.length = max(self._total, 1)
+        if bar.length is not None and s["bytes_done"] > bar.length:
+            bar.length = s["bytes_done"]  # files grew while being read
+        if final:
+            bar.length = max(s["bytes_done"], 1)
+            self._total = s["bytes_done"]
+        bar.make_step(max(0, (bar.length if final else s["bytes_done"]) - bar.pos))
+        # The line fits the terminal the bar is drawn on (click would size it by standard output).
+        bar.width = 0
+        bar.width = max(0, min(40, self._columns() - len(bar.format_progress_line()) - 3))
+        bar.render_progress()
+
+    def _poll(self) -> None:
         while not self._stop.wait(self.interval):
             self._draw()
 
+    def _count(self) -> None:
+        self._total = count_bytes(self.source, self._stop)
+
     def __enter__(self):
-        if self.counter is not None and self.stream is not None:
-            self._thread = threading.Thread(target=self._run, daemon=True)
-            self._thread.start()
+        import click
+
+        if self.counter is None or self.stream is None or not self.stream.isatty():
+            return self
+        self._last = self.counter.snapshot()
+        # An endless iterable: the length is unknown until the count is done (never iterated).
+        self._bar = click.progressbar(itertools.count(), length=None, label="reading",
+                                      file=self.stream, show_eta=True, item_show_func=self._info,
+                                      width=1).__enter__()
+        if self.source is not None:
+            self._threads.append(threading.Thread(target=self._count, daemon=True))
+        self._threads.append(threading.Thread(target=self._poll, daemon=True))
+        for t in self._threads:
+            t.start()
         return self
 
     def __exit__(self, *exc):
-        if self._thread is not None:
+        if self._bar is not None:
             self._stop.set()
-            self._thread.join()
+            for t in self._threads:
+                t.join()
             if exc[0] is None:
-                self._draw()
-            self.stream.write("\n")
-            self.stream.flush()
+                self._draw(final=True)
+            self._bar.__exit__(*exc)
         return False
 
 
@@ -168,7 +232,7 @@ def build_image(
     if store is not None:
         kwargs["store"] = os.fspath(store)
     try:
-        with ProgressLine(counter, stream):
+        with ProgressLine(counter, stream, source):
             return _native.build_from_directory(
                 os.fspath(source), None if image is None else os.fspath(image), min_version=min_version,
                 max_version=max_version, progress=counter, return_image=return_image, **kwargs)

@@ -9,13 +9,13 @@ import sys
 import click
 
 from . import __version__
-from .errors import CfsError, describe_oserror, printable
+from .errors import CfsError, describe_oserror, error_line, printable
 
 
-def fail(err: CfsError, code: int = 1) -> None:
+def fail(err: CfsError | str, code: int = 1, as_json: bool = False) -> None:
     # Names and paths may hold any bytes, escape sequences and newlines included: the message
     # reaches the terminal escaped, on one line.
-    text = f"cfsctl: error: {printable(str(err))}"
+    text = error_line(printable(str(err)), as_json)
     buffer = getattr(sys.stderr, "buffer", None)
     if buffer is None:
         click.echo(text, err=True)
@@ -49,13 +49,24 @@ class CfsGroup(click.Group):
             self.add_command(cmd, name)
         return cmd
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Whether errors are JSON is known before any sub-command parses its options (and fails).
+        if ctx.parent is None:
+            ctx.meta["cfs.json"] = "--json" in (args[:args.index("--")] if "--" in args else args)
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context):
+        as_json = ctx.meta.get("cfs.json", False)
         try:
             return super().invoke(ctx)
         except CfsError as e:
-            fail(e)
+            fail(e, as_json=as_json)
         except OSError as e:
-            fail(describe_oserror(e))
+            fail(describe_oserror(e), as_json=as_json)
+        except click.ClickException as e:
+            if not as_json or ctx.parent is not None:
+                raise
+            fail(e.format_message(), e.exit_code, as_json=True)
 
 
 @click.group(cls=CfsGroup, context_settings={"help_option_names": ["-h", "--help"]})

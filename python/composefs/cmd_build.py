@@ -69,9 +69,9 @@ def build_from_dump(source: str, image: str | None, *, return_image: bool = Fals
 @click.option("--digest-store", metavar="DIR", help="Copy file contents into this object store (directory sources).")
 @click.option("--print-digest", is_flag=True, help="Print the image's fs-verity digest (what mount's digest= takes).")
 @click.option("--print-digest-only", is_flag=True, help="Print the digest and write no image (no IMAGE argument).")
-@click.option("--no-hardlinks", is_flag=True,
-              help="Directory sources: give every name its own inode, as mkcomposefs 1.0 does. By default "
-                   "names of one source inode (hardlinks) stay one inode in the image.")
+@click.option("--hardlinks/--no-hardlinks", default=False,
+              help="Directory sources: --hardlinks keeps the names of one source inode one inode in the "
+                   "image; by default every name gets its own inode, as mkcomposefs 1.0 does (same image bytes).")
 @click.option("--min-version", type=int, default=None, metavar="N",
               help=f"Lowest format version to use (default {DEFAULT_MIN_VERSION}).")
 @click.option("--max-version", type=int, default=None, metavar="N",
@@ -84,7 +84,7 @@ def build_from_dump(source: str, image: str | None, *, return_image: bool = Fals
               help="Worker threads (default: all CPUs). The image bytes never depend on it.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (digest, entry counts, bytes).")
 def build(source, image, from_dump, digest_store, print_digest, print_digest_only, min_version, max_version,
-          use_epoch, skip_devices, skip_xattrs, user_xattrs, threads, as_json, no_hardlinks):
+          use_epoch, skip_devices, skip_xattrs, user_xattrs, threads, as_json, hardlinks):
     """Build a composefs image IMAGE from SOURCE (a directory, or a dump with --from-dump).
 
     The image is byte-identical with what mkcomposefs 1.0.8 writes for the same input. IMAGE
@@ -94,8 +94,8 @@ def build(source, image, from_dump, digest_store, print_digest, print_digest_onl
     Directory sources are walked and hashed on all CPUs (a progress line on stderr when it is a
     terminal); files of 1..64 bytes are inlined, larger ones become objects named by their
     fs-verity digest, copied into --digest-store DIR when given (atomically, deduplicated,
-    flushed with one syncfs before exit). Names of one source inode (hardlinks) stay one inode
-    by default; --no-hardlinks reproduces mkcomposefs 1.0, which gives each name its own inode.
+    flushed with one syncfs before exit). Like mkcomposefs 1.0, every name gets its own inode
+    by default (the same image bytes); --hardlinks keeps the names of one source inode one inode.
     Mount points below SOURCE are descended into, as mkcomposefs does.
 
     Unlike mkcomposefs 1.0.8, --use-epoch, --skip-devices, --skip-xattrs and --user-xattrs
@@ -122,7 +122,7 @@ def build(source, image, from_dump, digest_store, print_digest, print_digest_onl
     else:
         if digest_store is None and not os.path.isdir(source) and os.path.exists(source):
             raise CfsError("not a directory (use --from-dump for a dump file)", source)
-        result = build_from_directory(source, target, digest_store=digest_store, no_hardlinks=no_hardlinks,
+        result = build_from_directory(source, target, digest_store=digest_store, no_hardlinks=not hardlinks,
                                       return_image=to_stdout, **options)
     if to_stdout:
         out = click.get_binary_stream("stdout")
@@ -131,17 +131,21 @@ def build(source, image, from_dump, digest_store, print_digest, print_digest_onl
     if as_json:
         import json
 
+        counts = {k: result[k] for k in ("inodes", "directories", "regular_files", "inline_files", "object_files",
+                                          "symlinks", "devices", "whiteouts", "hardlinks")}
         summary = {
             "image": None if target is None and not to_stdout else image,
             "digest": result["digest"],
             "version": result["version"],
-            "image_size": result["image_size"],
-            "entries": {k: result[k] for k in ("inodes", "directories", "regular_files", "inline_files",
-                                               "object_files", "symlinks", "devices", "whiteouts", "hardlinks")},
+            "image_bytes": result["image_size"],
+            "entries": counts["inodes"] + counts["hardlinks"],
+            "counts": counts,
             "shared_xattrs": result["shared_xattrs"],
             "objects": result["objects"],
-            "bytes_stored": result.get("stored_bytes", result["object_bytes"]),
-            "bytes_deduplicated": result["deduplicated_bytes"],
+            "object_bytes": result["object_bytes"],
+            # Only a directory build with --digest-store writes objects; other builds store nothing.
+            "bytes_stored": result.get("stored_bytes", 0),
+            "bytes_deduplicated": result.get("deduplicated_bytes", 0),
         }
         click.echo(json.dumps(summary, indent=2), err=to_stdout)
     elif print_digest or print_digest_only:

@@ -7,7 +7,7 @@ import json
 import click
 
 from . import fsverity
-from .errors import describe_oserror, printable
+from .errors import describe_oserror, error_line, printable
 
 
 def _block_size(ctx, param, value: int) -> int:
@@ -105,7 +105,7 @@ def digest(ctx, hash_alg, block_size, salt, compact, as_json, threads, files):
                 result.filename = path
             err = describe_oserror(result)
             flush()
-            click.echo(b"cfsctl: error: " + _encode(printable(str(err))) + b"\n", err=True, nl=False)
+            click.echo(_encode(error_line(printable(str(err)), as_json)) + b"\n", err=True, nl=False)
             if as_json:
                 records.append(
                     {"path": path, "algorithm": hash_alg, "block_size": block_size,

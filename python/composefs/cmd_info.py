@@ -24,18 +24,25 @@ def _out(data: bytes) -> None:
     out.flush()
 
 
-def _stream(fn, path) -> None:
+def _stream(fn, path, **kwargs) -> None:
     """Have the Rust core write ``fn``'s output for the image straight to standard output as it
     walks the tree (memory independent of the output's size)."""
     out = click.get_binary_stream("stdout")
     out.flush()
-    _call(lambda p: fn(p, out.fileno()), path)
+    _call(lambda p: fn(p, out.fileno(), **kwargs), path)
 
 
-def _objects(images, basedir: str | None, missing: bool) -> list[bytes]:
+def _filter(names: tuple[str, ...]) -> list[bytes] | None:
+    for n in names:
+        if "/" in n or not n:
+            raise click.BadParameter(f"{n!r}: a single name, not a path", param_hint="--filter")
+    return [os.fsencode(n) for n in names] or None
+
+
+def _objects(images, basedir: str | None, missing: bool, names: list[bytes] | None = None) -> list[bytes]:
     objs: set[bytes] = set()
     for img in images:
-        objs.update(_call(_native.image_objects, img))
+        objs.update(_call(lambda p: _native.image_objects(p, filter=names), img))
     names = sorted(objs)
     if missing:
         base = os.fsencode(basedir) if basedir is not None else None
@@ -52,6 +59,9 @@ def _print_names(names: list[bytes], as_json: bool) -> None:
 
 
 images_arg = click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+filter_option = click.option(
+    "--filter", "names", multiple=True, metavar="NAME",
+    help="Only the top-level entries of this name (repeat for several), as composefs-info --filter.")
 
 
 @click.group("info")
@@ -61,38 +71,61 @@ def info():
 
 @info.command("ls")
 @images_arg
-def ls(images):
+@filter_option
+def ls(images, names):
     """List every path; directories end in '/', symlinks show '-> TARGET', files '@ OBJECT'."""
     for img in images:
-        _stream(_native.image_ls, img)
+        _stream(_native.image_ls, img, filter=_filter(names))
 
 
 @info.command("dump")
 @images_arg
-def dump(images):
-    """Print the tree in composefs-dump(5) format (feed it to 'cfsctl build --from-dump')."""
+@filter_option
+@click.option("--no-opaque", is_flag=True,
+              help="Leave out the opaque=x marks format 1 adds to directories holding whiteouts "
+                   "(building the dump then gives back the same image either way).")
+def dump(images, names, no_opaque):
+    """Print the tree in composefs-dump(5) format, as composefs-info dump does (feed it to
+    'cfsctl build --from-dump')."""
     for img in images:
-        _stream(_native.image_to_dump, img)
+        _stream(_native.image_to_dump, img, opaque=not no_opaque, filter=_filter(names))
 
 
 @info.command("objects")
 @images_arg
+@filter_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
-def objects(images, as_json):
+def objects(images, names, as_json):
     """List the backing objects (XX/<rest>) the images refer to, sorted, each once."""
-    _print_names(_objects(images, None, missing=False), as_json)
+    _print_names(_objects(images, None, missing=False, names=_filter(names)), as_json)
 
 
 @info.command("missing-objects")
 @images_arg
+@filter_option
 @click.option("--basedir", metavar="DIR", type=click.Path(file_okay=False),
               help="Object directory to check (without it, every object is listed).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
-def missing_objects(images, basedir, as_json):
+def missing_objects(images, names, basedir, as_json):
     """List the objects the images refer to that are missing from --basedir."""
     if basedir is not None and not os.path.isdir(basedir):
         raise CfsError("can't open basedir", basedir)
-    _print_names(_objects(images, basedir, missing=True), as_json)
+    _print_names(_objects(images, basedir, missing=True, names=_filter(names)), as_json)
+
+
+@info.command("measure-file")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def measure_file_cmd(files, as_json):
+    """Print each FILE's fs-verity sha256 digest, as composefs-info measure-file does: the
+    kernel's measurement when the file has fs-verity, else computed here."""
+    from .dropin import measure_file
+
+    rows = [{"path": f, "digest": measure_file(f)} for f in files]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        click.echo("".join(r["digest"] + "\n" for r in rows), nl=False)
 
 
 @info.command("header")

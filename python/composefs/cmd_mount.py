@@ -17,8 +17,18 @@ def is_image_path(image: str, basedirs: list) -> bool:
     return "/" in image or bool(basedirs)
 
 
+def _complete_image(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    """Shell completion: the repository's image names that match, else files (click's bash script
+    offers one or the other, not both)."""
+    from click.shell_completion import CompletionItem
+
+    from .cmd_repo import complete_names
+
+    return complete_names(ctx, param, incomplete) or [CompletionItem(incomplete, type="file")]
+
+
 @click.command("mount")
-@click.argument("image", metavar="IMAGE|NAME|DIGEST")
+@click.argument("image", metavar="IMAGE|NAME|DIGEST", shell_complete=_complete_image)
 @click.argument("mountpoint", type=click.Path(file_okay=False))
 @click.option("--basedir", "basedirs", multiple=True, metavar="DIR",
               help="Object directory holding the file contents (objects/XX/...); repeat to search "

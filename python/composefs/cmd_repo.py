@@ -21,6 +21,18 @@ def open_repo(path: str | None) -> Repository:
     return Repository.open(path or default_path())
 
 
+def complete_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    """Shell completion of image names: the refs of the repository --repo (given before the
+    name) or $CFS_REPO or the default names. Nothing when there is no readable repository."""
+    from click.shell_completion import CompletionItem
+
+    try:
+        refs, _ = open_repo(ctx.params.get("repo_path") or os.environ.get("CFS_REPO")).scan_refs()
+    except (CfsError, OSError, ValueError):
+        return []
+    return [CompletionItem(n) for n in refs if n.startswith(incomplete)]
+
+
 def _human(n: int) -> str:
     f = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -32,10 +44,14 @@ def _human(n: int) -> str:
 
 @click.command("init")
 @repo_option
-def init_cmd(repo_path):
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def init_cmd(repo_path, as_json):
     """Create a repository (objects/, images/, refs/, meta.json); harmless if it exists."""
     repo = Repository.init(repo_path or default_path())
-    click.echo(repo.path)
+    if as_json:
+        click.echo(json.dumps({"repo": repo.path}, indent=2))
+    else:
+        click.echo(repo.path)
 
 
 def report_import(r: dict, as_json: bool) -> None:
@@ -55,19 +71,19 @@ def report_import(r: dict, as_json: bool) -> None:
 @click.option("--name", required=True, help="Name (ref) for the image.")
 @click.option("--from-dump", is_flag=True,
               help="SOURCE is a composefs-dump(5) file ('-' for stdin), not a directory.")
-@click.option("--no-hardlinks", is_flag=True,
-              help="Give every name of a hardlinked file its own inode, as mkcomposefs 1.0 does "
-                   "(default: names of one source inode stay one inode in the image).")
+@click.option("--hardlinks/--no-hardlinks", default=None,
+              help="--hardlinks keeps the names of one source inode one inode in the image; by default "
+                   "every name gets its own inode, as mkcomposefs 1.0 does (the same image digest).")
 @repo_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def import_cmd(source, name, from_dump, no_hardlinks, repo_path, as_json):
+def import_cmd(source, name, from_dump, hardlinks, repo_path, as_json):
     """Build SOURCE into the repository as image NAME.
 
     A directory is scanned and its files are stored in the object store; a dump's objects must
     already be there (the number missing is reported). NAME is replaced if it exists.
     """
-    if from_dump and no_hardlinks:
-        raise CfsError("--no-hardlinks applies to a directory, not to --from-dump")
+    if from_dump and hardlinks is not None:
+        raise CfsError(f"--{'' if hardlinks else 'no-'}hardlinks applies to a directory, not to --from-dump")
     repo = open_repo(repo_path)
     with repo.locked():
         if from_dump:
@@ -78,7 +94,7 @@ def import_cmd(source, name, from_dump, no_hardlinks, repo_path, as_json):
                     raise CfsError("No such file" if not os.path.exists(source) else "not a regular file", source)
                 r = repo.import_dump(os.path.abspath(source), name, os.path.abspath(source))
         else:
-            r = repo.import_directory(source, name, no_hardlinks=no_hardlinks)
+            r = repo.import_directory(source, name, no_hardlinks=not hardlinks)
     report_import(r, as_json)
 
 
@@ -105,19 +121,22 @@ def images_cmd(repo_path, as_json):
         if "unreadable" in i:
             click.echo(f"{name:<24} {printable(i['digest'][:12]):<14} (unreadable: {printable(i['unreadable'])})")
             continue
-        click.echo(f"{name:<24} {i['digest'][:12]:<14} {i['entries']:>8} {_human(i['bytes']):>11} "
+        click.echo(f"{name:<24} {i['digest'][:12]:<14} {i['entries']:>8} {_human(i['object_bytes']):>11} "
                    f"{_human(i['unique_bytes']):>11} {_human(i['shared_bytes']):>11}")
 
 
 @click.command("rm")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=complete_names)
 @repo_option
-def rm_cmd(names, repo_path):
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def rm_cmd(names, repo_path, as_json):
     """Remove image names; 'cfsctl gc' then frees what nothing refers to."""
     repo = open_repo(repo_path)
     with repo.locked():
         for n in names:
             repo.remove_ref(n)
+    if as_json:
+        click.echo(json.dumps({"removed": list(names)}, indent=2))
 
 
 @click.command("gc")

@@ -39,6 +39,16 @@ def printable(text: str) -> str:
     return "".join(out)
 
 
+def error_line(text: str, as_json: bool = False) -> str:
+    """The one-line error a command prints on stderr: ``cfsctl: error: TEXT``, or under
+    ``--json`` the object ``{"error": TEXT}`` (docs/json.md), TEXT escaped the same way."""
+    if as_json:
+        import json
+
+        return json.dumps({"error": text})
+    return f"cfsctl: error: {text}"
+
+
 def describe_oserror(err: OSError) -> CfsError:
     """Turn an OSError (from Python or from the Rust core) into a CfsError naming its path."""
     what = err.strerror or str(err)

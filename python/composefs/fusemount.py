@@ -58,7 +58,8 @@ def mount_fuse(image: str, mountpoint: str, basedirs: list[str], digest: str | N
     args = ["serve", image, mountpoint, str(level), remote or "-", "1" if tls_verify else "0", *basedirs]
     if foreground:
         serve(args)
-        return {"mountpoint": mountpoint, "backend": "fuse", "foreground": True}
+        return {"backend": "fuse", "image": image, "mountpoint": mountpoint, "basedirs": basedirs,
+                "verity_check": level, "digest": digest, "foreground": True}
     # The daemon imports this very package, wherever it was imported from.
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
@@ -69,7 +70,8 @@ def mount_fuse(image: str, mountpoint: str, basedirs: list[str], digest: str | N
     while time.monotonic() < deadline:
         if _mounted(mountpoint):
             proc.stderr.close()  # the daemon's later messages (none expected) go nowhere
-            return {"mountpoint": mountpoint, "backend": "fuse", "pid": proc.pid, "verity_check": level}
+            return {"backend": "fuse", "image": image, "mountpoint": mountpoint, "basedirs": basedirs,
+                    "verity_check": level, "digest": digest, "pid": proc.pid}
         if proc.poll() is not None:
             err = proc.stderr.read().decode(errors="replace").strip().splitlines()
             raise CfsError(f"FUSE mount failed: {err[-1] if err else f'exit status {proc.returncode}'}", mountpoint)

@@ -400,7 +400,7 @@ class Repository:
         os.rename(tmp_image, final)  # same digest, same bytes: replacing is harmless
         self.set_ref(name, digest)
 
-    def import_directory(self, source: str, name: str, no_hardlinks: bool = False) -> dict:
+    def import_directory(self, source: str, name: str, no_hardlinks: bool = True) -> dict:
         check_name(name)
         if not os.path.isdir(source):
             raise CfsError("not a directory" if os.path.exists(source) else "No such file or directory", source)
@@ -412,8 +412,10 @@ class Repository:
             info = {"source": os.path.abspath(source), "kind": "directory", "entries": entries,
                     "imported": int(time.time())}
             self._commit_image(work, tmp_image, r["digest"], name, info)
+        st = r.get("store") or {}
         return {"name": name, "digest": r["digest"], "entries": entries, "objects": r["objects"],
-                "object_bytes": r["object_bytes"], "missing_objects": 0}
+                "object_bytes": r["object_bytes"], "missing_objects": 0, "bytes_stored": st.get("bytes_stored", 0),
+                "bytes_deduplicated": st.get("bytes_reused", 0)}
 
     def import_dump(self, source: str | bytes, name: str, source_label: str = "-",
                     kind: str = "dump", extra: dict[str, bytes] | None = None) -> dict:
@@ -430,7 +432,8 @@ class Repository:
             info = {"source": source_label, "kind": kind, "entries": entries, "imported": int(time.time())}
             self._commit_image(work, tmp_image, r["digest"], name, info, extra)
         return {"name": name, "digest": r["digest"], "entries": entries, "objects": len(objs),
-                "object_bytes": r["object_bytes"], "missing_objects": missing}
+                "object_bytes": r["object_bytes"], "missing_objects": missing, "bytes_stored": 0,
+                "bytes_deduplicated": 0}
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -502,7 +505,7 @@ class Repository:
                 continue
             out.append({"name": name, "digest": d, "entries": entries,
                         "image_bytes": os.stat(self.image_path(d)).st_size, "objects": len(objs[d]),
-                        "bytes": total, "unique_bytes": unique, "shared_bytes": total - unique})
+                        "object_bytes": total, "unique_bytes": unique, "shared_bytes": total - unique})
         return out
 
     # --- removing ------------------------------------------------------------------------------

@@ -101,6 +101,16 @@ fn load_image(src: &ImageSource) -> PyResult<reader::Loaded> {
     reader::read_image(&image_bytes(src)?).map_err(read_err)
 }
 
+/// The image's tree as composefs-info shows it: `opaque=x` marks kept when `opaque`, and only the
+/// top-level entries named in `filter` when one is given.
+fn load_image_shown(src: &ImageSource, opaque: bool, filter: &Option<Vec<Vec<u8>>>) -> PyResult<reader::Loaded> {
+    let mut loaded = reader::read_image_with(&image_bytes(src)?, opaque).map_err(read_err)?;
+    if let Some(names) = filter {
+        loaded.tree.retain_top_level(names);
+    }
+    Ok(loaded)
+}
+
 /// Run `emit` into the descriptor `fd` (buffered), or into a vector returned as bytes.
 fn emit_to<'py>(
     py: Python<'py>,
@@ -190,26 +200,34 @@ fn build_from_dump<'py>(
 
 /// The image's tree in composefs-dump(5) format: written to the descriptor `out` as the tree is
 /// walked (returns None), or returned as bytes without `out`. `image` is a path or an open
-/// descriptor.
+/// descriptor. `opaque` keeps format 1's `opaque=x` marks (as composefs-info does; without them
+/// the dump builds back into the same image), `filter` keeps only those top-level names.
 #[pyfunction]
-#[pyo3(signature = (image, out=None))]
+#[pyo3(signature = (image, out=None, opaque=false, filter=None))]
 fn image_to_dump<'py>(
     py: Python<'py>,
     image: ImageSource,
     out: Option<RawFd>,
+    opaque: bool,
+    filter: Option<Vec<Vec<u8>>>,
 ) -> PyResult<Option<Bound<'py, PyBytes>>> {
     emit_to(py, out, |w| {
-        let loaded = load_image(&image)?;
+        let loaded = load_image_shown(&image, opaque, &filter)?;
         dump::write_dump(&loaded.tree, w).map_err(|e| os_error(&e, None))
     })
 }
 
 /// `composefs-info ls` output for an image, written or returned as [`image_to_dump`] does.
 #[pyfunction]
-#[pyo3(signature = (image, out=None))]
-fn image_ls<'py>(py: Python<'py>, image: ImageSource, out: Option<RawFd>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+#[pyo3(signature = (image, out=None, filter=None))]
+fn image_ls<'py>(
+    py: Python<'py>,
+    image: ImageSource,
+    out: Option<RawFd>,
+    filter: Option<Vec<Vec<u8>>>,
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
     emit_to(py, out, |w| {
-        let loaded = load_image(&image)?;
+        let loaded = load_image_shown(&image, false, &filter)?;
         dump::write_ls(&loaded.tree, w).map_err(|e| os_error(&e, None))
     })
 }
@@ -220,10 +238,14 @@ fn image_count_paths(py: Python<'_>, image: ImageSource) -> PyResult<u64> {
     py.allow_threads(|| Ok(dump::count_paths(&load_image(&image)?.tree)))
 }
 
-/// The distinct object paths (`XX/<rest>`) an image refers to, sorted, as bytes.
+/// The distinct object paths (`XX/<rest>`) an image refers to, sorted, as bytes (under the
+/// top-level names in `filter` only, when given).
 #[pyfunction]
-fn image_objects(py: Python<'_>, image: ImageSource) -> PyResult<Vec<Py<PyBytes>>> {
-    let objs = py.allow_threads(|| -> PyResult<Vec<Vec<u8>>> { Ok(dump::objects(&load_image(&image)?.tree)) })?;
+#[pyo3(signature = (image, filter=None))]
+fn image_objects(py: Python<'_>, image: ImageSource, filter: Option<Vec<Vec<u8>>>) -> PyResult<Vec<Py<PyBytes>>> {
+    let objs = py.allow_threads(|| -> PyResult<Vec<Vec<u8>>> {
+        Ok(dump::objects(&load_image_shown(&image, false, &filter)?.tree))
+    })?;
     Ok(objs.into_iter().map(|o| PyBytes::new(py, &o).unbind()).collect())
 }
 

@@ -222,8 +222,16 @@ fn dir_block(nid: u64, blk: &[u8]) -> Result<Vec<(&[u8], u64)>, ReadError> {
 const OVL: &[u8] = b"trusted.overlay.";
 const OVL_ESC: &[u8] = b"trusted.overlay.overlay.";
 
-/// Load a composefs image.
+/// Load a composefs image, as a tree that dumps back to the dump it was built from: the
+/// `opaque=x` marks format 1 adds to directories holding whiteouts are left out (the writer adds
+/// them again).
 pub fn read_image(img: &[u8]) -> Result<Loaded, ReadError> {
+    read_image_with(img, false)
+}
+
+/// [`read_image`], keeping the `opaque=x` marks of format 1 when `keep_opaque` (what
+/// composefs-info shows: every xattr the image holds for an entry).
+pub fn read_image_with(img: &[u8], keep_opaque: bool) -> Result<Loaded, ReadError> {
     if img.len() < SUPER_OFFSET as usize + SUPER_SIZE {
         return Err(ReadError::TooSmall(img.len()));
     }
@@ -461,7 +469,7 @@ pub fn read_image(img: &[u8]) -> Result<Loaded, ReadError> {
         }
     }
     // Format 1 marks directories holding whiteouts opaque=x; the writer adds it again.
-    if h.composefs_version >= 1 {
+    if h.composefs_version >= 1 && !keep_opaque {
         for d in whiteout_children {
             t.inodes[d].xattrs.retain(|x| {
                 !((x.key == b"trusted.overlay.opaque" || x.key == b"user.overlay.opaque") && x.value == b"x")

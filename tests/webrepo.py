@@ -12,7 +12,6 @@ Every process started here is stopped by the object that started it.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -22,7 +21,6 @@ from pathlib import Path
 
 import pytest
 
-from cfsrun import cfsctl
 from ocireg import free_port, wait_port
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -128,14 +126,16 @@ def make_tree(root: Path, files: int = 60, big: int = 3 << 20, seed: int = 7) ->
 
 def served_repo(tmp: Path, **tree) -> tuple[Path, str]:
     """A repository at TMP/www/repo holding image 'app' made from ``make_tree(**tree)``; returns
-    it and the image digest (the web root is its parent)."""
+    it and the image digest (the web root is its parent). Made in this process: the pull is what
+    is tested, and a cfsctl process costs seconds in the QEMU guest."""
+    from composefs.repository import Repository
+
     src = tmp / "src"
     make_tree(src, **tree)
     remote = tmp / "www" / "repo"
-    assert cfsctl("init", "--repo", remote).returncode == 0
-    r = cfsctl("import", src, "--name", "app", "--repo", remote, "--json")
-    assert r.returncode == 0, r.stderr
-    return remote, json.loads(r.stdout)["digest"]
+    repo = Repository.init(remote)
+    with repo.locked():
+        return remote, repo.import_directory(str(src), "app")["digest"]
 
 
 def pull(url, name, local, *extra, timeout=120, prefix: list[str] | None = None):

@@ -368,7 +368,9 @@ class Registry:
         self.proc = subprocess.Popen([*self.prefix, "docker-registry", "serve", str(self.root / "config.yml")],
                                      stdout=logf, stderr=logf, stdin=subprocess.DEVNULL, start_new_session=True)
         logf.close()
-        wait_port(self.host, self.port, 20, self.prefix, self.proc)
+        # generous: a registry that exits is seen at once, while under QEMU's TCG on a busy machine
+        # a healthy one can take long to start listening
+        wait_port(self.host, self.port, 120, self.prefix, self.proc)
         return self
 
     def kill(self) -> None:

@@ -76,7 +76,7 @@ http {{
                                       "-e", str(self.dir / "error.log")],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         try:
-            wait_port(self.host, self.port, 30, self.prefix, self.proc)
+            wait_port(self.host, self.port, 120, self.prefix, self.proc)  # slow to start under TCG
         except (RuntimeError, TimeoutError) as e:
             self.kill()
             raise RuntimeError(f"nginx did not start ({e}): {self.error_log()[-2000:]}") from None

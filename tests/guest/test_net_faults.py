@@ -1,4 +1,4 @@
-"""Pulls through a bad network that only netem can make — delay with jitter, loss, reordering —
+"""Pulls through a bad network that only netem can make — delay (with jitter), loss, reordering —
 run in the QEMU guest, whose Debian 6.12 kernel has sch_netem (qemu/build-initramfs.sh loads it);
 the host kernel may lack it, and its netem tests then skip. The rest of the network-fault tests
 (cut link, killed or stopped server, kill -9, iptables loss, tbf rate) need no netem and run on
@@ -81,7 +81,9 @@ def oci_image(netpair, tmp_path_factory):
         reg.stop()
 
 
-@pytest.mark.parametrize("shape", ["delay-jitter", "loss-3pc", "reorder"])
+# "reorder" is a 10 ms delay as well (netem reorders by sending some packets without it); delay
+# with jitter runs for `cfsctl pull` below: the guest's time budget has no room for both here.
+@pytest.mark.parametrize("shape", ["loss-3pc", "reorder"])
 def test_oci_pull_through_netem(oci_image, netpair, tmp_path, shape):
     ref, want = oci_image
     repo = tmp_path / "repo"

@@ -18,6 +18,7 @@
 #include <linux/fsverity.h>
 #include <linux/backing-file.h>
 #include "internal.h"
+#include "fetch.h"
 
 /* check the object's fs-verity digest against the one the image records */
 static int cfs_verify_object(struct cfs_sb_info *sbi, struct cfs_inode *cino,
@@ -100,15 +101,41 @@ static int cfs_lookup_object(struct cfs_sb_info *sbi, const char *redirect,
 	return err;
 }
 
-/* find (once) the object under the basedirs and verify it */
+/*
+ * The digest an object's redirect path names, when it has the store's
+ * layout "/XX/<62 hex>" (lower case): what a fetcher is asked for.
+ */
+static bool cfs_redirect_digest(const char *redirect, u8 *digest)
+{
+	char hex[64];
+	int i;
+
+	if (strlen(redirect) != 66 || redirect[0] != '/' || redirect[3] != '/')
+		return false;
+	memcpy(hex, redirect + 1, 2);
+	memcpy(hex + 2, redirect + 4, 62);
+	for (i = 0; i < 64; i++)
+		if (!(hex[i] >= '0' && hex[i] <= '9') && !(hex[i] >= 'a' && hex[i] <= 'f'))
+			return false;
+	return !hex2bin(digest, hex, 32);
+}
+
+/*
+ * Find (once) the object under the basedirs and verify it.  With a fetcher
+ * (fetch_fd=) an object missing from every basedir is asked for, without
+ * holding any lock, then looked up and verified again like any other.
+ */
 static int cfs_get_backing(struct inode *inode, struct path *out)
 {
 	struct cfs_sb_info *sbi = CFS_SB(inode->i_sb);
 	struct cfs_inode *cino = CFS_I(inode);
 	const struct cred *old_cred;
 	struct path p = {};
+	bool fetched = false;
+	u8 digest[32];
 	int err;
 
+again:
 	mutex_lock(&cino->backing_lock);
 	if (cino->backing.dentry) {
 		*out = cino->backing;
@@ -119,6 +146,16 @@ static int cfs_get_backing(struct inode *inode, struct path *out)
 
 	old_cred = override_creds(sbi->creds);
 	err = cfs_lookup_object(sbi, cino->redirect, &p);
+	if (err == -ENOENT && sbi->fetch && !fetched &&
+	    cfs_redirect_digest(cino->redirect, digest)) {
+		revert_creds(old_cred);
+		mutex_unlock(&cino->backing_lock);
+		err = cfs_fetch_object(sbi->fetch, digest, sbi->fetch_timeout);
+		if (err)
+			return err;
+		fetched = true;
+		goto again;
+	}
 	if (err) {
 		pr_warn_ratelimited("composefs: object %s not found (error %d)\n",
 				    cino->redirect, err);

@@ -29,6 +29,8 @@ struct cfs_sb_info {
 	bool has_digest;
 	u8 digest[32];
 	const struct cred *creds;	/* mounter's credentials */
+	struct cfs_fetch_chan *fetch;	/* fetch_fd=: asked for missing objects */
+	unsigned int fetch_timeout;	/* seconds */
 };
 
 struct cfs_inode {

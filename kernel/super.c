@@ -3,7 +3,7 @@
  * composefs: mount options, superblock, statfs and show_options.
  *
  *   mount -t composefs IMAGE MNT -o basedir=DIR[:DIR...],verity_check=N,
- *                                   digest=HEX
+ *                                   digest=HEX[,fetch_fd=N,fetch_timeout=S]
  */
 #include <linux/module.h>
 #include <linux/fs.h>
@@ -16,6 +16,7 @@
 #include <linux/slab.h>
 #include <linux/fsverity.h>
 #include "internal.h"
+#include "fetch.h"
 
 static struct kmem_cache *cfs_inode_cachep;
 
@@ -24,14 +25,18 @@ struct cfs_fs_context {
 	unsigned int verity_check;
 	bool has_digest;
 	u8 digest[32];
+	struct cfs_fetch_chan *fetch;	/* fetch_fd's channel, until fill_super */
+	unsigned int fetch_timeout;
 };
 
-enum { Opt_basedir, Opt_verity_check, Opt_digest };
+enum { Opt_basedir, Opt_verity_check, Opt_digest, Opt_fetch_fd, Opt_fetch_timeout };
 
 static const struct fs_parameter_spec cfs_param_spec[] = {
 	fsparam_string("basedir", Opt_basedir),
 	fsparam_u32("verity_check", Opt_verity_check),
 	fsparam_string("digest", Opt_digest),
+	fsparam_u32("fetch_fd", Opt_fetch_fd),
+	fsparam_u32("fetch_timeout", Opt_fetch_timeout),
 	{}
 };
 
@@ -61,6 +66,28 @@ static int cfs_parse_param(struct fs_context *fc, struct fs_parameter *param)
 		    hex2bin(ctx->digest, param->string, sizeof(ctx->digest)))
 			return invalfc(fc, "digest must be 64 hex digits");
 		ctx->has_digest = true;
+		break;
+	case Opt_fetch_fd: {
+		struct cfs_fetch_chan *ch;
+
+		if (fc->purpose == FS_CONTEXT_FOR_RECONFIGURE)
+			return invalfc(fc, "fetch_fd cannot change on remount");
+		/* resolved now, in the mounter's file table, as FUSE's fd= */
+		ch = cfs_fetch_bind(result.uint_32);
+
+		if (IS_ERR(ch))
+			return invalfc(fc, "fetch_fd %u is not an unused open /dev/composefs-fetch",
+				       result.uint_32);
+		if (ctx->fetch)
+			cfs_fetch_detach(ctx->fetch);
+		ctx->fetch = ch;
+		break;
+	}
+	case Opt_fetch_timeout:
+		if (!result.uint_32 || result.uint_32 > CFS_FETCH_TIMEOUT_MAX)
+			return invalfc(fc, "fetch_timeout must be 1..%d seconds",
+				       CFS_FETCH_TIMEOUT_MAX);
+		ctx->fetch_timeout = result.uint_32;
 		break;
 	}
 	return 0;
@@ -162,6 +189,8 @@ static int cfs_show_options(struct seq_file *m, struct dentry *root)
 	if (sbi->has_digest)
 		seq_printf(m, ",digest=%*phN", (int)sizeof(sbi->digest),
 			   sbi->digest);
+	if (sbi->fetch)
+		seq_printf(m, ",fetch_timeout=%u", sbi->fetch_timeout);
 	return 0;
 }
 
@@ -264,6 +293,13 @@ static int cfs_fill_super(struct super_block *sb, struct fs_context *fc)
 		if (err)
 			return err;
 	}
+	if (ctx->fetch) {
+		if (!sbi->nbasedirs)
+			return invalfc(fc, "fetch_fd needs a basedir to fetch into");
+		sbi->fetch = ctx->fetch;
+		ctx->fetch = NULL;
+		sbi->fetch_timeout = ctx->fetch_timeout;
+	}
 	sb->s_stack_depth = depth + 1;
 	if (sb->s_stack_depth > FILESYSTEM_MAX_STACK_DEPTH)
 		return invalfc(fc, "maximum fs stacking depth exceeded");
@@ -310,6 +346,8 @@ static void cfs_free_fc(struct fs_context *fc)
 	struct cfs_fs_context *ctx = fc->fs_private;
 
 	if (ctx) {
+		if (ctx->fetch)
+			cfs_fetch_detach(ctx->fetch);
 		kfree(ctx->basedir);
 		kfree(ctx);
 	}
@@ -330,6 +368,7 @@ static int cfs_init_fs_context(struct fs_context *fc)
 	if (!ctx)
 		return -ENOMEM;
 	ctx->verity_check = CFS_VERITY_RECORDED;
+	ctx->fetch_timeout = CFS_FETCH_TIMEOUT_DEFAULT;
 	fc->fs_private = ctx;
 	fc->ops = &cfs_context_ops;
 	fc->sb_flags |= SB_RDONLY;
@@ -347,6 +386,8 @@ static void cfs_kill_sb(struct super_block *sb)
 		kern_unmount_array(sbi->basedirs, sbi->nbasedirs);
 	kfree(sbi->basedirs);
 	kfree(sbi->basedir_opt);
+	if (sbi->fetch)
+		cfs_fetch_detach(sbi->fetch);
 	if (sbi->img.file)
 		fput(sbi->img.file);
 	if (sbi->creds)
@@ -381,15 +422,25 @@ static int __init cfs_init(void)
 					     cfs_inode_init_once);
 	if (!cfs_inode_cachep)
 		return -ENOMEM;
+	err = cfs_fetch_register();
+	if (err)
+		goto out_cache;
 	err = register_filesystem(&cfs_fs_type);
 	if (err)
-		kmem_cache_destroy(cfs_inode_cachep);
+		goto out_fetch;
+	return 0;
+
+out_fetch:
+	cfs_fetch_unregister();
+out_cache:
+	kmem_cache_destroy(cfs_inode_cachep);
 	return err;
 }
 
 static void __exit cfs_exit(void)
 {
 	unregister_filesystem(&cfs_fs_type);
+	cfs_fetch_unregister();
 	rcu_barrier();	/* wait for inodes freed by RCU */
 	kmem_cache_destroy(cfs_inode_cachep);
 }

@@ -11,14 +11,19 @@
 //! `verity_check` levels: 0 nothing; 1 an object whose entry records a digest must have it (its
 //! fs-verity measurement when it has fs-verity, else its digest computed in software, once per
 //! object per mount); 2 also refuses files that record no digest. A failed check is EIO.
-//! Object files stay open while the kernel holds the FUSE file open; reads are `pread`s with the
-//! page cache kept (`FOPEN_KEEP_CACHE`).
+//! Object files stay open while the kernel holds the FUSE file open. Reads go through FUSE
+//! passthrough (the kernel reads the object itself, Linux ≥ 6.9) when the kernel grants it — it
+//! needs CAP_SYS_ADMIN, so only a daemon started by root gets it — else they are `pread`s with the
+//! page cache kept (`FOPEN_KEEP_CACHE`). Requests are served by several threads, each on its own
+//! clone of the FUSE device; the tree is immutable, so only the open-file table, the passthrough
+//! backing ids and the cache of checked objects take a lock.
 
 use crate::erofs::reader;
 use crate::tree::{mode, Digest, Inode, InodeData, Tree, ROOT};
 use fuser::{
-    FileAttr, FileType, Filesystem, KernelConfig, MountOption, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    AccessFlags, BackingId, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -26,10 +31,14 @@ use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const TTL: Duration = Duration::from_secs(86400);
-const FOPEN_KEEP_CACHE: u32 = 1 << 1;
+/// Serving threads when the caller does not say: enough to overlap object opens and digest
+/// checks with lookups, few enough not to matter on a small machine.
+const DEFAULT_THREADS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FuseError {
@@ -43,10 +52,17 @@ pub enum FuseError {
 pub struct Options {
     pub basedirs: Vec<PathBuf>,
     pub verity_check: u8,
+    /// Serving threads (0: the default).
+    pub threads: usize,
+    /// Ask the kernel for FUSE passthrough of object reads (used only if it grants it).
+    pub passthrough: bool,
 }
 
 struct Open {
-    file: Option<File>,
+    /// The object (None for a file whose data is inline in the image).
+    file: Option<Arc<File>>,
+    /// Held while the kernel reads this open file through passthrough.
+    _backing: Option<Arc<BackingId>>,
 }
 
 pub struct CfsFuse {
@@ -54,12 +70,20 @@ pub struct CfsFuse {
     /// The directory holding each directory (the root's is the root).
     parent: Vec<usize>,
     opts: Options,
-    uid: u32,
-    gid: u32,
-    /// Objects already checked in this mount (digest → ok).
-    checked: HashMap<Digest, bool>,
-    open: HashMap<u64, Open>,
-    next_fh: u64,
+    /// Objects checked in this mount: one check per digest, however many opens race for it.
+    checked: Mutex<HashMap<Digest, Arc<OnceLock<bool>>>>,
+    open: Mutex<HashMap<u64, Open>>,
+    next_fh: AtomicU64,
+    /// Whether the kernel granted passthrough and registering backing files still works.
+    passthrough: AtomicBool,
+    /// One backing id per inode, shared by its open files (the kernel asks for that).
+    backing: Mutex<HashMap<u64, Weak<BackingId>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panicking serving thread must not take the whole mount down with a poisoned lock: the
+    // tables hold no invariant a half-done update could break.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn kind(ino: &Inode) -> FileType {
@@ -135,25 +159,23 @@ impl CfsFuse {
                 }
             }
         }
-        // SAFETY: getuid/getgid cannot fail.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         Ok(CfsFuse {
             tree: loaded.tree,
             opts,
-            uid,
-            gid,
             parent,
-            checked: HashMap::new(),
-            open: HashMap::new(),
-            next_fh: 1,
+            checked: Mutex::new(HashMap::new()),
+            open: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            passthrough: AtomicBool::new(false),
+            backing: Mutex::new(HashMap::new()),
         })
     }
 
-    fn inode(&self, ino: u64) -> Option<&Inode> {
-        self.tree.inodes.get((ino as usize).checked_sub(1)?)
+    fn inode(&self, ino: INodeNo) -> Option<&Inode> {
+        self.tree.inodes.get((ino.0 as usize).checked_sub(1)?)
     }
 
-    fn attr(&self, ino: u64, i: &Inode) -> FileAttr {
+    fn attr(&self, ino: INodeNo, i: &Inode) -> FileAttr {
         let size = match &i.data {
             InodeData::Directory { entries } => 4096u64.max(entries.len() as u64 * 32),
             _ => i.size,
@@ -178,11 +200,18 @@ impl CfsFuse {
         }
     }
 
+    /// Whether the object with digest `want` open as `file` is the one named (checked once per
+    /// digest per mount; concurrent opens of one object wait for the first check).
+    fn object_ok(&self, want: Digest, file: &File) -> bool {
+        let cell = lock(&self.checked).entry(want).or_default().clone();
+        *cell.get_or_init(|| object_digest(file).is_ok_and(|d| d == want))
+    }
+
     /// Open the object at `payload` in the first basedir that has it, and check it.
-    fn open_object(&mut self, payload: &[u8], digest: Option<Digest>) -> Result<File, i32> {
+    fn open_object(&self, payload: &[u8], digest: Option<Digest>) -> Result<File, Errno> {
         let rel = Path::new(OsStr::from_bytes(payload));
         if rel.is_absolute() || rel.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
-            return Err(libc::EIO);
+            return Err(Errno::EIO);
         }
         let mut found = None;
         for base in &self.opts.basedirs {
@@ -196,116 +225,152 @@ impl CfsFuse {
                     break;
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-                Err(_) => return Err(libc::ENOENT),
+                Err(_) => return Err(Errno::ENOENT),
             }
         }
         // The stock path (overlayfs data-only layers) answers ENOENT for a missing object.
-        let file = found.ok_or(libc::ENOENT)?;
+        let file = found.ok_or(Errno::ENOENT)?;
         match file.metadata() {
             Ok(m) if m.is_file() => {}
-            _ => return Err(libc::ENOENT),
+            _ => return Err(Errno::ENOENT),
         }
         let level = self.opts.verity_check;
         match digest {
-            None if level >= 2 => return Err(libc::EIO),
-            Some(want) if level >= 1 => {
-                let ok = match self.checked.get(&want) {
-                    Some(&ok) => ok,
-                    None => {
-                        let ok = object_digest(&file).is_ok_and(|d| d == want);
-                        self.checked.insert(want, ok);
-                        ok
-                    }
-                };
-                if !ok {
-                    return Err(libc::EIO);
-                }
-            }
+            None if level >= 2 => return Err(Errno::EIO),
+            Some(want) if level >= 1 && !self.object_ok(want, &file) => return Err(Errno::EIO),
             _ => {}
         }
         Ok(file)
     }
+
+    /// The backing id of inode `ino` for passthrough, registered on first use. None when
+    /// passthrough is off or the kernel refuses this file (then reads come to the daemon).
+    fn backing_for(&self, ino: INodeNo, file: &File, reply: &ReplyOpen) -> Option<Arc<BackingId>> {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut table = lock(&self.backing);
+        if let Some(id) = table.get(&ino.0).and_then(Weak::upgrade) {
+            return Some(id);
+        }
+        match reply.open_backing(file) {
+            Ok(id) => {
+                let id = Arc::new(id);
+                table.retain(|_, w| w.strong_count() > 0);
+                table.insert(ino.0, Arc::downgrade(&id));
+                Some(id)
+            }
+            Err(e) => {
+                // EPERM: the daemon lacks CAP_SYS_ADMIN, so no file will do; anything else
+                // (e.g. an object on a stacked filesystem) concerns this file only.
+                if e.raw_os_error() == Some(libc::EPERM) {
+                    self.passthrough.store(false, Ordering::Relaxed);
+                }
+                None
+            }
+        }
+    }
 }
 
 impl Filesystem for CfsFuse {
-    fn init(&mut self, _req: &Request<'_>, _config: &mut KernelConfig) -> Result<(), libc::c_int> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Symlink targets and parallel lookups are safe to cache and run: nothing ever changes.
+        let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // Registering a backing file needs CAP_SYS_ADMIN: a user's daemon never gets it, so it does
+        // not ask (asking changes the mount's stacking depth for nothing).
+        // SAFETY: geteuid cannot fail and touches no memory.
+        let root = unsafe { libc::geteuid() } == 0;
+        if self.opts.passthrough
+            && root
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough.store(true, Ordering::Relaxed);
+        }
         Ok(())
     }
 
-    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let Some(p) = self.inode(parent) else {
-            return reply.error(libc::ENOENT);
+            return reply.error(Errno::ENOENT);
         };
         if !p.is_dir() {
-            return reply.error(libc::ENOTDIR);
+            return reply.error(Errno::ENOTDIR);
         }
-        let dir = parent as usize - 1;
+        let dir = parent.0 as usize - 1;
         match self.tree.lookup(dir, name.as_bytes()) {
             Some(id) => {
-                let ino = id as u64 + 1;
+                let ino = INodeNo(id as u64 + 1);
                 let attr = self.attr(ino, &self.tree.inodes[id]);
-                reply.entry(&TTL, &attr, 0)
+                reply.entry(&TTL, &attr, Generation(0))
             }
-            None => reply.error(libc::ENOENT),
+            None => reply.error(Errno::ENOENT),
         }
     }
 
-    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.inode(ino) {
             Some(i) => reply.attr(&TTL, &self.attr(ino, i)),
-            None => reply.error(libc::ENOENT),
+            None => reply.error(Errno::ENOENT),
         }
     }
 
-    fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         match self.inode(ino).map(|i| &i.data) {
             Some(InodeData::Symlink { target }) => reply.data(target),
-            Some(_) => reply.error(libc::EINVAL),
-            None => reply.error(libc::ENOENT),
+            Some(_) => reply.error(Errno::EINVAL),
+            None => reply.error(Errno::ENOENT),
         }
     }
 
-    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
-        if flags & libc::O_ACCMODE != libc::O_RDONLY {
-            return reply.error(libc::EROFS);
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY) {
+            return reply.error(Errno::EROFS);
         }
         let Some(i) = self.inode(ino) else {
-            return reply.error(libc::ENOENT);
+            return reply.error(Errno::ENOENT);
         };
         let file = match &i.data {
             InodeData::Regular {
                 payload: Some(p),
                 digest,
                 ..
-            } => {
-                let (p, d) = (p.clone(), *digest);
-                match self.open_object(&p, d) {
-                    Ok(f) => Some(f),
-                    Err(e) => return reply.error(e),
-                }
-            }
+            } => match self.open_object(p, *digest) {
+                Ok(f) => Some(f),
+                Err(e) => return reply.error(e),
+            },
             InodeData::Regular { .. } => None,
-            _ => return reply.error(libc::EINVAL),
+            _ => return reply.error(Errno::EINVAL),
         };
-        let fh = self.next_fh;
-        self.next_fh += 1;
-        self.open.insert(fh, Open { file });
-        reply.opened(fh, FOPEN_KEEP_CACHE)
+        let backing = file.as_ref().and_then(|f| self.backing_for(ino, f, &reply));
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.open).insert(
+            fh,
+            Open {
+                file: file.map(Arc::new),
+                _backing: backing.clone(),
+            },
+        );
+        match backing {
+            Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
+            None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+        }
     }
 
     fn read(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        fh: u64,
-        offset: i64,
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
         size: u32,
-        _flags: i32,
-        _lock: Option<u64>,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let offset = offset.max(0) as u64;
-        match self.open.get(&fh).and_then(|o| o.file.as_ref()) {
+        let file = lock(&self.open).get(&fh.0).and_then(|o| o.file.clone());
+        match file {
             Some(f) => {
                 let mut buf = vec![0u8; size as usize];
                 let mut got = 0;
@@ -314,7 +379,7 @@ impl Filesystem for CfsFuse {
                         Ok(0) => break,
                         Ok(n) => got += n,
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(_) => return reply.error(libc::EIO),
+                        Err(_) => return reply.error(Errno::EIO),
                     }
                 }
                 reply.data(&buf[..got])
@@ -324,73 +389,82 @@ impl Filesystem for CfsFuse {
                     Some(InodeData::Regular { inline: Some(b), .. }) => b,
                     _ => &[],
                 };
-                let start = (offset as usize).min(data.len());
-                let end = (start + size as usize).min(data.len());
+                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
+                let end = start.saturating_add(size as usize).min(data.len());
                 reply.data(&data[start..end])
             }
         }
     }
 
     fn release(
-        &mut self,
-        _req: &Request<'_>,
-        _ino: u64,
-        fh: u64,
-        _flags: i32,
-        _lock: Option<u64>,
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
         _flush: bool,
-        reply: fuser::ReplyEmpty,
+        reply: ReplyEmpty,
     ) {
-        self.open.remove(&fh);
+        lock(&self.open).remove(&fh.0);
         reply.ok()
     }
 
-    fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.inode(ino) {
-            Some(i) if i.is_dir() => reply.opened(0, FOPEN_KEEP_CACHE),
-            Some(_) => reply.error(libc::ENOTDIR),
-            None => reply.error(libc::ENOENT),
+            Some(i) if i.is_dir() => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Some(_) => reply.error(Errno::ENOTDIR),
+            None => reply.error(Errno::ENOENT),
         }
     }
 
-    fn readdir(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, mut reply: ReplyDirectory) {
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let Some(dir) = self.inode(ino) else {
-            return reply.error(libc::ENOENT);
+            return reply.error(Errno::ENOENT);
         };
-        let parent = self.parent[ino as usize - 1] as u64 + 1;
-        let mut all: Vec<(u64, FileType, &[u8])> =
-            vec![(ino, FileType::Directory, b"."), (parent, FileType::Directory, b"..")];
-        for e in dir.entries() {
-            all.push((e.inode as u64 + 1, kind(&self.tree.inodes[e.inode]), &e.name));
-        }
-        for (i, (child, k, name)) in all.iter().enumerate().skip(offset.max(0) as usize) {
-            if reply.add(*child, i as i64 + 1, *k, OsStr::from_bytes(name)) {
+        let parent = INodeNo(self.parent[ino.0 as usize - 1] as u64 + 1);
+        let entries = dir.entries();
+        let dots = [(ino, b".".as_slice()), (parent, b"..".as_slice())];
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        for i in start..entries.len().saturating_add(2) {
+            let (child, k, name) = match i {
+                0 | 1 => (dots[i].0, FileType::Directory, dots[i].1),
+                _ => {
+                    let e = &entries[i - 2];
+                    (
+                        INodeNo(e.inode as u64 + 1),
+                        kind(&self.tree.inodes[e.inode]),
+                        e.name.as_slice(),
+                    )
+                }
+            };
+            if reply.add(child, i as u64 + 1, k, OsStr::from_bytes(name)) {
                 break;
             }
         }
         reply.ok()
     }
 
-    fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let n = self.tree.inodes.len() as u64;
         reply.statfs(0, 0, 0, n, 0, 4096, 255, 4096)
     }
 
-    fn getxattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let Some(i) = self.inode(ino) else {
-            return reply.error(libc::ENOENT);
+            return reply.error(Errno::ENOENT);
         };
         match i.xattrs.iter().find(|x| x.key == name.as_bytes()) {
             Some(x) if size == 0 => reply.size(x.value.len() as u32),
             Some(x) if x.value.len() <= size as usize => reply.data(&x.value),
-            Some(_) => reply.error(libc::ERANGE),
-            None => reply.error(libc::ENODATA),
+            Some(_) => reply.error(Errno::ERANGE),
+            None => reply.error(Errno::ENODATA),
         }
     }
 
-    fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let Some(i) = self.inode(ino) else {
-            return reply.error(libc::ENOENT);
+            return reply.error(Errno::ENOENT);
         };
         let mut list = Vec::new();
         for x in &i.xattrs {
@@ -402,24 +476,28 @@ impl Filesystem for CfsFuse {
         } else if list.len() <= size as usize {
             reply.data(&list)
         } else {
-            reply.error(libc::ERANGE)
+            reply.error(Errno::ERANGE)
         }
     }
 
-    fn access(&mut self, _req: &Request<'_>, ino: u64, mask: i32, reply: fuser::ReplyEmpty) {
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         match self.inode(ino) {
-            Some(_) if mask & libc::W_OK != 0 => reply.error(libc::EROFS),
+            Some(_) if mask.contains(AccessFlags::W_OK) => reply.error(Errno::EROFS),
             Some(_) => reply.ok(),
-            None => reply.error(libc::ENOENT),
+            None => reply.error(Errno::ENOENT),
         }
     }
 }
 
 /// Serve `image` at `mountpoint` until it is unmounted (blocking).
 pub fn serve(image: &Path, mountpoint: &Path, opts: Options, fsname: &str) -> Result<(), FuseError> {
+    let threads = match opts.threads {
+        0 => DEFAULT_THREADS,
+        n => n,
+    };
     let fs = CfsFuse::load(image, opts)?;
-    let _ = (fs.uid, fs.gid);
-    let options = [
+    let mut config = Config::default();
+    config.mount_options = vec![
         MountOption::RO,
         MountOption::FSName(fsname.to_string()),
         MountOption::Subtype("composefs".into()),
@@ -427,7 +505,9 @@ pub fn serve(image: &Path, mountpoint: &Path, opts: Options, fsname: &str) -> Re
         MountOption::NoDev,
         MountOption::NoSuid,
     ];
-    fuser::mount2(fs, mountpoint, &options).map_err(|source| FuseError::Io {
+    config.n_threads = Some(threads);
+    config.clone_fd = true;
+    fuser::mount(fs, mountpoint, &config).map_err(|source| FuseError::Io {
         path: mountpoint.to_path_buf(),
         source,
     })

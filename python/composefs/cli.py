@@ -84,6 +84,7 @@ def _register_commands() -> None:
     cli.add_lazy("gc", "cmd_repo", "gc_cmd")
     cli.add_lazy("fsck", "cmd_repo", "fsck_cmd")
     cli.add_lazy("pull", "cmd_remote", "pull_cmd")
+    cli.add_lazy("fetchd", "cmd_remote", "fetchd_cmd")
     cli.add_lazy("oci", "cmd_oci", "oci_group")  # oci import, oci pull
 
 

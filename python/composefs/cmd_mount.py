@@ -41,11 +41,19 @@ def parse_attr_list(text: str | None) -> list[str]:
 @click.option("--workdir", metavar="DIR", help="overlayfs work directory, on the upperdir's filesystem.")
 @click.option("-o", "--options", "attrs", metavar="OPTS",
               help="Mount attributes, comma separated: ro, nosuid, nodev, noexec, noatime, ...")
+@click.option("--remote", metavar="URL",
+              help="Kernel module only: fetch objects missing from every basedir on first open from "
+                   "the repository at URL (as 'cfsctl pull' does), by a 'cfsctl fetchd' daemon that "
+                   "stores them in the first basedir and exits when the mount goes.")
+@click.option("--fetch-timeout", type=click.IntRange(1, 3600), default=None, metavar="SECONDS",
+              help="With --remote: an open waiting longer for its object fails with EIO (default 30).")
+@click.option("--tls-verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL",
+              help="With --remote: check HTTPS certificates.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was mounted as JSON.")
 @click.option("--erofs-source", type=click.Choice(["auto", "file", "loop"]), default="auto", hidden=True)
 @click.option("--mount-api", type=click.Choice(MOUNT_APIS), default="auto", hidden=True)
 def mount_cmd(image, mountpoint, basedirs, repo_path, digest, verity_check, backend, use_fuse, foreground, upperdir,
-              workdir, attrs, as_json, erofs_source, mount_api):
+              workdir, attrs, remote, fetch_timeout, tls_verify, as_json, erofs_source, mount_api):
     """Mount the composefs IMAGE on MOUNTPOINT, file contents served from --basedir.
 
     \b
@@ -79,6 +87,8 @@ def mount_cmd(image, mountpoint, basedirs, repo_path, digest, verity_check, back
         if not os.path.exists(image):
             raise MountError("image does not exist", image)
         raise MountError("an image file needs --basedir (the object directory)", image)
+    if remote and (use_fuse or backend in ("fuse", "overlay")):
+        raise MountError("--remote needs the composefs kernel module (--backend kernel)")
     if use_fuse or backend == "fuse" or (backend == "auto" and os.geteuid() != 0):
         from .fusemount import mount_fuse
 
@@ -92,10 +102,25 @@ def mount_cmd(image, mountpoint, basedirs, repo_path, digest, verity_check, back
     req = MountRequest(image=image, mountpoint=mountpoint, basedirs=[ObjectDir(b) for b in basedirs],
                        digest=digest, verity_check=verity_check, backend=backend, upperdir=upperdir,
                        workdir=workdir, attrs=parse_attr_list(attrs), erofs_source=erofs_source,
-                       mount_api=mount_api, image_nofollow=from_repo)
-    result = mount_image(req)
+                       mount_api=mount_api, image_nofollow=from_repo, fetch_timeout=fetch_timeout)
+    if remote:
+        from .fetchd import start
+
+        fetcher = start(remote, os.path.abspath(image), os.path.abspath(basedirs[0]), tls_verify=tls_verify)
+        req.fetch_fd = fetcher.fd
+        try:
+            result = mount_image(req)
+        except BaseException:
+            fetcher.abort()
+            raise
+        fetcher.release()  # the daemon now holds the only copy; it exits when the mount goes
+    else:
+        result = mount_image(req)
     if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2))
+        out = result.to_json()
+        if remote:
+            out.update(remote=remote, fetchd_pid=fetcher.proc.pid)
+        click.echo(json.dumps(out, indent=2))
 
 
 @click.command("umount")

@@ -42,3 +42,27 @@ def pull_cmd(url, name, as_name, objects_only, jobs, tls_verify, repo_path, as_j
     what = "objects of" if objects_only else "image"
     click.echo(f"{r['name']} sha256:{r['digest']}: {what} pulled, {r['objects_fetched']} of {r['objects']} "
                f"objects fetched ({r['bytes_fetched']} bytes)")
+
+
+@click.command("fetchd")
+@click.argument("url")
+@click.option("--fd", "fd", type=click.IntRange(0), required=True,
+              help="An open /dev/composefs-fetch that a composefs mount took as fetch_fd.")
+@click.option("--basedir", required=True, metavar="DIR",
+              help="The mount's first object directory: fetched objects are stored there.")
+@click.option("--image", required=True, metavar="FILE", help="The mounted image: only its objects are fetched.")
+@click.option("--jobs", type=click.IntRange(1, 256), default=8, show_default=True, help="Objects fetched at once.")
+@click.option("--ready-fd", type=click.IntRange(0), default=None, hidden=True,
+              help="Write one byte to this descriptor, then close it, once serving.")
+@click.option("--tls-verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL",
+              help="Check HTTPS certificates (--tls-verify=false does not).")
+def fetchd_cmd(url, fd, basedir, image, jobs, ready_fd, tls_verify):
+    """Fetch the objects a composefs module mount misses from the repository at URL.
+
+    Normally started by 'cfsctl mount NAME MNT --remote URL'. Serves the module's requests on
+    descriptor --fd until the mount goes; each object is checked against its digest before it is
+    stored in --basedir, and checked again by the kernel's fs-verity when it is opened.
+    """
+    from .fetchd import serve
+
+    serve(fd, url, basedir, image, jobs=jobs, tls_verify=tls_verify, ready_fd=ready_fd)

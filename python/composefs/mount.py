@@ -103,6 +103,10 @@ class MountRequest:
     mount_api: str = "auto"  # auto | new | new-paths | mixed | legacy
     # A repository's image is a file it made: a symlink there is refused, never followed.
     image_nofollow: bool = False
+    # Kernel module only: an open /dev/composefs-fetch served by `cfsctl fetchd` (fetchd.py),
+    # asked for objects missing from every basedir; its requests time out after fetch_timeout s.
+    fetch_fd: int | None = None
+    fetch_timeout: int | None = None
 
     @property
     def writable(self) -> bool:
@@ -269,6 +273,8 @@ def mount_image(req: MountRequest) -> MountResult:
     validate(req)
     require_root()
     backend = choose_backend(req.backend)
+    if req.fetch_fd is not None and backend != "kernel":
+        raise MountError("objects fetched on first open (--remote) need the composefs kernel module")
     mountpoint = _check_dir(req.mountpoint, "mount point")
     basedirs = [b.prepare() for b in req.basedirs]
     upper = work = None
@@ -319,18 +325,23 @@ def _explain(e: OSError, what: str) -> MountError:
 # kernel module ---------------------------------------------------------------------------------
 
 
-def kernel_options(basedirs: list[str], level: int, digest: str | None) -> list[tuple[str, str]]:
+def kernel_options(basedirs: list[str], level: int, digest: str | None, fetch_fd: int | None = None,
+                   fetch_timeout: int | None = None) -> list[tuple[str, str]]:
     for b in basedirs:
         if ":" in b or "," in b:
             raise MountError("a basedir path for the kernel module cannot contain ':' or ','", b)
     opts = [("basedir", ":".join(basedirs)), ("verity_check", str(level))]
     if digest:
         opts.append(("digest", digest))
+    if fetch_fd is not None:
+        opts.append(("fetch_fd", str(fetch_fd)))
+        if fetch_timeout is not None:
+            opts.append(("fetch_timeout", str(fetch_timeout)))
     return opts
 
 
 def _mount_kernel(req, imgfd, image, mountpoint, basedirs, level, result) -> None:
-    opts = kernel_options(basedirs, level, req.digest)
+    opts = kernel_options(basedirs, level, req.digest, req.fetch_fd, req.fetch_timeout)
     new_attrs, legacy_flags = _attr_bits(req, readonly=True)
     result.mount_api = "new"
     # fsconfig string values are limited to 255 bytes; long ones go through mount(2)'s 4 KiB page.

@@ -113,6 +113,22 @@ class _Body:
         return False
 
 
+def fetch_object(remote: Remote, store, hexd: str, size: int, counter: Counter | None = None):
+    """Fetch object ``hexd`` (at most ``size`` bytes) into ``store``, retrying transient errors.
+
+    The store hashes it while keeping it and links it under its name only if it matches
+    (``_native.FormatError`` otherwise, nothing stored); fs-verity is enabled on it where the
+    filesystem has it. The one way objects come from a remote: ``pull`` and ``fetchd`` use it.
+    """
+    rel = f"{hexd[:2]}/{hexd[2:]}"
+
+    def attempt():
+        with remote.open(f"objects/{rel}", f"object {rel}") as f:
+            return store.insert_stream(_Counted(f, counter) if counter else f, hexd, size)
+
+    return retrying(attempt, f"object {rel}")
+
+
 def pull(repo, url: str, name: str, as_name: str | None = None, objects_only: bool = False,
          tls_verify: bool = True, jobs: int = JOBS, progress: bool = False) -> dict:
     """Fetch image NAME and the objects it needs from the repository at URL (lock held)."""
@@ -148,13 +164,8 @@ def pull(repo, url: str, name: str, as_name: str | None = None, objects_only: bo
             rel, hexd, size = obj
             if not re.fullmatch(r"[0-9a-f]{2}/[0-9a-f]{62}", rel) or rel.replace("/", "") != hexd:
                 raise CfsError(f"image {ref}: object path {rel!r} is not its digest", url)
-
-            def attempt():
-                with remote.open(f"objects/{rel}", f"object {rel}") as f:
-                    return store.insert_stream(_Counted(f, counter), hexd, size)
-
             try:
-                return retrying(attempt, f"object {rel}")
+                return fetch_object(remote, store, hexd, size, counter)
             except _native.FormatError:
                 bad.append(rel)  # refused: never stored under its name
                 return None

@@ -5,9 +5,12 @@ use pyo3::prelude::*;
 use std::path::PathBuf;
 
 /// Serve `image` at `mountpoint` (read-only, objects from `basedirs`, checked at
-/// `verity_check` 0|1|2) until it is unmounted. Blocks, with the GIL released.
+/// `verity_check` 0|1|2) until it is unmounted, with `threads` serving threads (0: default) and
+/// FUSE passthrough of object reads when `passthrough` and the kernel allows it. Blocks, with the
+/// GIL released.
 #[pyfunction]
-#[pyo3(signature = (image, mountpoint, basedirs, verity_check=1, fsname="composefs"))]
+#[pyo3(signature = (image, mountpoint, basedirs, verity_check=1, fsname="composefs", threads=0, passthrough=true))]
+#[allow(clippy::too_many_arguments)]
 fn fuse_serve(
     py: Python<'_>,
     image: PathBuf,
@@ -15,8 +18,15 @@ fn fuse_serve(
     basedirs: Vec<PathBuf>,
     verity_check: u8,
     fsname: &str,
+    threads: usize,
+    passthrough: bool,
 ) -> PyResult<()> {
-    let opts = Options { basedirs, verity_check };
+    let opts = Options {
+        basedirs,
+        verity_check,
+        threads,
+        passthrough,
+    };
     py.allow_threads(|| fuse::serve(&image, &mountpoint, opts, fsname))
         .map_err(|e| match e {
             FuseError::Io { path, source } => os_error(&source, Some(&path)),
@@ -33,6 +43,8 @@ fn fuse_check(py: Python<'_>, image: PathBuf) -> PyResult<()> {
             Options {
                 basedirs: vec![],
                 verity_check: 0,
+                threads: 0,
+                passthrough: false,
             },
         )
         .map(|_| ())

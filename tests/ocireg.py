@@ -279,24 +279,37 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def wait_port(host: str, port: int, timeout: float, prefix: list[str] | None = None, proc=None) -> None:
-    """Until something accepts on host:port (from inside a namespace when ``prefix`` enters one)."""
+    """Until something accepts on host:port (from inside a namespace when ``prefix`` enters one).
+    In a namespace one shell loop probes (bash's /dev/tcp): a process per probe costs seconds
+    under QEMU's TCG."""
     deadline = time.monotonic() + timeout
-    probe = f"import socket; socket.create_connection(({host!r}, {port}), timeout=1).close()"
-    while time.monotonic() < deadline:
+
+    def check_server():
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"registry exited with {proc.returncode}")
-        if prefix:
-            ok = subprocess.run([*prefix, "python3", "-c", probe], capture_output=True).returncode == 0
-        else:
-            try:
-                socket.create_connection((host, port), timeout=1).close()
-                ok = True
-            except OSError:
-                ok = False
-        if ok:
+            raise RuntimeError(f"the server exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing listens on {host}:{port}")
+
+    if prefix:
+        loop = f"until (exec 3<>/dev/tcp/{host}/{port}) 2>/dev/null; do sleep 0.05; done"
+        probe = subprocess.Popen([*prefix, "bash", "-c", loop], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            while probe.poll() is None:
+                check_server()
+                time.sleep(0.05)
+        finally:
+            if probe.poll() is None:
+                probe.kill()
+            probe.wait()
+        return
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
             return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on {host}:{port}")
+        except OSError:
+            check_server()
+        time.sleep(0.05)
 
 
 def htpasswd_line(user: str, password: str) -> str:
@@ -355,7 +368,9 @@ class Registry:
         self.proc = subprocess.Popen([*self.prefix, "docker-registry", "serve", str(self.root / "config.yml")],
                                      stdout=logf, stderr=logf, stdin=subprocess.DEVNULL, start_new_session=True)
         logf.close()
-        wait_port(self.host, self.port, 20, self.prefix, self.proc)
+        # generous: a registry that exits is seen at once, while under QEMU's TCG on a busy machine
+        # a healthy one can take long to start listening
+        wait_port(self.host, self.port, 120, self.prefix, self.proc)
         return self
 
     def kill(self) -> None:
@@ -525,6 +540,17 @@ class NetPair:
             with contextlib.suppress(NetlinkError):
                 n.tc("del", index=i, root=True)
         self._srv_link(f)
+
+    def qdisc(self) -> dict:
+        """The root qdisc on the server's veth: its kind and what it counted (packets, drops), so
+        a test can tell the shaping really happened."""
+        def f(n, i):
+            for q in n.get_qdiscs(index=i):
+                if q.get("parent") == 0xFFFFFFFF:
+                    st = q.get_attr("TCA_STATS") or {}
+                    return {"kind": q.get_attr("TCA_KIND"), "packets": st.get("packets", 0), "drops": st.get("drop", 0)}
+            return {"kind": None, "packets": 0, "drops": 0}
+        return self._srv_link(f)
 
     def sent_bytes(self) -> int:
         """Bytes the server side has sent over the veth."""

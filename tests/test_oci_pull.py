@@ -339,7 +339,7 @@ def test_pull_progress_line_on_a_terminal(registry, repo, tmp_path):
     text = out.decode(errors="replace")
     assert "Traceback" not in text
     assert re.search(r"[0-9.]+ ?[kMG]?i?B/s", text), text[-2000:]
-    assert refs(repo)["p"] == _reference_digest(tmp_path, lay)
+    assert refs(repo)["p"] == reference_digest(tmp_path, lay)
 
 
 # ---- the mounted image against umoci unpack ----------------------------------------------------
@@ -469,7 +469,7 @@ def test_pulled_debian_equals_umoci_unpack(debian_ref, repo, tmp_path):
 # ---- network faults between two namespaces -----------------------------------------------------
 
 
-def _layers_for_faults(n_big: int = 2, big: int = 3 << 20) -> list:
+def layers_for_faults(n_big: int = 2, big: int = 3 << 20) -> list:
     """A small first layer, then big incompressible ones: slow enough to interrupt mid-layer."""
     return [([d("etc"), E("etc/small", os.urandom(50_000))], "gzip"),
             *[([E(f"big{i}", os.urandom(big))], "gzip") for i in range(n_big)]]
@@ -491,30 +491,36 @@ def ns_registry(netpair, tmp_path):
     layer and two 3 MiB layers; images are pushed from the client namespace."""
     reg = Registry(tmp_path / "nsreg", host=NetPair.SERVER, port=5000, prefix=netpair.server_cmd).start()
     lay = Layout(tmp_path / "lay")
-    img = build_image(lay, _layers_for_faults())
+    img = build_image(lay, layers_for_faults())
     tag(lay, [img], "t")
     ref = reg.push(lay.root, "t", "cfs/faults", prefix=netpair.client_cmd)
     yield reg, ref, img, lay
     reg.stop()
 
 
-def _reference_digest(tmp_path, lay) -> str:
+def reference_digest(tmp_path, lay) -> str:
     ref_repo = tmp_path / "ref-repo"
     assert cfsctl("init", "--repo", ref_repo).returncode == 0
     return import_ok(ref_repo, lay.root)["digest"]
 
 
+# netem settings of the bad networks (delay/jitter in microseconds, loss/reorder in percent); the
+# QEMU guest, whose kernel has netem, runs them too (tests/guest/test_net_faults.py)
+NETEM = {
+    "delay-jitter": {"delay": 40_000, "jitter": 20_000},
+    "loss-3pc": {"loss": 3},
+    "reorder": {"delay": 10_000, "prob_reorder": 25, "gap": 5},
+    "all-three": {"delay": 5_000, "loss": 1, "prob_reorder": 10, "gap": 3},
+}
+
+
 @needs_root
-@pytest.mark.parametrize("shape", [
-    {"delay": 40_000, "jitter": 20_000},
-    {"drop": 3},
-    {"loss": 3},
-    {"delay": 10_000, "prob_reorder": 25, "gap": 5},
-    {"delay": 5_000, "loss": 1, "prob_reorder": 10, "gap": 3},
-], ids=["delay-jitter", "drop-3pc-iptables", "loss-3pc", "reorder", "all-three"])
+@pytest.mark.parametrize("shape", [NETEM["delay-jitter"], {"drop": 3}, NETEM["loss-3pc"], NETEM["reorder"],
+                                   NETEM["all-three"]],
+                         ids=["delay-jitter", "drop-3pc-iptables", "loss-3pc", "reorder", "all-three"])
 def test_pull_through_a_bad_network(ns_registry, netpair, repo, tmp_path, shape):
-    """Delay, loss and reordering (netem, skipped where the kernel lacks it; the iptables drop
-    runs everywhere): slower, and the same image."""
+    """Delay, loss and reordering (netem: skipped where the kernel lacks it, the QEMU guest runs
+    them; the iptables drop runs everywhere): slower, and the same image."""
     reg, ref, img, lay = ns_registry
     if "drop" in shape:
         if not ocireg.have("iptables"):
@@ -523,7 +529,7 @@ def test_pull_through_a_bad_network(ns_registry, netpair, repo, tmp_path, shape)
     else:
         netpair.shape(**shape)
     r = pull_ok(repo, ref, "shaped", prefix=netpair.client_cmd, timeout=300)
-    assert r["digest"] == _reference_digest(tmp_path, lay)
+    assert r["digest"] == reference_digest(tmp_path, lay)
 
 
 def _start_pull(repo, ref, netpair, name="cut"):
@@ -586,7 +592,7 @@ def test_link_cut_then_back_succeeds(ns_registry, netpair, repo, tmp_path):
     netpair.restore()
     r = _finish(proc, CUT_BOUND)
     assert r.returncode == 0, r.stderr.decode(errors="replace")[-2000:]
-    assert refs(repo)["cut"] == _reference_digest(tmp_path, lay)
+    assert refs(repo)["cut"] == reference_digest(tmp_path, lay)
 
 
 def _wait_completed(reg: Registry, dgst: str, proc, timeout=120) -> None:
@@ -621,7 +627,7 @@ def test_registry_killed_mid_pull_then_rerun(ns_registry, netpair, repo, tmp_pat
     pull_ok(repo, ref, "killed", prefix=netpair.client_cmd)
     refetched = reg.blob_gets(start)
     assert img.layers[0]["digest"] not in refetched, refetched
-    assert refs(repo)["killed"] == _reference_digest(tmp_path, lay)
+    assert refs(repo)["killed"] == reference_digest(tmp_path, lay)
 
 
 @needs_root
@@ -642,7 +648,7 @@ def test_kill9_then_rerun_resumes(ns_registry, netpair, repo, tmp_path):
     pull_ok(repo, ref, "k9", prefix=netpair.client_cmd)
     refetched = reg.blob_gets(start)
     assert img.layers[0]["digest"] not in refetched, refetched
-    assert refs(repo)["k9"] == _reference_digest(tmp_path, lay)
+    assert refs(repo)["k9"] == reference_digest(tmp_path, lay)
     assert RepoState.of(repo).tmp == []
 
 
@@ -660,7 +666,7 @@ def test_registry_restarted_mid_pull_is_retried(ns_registry, netpair, repo, tmp_
     reg.start()
     r = _finish(proc, CUT_BOUND)
     assert r.returncode == 0, r.stderr.decode(errors="replace")[-2000:]
-    assert refs(repo)["retried"] == _reference_digest(tmp_path, lay)
+    assert refs(repo)["retried"] == reference_digest(tmp_path, lay)
 
 
 @needs_root
@@ -688,7 +694,7 @@ def test_import_killed_then_rerun(repo, tmp_path):
     lay = Layout(tmp_path / "lay")
     tag(lay, [build_image(lay, [([E(f"f{i}-{j}", os.urandom(1 << 20)) for j in range(16)], "gzip")
                                 for i in range(4)])], "t")
-    ref_digest = _reference_digest(tmp_path, lay)
+    ref_digest = reference_digest(tmp_path, lay)
     proc = subprocess.Popen([sys.executable, "-m", "composefs.cli", "oci", "import", str(lay.root), "--name", "k",
                              "--repo", str(repo)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)

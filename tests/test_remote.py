@@ -5,142 +5,29 @@ fetches only what is still missing on the next run; a stopped server is a one-li
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+import ocireg
 from cfsrun import cfsctl
+from ocireg import NetPair, needs_root
+from webrepo import (CFSCTL, Nginx, local_objects, make_tree, needs_nginx, pull, remote_objects, served_repo,
+                     start_pull)
 
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-pytestmark = pytest.mark.skipif(not os.access(NGINX, os.X_OK), reason="nginx is not installed (APT_PACKAGES has nginx-light)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Nginx:
-    """nginx serving ROOT on 127.0.0.1:PORT; ``limit_rate`` slows every response down. With
-    ``prefix`` (e.g. ``NetPair.server_cmd``) it runs in a network namespace a test made, on
-    ``host`` there (port 8080: nothing else lives in such a namespace)."""
-
-    def __init__(self, tmp: Path, root: Path, limit_rate: str | None = None, host: str = "127.0.0.1",
-                 prefix: list[str] | None = None):
-        self.dir = tmp / "nginx"
-        self.dir.mkdir(exist_ok=True)
-        self.host = host
-        self.port = 8080 if prefix else free_port()
-        self.conf = self.dir / "nginx.conf"
-        rate = f"limit_rate {limit_rate};" if limit_rate else ""
-        # The test's files are root's alone (tmp_path is 0700): the worker serves as their owner.
-        user = "user root;" if os.geteuid() == 0 else ""
-        self.conf.write_text(f"""
-{user}
-daemon off;
-worker_processes 1;
-pid {self.dir}/nginx.pid;
-error_log {self.dir}/error.log;
-events {{ worker_connections 256; }}
-http {{
-    access_log {self.dir}/access.log;
-    client_body_temp_path {self.dir}/body;
-    proxy_temp_path {self.dir}/proxy;
-    fastcgi_temp_path {self.dir}/fastcgi;
-    uwsgi_temp_path {self.dir}/uwsgi;
-    scgi_temp_path {self.dir}/scgi;
-    keepalive_requests 100000;
-    server {{
-        listen {host}:{self.port};
-        root {root};
-        autoindex off;
-        {rate}
-    }}
-}}
-""")
-        self.proc = subprocess.Popen([*(prefix or []), NGINX, "-c", str(self.conf), "-p", str(self.dir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if prefix:  # unreachable from here; nginx writes its pid file once it listens
-                if (self.dir / "nginx.pid").exists():
-                    return
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"nginx did not start: {self.proc.stderr.read().decode()}")
-                time.sleep(0.05)
-                continue
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"nginx did not start: {self.proc.stderr.read().decode()}")
-                time.sleep(0.05)
-        raise RuntimeError("nginx did not start listening")
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def requests(self, part: str) -> int:
-        log = self.dir / "access.log"
-        return sum(1 for line in log.read_text().splitlines() if part in line) if log.exists() else 0
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def make_tree(root: Path, files: int = 60, big: int = 3 << 20) -> None:
-    rng = __import__("random").Random(7)
-    (root / "sub").mkdir(parents=True)
-    for i in range(files):
-        (root / ("sub" if i % 2 else "") / f"f{i}").write_bytes(rng.randbytes(200 + 97 * i))
-    (root / "big").write_bytes(rng.randbytes(big))  # over 1 MiB: streamed through a store temporary
-    (root / "tiny").write_bytes(b"inline")
-    os.symlink("big", root / "link")
+pytestmark = needs_nginx
 
 
 @pytest.fixture
 def served(tmp_path):
     """A repository holding image 'app', its directory (the web root), and a fresh local repo."""
-    src = tmp_path / "src"
-    make_tree(src)
-    remote = tmp_path / "www" / "repo"
-    assert cfsctl("init", "--repo", remote).returncode == 0
-    r = cfsctl("import", src, "--name", "app", "--repo", remote, "--json")
-    assert r.returncode == 0, r.stderr
+    remote, digest = served_repo(tmp_path)
     local = tmp_path / "local"
     assert cfsctl("init", "--repo", local).returncode == 0
-    return remote, local, json.loads(r.stdout)["digest"]
-
-
-CFSCTL = [sys.executable, "-m", "composefs.cli"]
-
-
-def pull(url, name, local, *extra, timeout=120):
-    return subprocess.run([*CFSCTL, "pull", url, name, "--repo", str(local), "--json", *map(str, extra)],
-                          capture_output=True, timeout=timeout)
-
-
-def local_objects(local: Path) -> set[str]:
-    return {f"{p.parent.name}/{p.name}" for p in (local / "objects").glob("??/*")}
-
-
-def remote_objects(remote: Path) -> set[str]:
-    return {f"{p.parent.name}/{p.name}" for p in (remote / "objects").glob("??/*")}
+    return remote, local, digest
 
 
 def test_pull_over_http_and_file(served, tmp_path):
@@ -249,3 +136,129 @@ def test_server_gone_is_an_error(served, tmp_path):
     r = pull(url, "app", local)
     assert r.returncode == 1 and b"Connection refused" in r.stderr and r.stderr.count(b"\n") == 1, r.stderr
     assert time.monotonic() - t < 30
+
+
+# ---- network faults between two namespaces -----------------------------------------------------
+# nginx in one namespace of a NetPair, the pull in the other. The lossy and slow links here need
+# no netem (the host kernel may lack it): iptables' statistic match drops, tbf limits the rate.
+# tests/guest/test_net_faults.py runs the netem delay and loss cases in the QEMU guest.
+
+CUT_BOUND = 180  # seconds: every fetch in flight times out, is retried with back-off, then gives up
+
+
+@pytest.fixture
+def netpair():
+    why = ocireg.netns_usable()
+    if why:
+        pytest.skip(why)
+    pair = NetPair()
+    yield pair
+    pair.close()
+
+
+@pytest.fixture
+def ns_served(netpair, tmp_path):
+    """nginx on 192.0.2.1:8080 in the server namespace serving a repository of 121 objects (one of
+    4 MiB), and an empty local repository."""
+    remote, digest = served_repo(tmp_path, files=120, big=4 << 20)
+    srv = Nginx(tmp_path, remote.parent, host=NetPair.SERVER, port=8080, prefix=netpair.server_cmd)
+    local = tmp_path / "local"
+    assert cfsctl("init", "--repo", local).returncode == 0
+    yield srv, remote, local, digest
+    srv.stop(graceful=False)
+
+
+def _url(srv) -> str:
+    return f"{srv.url}/repo"
+
+
+def _wait_sent(netpair, nbytes: int, proc, timeout=120) -> None:
+    deadline = time.monotonic() + timeout
+    while netpair.sent_bytes() < nbytes:
+        assert proc.poll() is None, proc.communicate()[1].decode(errors="replace")[-2000:]
+        assert time.monotonic() < deadline, "the pull did not get going"
+        time.sleep(0.05)
+
+
+def _finish(proc, timeout) -> subprocess.CompletedProcess:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        return subprocess.CompletedProcess(proc.args, None, out, err)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _assert_failed_cleanly(r: subprocess.CompletedProcess, local: Path, what: str) -> None:
+    err = r.stderr.decode(errors="replace")
+    assert r.returncode == 1, f"{what}: exit {r.returncode}; stderr: {err[-1500:]}"
+    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("cfsctl: error: "), err[-1500:]
+    assert json.loads(cfsctl("images", "--repo", local, "--json").stdout) == []
+    assert not list((local / "tmp").iterdir())
+
+
+def _rerun_fetches_only_the_rest(srv, netpair, remote, local, digest) -> None:
+    have = local_objects(local)
+    total = remote_objects(remote)
+    assert have < total, "nothing was missing: the interruption came too late"
+    r = pull(_url(srv), "app", local, prefix=netpair.client_cmd, timeout=300)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")[-2000:]
+    out = json.loads(r.stdout)
+    assert out["digest"] == digest and out["objects_fetched"] == len(total - have)
+    assert local_objects(local) == total
+    assert cfsctl("fsck", "--repo", local).returncode == 0
+
+
+@needs_root
+def test_pull_through_a_lossy_slow_link(ns_served, netpair):
+    """3% of what the server sends dropped (iptables) at 16 Mbit/s (tbf): slower, every object."""
+    if not ocireg.have("iptables"):
+        pytest.skip("iptables is not installed (make setup installs it)")
+    srv, remote, local, digest = ns_served
+    netpair.rate(16_000_000)
+    netpair.drop(3)
+    r = pull(_url(srv), "app", local, prefix=netpair.client_cmd, timeout=300)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")[-2000:]
+    assert json.loads(r.stdout)["digest"] == digest
+    assert local_objects(local) == remote_objects(remote)
+
+
+@needs_root
+def test_link_cut_mid_transfer_fails_in_bounded_time_then_rerun(ns_served, netpair):
+    """The link goes down mid-transfer and stays down: one-line error within the bound, nothing
+    named; with the link back a re-run fetches exactly the objects still missing."""
+    srv, remote, local, digest = ns_served
+    netpair.rate(8_000_000)
+    base = netpair.sent_bytes()
+    proc = start_pull(_url(srv), "app", local, "--jobs", "4", prefix=netpair.client_cmd)
+    _wait_sent(netpair, base + (1 << 20), proc)
+    netpair.cut()
+    t0 = time.monotonic()
+    r = _finish(proc, CUT_BOUND)
+    assert r.returncode is not None, f"still running {CUT_BOUND} s after the cut"
+    assert time.monotonic() - t0 < CUT_BOUND
+    _assert_failed_cleanly(r, local, "link cut")
+    netpair.restore()
+    netpair.unshape()
+    _rerun_fetches_only_the_rest(srv, netpair, remote, local, digest)
+
+
+@needs_root
+def test_server_stopped_mid_pull_then_rerun(ns_served, netpair):
+    """nginx stops (SIGTERM: connections dropped) mid-transfer: the retries meet a refused
+    connection and the pull fails at once with one line; after a restart the re-run fetches
+    exactly what is still missing."""
+    srv, remote, local, digest = ns_served
+    netpair.rate(8_000_000)
+    base = netpair.sent_bytes()
+    proc = start_pull(_url(srv), "app", local, "--jobs", "4", prefix=netpair.client_cmd)
+    _wait_sent(netpair, base + (1 << 20), proc)
+    srv.stop(graceful=False)
+    t0 = time.monotonic()
+    r = _finish(proc, 60)
+    assert r.returncode is not None and time.monotonic() - t0 < 60, "the pull did not give up within 60 s"
+    _assert_failed_cleanly(r, local, "server stopped")
+    srv.start()
+    netpair.unshape()
+    _rerun_fetches_only_the_rest(srv, netpair, remote, local, digest)

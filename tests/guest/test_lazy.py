@@ -26,7 +26,7 @@ import cfsimage as ci
 import composefs
 import guestutil
 from ocireg import NetPair
-from test_remote import Nginx, make_tree
+from webrepo import Nginx, make_tree
 
 pytestmark = pytest.mark.skipif(os.environ.get("CFS_GUEST") == "1" and not ci.module_loaded(),
                                 reason="the composefs module is not loaded in this guest")

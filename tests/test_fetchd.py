@@ -18,7 +18,7 @@ import pytest
 
 from cfsrun import cfsctl
 from composefs import fetchd
-from test_remote import make_tree
+from webrepo import make_tree
 
 
 @pytest.fixture

@@ -348,7 +348,7 @@ def test_remote_objects_fetched_on_first_open(tmp_path):
     fetched once from the web server (eight readers of one missing object make one request),
     checked and kept in the first basedir; a tampered object is EIO for that file only and never
     stored; with the server gone a missing object is an error, not a hang."""
-    from test_remote import Nginx, make_tree
+    from webrepo import Nginx, make_tree
 
     src = tmp_path / "src"
     make_tree(src, files=20, big=2 << 20)

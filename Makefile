@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 # composefs toolchain — top-level entry points.
 #   make demo       set everything up, then build a sample image and print digests
 #   make test       set everything up, then run the whole test suite (CI runs this)

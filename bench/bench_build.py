@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Image build speed and memory: `cfsctl build` against the reference `mkcomposefs` (issue #3).
 
 Cases, each run by both tools in the same run, interleaved (ours, reference, ours, ...), best

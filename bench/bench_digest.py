@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """fs-verity digest throughput: cfsctl against fsverity-utils and against the machine's SHA-256 limit.
 
 Cases (page cache warm, every timing the best of REPEAT runs, wall clock):

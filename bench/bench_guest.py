@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Guest benchmark (issue #5): our kernel module against EROFS+overlayfs, in one QEMU boot (root).
 
     .venv/bin/python bench/bench_guest.py [--repeat 3] [--json]     # or: bench/run.py guest

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Mount benchmarks (root): mount+unmount latency, and a full metadata walk of a mounted
 100,000-entry image, cold and warm, against the same tree as plain files on the host filesystem.
 

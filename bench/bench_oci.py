@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """`cfsctl oci pull` from a local registry against the ways users get the same result today.
 
 The image: a debootstrap'd Debian root (bookworm minbase plus python3, made once by

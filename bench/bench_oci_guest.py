@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """`cfsctl oci pull` over a 50 ms-RTT, rate-limited link, in the QEMU guest (issue #12: at least
 80% of the link's bandwidth). Root; `.venv/bin/python bench/run.py oci_guest`.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Repository sharing: two Debian root filesystems of one release in one repository (issue #6).
 
 The trees, made once with `debootstrap` from deb.debian.org (kept under bench/work/repo/roots/):

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT OR Apache-2.0
 # Make the Debian root that qemu/boot.py boots from a composefs image, once per package list.
 #
 #   qemu/boot-rootfs.sh MIRROR SECURITY_MIRROR DEST

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Boot a Debian system from a composefs image under QEMU (TCG) and check it from inside (issue #15).
 
 Usage (as root, from the repository root, after `make setup`; `make qemu-boot-test` does all):

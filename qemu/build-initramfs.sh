@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT OR Apache-2.0
 # Build the busybox initramfs for the QEMU guest.
 #
 #   qemu/build-initramfs.sh KVER OUT.cpio [EXTRA.ko ...]

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT OR Apache-2.0
 # /init of the QEMU guest (busybox). Driven by qemu/run.py, which shares:
 #   9p tag "host": the host's root, read-only  -> /host (the chroot the tests run in)
 #   9p tag "out":  the run dir, read-write      -> /out, seen in the chroot as /run/cfs/out

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Power cuts in QEMU: boot, work, kill QEMU at a random moment, boot again on the same disk, check.
 
     qemu/powercut.py --cuts 50 --lanes 3                  # `make powercut-test CUTS=50`

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Boot Debian's 6.12 kernel under QEMU (TCG) once and run the guest test suite in that boot.
 
 Usage (from the repository root, as root, after `make setup`; `make qemu-test` does all of it):

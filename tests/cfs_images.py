@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Source trees, composefs images and object stores for the mount tests.
 
 ``make_tree`` writes a real tree with every file type; ``build_image`` turns a tree into a

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Test helpers: a small independent reader of composefs-dump(5) text, for comparing trees."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Shared helpers for host and guest tests: where the conformance data is, and running the CLI as
 a user would.
 

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT OR Apache-2.0
 # The main job shown by `make demo`. Runs with .venv/bin first on PATH.
 set -euo pipefail
 cfsctl --version

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Test infrastructure for container images: OCI layouts written by hand, a real registry, network
 namespaces, and a Debian root made by debootstrap.
 

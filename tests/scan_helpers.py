@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Helpers shared by the directory-scan and object-store tests: make real trees on disk, read
 them back with os.lstat/os.listxattr, and compute reference digests with `fsverity digest`."""
 

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Concurrency soak of one repository on the host: 8 importers, gc and mounts at once.
 
     .venv/bin/python tests/soak.py --seconds 600      # `make soak SOAK_SECONDS=600`

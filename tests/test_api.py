@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """The public Python API (`import composefs`): every main job through it, checked against the CLI
 and the conformance data, plus its error types. Mounting needs root and erofs + overlay."""
 

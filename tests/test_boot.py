@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """`cfsctl boot`: the deployment layout on a target root, the kernel argument, installing the
 initramfs-tools files. The boot itself is proven in QEMU (qemu/boot.py, make qemu-boot-test)."""
 

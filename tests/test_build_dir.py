@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """`cfsctl build DIR IMAGE`: the image read back (`cfsctl info dump`) equals the source tree as
 os.lstat/os.listxattr see it; --digest-store, --no-hardlinks, --threads, --json, errors."""
 

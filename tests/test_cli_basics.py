@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """The CLI starts, explains itself and reports its version."""
 
 import json

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """cfsctl build / cfsctl info: options, exit statuses, messages and output formats."""
 
 import json

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """The image writer against the reference data: every conformance dump must give exactly the
 bytes mkcomposefs 1.0.8 wrote (sha256), the same fs-verity digest and format version; fsck.erofs
 must accept every image; reading the image back and dumping it must rebuild the same bytes."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """The drop-in names: ``mkcomposefs`` and ``composefs-info`` take composefs 1.0.8's command lines
 and give its outputs.
 

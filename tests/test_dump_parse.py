@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """The dump parser refuses what mkcomposefs refuses, naming the line and the reason."""
 
 import pytest

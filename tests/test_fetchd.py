@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """``cfsctl fetchd`` on the host: its side of the module's fetch protocol (kernel/fetch.h), with a
 SOCK_SEQPACKET socket pair carrying the records the module would (the module itself is tested in
 the guest, tests/guest/test_lazy.py), against a file:// repository. And ``mount --remote`` on a

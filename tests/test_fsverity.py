@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """fs-verity digests: conformance rows, agreement with fsverity-utils, the parallel paths, errors
 of the Python API and of `cfsctl digest`."""
 

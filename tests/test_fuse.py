@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """cfsctl mount --fuse: the image served in user space by the Rust core, compared entry by entry
 with the stock kernel path (EROFS + overlayfs) on the same image; objects checked on open
 (a tampered object is EIO, a missing one ENOENT); hostile images refused or served without the

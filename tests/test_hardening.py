@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Regression tests for the cases an outside review reproduced (issue #17, point 1): names that
 lose data, world-writable repositories and planted entries, tracebacks on a corrupt repository,
 unbounded memory and inputs, leftover temporaries, terminal-unsafe bytes in messages.

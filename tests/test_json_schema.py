@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Every command's --json output against the one documented schema (docs/json.md), and errors as
 JSON under --json: the tables in that file are the schema, read here, so the documentation and the
 output cannot drift apart."""

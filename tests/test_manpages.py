@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Man pages and shell completion: generated from the commands (composefs/manpages.py), committed
 under pkgdata/, installed into the environment's share/ so that man and bash find them there."""
 

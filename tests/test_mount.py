@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Mounting composefs images on this kernel (EROFS + overlayfs) with `cfsctl mount`/`umount` and
 `mount -t composefs` through the native mount.composefs helper (native/mount).
 

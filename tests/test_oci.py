@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """cfsctl oci import: OCI layouts (directory and tar) and docker-save archives made by hand with
 tarfile, exercising whiteouts, opaque directories, hardlinks across layers, replaced files,
 xattrs and gzip/zstd layers."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """`cfsctl oci import` against hostile archives: every input of issue #12's list and more, made by
 code, each refused with exit 1 and one line `cfsctl: error: ...` (no traceback), leaving no ref, no
 image file and no temporary behind, within 60 s and 1 GiB of address space. Beside them, inputs

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """The Rust core's readers of outside input, driven with hypothesis: a tar archive (the member
 index of an image archive, a layer) and a layer blob checked against its digests. Whatever the
 bytes, the answer is a result or a FormatError — never a crash, a hang or another exception —

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """`cfsctl oci pull` from a real registry (Debian's docker-registry, distribution v2) that skopeo
 pushed images into: by tag and by digest, image indexes and --platform, basic auth with the usual
 auth.json locations, layers skipped when already imported, bytes the registry serves wrongly,

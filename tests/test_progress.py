@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """The progress bar of directory builds and imports, seen through a real terminal (a pty): one
 click bar over the whole job with bytes, percentage, rate and ETA, each frame within the
 terminal's width, never going backwards, ending at 100%; nothing at all when not a terminal."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """cfsctl pull: a repository served as plain files by a real nginx (Debian's nginx-light, started
 here on 127.0.0.1 with a temporary config) or through file://. Every object is checked against
 its name before it is stored; a tampered object or image is refused; a pull killed midway

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Repository commands: init, import (directory and dump), images, rm, gc, fsck, mount by name or
 digest; locking (concurrent imports, gc during an import), kill -9 during import, corruption."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Property tests: random trees (written as dumps) survive dump -> image -> dump, the images
 pass fsck.erofs, and the bytes do not depend on the thread count."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Scanning real directory trees: every entry compared with os.lstat/os.listxattr of the source,
 digests with fsverity-utils, options as mkcomposefs defines them, reproducibility, errors."""
 

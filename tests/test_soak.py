@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """A short run of the concurrency soak (tests/soak.py; `make soak` runs the 10-minute one):
 8 importers, gc and (as root) mounts on one repository, then fsck and every remaining name
 mounted and compared with its source."""

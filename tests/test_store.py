@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """The object store filled by a directory build: objects named by their fs-verity digest (checked
 with fsverity-utils), contents equal to the sources, reuse counted, nothing temporary left over,
 and a build killed with SIGKILL or racing a writer never leaves an object under a wrong name."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """The package as a user gets it: the wheel maturin builds, installed into a brand-new virtualenv
 (pytest-virtualenv) from the base interpreter, then cfsctl and the Python API run from there with
 no source tree on the path."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Test infrastructure for remote repositories (`cfsctl pull`): a real nginx serving a repository
 directory as plain files, and the trees and repositories the tests serve.
 

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Guest half of bench/bench_oci_guest.py: `cfsctl oci pull` over a link with 50 ms RTT and a
 rate limit, inside one QEMU boot (the host kernel has no sch_netem; Debian's guest kernel loads
 sch_netem, sch_tbf and veth).

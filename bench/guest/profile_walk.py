@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Profile the metadata walk of bench/guest/walk_read.py in the guest (perf, kernel symbols).
 
     qemu/run.py --work DIR --disk-dir bench/work/guest/disk \\

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Guest half of bench/bench_guest.py: our module against EROFS+overlayfs, inside one QEMU boot.
 
 Run by `qemu/run.py --job bench/guest/walk_read.py -- [--repeat N] [--parts walk,read]`, disk preloaded

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Single-core SHA-256 rate on 4 KiB messages (what fs-verity hashes), counted like
 //! `openssl speed -evp sha256 -bytes 4096`: 4096 bytes per message, its padding block not counted.
 //! Each case is timed by this thread's CPU time, so other load on the machine matters little.

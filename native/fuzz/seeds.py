@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Make the seed corpora of the fuzz targets (run by `make fuzz-seeds`; the result is committed).
 
 Seeds are small on purpose: each dump seed is a few dozen entries picked from one conformance dump

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! fs-verity digests, exactly as the kernel computes them
 //! (Documentation/filesystems/fsverity.rst): a Merkle tree over the zero-padded data blocks, the
 //! salt (zero-padded to the hash's input block size) prepended to every hashed block, and the

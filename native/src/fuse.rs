@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! A read-only FUSE filesystem serving a composefs image: the rootless twin of the kernel paths.
 //!
 //! The image is read once by the same reader `cfsctl info` uses ([`crate::erofs::reader`]), which

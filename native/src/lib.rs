@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Rust core of the composefs toolchain.
 //!
 //! Each concern has its own module; the pyo3 layer in [`bindings`] stays thin and only converts

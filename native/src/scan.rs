@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Building a [`Tree`] from a real directory, the way `mkcomposefs SOURCE IMAGE` does
 //! (composefs 1.0.8 `lcfs_build` / `lcfs_load_node_from_file`), in two parallel phases:
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! The content-addressed object store: a directory holding `XX/<62 hex>` files, each named by
 //! the fs-verity sha256 digest of its contents (the layout of `mkcomposefs --digest-store` and
 //! of a repository's `objects/` directory).

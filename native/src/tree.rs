@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! The in-memory filesystem tree shared by every producer (dump parser, directory scan, image
 //! reader) and every consumer (dump writer, EROFS writer, object store).
 //!

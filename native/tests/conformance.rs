@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! The writer against the reference data in tests/data/conformance (dumps gunzipped with zcat),
 //! the copy tests/cfsrun.py names for the Python tests.
 use _native::{dump, erofs::writer, fsverity};

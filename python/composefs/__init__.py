@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """composefs toolchain: build, inspect and mount verified, content-addressed read-only images.
 
 The public API (documented in README.md, "Python API")::

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """The public Python API, re-exported by the package: ``import composefs``.
 
 It covers the main jobs of ``cfsctl`` with typed functions and frozen result classes: fs-verity

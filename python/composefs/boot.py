@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Booting an operating system from a composefs image: the deployment layout on the root
 partition and the kernel argument that names the image.
 

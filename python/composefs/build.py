@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Building from a real directory: scan policy (options -> native calls) and progress display.
 
 The scan itself is native (``composefs._native.scan_directory``): a parallel walk that lstats

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """``cfsctl boot``: deploy an image as an operating system's root and set up early boot."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """``cfsctl build``: make a composefs image, like ``mkcomposefs``."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """``cfsctl digest``: print fs-verity digests of files, like fsverity-utils' ``fsverity digest``."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """``cfsctl info``: inspect composefs images, like ``composefs-info``."""
 
 from __future__ import annotations

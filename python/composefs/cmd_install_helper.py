@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """``cfsctl install-helper``: make ``mount -t composefs`` work through mount(8)."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """``cfsctl mount`` and ``cfsctl umount``."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """``cfsctl oci import`` and ``cfsctl oci pull``: container images into the repository."""
 
 from __future__ import annotations

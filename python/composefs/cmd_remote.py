@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """``cfsctl pull``: an image and its objects from a repository served as plain files."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Repository commands: ``cfsctl init``, ``import``, ``images``, ``rm``, ``gc``, ``fsck``."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """``mkcomposefs`` and ``composefs-info``: the reference tools' command lines, our core.
 
 Scripts and packaging that call composefs 1.0.8's tools run these unchanged: the same options

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Exceptions shown to users by the CLI as ``cfsctl: error: <path>: <what>``."""
 
 from __future__ import annotations

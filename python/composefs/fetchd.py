@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """``cfsctl fetchd``: fetches the objects a composefs module mount misses, from a remote repository.
 
 The module (``mount -t composefs ... -o fetch_fd=N``) asks for an object when it is in none of

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """fs-verity digests, exactly as the Linux kernel computes them (and as ``fsverity digest`` prints).
 
 The digest is computed in software, so it works on any filesystem, with or without fs-verity

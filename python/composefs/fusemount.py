@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Mounting through FUSE: no privileges needed (``fusermount3`` does the mount for a user).
 
 The filesystem is served by the Rust core (``_native.fuse_serve``) in a daemon process of its

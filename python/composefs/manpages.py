@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Man pages and shell completion scripts, generated from one source.
 
 The pages of ``cfsctl`` and each of its sub-commands are made from the click commands themselves

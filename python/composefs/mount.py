@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Mounting composefs images: the ``cfsctl mount`` side of the Rust mount code.
 
 The mount logic itself (option checks, the image and digest checks, the ``composefs`` kernel

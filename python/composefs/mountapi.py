@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """The two small system calls Python still makes around mounts: ``umount2`` (``cfsctl umount``,
 FUSE unmounts as root) and ``FS_IOC_MEASURE_VERITY`` (a repository image's digest).
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Container images into a repository, from an OCI image layout (directory or tar), a
 ``docker save`` / ``podman save`` archive, or a registry (:mod:`composefs.registry`).
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """An OCI distribution (registry HTTP API v2) client for ``cfsctl oci pull``.
 
 It fetches what :mod:`composefs.oci` asks for and checks nothing itself: every manifest and

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """``cfsctl pull``: images and their objects from a repository served as plain files.
 
 A repository is a static website: any server that serves the repository directory's files

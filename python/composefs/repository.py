@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """A composefs repository: many images sharing one object store.
 
 Layout (all under one directory, one filesystem)::

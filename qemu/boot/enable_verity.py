@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Guest job of qemu/boot.py (run by qemu/run.py --job): enable fs-verity on every object and
 image of the repository on the boot disk, which the host made with mkfs.ext4 -d (the host kernel
 has no fs-verity), and check that the kernel's measurement of each file is its name.

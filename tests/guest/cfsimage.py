@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Helpers for the kernel-module guest tests: building images and objects, mounting the module and
 the stock erofs+overlayfs path, walking a mounted tree, and a minimal image parser that tells the
 fuzzer where the interesting bytes (inodes, dirents, xattrs) are."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Guest tests: they run only inside the QEMU guest booted by `make qemu-test` (qemu/run.py).
 
 On the host every test in this directory is skipped with a clear reason, so `make test` stays green.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Small helpers for the guest tests (fs-verity, mounts, kernel log). Guest only: root, real kernel."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Guest side of the power-cut test (driven by qemu/powercut.py through qemu/run.py --job).
 
 One boot = check, then work until the power is cut:

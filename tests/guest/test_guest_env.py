@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """The guest environment that qemu/run.py promises: a real 6.12 kernel, an fs-verity disk, modules."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Objects fetched on first open through the composefs module (`cfsctl mount --remote URL`).
 
 A real nginx in the guest serves a repository; the module mounts its image with an empty local

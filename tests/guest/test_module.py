@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """The `composefs` kernel module (kernel/) in the QEMU guest.
 
 It must present exactly what the stock erofs+overlayfs mount presents for the same image, serve

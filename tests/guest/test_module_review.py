@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """The `composefs` module against the cases of the independent review (issue #19): basedirs that
 lead back into a composefs mount, an image rewritten while it is mounted, times before 1970 and
 far in the future, and the stock path's exact answers (errno, SEEK_DATA/SEEK_HOLE, O_DIRECT,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """The native mount.composefs helper with real fs-verity and, where loaded, our kernel module
 (`make qemu-test`): the reference spellings `verity`, `digest=` and `idmap=` on both kernel
 paths (the host tests cover the stock path without fs-verity)."""

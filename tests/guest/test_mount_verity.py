@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Verified mounts: need real fs-verity, so they run in the QEMU guest (`make qemu-test`).
 
 The guest provides an ext4 file system made with ``-O verity`` at ``$CFS_VERITY_DIR``; without it

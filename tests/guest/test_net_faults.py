@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Pulls through a bad network that only netem can make — delay (with jitter), loss, reordering —
 run in the QEMU guest, whose Debian 6.12 kernel has sch_netem (qemu/build-initramfs.sh loads it);
 the host kernel may lack it, and its netem tests then skip. The rest of the network-fault tests

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """Repository on a filesystem with fs-verity (runs in the QEMU guest): imports enable fs-verity
 on objects and on the image file, a mount by name is checked by the kernel (digest=, every file
 verified), and a tampered object is found by fsck and refused by the mount."""

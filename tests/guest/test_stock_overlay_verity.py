@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """The stock kernel path (EROFS + overlayfs data-only layer + verity=require), exercised directly.
 
 No project code here: an EROFS image made by mkfs.erofs from files that carry the overlayfs

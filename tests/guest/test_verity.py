@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
 """fs-verity in the guest: really enabled on the ext4 disk, digests as computed, and enforced."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Helpers shared by the fuzz targets in `src/bin/`: a reader of fuzzer-chosen parameters and an
 //! independent fs-verity implementation on the `sha2` crate alone (the differential's reference).
 //!

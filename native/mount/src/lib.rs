@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Mounting composefs images: the one implementation behind `mount.composefs` (the mount(8)
 //! helper, `src/main.rs`) and `cfsctl mount` (through the core's pyo3 bindings).
 //!

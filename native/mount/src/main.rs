@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! `mount.composefs`: the helper mount(8) runs for `mount -t composefs IMAGE MNT -o OPTIONS`.
 //!
 //! mount(8) calls `/sbin/mount.composefs SOURCE TARGET [-sfnvrw] [-N NS] [-o OPTIONS] [-t TYPE]`;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! The mount itself: checks first (options, root, directories, image, digest, fs-verity support),
 //! then the module path or the stock EROFS + overlayfs path in the order the kernel allows.
 

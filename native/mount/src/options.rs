@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! The `-o` option string of `mount.composefs`, as mount(8) and fstab hand it over.
 //!
 //! Spellings and meanings follow the reference helper (composefs 1.0.x `mount.composefs`):

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! The system calls and ioctls mounting needs, one small function each, no policy.
 //!
 //! The new mount API goes through `rustix`; what it does not wrap (loop devices, fs-verity

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Mapping of the core's typed errors to Python exceptions.
 //!
 //! I/O errors become `OSError` (with errno and filename, so Python sees e.g. `FileNotFoundError`);

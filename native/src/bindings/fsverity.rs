@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Bindings for `crate::fsverity`: argument conversion, GIL release, error mapping.
 use std::path::PathBuf;
 

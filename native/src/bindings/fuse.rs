@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Bindings for the FUSE server (`crate::fuse`).
 use super::errors::{os_error, FormatError};
 use crate::fuse::{self, FuseError, Options};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Bindings for the dump format and the EROFS image (`crate::dump`, `crate::erofs`).
 use super::errors::{os_error, FormatError};
 use crate::dump;

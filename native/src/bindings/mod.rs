@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Thin pyo3 bindings: argument conversion, GIL release, error mapping. No policy here.
 
 use pyo3::prelude::*;

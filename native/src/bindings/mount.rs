@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Bindings for the `composefs-mount` crate (the mount logic `mount.composefs` runs too):
 //! `cfsctl mount` hands its request over here. Errors become `composefs._native.MountFailed`
 //! with `(message, path, kind)`; the Python side turns them into `MountError`.

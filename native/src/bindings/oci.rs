@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Bindings for container-image input (`crate::oci`): digest checks, layer reading from a Python
 //! stream, the kept layer records, the merged image, and the member index of an archive file.
 use super::errors::{os_error, FormatError};

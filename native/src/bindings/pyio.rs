@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Python file-like objects as Rust readers.
 use pyo3::prelude::*;
 use std::io::{self, Read};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Bindings for fetching objects from elsewhere into a store: an open [`Store`] that takes
 //! streams which must hash to a given digest, and the (object, size) list of an image.
 use super::errors::{os_error, to_pyerr, FormatError};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Bindings for `crate::scan` and `crate::store`: scan a directory (optionally filling an object
 //! store) with the GIL released; a `ScanProgress` object whose counters Python may poll from
 //! another thread while the scan runs.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Bindings for `crate::store`: inserting many files into an object store in one call (the
 //! store opened once, the files hashed and copied on the rayon pool with the GIL released).
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Dump parser: text → [`Tree`], with the same acceptance rules as mkcomposefs 1.0.8
 //! `--from-file` (and a little stricter where mkcomposefs silently misreads, e.g. malformed
 //! digests or integers).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Dump writer: [`Tree`] → text, byte for byte as `composefs-info dump` prints it (depth-first,
 //! names sorted; a hardlink's extra names as `@` lines pointing at the entry holding the inode).
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! From a tree to an image file: mkcomposefs' build flags, the writer, the image's fs-verity
 //! digest and an atomic write (temporary file in the target directory, then rename).
 

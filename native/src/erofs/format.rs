@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! On-disk structures of a composefs EROFS image, defined once with their encoders and
 //! decoders (all little-endian). Layout facts from the EROFS format (Linux `erofs_fs.h`) and
 //! composefs' `lcfs-erofs.h`.

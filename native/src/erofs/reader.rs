@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! The composefs EROFS reader: image bytes → [`Tree`], undoing what the writer added (the root's
 //! `00`..`ff` whiteouts and opaque mark, overlay metadata xattrs, escaped whiteouts, the escaping
 //! of `trusted.overlay.*`) so that dump → image → dump round-trips. Every offset and length is

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! The composefs EROFS writer: [`Tree`] → image bytes identical to `mkcomposefs` 1.0.8.
 //!
 //! What the reference does, step by step (libcomposefs `lcfs-writer-erofs.c`):

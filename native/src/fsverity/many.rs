@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Digests of many files, with the hashing of small files batched across files.
 //!
 //! Most files of a tree are small (one to three blocks), so pairing blocks only within a file

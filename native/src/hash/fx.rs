@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! FxHash: a fast non-cryptographic hasher for in-memory tables.
 
 /// A fast non-cryptographic hasher (FxHash's multiply-rotate) for tables keyed by

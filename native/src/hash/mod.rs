@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Hash primitives tuned for fs-verity's workload (many equal-length messages).
 
 pub mod fx;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! SHA-256 of sixteen equal-length messages at once, with AVX-512.
 //!
 //! fs-verity hashes long runs of independent, equal-length messages (4 KiB Merkle blocks behind

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! SHA-256 of many equal-length messages: sixteen at a time with AVX-512 (`sha256_x16`), two
 //! at a time with the SHA extensions.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! OCI content digests (`sha256:<64 hex>`, `sha512:<128 hex>`) and the streaming verifier.
 //!
 //! A digest string from a manifest, an index, a config or a reference is parsed by

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! One container layer, read from its blob stream into a list of changes ([`Layer`]) while its
 //! file contents go into the object store.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Layers applied in order onto one [`Tree`] (the model the image writer takes), with the rules
 //! container engines apply when they unpack an image:
 //! - an entry replaces what is at its path, except that a directory over a directory keeps the

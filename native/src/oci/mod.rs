@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! Container images from outside: everything here reads input nobody vouched for.
 //!
 //! [`digest`] validates digest strings and checks blobs while they stream; [`tar`] reads layer

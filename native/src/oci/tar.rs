@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! A streaming reader of tar archives (ustar, GNU long names, PAX) that holds at most one
 //! header's worth of metadata in memory.
 //!

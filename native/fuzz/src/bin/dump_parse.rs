@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! The composefs-dump(5) parser on arbitrary text: a dump parses or is refused with a
 //! `ParseError`, never a panic. What parses round-trips: parse → write → parse → write gives the
 //! same text; and its image, written and read back, prints a dump that is a fixed point of

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! fs-verity digests, every SHA-256 backend this CPU can run (portable, SHA-NI two-way, AVX-512
 //! sixteen-way), against an independent implementation on the `sha2` crate (`reference_fsverity`)
 //! and against each other, on fuzzer-chosen data, algorithm, Merkle block size, salt, stream

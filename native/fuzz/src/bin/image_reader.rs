@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! The image reader behind `cfsctl info`/`ls`/`dump`/`objects` on hostile bytes: reading must give
 //! a tree or a `ReadError`, never a panic, an overflow or a runaway allocation, and whatever it
 //! reads must print as a dump and as `ls` output. A dump printed from an image must also parse:

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
 //! The container-layer path on hostile bytes (`native/src/oci`): the first byte picks what the
 //! rest is fed to.
 //! - 0: a layer blob (plain tar, gzip or zstd) read by `read_layer` into a store, with no

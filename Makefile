@@ -18,9 +18,10 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # System packages needed by the tool, its tests and its benchmarks (the OCI tests: a registry,
 # skopeo, umoci, debootstrap, htpasswd, iproute2 and iptables for network namespaces; the remote
-# repository tests: nginx; FUSE mounts: fuse3; a user's cfsctl in the FUSE test: python3-click).
+# repository tests: nginx; FUSE mounts: fuse3; a user's cfsctl in the FUSE test: python3-click;
+# `man cfsctl` from the environment in the man page test: man-db).
 APT_PACKAGES := fsverity erofs-utils e2fsprogs attr util-linux python3-venv openssl zstd umoci \
-	docker-registry skopeo debootstrap apache2-utils iproute2 iptables nginx-light fuse3 python3-click
+	docker-registry skopeo debootstrap apache2-utils iproute2 iptables nginx-light fuse3 python3-click man-db
 
 # pkgdata/: the wheel's data directory (pyproject.toml's tool.maturin data): data/share/ holds the
 # man pages and completions; scripts/ the native mount(8) helper, a binary of the native/mount

@@ -219,9 +219,9 @@ def test_progress_counter_and_line(tree_root):
     assert snap["entries"] == r["stats"]["entries"] == 21
     assert snap["files_done"] == snap["files_total"] == 19  # f0 is empty, never opened
     assert snap["bytes_done"] == snap["bytes_total"] == sum(i * 1000 for i in range(20))
-    out = io.StringIO()
+    out = io.StringIO()  # not a terminal: the bar stays silent (drawn on a pty: test_progress.py)
     scan_directory(tree_root, progress=out)
-    assert "100.0%" in out.getvalue() and "19/19 files" in out.getvalue()
+    assert out.getvalue() == ""
 
 
 # ---- errors name the path ----

@@ -15,7 +15,7 @@
 
 use super::layer::{split_last, Content, Layer, Node, NodeData, Op};
 use crate::store::object_name;
-use crate::tree::{Inode, InodeData, InodeId, Timespec, Tree, ROOT};
+use crate::tree::{mode, Inode, InodeData, InodeId, Timespec, Tree, ROOT};
 use std::collections::HashSet;
 
 const MAX_SYMLINKS: usize = 40;
@@ -185,10 +185,53 @@ impl Merger {
         Ok(Some(*stack.last().unwrap()))
     }
 
+    /// A layer's paths are normalised when it is read from its tar ("a/b", "" for the root); a
+    /// record decoded from the repository is checked again, since a name "", "." or ".." (or a
+    /// path like "/") would become a directory entry that breaks the image.
+    fn check_path(&self, path: &[u8]) -> Result<(), MergeError> {
+        if path.is_empty() {
+            return Ok(());
+        }
+        if path
+            .split(|&b| b == b'/')
+            .any(|c| c.is_empty() || c == b"." || c == b"..")
+        {
+            return Err(self.err(path, "a path that is not normalised"));
+        }
+        Ok(())
+    }
+
     fn apply(&mut self, op: &Op) -> Result<(), MergeError> {
         match op {
             Op::Put { path, node } => {
+                self.check_path(path)?;
+                // The type bits of the mode and the kind of data must agree (a record decoded
+                // from the repository is not trusted to): the writer takes one, the reader the other.
+                let kind = node.mode & mode::S_IFMT;
+                let agrees = match node.data {
+                    NodeData::Directory => kind == mode::S_IFDIR,
+                    NodeData::Regular { .. } => kind == mode::S_IFREG,
+                    NodeData::Symlink(_) => kind == mode::S_IFLNK,
+                    NodeData::Special => matches!(kind, mode::S_IFCHR | mode::S_IFBLK | mode::S_IFIFO | mode::S_IFSOCK),
+                };
+                if !agrees {
+                    return Err(self.err(path, "an entry whose mode and type disagree"));
+                }
+            }
+            Op::Whiteout { path } | Op::Opaque { path } => self.check_path(path)?,
+            Op::Link { path, target } => {
+                self.check_path(path)?;
+                self.check_path(target)?;
+            }
+        }
+        match op {
+            Op::Put { path, node } => {
                 if path.is_empty() {
+                    // The root's own entry ("./") may change its metadata, never its type: the
+                    // image's root must stay a directory.
+                    if !matches!(node.data, NodeData::Directory) {
+                        return Err(self.err(path, "the root is not a directory"));
+                    }
                     let root = &mut self.tree.inodes[ROOT];
                     let new = to_inode(node);
                     root.mode = new.mode;
@@ -471,5 +514,29 @@ mod tests {
         let t = merge(&[&l1, &l2], 1000).unwrap();
         assert_eq!(paths(&t), ["/d", "/f", "/f/y"]);
         assert_eq!(t.inodes.len(), 4); // the lower d/x is gone from the tree
+    }
+
+    #[test]
+    fn the_root_stays_a_directory() {
+        // Found by the oci_layer fuzz target: a root entry of another type made an image whose
+        // root inode had a file's mode.
+        for root in [
+            file("", "x"),
+            link("", "target"),
+            file(".", "x"),
+            file("/", "x"),
+            file("a/../b", "x"),
+        ] {
+            let l = layer(vec![root]);
+            assert!(merge(&[&l], 1000).is_err());
+        }
+        let t = merge(&[&layer(vec![dir(""), file("a", "a")])], 1000).unwrap();
+        assert!(t.inodes[ROOT].is_dir());
+        // The fuzzer's case: a directory (the root's entry) whose mode has no directory type bits.
+        let odd = Op::Put {
+            path: Vec::new(),
+            node: node(0, NodeData::Directory),
+        };
+        assert!(merge(&[&layer(vec![odd])], 1000).is_err());
     }
 }

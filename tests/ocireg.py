@@ -744,3 +744,26 @@ def assert_refused(r: subprocess.CompletedProcess, repo: Path, before: RepoState
     after = RepoState.of(repo)
     assert after == before, f"{what}: repository changed: {before} -> {after}"
     return lines[0]
+
+
+# ---- a pull started in a namespace, watched and ended --------------------------------------------
+
+
+def wait_sent(netpair: "NetPair", nbytes: int, proc, timeout=120) -> None:
+    """Wait until ``nbytes`` crossed the link (the pull ``proc`` is under way), failing if it ends."""
+    deadline = time.monotonic() + timeout
+    while netpair.sent_bytes() < nbytes:
+        assert proc.poll() is None, proc.communicate()[1].decode(errors="replace")[-2000:]
+        assert time.monotonic() < deadline, "the pull did not get going"
+        time.sleep(0.05)
+
+
+def finish_pull(proc, timeout) -> subprocess.CompletedProcess:
+    """The pull's outcome within ``timeout`` s; killed (its whole session) and returncode None after."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        return subprocess.CompletedProcess(proc.args, None, out, err)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

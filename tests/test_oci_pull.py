@@ -545,22 +545,8 @@ def _start_pull(repo, ref, netpair, name="cut"):
                             preexec_fn=limit, start_new_session=True)
 
 
-def _wait_sent(netpair, nbytes: int, proc, timeout=120) -> None:
-    deadline = time.monotonic() + timeout
-    while netpair.sent_bytes() < nbytes:
-        assert proc.poll() is None, proc.communicate()[1].decode(errors="replace")[-2000:]
-        assert time.monotonic() < deadline, "the pull did not get going"
-        time.sleep(0.05)
-
-
-def _finish(proc, timeout) -> subprocess.CompletedProcess:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        return subprocess.CompletedProcess(proc.args, None, out, err)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+_wait_sent = ocireg.wait_sent
+_finish = ocireg.finish_pull
 
 
 CUT_BOUND = 180  # seconds: retries with back-off, then a one-line error

@@ -5,8 +5,6 @@ its name before it is stored; a tampered object or image is refused; a pull kill
 fetches only what is still missing on the next run; a stopped server is a one-line error."""
 
 import json
-import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -173,22 +171,8 @@ def _url(srv) -> str:
     return f"{srv.url}/repo"
 
 
-def _wait_sent(netpair, nbytes: int, proc, timeout=120) -> None:
-    deadline = time.monotonic() + timeout
-    while netpair.sent_bytes() < nbytes:
-        assert proc.poll() is None, proc.communicate()[1].decode(errors="replace")[-2000:]
-        assert time.monotonic() < deadline, "the pull did not get going"
-        time.sleep(0.05)
-
-
-def _finish(proc, timeout) -> subprocess.CompletedProcess:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        return subprocess.CompletedProcess(proc.args, None, out, err)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+_wait_sent = ocireg.wait_sent
+_finish = ocireg.finish_pull
 
 
 def _assert_failed_cleanly(r: subprocess.CompletedProcess, local: Path, what: str) -> None:

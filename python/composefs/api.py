@@ -19,30 +19,12 @@ from dataclasses import dataclass, fields
 from typing import Any, Union
 
 from . import _native
+from . import _API as _PUBLIC_NAMES
 from .errors import CfsError
 from .mount import MountError, MountResult
 
-__all__ = [
-    "BuildResult",
-    "CfsError",
-    "FsckProblem",
-    "FsckResult",
-    "GcResult",
-    "ImageInfo",
-    "ImportResult",
-    "MountError",
-    "MountResult",
-    "Repository",
-    "RepositoryImage",
-    "build_from_directory",
-    "build_from_dump",
-    "dump_image",
-    "image_objects",
-    "inspect_image",
-    "list_image",
-    "mount_image",
-    "unmount",
-]
+# The names are listed once, in the package (which loads them lazily from here).
+__all__ = list(_PUBLIC_NAMES)
 
 StrPath = Union[str, os.PathLike[str]]
 

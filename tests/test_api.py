@@ -13,15 +13,10 @@ import sys
 import pytest
 
 import composefs
-from cfsrun import CONFORMANCE, cfsctl
-
-DUMPS = CONFORMANCE / "dumps"
-
+from cfsrun import CONFORMANCE, CONFORMANCE_DUMPS as DUMPS, cfsctl, conformance_rows
 
 def expected_rows() -> dict[str, dict[str, str]]:
-    lines = (DUMPS / "expected.tsv").read_text().splitlines()
-    header = lines[0].split("\t")
-    return {r["dump"]: r for r in (dict(zip(header, line.split("\t"))) for line in lines[1:] if line)}
+    return {r["dump"]: r for r in conformance_rows()}
 
 
 def make_tree(root, seed: int = 1) -> None:

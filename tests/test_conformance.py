@@ -3,7 +3,6 @@
 bytes mkcomposefs 1.0.8 wrote (sha256), the same fs-verity digest and format version; fsck.erofs
 must accept every image; reading the image back and dumping it must rebuild the same bytes."""
 
-import gzip
 import hashlib
 import shutil
 import struct
@@ -11,18 +10,11 @@ import subprocess
 
 import pytest
 from cfsdump import canonical
-from cfsrun import CONFORMANCE, cfsctl
-
-DUMPS = CONFORMANCE / "dumps"
+from cfsrun import CONFORMANCE_DUMPS as DUMPS, cfsctl, conformance_rows, unpack_conformance_dumps
 
 
-def rows():
-    lines = (DUMPS / "expected.tsv").read_text().splitlines()
-    header = lines[0].split("\t")
-    return [dict(zip(header, line.split("\t"))) for line in lines[1:] if line.strip()]
 
-
-ROWS = rows()
+ROWS = conformance_rows()
 
 
 def fsck(path):
@@ -32,13 +24,7 @@ def fsck(path):
 
 @pytest.fixture(scope="module")
 def dumps(tmp_path_factory):
-    d = tmp_path_factory.mktemp("dumps")
-    out = {}
-    for row in ROWS:
-        p = d / row["dump"]
-        p.write_bytes(gzip.decompress((DUMPS / (row["dump"] + ".gz")).read_bytes()))
-        out[row["dump"]] = p
-    return out
+    return unpack_conformance_dumps(tmp_path_factory.mktemp("dumps"))
 
 
 def test_all_conformance_dumps_listed():

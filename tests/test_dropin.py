@@ -9,7 +9,6 @@ tools themselves when they are found: ``MKCOMPOSEFS`` and ``COMPOSEFS_INFO`` in 
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
 import shutil
@@ -18,22 +17,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from cfsrun import CONFORMANCE
+from cfsrun import conformance_rows, unpack_conformance_dumps
 from scan_helpers import Spec, materialize
 
 BIN = Path(sys.executable).parent
 OURS = {"mkcomposefs": BIN / "mkcomposefs", "composefs-info": BIN / "composefs-info"}
 REF = {"mkcomposefs": os.environ.get("MKCOMPOSEFS"), "composefs-info": os.environ.get("COMPOSEFS_INFO")}
-DUMPS = CONFORMANCE / "dumps"
 
 
-def rows():
-    lines = (DUMPS / "expected.tsv").read_text().splitlines()
-    header = lines[0].split("\t")
-    return [dict(zip(header, line.split("\t"))) for line in lines[1:] if line.strip()]
-
-
-ROWS = rows()
+ROWS = conformance_rows()
 
 
 def run(tool: str, args, *, ref: bool = False, input: bytes | None = None, cwd=None):
@@ -58,13 +50,7 @@ def test_entry_points_are_installed():
 
 @pytest.fixture(scope="module")
 def dumps(tmp_path_factory):
-    d = tmp_path_factory.mktemp("dumps")
-    out = {}
-    for row in ROWS:
-        p = d / row["dump"]
-        p.write_bytes(gzip.decompress((DUMPS / (row["dump"] + ".gz")).read_bytes()))
-        out[row["dump"]] = p
-    return out
+    return unpack_conformance_dumps(tmp_path_factory.mktemp("dumps"))
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r["dump"] for r in ROWS])

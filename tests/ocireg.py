@@ -582,6 +582,19 @@ def netns_usable() -> str | None:
     return None
 
 
+
+def netpair_or(give_up):
+    """A NetPair for the life of the fixture that yields from this; ``give_up(why)`` (pytest.skip
+    on the host, pytest.fail in the guest) when namespaces cannot be made here."""
+    why = netns_usable()
+    if why:
+        give_up(why)
+    pair = NetPair()
+    try:
+        yield pair
+    finally:
+        pair.close()
+
 # ---- a Debian root from debootstrap -----------------------------------------------------------
 
 

@@ -478,12 +478,7 @@ def layers_for_faults(n_big: int = 2, big: int = 3 << 20) -> list:
 
 @pytest.fixture
 def netpair():
-    why = ocireg.netns_usable()
-    if why:
-        pytest.skip(why)
-    pair = NetPair()
-    yield pair
-    pair.close()
+    yield from ocireg.netpair_or(pytest.skip)
 
 
 @pytest.fixture

@@ -147,12 +147,7 @@ CUT_BOUND = 180  # seconds: every fetch in flight times out, is retried with bac
 
 @pytest.fixture
 def netpair():
-    why = ocireg.netns_usable()
-    if why:
-        pytest.skip(why)
-    pair = NetPair()
-    yield pair
-    pair.close()
+    yield from ocireg.netpair_or(pytest.skip)
 
 
 @pytest.fixture

@@ -27,12 +27,7 @@ from ocireg import Layout, NetPair, Registry, build_image, tag
 
 @pytest.fixture(scope="module")
 def netpair():
-    why = ocireg.netns_usable()
-    if why:
-        pytest.fail(f"the guest must run the netem tests: {why}")
-    pair = NetPair()
-    yield pair
-    pair.close()
+    yield from ocireg.netpair_or(lambda why: pytest.fail(f"the guest must run the netem tests: {why}"))
 
 
 @pytest.fixture(autouse=True)

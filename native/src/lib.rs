@@ -6,6 +6,7 @@
 
 pub mod dump;
 pub mod erofs;
+pub mod fsio;
 pub mod fsverity;
 pub mod fuse;
 pub mod hash;

@@ -5,15 +5,15 @@
 //!
 //! Insertion is atomic and race-safe:
 //! - the data is first copied into a temporary file inside the store (an unnamed `O_TMPFILE`
-//!   where the filesystem supports it, else a `.tmp-<pid>-<n>` file), by reflink (`FICLONE`),
+//!   where the filesystem supports it, else a named temporary of [`crate::fsio`]), by reflink (`FICLONE`),
 //!   else `copy_file_range`, else a plain read/write copy;
 //! - the *temporary file* is hashed (a plain copy hashes the very bytes it writes) and must give
 //!   the digest the caller computed from the source, so a source that changed between hashing and
 //!   copying is reported ([`Error::Changed`]) instead of being stored under a wrong name;
 //! - fs-verity is enabled (sha256, 4 KiB blocks) where the filesystem supports it;
 //! - only then is the file linked under its digest name with `linkat`, which never replaces an
-//!   existing file. A `kill -9` at any point leaves either nothing (`O_TMPFILE`), or a `.tmp-*`
-//!   file that [`Store::open`] removes once its owner process is gone.
+//!   existing file. A `kill -9` at any point leaves either nothing (`O_TMPFILE`), or a named
+//!   temporary that [`Store::open`] removes once its owner process is gone ([`fsio::sweep`]).
 //!
 //! Objects are not fsync'ed one by one: call [`Store::sync`] (one `syncfs`) at the end of a build.
 //!
@@ -23,17 +23,18 @@
 //! is refused, never followed or reused. New directories get mode 0755 and objects 0644
 //! whatever the umask: readable by all, writable only by their owner.
 
+use crate::fsio;
 use crate::fsverity;
 use crate::tree::Digest;
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -101,7 +102,8 @@ struct Counters {
 /// An open object store.
 pub struct Store {
     root: PathBuf,
-    dir: OwnedFd,
+    /// Shared with the temporaries being written in it.
+    dir: Arc<OwnedFd>,
     /// Owner of the root directory: with root, the only owner trusted inside the store.
     owner: u32,
     /// The `00`..`ff` directories, opened once each (without following symlinks) and checked.
@@ -112,7 +114,6 @@ pub struct Store {
     verity_ok: AtomicBool,
     counters: Counters,
     temporaries_removed: u64,
-    next_tmp: AtomicU64,
 }
 
 /// `objects/XX/<62 hex>` relative name of a digest (also the image's redirect payload).
@@ -128,7 +129,8 @@ pub fn object_name(digest: &Digest) -> String {
     String::from_utf8(s).expect("hex digits are ASCII")
 }
 
-const TMP_PREFIX: &str = ".tmp-";
+/// The target spelled in the store's named temporaries (they are linked, not renamed).
+const TMP_TARGET: &[u8] = b"object";
 
 fn cstr(s: &[u8]) -> CString {
     CString::new(s).expect("path without NUL")
@@ -157,7 +159,7 @@ impl Store {
             return Err(io_at(root)(last_err()));
         }
         // SAFETY: a descriptor we just opened and own.
-        let dir = unsafe { OwnedFd::from_raw_fd(fd) };
+        let dir = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
         if created {
             fix_dir_mode(&dir).map_err(io_at(root))?;
         }
@@ -171,9 +173,8 @@ impl Store {
             verity_ok: AtomicBool::new(true),
             counters: Counters::default(),
             temporaries_removed: 0,
-            next_tmp: AtomicU64::new(0),
         };
-        store.temporaries_removed = store.remove_stale_temporaries()?;
+        store.temporaries_removed = fsio::sweep(root, fsio::Sweep::All).map_err(io_at(root))?;
         Ok(store)
     }
 
@@ -294,33 +295,7 @@ impl Store {
 
     /// Flush the whole store's filesystem once (`syncfs`), instead of an fsync per object.
     pub fn sync(&self) -> Result<(), Error> {
-        if unsafe { libc::syncfs(self.dir.as_raw_fd()) } != 0 {
-            return Err(io_at(&self.root)(last_err()));
-        }
-        Ok(())
-    }
-
-    fn remove_stale_temporaries(&self) -> Result<u64, Error> {
-        let me = std::process::id();
-        let mut removed = 0;
-        for ent in std::fs::read_dir(&self.root).map_err(io_at(&self.root))? {
-            let ent = ent.map_err(io_at(&self.root))?;
-            let name = ent.file_name();
-            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(TMP_PREFIX)) else {
-                continue;
-            };
-            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-                continue;
-            };
-            if pid == me || Path::new(&format!("/proc/{pid}")).exists() {
-                continue; // maybe a live concurrent build
-            }
-            let c = cstr(name.as_bytes());
-            if unsafe { libc::unlinkat(self.dir.as_raw_fd(), c.as_ptr(), 0) } == 0 {
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        fsio::syncfs(self.dir.as_fd()).map_err(io_at(&self.root))
     }
 
     /// Hash the file at `path` and insert it. Returns its digest, size and what happened.
@@ -493,22 +468,14 @@ impl Store {
         if !self.verity_ok.load(Relaxed) {
             return Ok(());
         }
-        match enable_verity(ro) {
-            Ok(()) => {
+        match fsio::enable_verity(ro.as_fd()).map_err(io_at(tmp_path))? {
+            fsio::Verity::Enabled => {
                 self.counters.verity_enabled.fetch_add(1, Relaxed);
-                Ok(())
             }
-            Err(e) => match errno_of(&e) {
-                // No fs-verity on this filesystem (ENOTTY: no such ioctl; EOPNOTSUPP: feature
-                // off; EINVAL: some filesystems' answer to unknown parameters): store without it.
-                libc::EOPNOTSUPP | libc::ENOTTY | libc::EINVAL | libc::ENOSYS => {
-                    self.verity_ok.store(false, Relaxed);
-                    Ok(())
-                }
-                libc::EEXIST => Ok(()), // already enabled
-                _ => Err(io_at(tmp_path)(e)),
-            },
+            fsio::Verity::AlreadyEnabled => {}
+            fsio::Verity::Unsupported => self.verity_ok.store(false, Relaxed),
         }
+        Ok(())
     }
 
     fn temporary(&self) -> Result<Temp, Error> {
@@ -525,7 +492,7 @@ impl Store {
                 return Ok(Temp {
                     file: unsafe { File::from_raw_fd(fd) },
                     name: None,
-                    dir: self.dir.as_raw_fd(),
+                    dir: self.dir.clone(),
                 });
             }
             let e = last_err();
@@ -534,30 +501,13 @@ impl Store {
                 _ => return Err(io_at(&self.root)(e)),
             }
         }
-        loop {
-            let n = self.next_tmp.fetch_add(1, Relaxed);
-            let name = format!("{TMP_PREFIX}{}-{n}", std::process::id());
-            let c = cstr(name.as_bytes());
-            let fd = unsafe {
-                libc::openat(
-                    self.dir.as_raw_fd(),
-                    c.as_ptr(),
-                    libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC,
-                    0o644,
-                )
-            };
-            if fd >= 0 {
-                return Ok(Temp {
-                    file: unsafe { File::from_raw_fd(fd) },
-                    name: Some(c),
-                    dir: self.dir.as_raw_fd(),
-                });
-            }
-            let e = last_err();
-            if errno_of(&e) != libc::EEXIST {
-                return Err(io_at(self.root.join(name))(e));
-            }
-        }
+        let (name, fd) = fsio::create_temp(self.dir.as_fd(), TMP_TARGET, rustix::fs::Mode::from_raw_mode(0o644))
+            .map_err(io_at(&self.root))?;
+        Ok(Temp {
+            file: File::from(fd),
+            name: Some(name),
+            dir: self.dir.clone(),
+        })
     }
 }
 
@@ -620,7 +570,7 @@ fn fstat(fd: RawFd) -> io::Result<libc::stat> {
 struct Temp {
     file: File,
     name: Option<CString>,
-    dir: RawFd,
+    dir: Arc<OwnedFd>,
 }
 
 impl Temp {
@@ -644,21 +594,22 @@ impl Temp {
     fn close_writer(mut self) -> TempName {
         TempName {
             name: self.name.take(),
-            dir: self.dir,
+            dir: self.dir.clone(),
         }
     }
 }
 
 struct TempName {
     name: Option<CString>,
-    dir: RawFd,
+    dir: Arc<OwnedFd>,
 }
 
 impl TempName {
     /// Give the file (open read-only as `ro`) the name `target` in `dirfd`; never replaces.
     fn link(&self, ro: &File, dirfd: RawFd, target: &CString) -> io::Result<()> {
         let r = match &self.name {
-            Some(n) => unsafe { libc::linkat(self.dir, n.as_ptr(), dirfd, target.as_ptr(), 0) },
+            // SAFETY: linkat between directory descriptors we hold, with NUL-terminated names.
+            Some(n) => unsafe { libc::linkat(self.dir.as_raw_fd(), n.as_ptr(), dirfd, target.as_ptr(), 0) },
             None => {
                 let p = cstr(format!("/proc/self/fd/{}", ro.as_raw_fd()).as_bytes());
                 let r = unsafe {
@@ -696,7 +647,7 @@ impl TempName {
 impl Drop for TempName {
     fn drop(&mut self) {
         if let Some(n) = &self.name {
-            unsafe { libc::unlinkat(self.dir, n.as_ptr(), 0) };
+            let _ = rustix::fs::unlinkat(&*self.dir, n.as_c_str(), rustix::fs::AtFlags::empty());
         }
     }
 }
@@ -704,7 +655,7 @@ impl Drop for TempName {
 impl Drop for Temp {
     fn drop(&mut self) {
         if let Some(n) = self.name.take() {
-            unsafe { libc::unlinkat(self.dir, n.as_ptr(), 0) };
+            let _ = rustix::fs::unlinkat(&*self.dir, n.as_c_str(), rustix::fs::AtFlags::empty());
         }
     }
 }
@@ -867,44 +818,6 @@ impl Read for Tee<'_> {
         }
         self.pos += n as u64;
         Ok(n)
-    }
-}
-
-/// `FS_IOC_ENABLE_VERITY` with sha256, 4 KiB blocks, no salt, no signature.
-fn enable_verity(file: &File) -> io::Result<()> {
-    #[repr(C)]
-    struct FsverityEnableArg {
-        version: u32,
-        hash_algorithm: u32,
-        block_size: u32,
-        salt_size: u32,
-        salt_ptr: u64,
-        sig_size: u32,
-        reserved1: u32,
-        sig_ptr: u64,
-        reserved2: [u64; 11],
-    }
-    const FS_IOC_ENABLE_VERITY: libc::c_ulong = 0x4080_6685;
-    let arg = FsverityEnableArg {
-        version: 1,
-        hash_algorithm: 1,
-        block_size: 4096,
-        salt_size: 0,
-        salt_ptr: 0,
-        sig_size: 0,
-        reserved1: 0,
-        sig_ptr: 0,
-        reserved2: [0; 11],
-    };
-    loop {
-        let r = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_ENABLE_VERITY as _, &arg) };
-        if r == 0 {
-            return Ok(());
-        }
-        let e = last_err();
-        if errno_of(&e) != libc::EINTR {
-            return Err(e);
-        }
     }
 }
 

@@ -11,6 +11,7 @@ pub mod fsverity;
 pub mod fuse;
 pub mod hash;
 pub mod oci;
+pub mod process;
 pub mod scan;
 pub mod store;
 pub mod tree;

@@ -72,7 +72,15 @@ fn write_atomic(py: Python<'_>, path: &Bound<'_, PyAny>, data: &[u8], mode: Opti
         .map_err(|e| os_error(&e, Some(&path)))
 }
 
+/// For an entry point that owns its process (the CLI): raise the open-files soft limit to the
+/// hard one and give a scan's freed memory back. Library calls never do either on their own.
+#[pyfunction]
+fn configure_process() {
+    crate::process::configure_for_cli()
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(configure_process, m)?)?;
     m.add_function(wrap_pyfunction!(enable_verity, m)?)?;
     m.add_function(wrap_pyfunction!(measure_verity, m)?)?;
     m.add_function(wrap_pyfunction!(pid_alive, m)?)?;

@@ -47,18 +47,8 @@ struct FsverityEnableArg {
 }
 const _: () = assert!(std::mem::size_of::<FsverityEnableArg>() == 128);
 
-/// `struct fsverity_digest` with room for the largest digest (sha512).
-#[repr(C)]
-struct FsverityDigest {
-    digest_algorithm: u16,
-    digest_size: u16,
-    digest: [u8; 64],
-}
-
 const FS_IOC_ENABLE_VERITY: rustix::ioctl::Opcode = rustix::ioctl::opcode::write::<FsverityEnableArg>(b'f', 133);
-// The kernel's opcode encodes the header's size only (the digest is a flexible array).
-const FS_IOC_MEASURE_VERITY: rustix::ioctl::Opcode = rustix::ioctl::opcode::read_write::<[u16; 2]>(b'f', 134);
-const _: () = assert!(FS_IOC_ENABLE_VERITY as u64 == 0x4080_6685 && FS_IOC_MEASURE_VERITY as u64 == 0xC004_6686);
+const _: () = assert!(FS_IOC_ENABLE_VERITY as u64 == 0x4080_6685);
 
 /// Enable fs-verity (sha256, 4 KiB blocks, no salt, no signature) on `fd`, which must be open
 /// read-only with no writable descriptor left anywhere.
@@ -103,25 +93,9 @@ pub fn enable_verity(fd: BorrowedFd<'_>) -> io::Result<Verity> {
     }
 }
 
-/// `FS_IOC_MEASURE_VERITY`: the hash algorithm number and digest of a file with fs-verity
-/// (ENODATA when it has none, ENOTTY/EOPNOTSUPP where the filesystem has no fs-verity).
-pub fn measure_verity(fd: BorrowedFd<'_>) -> io::Result<(u16, Vec<u8>)> {
-    let mut m = FsverityDigest {
-        digest_algorithm: 0,
-        digest_size: 64,
-        digest: [0; 64],
-    };
-    // SAFETY: the kernel reads `digest_size` and writes at most that many bytes after the
-    // 4-byte header of `struct fsverity_digest`, which `FsverityDigest` provides (64 bytes).
-    unsafe {
-        rustix::ioctl::ioctl(
-            fd,
-            rustix::ioctl::Updater::<FS_IOC_MEASURE_VERITY, FsverityDigest>::new(&mut m),
-        )?;
-    }
-    let n = usize::from(m.digest_size).min(m.digest.len());
-    Ok((m.digest_algorithm, m.digest[..n].to_vec()))
-}
+/// `FS_IOC_MEASURE_VERITY`: the hash algorithm number and digest of a file with fs-verity.
+/// Implemented once, in the mount crate (which cannot depend on this one), for both.
+pub use composefs_mount::measure_verity;
 
 /// Flush the whole filesystem holding `fd` once, instead of an fsync per file.
 pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {

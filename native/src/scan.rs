@@ -53,8 +53,8 @@ pub enum Error {
     NotADirectory { path: PathBuf },
     #[error("{}: file changed while it was being read", path.display())]
     Changed { path: PathBuf },
-    #[error("--skip-xattrs and --user-xattrs conflict")]
-    ConflictingOptions,
+    #[error(transparent)]
+    ConflictingOptions(#[from] crate::erofs::build::ConflictingOptions),
     #[error("cannot start {0} threads: {1}")]
     Threads(usize, String),
 }
@@ -229,9 +229,7 @@ pub fn scan(
     store: Option<&Store>,
     progress: Option<&Progress>,
 ) -> Result<(Tree, ScanStats), Error> {
-    if opts.skip_xattrs && opts.user_xattrs {
-        return Err(Error::ConflictingOptions);
-    }
+    crate::erofs::build::check_options(opts.skip_xattrs, opts.user_xattrs)?;
     // The walk recurses once per directory level (paths reach PATH_MAX = 4096 bytes, so up to
     // 2048 levels): give the workers room.
     let mut builder = rayon::ThreadPoolBuilder::new().stack_size(64 << 20);

@@ -79,7 +79,16 @@ fn configure_process() {
     crate::process::configure_for_cli()
 }
 
+/// Check an option combination (ValueError with the one wording when they conflict).
+#[pyfunction]
+#[pyo3(signature = (*, skip_xattrs=false, user_xattrs=false))]
+fn check_options(skip_xattrs: bool, user_xattrs: bool) -> PyResult<()> {
+    crate::erofs::build::check_options(skip_xattrs, user_xattrs)
+        .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(check_options, m)?)?;
     m.add_function(wrap_pyfunction!(configure_process, m)?)?;
     m.add_function(wrap_pyfunction!(enable_verity, m)?)?;
     m.add_function(wrap_pyfunction!(measure_verity, m)?)?;

@@ -22,10 +22,24 @@ pub struct Flags {
     pub user_xattrs: bool,
 }
 
+/// The one check of mkcomposefs' option combinations, shared by the scanner, the image builder
+/// and (through pyo3) the Python CLI and API: one rule, one wording.
+#[derive(Debug, thiserror::Error)]
+#[error("--skip-xattrs and --user-xattrs cannot be used together")]
+pub struct ConflictingOptions;
+
+/// Refuse `--skip-xattrs` with `--user-xattrs` (drop every xattr, or keep the `user.` ones).
+pub fn check_options(skip_xattrs: bool, user_xattrs: bool) -> Result<(), ConflictingOptions> {
+    if skip_xattrs && user_xattrs {
+        return Err(ConflictingOptions);
+    }
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("--skip-xattrs and --user-xattrs conflict")]
-    ConflictingFlags,
+    #[error(transparent)]
+    ConflictingFlags(#[from] ConflictingOptions),
     #[error(transparent)]
     Write(#[from] WriteError),
     #[error("{path}: {source}")]
@@ -34,9 +48,7 @@ pub enum BuildError {
 
 /// Apply `flags` to `tree` in place.
 pub fn apply_flags(tree: &mut Tree, flags: Flags) -> Result<(), BuildError> {
-    if flags.skip_xattrs && flags.user_xattrs {
-        return Err(BuildError::ConflictingFlags);
-    }
+    check_options(flags.skip_xattrs, flags.user_xattrs)?;
     for ino in tree.inodes.iter_mut() {
         if flags.use_epoch {
             ino.mtime = Default::default();

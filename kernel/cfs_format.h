@@ -9,6 +9,7 @@
 #ifndef _CFS_FORMAT_H
 #define _CFS_FORMAT_H
 
+#include <linux/build_bug.h>
 #include <linux/types.h>
 
 /* composefs header at offset 0 */
@@ -153,8 +154,27 @@ struct cfs_dirent {
 
 #define CFS_NAME_LEN	255
 
-/* overlayfs metacopy xattr value (trusted.overlay.metacopy) */
+/*
+ * overlayfs metacopy xattr value (trusted.overlay.metacopy): version 0, the
+ * value's length, flags, the fs-verity hash algorithm (0: no digest), digest.
+ */
 #define CFS_METACOPY_HDR	4
 #define CFS_METACOPY_MAX	(CFS_METACOPY_HDR + 64)
+
+/*
+ * The sizes every reader and writer of this format agrees on; the Rust
+ * writer and reader (native/src/erofs/format.rs: CFS_HEADER_SIZE,
+ * SUPER_SIZE, COMPACT_SIZE, EXTENDED_SIZE, XATTR_HEADER_SIZE,
+ * XATTR_ENTRY_SIZE, DIRENT_SIZE, Metacopy::HEADER) use the
+ * same numbers.
+ */
+static_assert(sizeof(struct cfs_header) == 32);
+static_assert(sizeof(struct cfs_erofs_super) == 128);
+static_assert(sizeof(struct cfs_chunk_index) == 8);
+static_assert(sizeof(struct cfs_inode_compact) == 32);
+static_assert(sizeof(struct cfs_inode_extended) == 64);
+static_assert(sizeof(struct cfs_xattr_ibody_header) == 12);
+static_assert(sizeof(struct cfs_xattr_entry) == 4);
+static_assert(sizeof(struct cfs_dirent) == 12);
 
 #endif /* _CFS_FORMAT_H */

@@ -114,7 +114,7 @@ def test_version_one_only_when_asked_without_whiteouts(tiny, tmp_path):
         (["--from-dump", "--max-version", "2", "TINY", "out"], 2, "supported versions"),
         (["--from-dump", "--min-version", "-1", "TINY", "out"], 2, "supported versions"),
         (["--from-dump", "--threads", "0", "TINY", "out"], 2, "--threads"),
-        (["--from-dump", "--skip-xattrs", "--user-xattrs", "TINY", "out"], 2, "conflict"),
+        (["--from-dump", "--skip-xattrs", "--user-xattrs", "TINY", "out"], 2, "cannot be used together"),
         (["--from-dump", "missing.dump", "out"], 1, "missing.dump: No such file or directory"),
         (["missing-dir", "out"], 1, "missing-dir: No such file or directory"),
         (["TINY", "out"], 1, "not a directory (use --from-dump"),

@@ -323,31 +323,36 @@ def test_deep_tree(tmp_path):
 
 FD_LIMIT_SCRIPT = """
 import resource, sys
+from composefs import _native
 from composefs.build import scan_directory
 soft, hard = (int(a) for a in sys.argv[2:4])
 resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+if sys.argv[4] == "cli":
+    _native.configure_process()
 r = scan_directory(sys.argv[1].encode())
 print(r["stats"]["directories"], r["stats"]["regular_files"], resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 """
 
 
-@pytest.mark.parametrize("soft,hard", [(128, 128), (64, 4096)])
-def test_open_files_bounded_by_depth(tmp_path, soft, hard):
+@pytest.mark.parametrize("soft,hard,policy,want", [(128, 128, "library", 128), (128, 4096, "library", 128),
+                                                   (64, 4096, "cli", 4096)])
+def test_open_files_bounded_by_depth(tmp_path, soft, hard, policy, want):
     """Files are closed before the walk descends: 40 levels of 31 files each, the subdirectory
     sorting last in its unit of 32 entries, fit in 128 descriptors (31 files held open per level
-    would need over 1,200). A low soft limit is raised to the hard one."""
+    would need over 1,200). The library leaves the process's limit alone; the CLI's process
+    policy raises a low soft limit to the hard one."""
     d = tmp_path / "src"
     for _ in range(40):
         d.mkdir()
         for i in range(31):
             (d / f"f{i:02}").write_bytes(b"%d" % i * 100)
         d = d / "z"
-    r = subprocess.run([sys.executable, "-c", FD_LIMIT_SCRIPT, str(tmp_path / "src"), str(soft), str(hard)],
+    r = subprocess.run([sys.executable, "-c", FD_LIMIT_SCRIPT, str(tmp_path / "src"), str(soft), str(hard), policy],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     dirs, files, raised = r.stdout.split()
     assert (int(dirs), int(files)) == (40, 40 * 31)
-    assert int(raised) == hard
+    assert int(raised) == want
 
 
 def _remove_chain(root: bytes) -> None:

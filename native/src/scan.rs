@@ -36,7 +36,7 @@ use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -53,8 +53,8 @@ pub enum Error {
     NotADirectory { path: PathBuf },
     #[error("{}: file changed while it was being read", path.display())]
     Changed { path: PathBuf },
-    #[error("--skip-xattrs and --user-xattrs conflict")]
-    ConflictingOptions,
+    #[error(transparent)]
+    ConflictingOptions(#[from] crate::erofs::build::ConflictingOptions),
     #[error("cannot start {0} threads: {1}")]
     Threads(usize, String),
 }
@@ -229,9 +229,7 @@ pub fn scan(
     store: Option<&Store>,
     progress: Option<&Progress>,
 ) -> Result<(Tree, ScanStats), Error> {
-    if opts.skip_xattrs && opts.user_xattrs {
-        return Err(Error::ConflictingOptions);
-    }
+    crate::erofs::build::check_options(opts.skip_xattrs, opts.user_xattrs)?;
     // The walk recurses once per directory level (paths reach PATH_MAX = 4096 bytes, so up to
     // 2048 levels): give the workers room.
     let mut builder = rayon::ThreadPoolBuilder::new().stack_size(64 << 20);
@@ -241,37 +239,12 @@ pub fn scan(
     let pool = builder
         .build()
         .map_err(|e| Error::Threads(opts.threads, e.to_string()))?;
-    raise_fd_limit();
     let local = Progress::default();
     let progress = progress.unwrap_or(&local);
     let result = pool.install(|| scan_in_pool(root, opts, store, progress));
     drop(pool);
-    // The walk's per-entry records and the per-file work list were allocated on the worker
-    // threads' malloc arenas and are free now: give those pages back before the image is laid
-    // out (otherwise they stay resident and add to the build's peak RSS).
-    // SAFETY: malloc_trim only releases free memory.
-    unsafe { libc::malloc_trim(0) };
+    crate::process::after_scan();
     result
-}
-
-/// The walk holds one descriptor per directory level being walked (and a unit's files while
-/// they are hashed), on every worker: a tree 2,000 levels deep needs more than the usual soft
-/// limit of 1,024. Raise the soft limit to the hard one, once, as file-heavy tools do.
-fn raise_fd_limit() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit/setrlimit on a local struct.
-        unsafe {
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-                lim.rlim_cur = lim.rlim_max;
-                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-            }
-        }
-    });
 }
 
 fn scan_in_pool(
@@ -543,23 +516,15 @@ struct Dir {
 
 impl Dir {
     fn open_at(parent: Option<&Dir>, name: &CStr, path: PathBuf) -> Result<Dir, Error> {
-        let at = parent.map_or(libc::AT_FDCWD, |d| d.fd.as_raw_fd());
-        // SAFETY: plain openat with a NUL-terminated name.
-        let fd = unsafe {
-            libc::openat(
-                at,
-                name.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io_at(&path)(io::Error::last_os_error()));
+        let at = parent.map_or(rustix::fs::CWD, |d| d.fd.as_fd());
+        let flags = rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::DIRECTORY
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::CLOEXEC;
+        match rustix::fs::openat(at, name, flags, rustix::fs::Mode::empty()) {
+            Ok(fd) => Ok(Dir { fd, path }),
+            Err(e) => Err(io_at(&path)(e.into())),
         }
-        // SAFETY: a descriptor we just opened and own.
-        Ok(Dir {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-            path,
-        })
     }
 
     fn child_path(&self, name: &[u8]) -> PathBuf {
@@ -569,70 +534,42 @@ impl Dir {
     /// The entries of the directory (not `.` and `..`), sorted by name.
     fn names(&self) -> Result<Vec<Name>, Error> {
         let err = |e| io_at(&self.path)(e);
-        // SAFETY: fdopendir takes over a duplicate of our descriptor; closedir closes it.
-        let dup = unsafe { libc::fcntl(self.fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-        if dup < 0 {
-            return Err(err(io::Error::last_os_error()));
-        }
-        let dirp = unsafe { libc::fdopendir(dup) };
-        if dirp.is_null() {
-            let e = io::Error::last_os_error();
-            unsafe { libc::close(dup) };
-            return Err(err(e));
-        }
+        // A duplicate of our descriptor, read with getdents64 (rustix's `Dir`); ours stays
+        // open for the entries' `openat`/`statx`.
+        let dup = rustix::io::fcntl_dupfd_cloexec(&self.fd, 0).map_err(|e| err(e.into()))?;
+        let dir = rustix::fs::Dir::new(dup).map_err(|e| err(e.into()))?;
         let mut names = Vec::new();
-        let result = loop {
-            // SAFETY: readdir on a live DIR; errno is cleared first to tell the end from an error.
-            unsafe { *libc::__errno_location() = 0 };
-            let ent = unsafe { libc::readdir64(dirp) };
-            if ent.is_null() {
-                let e = io::Error::last_os_error();
-                break if e.raw_os_error().unwrap_or(0) == 0 {
-                    Ok(())
-                } else {
-                    Err(err(e))
-                };
-            }
-            // SAFETY: d_name is NUL-terminated inside the entry readdir returned.
-            let name = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) }.to_bytes();
+        for ent in dir {
+            let ent = ent.map_err(|e| err(e.into()))?;
+            let name = ent.file_name().to_bytes();
             if name != b"." && name != b".." {
-                // SAFETY: as above.
                 names.push(Name {
                     name: name.to_vec(),
-                    dtype: unsafe { (*ent).d_type },
+                    regular: ent.file_type() == rustix::fs::FileType::RegularFile,
                 });
             }
-        };
-        unsafe { libc::closedir(dirp) };
-        result?;
+        }
         names.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         Ok(names)
     }
 }
 
-/// A directory entry's name and the file type `readdir` gave for it (`DT_UNKNOWN` on file
-/// systems that do not say).
+/// A directory entry's name, and whether its `d_type` said "regular file" (filesystems that do
+/// not say give `DT_UNKNOWN`, so false).
 struct Name {
     name: Vec<u8>,
-    dtype: u8,
+    regular: bool,
 }
 
 /// `lstat` of `name` in `dir` (`statx` relative to the directory's descriptor).
 fn stat_at(dir: &Dir, name: &CStr, use_epoch: bool) -> io::Result<Stat> {
-    // SAFETY: statx fills the zeroed buffer.
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    let r = unsafe {
-        libc::statx(
-            dir.fd.as_raw_fd(),
-            name.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_SYNC_AS_STAT,
-            libc::STATX_BASIC_STATS,
-            &mut stx,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    use rustix::fs::{AtFlags, StatxFlags};
+    let stx = rustix::fs::statx(
+        &dir.fd,
+        name,
+        AtFlags::SYMLINK_NOFOLLOW | AtFlags::STATX_SYNC_AS_STAT,
+        StatxFlags::BASIC_STATS,
+    )?;
     Ok(Stat {
         mode: stx.stx_mode as u32,
         uid: stx.stx_uid,
@@ -710,13 +647,13 @@ fn load_unit(
 ) -> Result<Vec<Node>, Error> {
     let mut nodes = Vec::with_capacity(names.len());
     let mut opened: Vec<Opened> = Vec::new();
-    for Name { name, dtype } in names {
+    for Name { name, regular } in names {
         let cname = CString::new(name.as_slice()).expect("directory entries have no NUL");
         // What `readdir` calls a regular file is opened right away and `fstat`ed: one name
         // lookup instead of two (`lstat`, then `open`). Should that fail or find something
         // else (the entry changed, or cannot be opened), the entry is `lstat`ed as any other.
-        let opened_now = (*dtype == libc::DT_REG)
-            .then(|| store::open_at(dir.fd.as_raw_fd(), &cname).ok())
+        let opened_now = regular
+            .then(|| store::open_at(dir.fd.as_fd(), &cname).ok())
             .flatten()
             .filter(|(_, meta)| meta.is_file());
         let (st, mut early) = match opened_now {
@@ -744,7 +681,7 @@ fn load_unit(
                 progress.bytes_total.fetch_add(st.size, Relaxed);
                 let (file, size) = match early.take() {
                     Some(file) => (file, st.size),
-                    None => store::open_regular_at(dir.fd.as_raw_fd(), &cname)
+                    None => store::open_regular_at(dir.fd.as_fd(), &cname)
                         .map_err(|e| Error::from(e.at(dir.child_path(name))))?,
                 };
                 let at = || dir.child_path(name);
@@ -846,19 +783,7 @@ fn read_small(file: &File) -> io::Result<Option<Content>> {
 }
 
 fn read_link_at(dir: &Dir, name: &CStr) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; 256];
-    loop {
-        // SAFETY: readlinkat into a buffer of the given length.
-        let n = unsafe { libc::readlinkat(dir.fd.as_raw_fd(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if (n as usize) < buf.len() {
-            buf.truncate(n as usize);
-            return Ok(buf);
-        }
-        buf.resize(buf.len() * 2, 0);
-    }
+    Ok(rustix::fs::readlinkat(&dir.fd, name, Vec::with_capacity(256))?.into_bytes())
 }
 
 fn cpath(path: &Path) -> Result<CString, Error> {

@@ -5,15 +5,15 @@
 //!
 //! Insertion is atomic and race-safe:
 //! - the data is first copied into a temporary file inside the store (an unnamed `O_TMPFILE`
-//!   where the filesystem supports it, else a `.tmp-<pid>-<n>` file), by reflink (`FICLONE`),
+//!   where the filesystem supports it, else a named temporary of [`crate::fsio`]), by reflink (`FICLONE`),
 //!   else `copy_file_range`, else a plain read/write copy;
 //! - the *temporary file* is hashed (a plain copy hashes the very bytes it writes) and must give
 //!   the digest the caller computed from the source, so a source that changed between hashing and
 //!   copying is reported ([`Error::Changed`]) instead of being stored under a wrong name;
 //! - fs-verity is enabled (sha256, 4 KiB blocks) where the filesystem supports it;
 //! - only then is the file linked under its digest name with `linkat`, which never replaces an
-//!   existing file. A `kill -9` at any point leaves either nothing (`O_TMPFILE`), or a `.tmp-*`
-//!   file that [`Store::open`] removes once its owner process is gone.
+//!   existing file. A `kill -9` at any point leaves either nothing (`O_TMPFILE`), or a named
+//!   temporary that [`Store::open`] removes once its owner process is gone ([`fsio::sweep`]).
 //!
 //! Objects are not fsync'ed one by one: call [`Store::sync`] (one `syncfs`) at the end of a build.
 //!
@@ -23,17 +23,20 @@
 //! is refused, never followed or reused. New directories get mode 0755 and objects 0644
 //! whatever the umask: readable by all, writable only by their owner.
 
+use crate::fsio;
 use crate::fsverity;
 use crate::tree::Digest;
+use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::io::Errno;
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -101,7 +104,8 @@ struct Counters {
 /// An open object store.
 pub struct Store {
     root: PathBuf,
-    dir: OwnedFd,
+    /// Shared with the temporaries being written in it.
+    dir: Arc<OwnedFd>,
     /// Owner of the root directory: with root, the only owner trusted inside the store.
     owner: u32,
     /// The `00`..`ff` directories, opened once each (without following symlinks) and checked.
@@ -112,7 +116,6 @@ pub struct Store {
     verity_ok: AtomicBool,
     counters: Counters,
     temporaries_removed: u64,
-    next_tmp: AtomicU64,
 }
 
 /// `objects/XX/<62 hex>` relative name of a digest (also the image's redirect payload).
@@ -128,14 +131,11 @@ pub fn object_name(digest: &Digest) -> String {
     String::from_utf8(s).expect("hex digits are ASCII")
 }
 
-const TMP_PREFIX: &str = ".tmp-";
+/// The target spelled in the store's named temporaries (they are linked, not renamed).
+const TMP_TARGET: &[u8] = b"object";
 
 fn cstr(s: &[u8]) -> CString {
     CString::new(s).expect("path without NUL")
-}
-
-fn last_err() -> io::Error {
-    io::Error::last_os_error()
 }
 
 fn errno_of(e: &io::Error) -> i32 {
@@ -150,18 +150,13 @@ impl Store {
             std::fs::create_dir_all(parent).map_err(io_at(parent))?;
         }
         let c = cstr(root.as_os_str().as_bytes());
-        let created = make_dir(libc::AT_FDCWD, &c).map_err(io_at(root))?;
-        // SAFETY: plain open with a NUL-terminated path.
-        let fd = unsafe { libc::open(c.as_ptr(), libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC) };
-        if fd < 0 {
-            return Err(io_at(root)(last_err()));
-        }
-        // SAFETY: a descriptor we just opened and own.
-        let dir = unsafe { OwnedFd::from_raw_fd(fd) };
+        let created = make_dir(rustix::fs::CWD, &c).map_err(io_at(root))?;
+        let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
+        let dir = Arc::new(rustix::fs::open(c.as_c_str(), flags, Mode::empty()).map_err(|e| io_at(root)(e.into()))?);
         if created {
             fix_dir_mode(&dir).map_err(io_at(root))?;
         }
-        let owner = fstat(dir.as_raw_fd()).map_err(io_at(root))?.st_uid;
+        let owner = fstat(&dir).map_err(io_at(root))?.st_uid;
         let mut store = Store {
             root: root.to_path_buf(),
             dir,
@@ -171,9 +166,8 @@ impl Store {
             verity_ok: AtomicBool::new(true),
             counters: Counters::default(),
             temporaries_removed: 0,
-            next_tmp: AtomicU64::new(0),
         };
-        store.temporaries_removed = store.remove_stale_temporaries()?;
+        store.temporaries_removed = fsio::sweep(root, fsio::Sweep::All).map_err(io_at(root))?;
         Ok(store)
     }
 
@@ -200,16 +194,14 @@ impl Store {
         };
         let name = object_name(digest);
         let rest = cstr(&name.as_bytes()[3..]);
-        // SAFETY: fstatat on our directory descriptor with a NUL-terminated name, into a zeroed stat.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        if unsafe { libc::fstatat(sub, rest.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
-            let e = last_err();
-            return match errno_of(&e) {
-                libc::ENOENT => Ok(false),
-                _ => Err(io_at(self.root.join(&name))(e)),
-            };
-        }
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG || !self.trusted(st.st_uid) {
+        let st = match rustix::fs::statat(sub, rest.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Ok(false),
+            Err(e) => return Err(io_at(self.root.join(&name))(e.into())),
+        };
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile
+            || !self.trusted(st.st_uid)
+        {
             return Err(refused(
                 self.root.join(&name),
                 "not a regular file owned by the object store's owner",
@@ -225,29 +217,17 @@ impl Store {
     /// The descriptor of directory `XX` for a digest starting with byte `b`, created (mode 0755)
     /// when `create`; None when it does not exist and is not to be created. A symlink or a
     /// directory owned by someone else is refused.
-    fn subdir(&self, b: u8, create: bool) -> Result<Option<RawFd>, Error> {
+    fn subdir(&self, b: u8, create: bool) -> Result<Option<BorrowedFd<'_>>, Error> {
         let slot = &self.subdirs[b as usize];
         if let Some(fd) = slot.get() {
-            return Ok(Some(fd.as_raw_fd()));
+            return Ok(Some(fd.as_fd()));
         }
         let hex = format!("{b:02x}");
         let path = || self.root.join(&hex);
         let name = cstr(hex.as_bytes());
-        let open = || {
-            // SAFETY: openat on our directory descriptor with a NUL-terminated name.
-            let fd = unsafe {
-                libc::openat(
-                    self.dir.as_raw_fd(),
-                    name.as_ptr(),
-                    libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_RDONLY | libc::O_CLOEXEC,
-                )
-            };
-            if fd < 0 {
-                Err(last_err())
-            } else {
-                // SAFETY: a descriptor we just opened and own.
-                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-            }
+        let open = || -> io::Result<OwnedFd> {
+            let flags = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC;
+            Ok(rustix::fs::openat(&*self.dir, name.as_c_str(), flags, Mode::empty())?)
         };
         let fd = match open() {
             Ok(fd) => fd,
@@ -255,7 +235,7 @@ impl Store {
                 if !create {
                     return Ok(None);
                 }
-                let created = make_dir(self.dir.as_raw_fd(), &name).map_err(io_at(path()))?;
+                let created = make_dir(self.dir.as_fd(), &name).map_err(io_at(path()))?;
                 let fd = open().map_err(|e| self.subdir_error(e, path()))?;
                 if created {
                     fix_dir_mode(&fd).map_err(io_at(path()))?;
@@ -264,13 +244,13 @@ impl Store {
             }
             Err(e) => return Err(self.subdir_error(e, path())),
         };
-        let st = fstat(fd.as_raw_fd()).map_err(io_at(path()))?;
+        let st = fstat(&fd).map_err(io_at(path()))?;
         if !self.trusted(st.st_uid) {
             return Err(refused(path(), "directory not owned by the object store's owner"));
         }
         // Another thread may have opened it meanwhile: keep the first, drop ours.
         let _ = slot.set(fd);
-        Ok(slot.get().map(|fd| fd.as_raw_fd()))
+        Ok(slot.get().map(|fd| fd.as_fd()))
     }
 
     fn subdir_error(&self, e: io::Error, path: PathBuf) -> Error {
@@ -294,33 +274,7 @@ impl Store {
 
     /// Flush the whole store's filesystem once (`syncfs`), instead of an fsync per object.
     pub fn sync(&self) -> Result<(), Error> {
-        if unsafe { libc::syncfs(self.dir.as_raw_fd()) } != 0 {
-            return Err(io_at(&self.root)(last_err()));
-        }
-        Ok(())
-    }
-
-    fn remove_stale_temporaries(&self) -> Result<u64, Error> {
-        let me = std::process::id();
-        let mut removed = 0;
-        for ent in std::fs::read_dir(&self.root).map_err(io_at(&self.root))? {
-            let ent = ent.map_err(io_at(&self.root))?;
-            let name = ent.file_name();
-            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(TMP_PREFIX)) else {
-                continue;
-            };
-            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-                continue;
-            };
-            if pid == me || Path::new(&format!("/proc/{pid}")).exists() {
-                continue; // maybe a live concurrent build
-            }
-            let c = cstr(name.as_bytes());
-            if unsafe { libc::unlinkat(self.dir.as_raw_fd(), c.as_ptr(), 0) } == 0 {
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        fsio::syncfs(self.dir.as_fd()).map_err(io_at(&self.root))
     }
 
     /// Hash the file at `path` and insert it. Returns its digest, size and what happened.
@@ -458,9 +412,7 @@ impl Store {
         let sub = self.subdir(digest[0], true)?.expect("created");
         let tmp_path = tmp.display_path(&self.root);
         // Readable by everybody whatever the umask (as mkcomposefs does).
-        if unsafe { libc::fchmod(tmp.file.as_raw_fd(), 0o644) } != 0 {
-            return Err(io_at(&tmp_path)(last_err()));
-        }
+        rustix::fs::fchmod(&tmp.file, Mode::from_raw_mode(0o644)).map_err(|e| io_at(&tmp_path)(e.into()))?;
         // fs-verity needs a file with no writable descriptor: reopen read-only, drop the writer.
         let ro = tmp.reopen_readonly().map_err(io_at(&tmp_path))?;
         let tmp = tmp.close_writer();
@@ -493,71 +445,40 @@ impl Store {
         if !self.verity_ok.load(Relaxed) {
             return Ok(());
         }
-        match enable_verity(ro) {
-            Ok(()) => {
+        match fsio::enable_verity(ro.as_fd()).map_err(io_at(tmp_path))? {
+            fsio::Verity::Enabled => {
                 self.counters.verity_enabled.fetch_add(1, Relaxed);
-                Ok(())
             }
-            Err(e) => match errno_of(&e) {
-                // No fs-verity on this filesystem (ENOTTY: no such ioctl; EOPNOTSUPP: feature
-                // off; EINVAL: some filesystems' answer to unknown parameters): store without it.
-                libc::EOPNOTSUPP | libc::ENOTTY | libc::EINVAL | libc::ENOSYS => {
-                    self.verity_ok.store(false, Relaxed);
-                    Ok(())
-                }
-                libc::EEXIST => Ok(()), // already enabled
-                _ => Err(io_at(tmp_path)(e)),
-            },
+            fsio::Verity::AlreadyEnabled => {}
+            fsio::Verity::Unsupported => self.verity_ok.store(false, Relaxed),
         }
+        Ok(())
     }
 
     fn temporary(&self) -> Result<Temp, Error> {
         if self.tmpfile_ok.load(Relaxed) {
-            let fd = unsafe {
-                libc::openat(
-                    self.dir.as_raw_fd(),
-                    c".".as_ptr(),
-                    libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
-                    0o644,
-                )
-            };
-            if fd >= 0 {
-                return Ok(Temp {
-                    file: unsafe { File::from_raw_fd(fd) },
-                    name: None,
-                    dir: self.dir.as_raw_fd(),
-                });
-            }
-            let e = last_err();
-            match errno_of(&e) {
-                libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL | libc::ENOENT => self.tmpfile_ok.store(false, Relaxed),
-                _ => return Err(io_at(&self.root)(e)),
+            let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
+            match rustix::fs::openat(&*self.dir, c".", flags, Mode::from_raw_mode(0o644)) {
+                Ok(fd) => {
+                    return Ok(Temp {
+                        file: File::from(fd),
+                        name: None,
+                        dir: self.dir.clone(),
+                    })
+                }
+                Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOENT) => {
+                    self.tmpfile_ok.store(false, Relaxed)
+                }
+                Err(e) => return Err(io_at(&self.root)(e.into())),
             }
         }
-        loop {
-            let n = self.next_tmp.fetch_add(1, Relaxed);
-            let name = format!("{TMP_PREFIX}{}-{n}", std::process::id());
-            let c = cstr(name.as_bytes());
-            let fd = unsafe {
-                libc::openat(
-                    self.dir.as_raw_fd(),
-                    c.as_ptr(),
-                    libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC,
-                    0o644,
-                )
-            };
-            if fd >= 0 {
-                return Ok(Temp {
-                    file: unsafe { File::from_raw_fd(fd) },
-                    name: Some(c),
-                    dir: self.dir.as_raw_fd(),
-                });
-            }
-            let e = last_err();
-            if errno_of(&e) != libc::EEXIST {
-                return Err(io_at(self.root.join(name))(e));
-            }
-        }
+        let (name, fd) = fsio::create_temp(self.dir.as_fd(), TMP_TARGET, rustix::fs::Mode::from_raw_mode(0o644))
+            .map_err(io_at(&self.root))?;
+        Ok(Temp {
+            file: File::from(fd),
+            name: Some(name),
+            dir: self.dir.clone(),
+        })
     }
 }
 
@@ -585,42 +506,28 @@ impl ObjectWriter {
 }
 
 /// `mkdirat(dirfd, name, 0755)`; Ok(false) when it exists already.
-fn make_dir(dirfd: RawFd, name: &CString) -> io::Result<bool> {
-    // SAFETY: mkdirat with a NUL-terminated name.
-    if unsafe { libc::mkdirat(dirfd, name.as_ptr(), 0o755) } == 0 {
-        return Ok(true);
-    }
-    let e = last_err();
-    if errno_of(&e) == libc::EEXIST {
-        Ok(false)
-    } else {
-        Err(e)
+fn make_dir(dirfd: BorrowedFd<'_>, name: &CString) -> io::Result<bool> {
+    match rustix::fs::mkdirat(dirfd, name.as_c_str(), Mode::from_raw_mode(0o755)) {
+        Ok(()) => Ok(true),
+        Err(Errno::EXIST) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
 /// Mode 0755 on a directory we created, which mkdir gave `0755 & ~umask`.
 fn fix_dir_mode(dir: &OwnedFd) -> io::Result<()> {
-    // SAFETY: fchmod on a descriptor we own.
-    if unsafe { libc::fchmod(dir.as_raw_fd(), 0o755) } != 0 {
-        return Err(last_err());
-    }
-    Ok(())
+    Ok(rustix::fs::fchmod(dir, Mode::from_raw_mode(0o755))?)
 }
 
-fn fstat(fd: RawFd) -> io::Result<libc::stat> {
-    // SAFETY: fstat into a zeroed stat buffer on a descriptor the caller holds.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
-        return Err(last_err());
-    }
-    Ok(st)
+fn fstat(fd: &OwnedFd) -> io::Result<rustix::fs::Stat> {
+    Ok(rustix::fs::fstat(fd)?)
 }
 
 /// A temporary file in the store: unnamed (`O_TMPFILE`) or named (removed on drop).
 struct Temp {
     file: File,
     name: Option<CString>,
-    dir: RawFd,
+    dir: Arc<OwnedFd>,
 }
 
 impl Temp {
@@ -632,71 +539,50 @@ impl Temp {
     }
 
     fn reopen_readonly(&self) -> io::Result<File> {
-        let p = cstr(format!("/proc/self/fd/{}", self.file.as_raw_fd()).as_bytes());
-        let fd = unsafe { libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-        if fd < 0 {
-            return Err(last_err());
-        }
-        Ok(unsafe { File::from_raw_fd(fd) })
+        let p = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+        Ok(File::from(rustix::fs::open(
+            p,
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?))
     }
 
     /// Close the writable descriptor, keeping the name (if any) for [`Temp::link`] and cleanup.
     fn close_writer(mut self) -> TempName {
         TempName {
             name: self.name.take(),
-            dir: self.dir,
+            dir: self.dir.clone(),
         }
     }
 }
 
 struct TempName {
     name: Option<CString>,
-    dir: RawFd,
+    dir: Arc<OwnedFd>,
 }
 
 impl TempName {
     /// Give the file (open read-only as `ro`) the name `target` in `dirfd`; never replaces.
-    fn link(&self, ro: &File, dirfd: RawFd, target: &CString) -> io::Result<()> {
+    fn link(&self, ro: &File, dirfd: BorrowedFd<'_>, target: &CString) -> io::Result<()> {
         let r = match &self.name {
-            Some(n) => unsafe { libc::linkat(self.dir, n.as_ptr(), dirfd, target.as_ptr(), 0) },
+            Some(n) => rustix::fs::linkat(&*self.dir, n.as_c_str(), dirfd, target.as_c_str(), AtFlags::empty()),
             None => {
-                let p = cstr(format!("/proc/self/fd/{}", ro.as_raw_fd()).as_bytes());
-                let r = unsafe {
-                    libc::linkat(
-                        libc::AT_FDCWD,
-                        p.as_ptr(),
-                        dirfd,
-                        target.as_ptr(),
-                        libc::AT_SYMLINK_FOLLOW,
-                    )
-                };
-                if r != 0 && errno_of(&last_err()) == libc::ENOENT {
+                let p = format!("/proc/self/fd/{}", ro.as_raw_fd());
+                match rustix::fs::linkat(rustix::fs::CWD, p, dirfd, target.as_c_str(), AtFlags::SYMLINK_FOLLOW) {
                     // No /proc: AT_EMPTY_PATH works with CAP_DAC_READ_SEARCH.
-                    unsafe {
-                        libc::linkat(
-                            ro.as_raw_fd(),
-                            c"".as_ptr(),
-                            dirfd,
-                            target.as_ptr(),
-                            libc::AT_EMPTY_PATH,
-                        )
-                    }
-                } else {
-                    r
+                    Err(Errno::NOENT) => rustix::fs::linkat(ro, c"", dirfd, target.as_c_str(), AtFlags::EMPTY_PATH),
+                    r => r,
                 }
             }
         };
-        if r != 0 {
-            return Err(last_err());
-        }
-        Ok(())
+        Ok(r?)
     }
 }
 
 impl Drop for TempName {
     fn drop(&mut self) {
         if let Some(n) = &self.name {
-            unsafe { libc::unlinkat(self.dir, n.as_ptr(), 0) };
+            let _ = rustix::fs::unlinkat(&*self.dir, n.as_c_str(), rustix::fs::AtFlags::empty());
         }
     }
 }
@@ -704,7 +590,7 @@ impl Drop for TempName {
 impl Drop for Temp {
     fn drop(&mut self) {
         if let Some(n) = self.name.take() {
-            unsafe { libc::unlinkat(self.dir, n.as_ptr(), 0) };
+            let _ = rustix::fs::unlinkat(&*self.dir, n.as_c_str(), rustix::fs::AtFlags::empty());
         }
     }
 }
@@ -713,7 +599,7 @@ impl Drop for Temp {
 /// a fifo that replaced it; refuse anything but a regular file.
 pub fn open_regular(path: &Path) -> Result<File, Error> {
     let c = cstr(path.as_os_str().as_bytes());
-    open_regular_at(libc::AT_FDCWD, &c)
+    open_regular_at(rustix::fs::CWD, &c)
         .map(|(file, _)| file)
         .map_err(|e| e.at(path.to_path_buf()))
 }
@@ -736,7 +622,7 @@ impl OpenError {
 
 /// [`open_regular`] of `name` relative to the directory descriptor `dirfd` (or `AT_FDCWD`), also
 /// giving the file's size from `fstat`.
-pub fn open_regular_at(dirfd: RawFd, name: &std::ffi::CStr) -> Result<(File, u64), OpenError> {
+pub fn open_regular_at(dirfd: BorrowedFd<'_>, name: &std::ffi::CStr) -> Result<(File, u64), OpenError> {
     let (file, meta) = open_at(dirfd, name).map_err(OpenError::Io)?;
     if !meta.file_type().is_file() {
         return Err(OpenError::Changed);
@@ -746,20 +632,9 @@ pub fn open_regular_at(dirfd: RawFd, name: &std::ffi::CStr) -> Result<(File, u64
 
 /// Open `name` relative to `dirfd` for reading without following a symlink, blocking on a FIFO
 /// or taking a terminal, and `fstat` what was opened (which may be any type of file).
-pub fn open_at(dirfd: RawFd, name: &std::ffi::CStr) -> io::Result<(File, std::fs::Metadata)> {
-    // SAFETY: plain openat with a NUL-terminated name.
-    let fd = unsafe {
-        libc::openat(
-            dirfd,
-            name.as_ptr(),
-            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(last_err());
-    }
-    // SAFETY: a descriptor we just opened and own.
-    let file = unsafe { File::from_raw_fd(fd) };
+pub fn open_at(dirfd: BorrowedFd<'_>, name: &std::ffi::CStr) -> io::Result<(File, std::fs::Metadata)> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let file = File::from(rustix::fs::openat(dirfd, name, flags, Mode::empty())?);
     let meta = file.metadata()?;
     Ok((file, meta))
 }
@@ -794,8 +669,7 @@ enum CopyError {
 /// hashed the written bytes (plain copy); `None` when the kernel copied (reflink,
 /// `copy_file_range`) and the caller must hash `dst`.
 fn copy_data(src: &File, dst: &File) -> Result<Option<(Digest, u64)>, CopyError> {
-    const FICLONE: libc::c_ulong = 0x4004_9409;
-    if unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) } == 0 {
+    if rustix::fs::ioctl_ficlone(dst, src).is_ok() {
         return Ok(None);
     }
     match copy_range(src, dst) {
@@ -821,26 +695,24 @@ fn copy_data(src: &File, dst: &File) -> Result<Option<(Digest, u64)>, CopyError>
 
 /// `copy_file_range` until end of file. Ok(false) when the kernel cannot do it for this pair.
 fn copy_range(src: &File, dst: &File) -> Result<bool, CopyError> {
-    let mut off_in: libc::loff_t = 0;
-    let mut off_out: libc::loff_t = 0;
+    let mut off_in: u64 = 0;
+    let mut off_out: u64 = 0;
     loop {
-        let n =
-            unsafe { libc::copy_file_range(src.as_raw_fd(), &mut off_in, dst.as_raw_fd(), &mut off_out, 1 << 30, 0) };
-        if n < 0 {
-            let e = last_err();
-            return match errno_of(&e) {
-                libc::EXDEV
-                | libc::EOPNOTSUPP
-                | libc::EINVAL
-                | libc::ENOSYS
-                | libc::EPERM
-                | libc::EBADF
-                | libc::ETXTBSY => Ok(false),
-                libc::EINTR => continue,
-                libc::EIO | libc::ENOMEM if off_out == 0 => Err(CopyError::Src(e)),
-                _ => Err(CopyError::Dst(e)),
-            };
-        }
+        let n = match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), 1 << 30) {
+            Ok(n) => n,
+            Err(
+                Errno::XDEV
+                | Errno::OPNOTSUPP
+                | Errno::INVAL
+                | Errno::NOSYS
+                | Errno::PERM
+                | Errno::BADF
+                | Errno::TXTBSY,
+            ) => return Ok(false),
+            Err(Errno::INTR) => continue,
+            Err(e @ (Errno::IO | Errno::NOMEM)) if off_out == 0 => return Err(CopyError::Src(e.into())),
+            Err(e) => return Err(CopyError::Dst(e.into())),
+        };
         if n == 0 {
             // Some filesystems (procfs-like) report 0 for files that do have data: let the
             // plain copy decide, it hashes what it reads anyway.
@@ -867,44 +739,6 @@ impl Read for Tee<'_> {
         }
         self.pos += n as u64;
         Ok(n)
-    }
-}
-
-/// `FS_IOC_ENABLE_VERITY` with sha256, 4 KiB blocks, no salt, no signature.
-fn enable_verity(file: &File) -> io::Result<()> {
-    #[repr(C)]
-    struct FsverityEnableArg {
-        version: u32,
-        hash_algorithm: u32,
-        block_size: u32,
-        salt_size: u32,
-        salt_ptr: u64,
-        sig_size: u32,
-        reserved1: u32,
-        sig_ptr: u64,
-        reserved2: [u64; 11],
-    }
-    const FS_IOC_ENABLE_VERITY: libc::c_ulong = 0x4080_6685;
-    let arg = FsverityEnableArg {
-        version: 1,
-        hash_algorithm: 1,
-        block_size: 4096,
-        salt_size: 0,
-        salt_ptr: 0,
-        sig_size: 0,
-        reserved1: 0,
-        sig_ptr: 0,
-        reserved2: [0; 11],
-    };
-    loop {
-        let r = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_ENABLE_VERITY as _, &arg) };
-        if r == 0 {
-            return Ok(());
-        }
-        let e = last_err();
-        if errno_of(&e) != libc::EINTR {
-            return Err(e);
-        }
     }
 }
 

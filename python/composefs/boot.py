@@ -22,9 +22,9 @@ composefs-rs spells it for the same format.
 from __future__ import annotations
 
 import os
-import shutil
 from importlib import resources
 
+from . import _native
 from .errors import CfsError
 from .repository import DIGEST_RE, Repository
 
@@ -94,10 +94,6 @@ def install_initramfs(root: str) -> list[str]:
     for rel in INITRAMFS_FILES:
         dst = os.path.join(etc, rel)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
-        tmp = f"{dst}.tmp-{os.getpid()}"
-        with src.joinpath(rel).open("rb") as f, open(tmp, "wb") as out:
-            shutil.copyfileobj(f, out)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, dst)
+        _native.write_atomic(dst, src.joinpath(rel).read_bytes(), 0o755)
         written.append(dst)
     return written

@@ -42,8 +42,10 @@ class ScanOptions:
     threads: int = 0  # 0: one per core
 
     def check(self) -> None:
-        if self.skip_xattrs and self.user_xattrs:
-            raise CfsError("--skip-xattrs and --user-xattrs cannot be used together")
+        try:
+            _native.check_options(skip_xattrs=self.skip_xattrs, user_xattrs=self.user_xattrs)
+        except ValueError as e:
+            raise CfsError(str(e)) from None
         if self.threads < 0:
             raise CfsError(f"--threads must be 0 or more, not {self.threads}")
 

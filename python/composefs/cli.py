@@ -137,6 +137,9 @@ def main() -> None:
     """Run the command, then leave without the interpreter's teardown: once the command is done
     (its clean-ups ran inside it) only freeing is left, which after a big build takes longer than
     the exit itself. Output is flushed first; a bug's traceback still goes the usual way."""
+    from . import _native
+
+    _native.configure_process()  # process-wide policy (open-files limit, heap trim): ours to set here
     try:
         cli(prog_name="cfsctl")
         code: int | str | None = 0

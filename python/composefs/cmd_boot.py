@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 import json
-import os
 
 import click
 
-from . import boot
+from . import _native, boot
 
 
 @click.group("boot")
@@ -31,10 +30,7 @@ def deploy_cmd(image, root, karg_file, as_json):
     """
     r = boot.deploy(root, image)
     if karg_file:
-        tmp = f"{karg_file}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(r["karg"] + "\n")
-        os.replace(tmp, karg_file)
+        _native.write_atomic(karg_file, (r["karg"] + "\n").encode())
     click.echo(json.dumps(r, indent=2) if as_json else r["karg"])
 
 

@@ -109,8 +109,10 @@ def build(source, image, from_dump, digest_store, print_digest, print_digest_onl
             raise click.UsageError("Cannot specify destination path with --print-digest-only")
     elif image is None:
         raise click.UsageError("No destination path specified")
-    if skip_xattrs and user_xattrs:
-        raise click.UsageError("--skip-xattrs and --user-xattrs conflict")
+    try:
+        _native.check_options(skip_xattrs=skip_xattrs, user_xattrs=user_xattrs)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     if image == "-" and sys.stdout.isatty():
         raise CfsError("stdout is a tty; refusing to write an image to it")
     lo, hi = _versions(min_version, max_version)

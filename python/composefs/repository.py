@@ -60,13 +60,11 @@ FORMAT = "composefs-repository"
 VERSION = 1
 DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._:@+=-]*$")
-# A file name has 255 bytes; refs/NAME.tmp-<pid>-<counter> must fit, with room to spare.
+# A file name has 255 bytes; the temporary refs/.NAME.tmp-<pid>-<n> (composefs._native's
+# scheme) must fit, with room to spare.
 NAME_MAX = 200
 # What resolve() takes for a digest: a full digest or a prefix of one, with or without "sha256:".
 DIGESTISH_RE = re.compile(r"^(sha256:)?[0-9a-f]{6,64}$", re.IGNORECASE)
-# Temporaries of _write_atomic (NAME.tmp-<pid>-<n>) and of the Rust image writer
-# (.NAME.tmp<pid>-<nonce>-<n>), the only names holding ".tmp".
-TMP_RE = re.compile(r"\.tmp-(\d+)-\d+$|\.tmp(\d+)-\d+-\d+$")
 DIR_MODE = 0o755
 FILE_MODE = 0o644
 # meta.json and refs are a line or two; anything longer is not ours.
@@ -146,16 +144,6 @@ def _read_plain(path: str, trusted: tuple[int, ...], what: str) -> bytes:
     return data
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _log_lock(exclusive: bool, waited: float, held: float) -> None:
     """The lock's one instrumentation point: with ``CFS_LOCK_LOG=FILE`` in the environment, each
     release of the repository lock appends a JSON line (pid, mode, seconds waited for it, seconds
@@ -175,19 +163,9 @@ def _log_lock(exclusive: bool, waited: float, held: float) -> None:
 
 
 def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}-{next(_counter)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with open(fd, "wb", closefd=False) as f:
-            f.write(data)
-        os.fsync(fd)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+    """Replace ``path`` atomically with ``data``, mode 0644 (the Rust core's protocol and
+    temporary names, which ``_clean_temporaries`` sweeps)."""
+    _native.write_atomic(path, data, FILE_MODE)
 
 
 @dataclass
@@ -301,15 +279,11 @@ class Repository:
             raise CfsError("refused: not a directory (a symlink is never followed)", self.tmp_dir)
         for entry in os.listdir(self.tmp_dir):
             pid = entry.split("-", 1)[0]
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if pid.isdigit() and not _native.pid_alive(int(pid)):
                 _remove_entry(os.path.join(self.tmp_dir, entry))
                 removed += 1
         for d in (self.images_dir, self.refs_dir):
-            for entry in os.listdir(d):
-                m = TMP_RE.search(entry)
-                if m and not _pid_alive(int(m.group(1) or m.group(2))):
-                    _remove_entry(os.path.join(d, entry))
-                    removed += 1
+            removed += _native.sweep_temporaries(d)
         return removed
 
     @contextlib.contextmanager
@@ -341,7 +315,7 @@ class Repository:
         one that is not a plain file of a trusted owner is a problem and is not read."""
         out, problems = {}, []
         for name in sorted(os.listdir(self.refs_dir)):
-            if TMP_RE.search(name):
+            if _native.is_temp_name(name):
                 continue
             p = os.path.join(self.refs_dir, name)
             try:
@@ -397,7 +371,7 @@ class Repository:
         with open(tmp_image, "rb") as f:
             os.fchmod(f.fileno(), FILE_MODE)
             os.fsync(f.fileno())
-            _enable_verity(f.fileno())
+            _native.enable_verity(f.fileno())
         os.rename(tmp_image, final)  # same digest, same bytes: replacing is harmless
         self.set_ref(name, digest)
 
@@ -580,7 +554,7 @@ class Repository:
         if not dry_run:
             for e in os.listdir(self.images_dir):
                 base = e.split(".", 1)[0]
-                if DIGEST_RE.match(base) and e != base and base not in live and not TMP_RE.search(e):
+                if DIGEST_RE.match(base) and e != base and base not in live and not _native.is_temp_name(e):
                     _remove_entry(os.path.join(self.images_dir, e))
         layers_removed = self._gc_layer_records(live, dry_run, skipped)
         return {"dry_run": dry_run, "images_removed": dead_images, "objects_removed": len(dead_objects),
@@ -611,7 +585,7 @@ class Repository:
         removed = 0
         with contextlib.suppress(FileNotFoundError):
             for e in os.listdir(self.layers_dir):
-                if e in wanted or not re.fullmatch(r"sha(256|512)-[0-9a-f]+|\..*\.tmp.*", e):
+                if e in wanted or not (re.fullmatch(r"sha(256|512)-[0-9a-f]+", e) or _native.is_temp_name(e)):
                     continue
                 removed += 1
                 if not dry_run:
@@ -629,7 +603,7 @@ class Repository:
 
         for top in sorted(os.scandir(self.objects), key=lambda e: e.name):
             path = top.path
-            if top.name.startswith(".tmp-"):
+            if _native.is_temp_name(top.name):
                 continue  # the object store's temporaries (removed once their writer is gone)
             st = top.stat(follow_symlinks=False)
             if not re.fullmatch(r"[0-9a-f]{2}", top.name):
@@ -653,7 +627,7 @@ class Repository:
                 p = e.path
                 st = e.stat(follow_symlinks=False)
                 if not re.fullmatch(r"[0-9a-f]{62}", e.name):
-                    if not e.name.startswith(".tmp-"):
+                    if not _native.is_temp_name(e.name):
                         problems.append({"kind": "stray", "path": p, "message": "not named by an object digest"})
                 elif not stat.S_ISREG(st.st_mode):
                     problems.append({"kind": "object-refused", "path": p,
@@ -724,42 +698,21 @@ class Repository:
                     out.append({"kind": "mode", "path": d, "message": _OPEN_MODE})
         known = {"meta.json", "lock", "objects", "images", "refs", "tmp", "layers"}
         for e in sorted(os.listdir(self.path)):
-            if e not in known and not TMP_RE.search(e):
+            if e not in known and not _native.is_temp_name(e):
                 out.append({"kind": "stray", "path": os.path.join(self.path, e), "message": "unexpected entry"})
         with contextlib.suppress(FileNotFoundError):
             for e in sorted(os.listdir(self.layers_dir)):
-                if not re.fullmatch(r"sha(256|512)-[0-9a-f]{64}([0-9a-f]{64})?", e) and not TMP_RE.search(e):
+                if not re.fullmatch(r"sha(256|512)-[0-9a-f]{64}([0-9a-f]{64})?", e) and not _native.is_temp_name(e):
                     out.append({"kind": "stray", "path": os.path.join(self.layers_dir, e),
                                 "message": "not a layer record"})
         for e in sorted(os.listdir(self.images_dir)):
-            if TMP_RE.search(e):
+            if _native.is_temp_name(e):
                 continue
             m = re.fullmatch(r"([0-9a-f]{64})(\.json|\.oci)?", e)
             if not m:
                 out.append({"kind": "stray", "path": os.path.join(self.images_dir, e),
                             "message": "not an image, its metadata or its OCI files"})
         return out
-
-
-FS_IOC_ENABLE_VERITY = 0x40806685
-
-
-def _enable_verity(fd: int) -> bool:
-    """Enable fs-verity (sha256, 4 KiB blocks, no salt) on a read-only fd where the filesystem
-    supports it; the image's fs-verity digest is then its name, and mounts check it in the kernel."""
-    import struct
-
-    arg = bytearray(struct.pack("<IIIIQIIQ", 1, 1, 4096, 0, 0, 0, 0, 0) + bytes(88))
-    try:
-        fcntl.ioctl(fd, FS_IOC_ENABLE_VERITY, arg)
-        return True
-    except OSError as e:
-        if e.errno == errno.EEXIST:
-            return True
-        if e.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.EACCES,
-                       errno.ETXTBSY, errno.EBUSY, errno.EROFS):
-            return False
-        raise
 
 
 # What fsck says of a directory made under a lax umask by an older cfsctl.

@@ -288,9 +288,9 @@ pub fn loop_attach(backing: BorrowedFd<'_>, flags: u32, name: &[u8]) -> SysResul
 
 // --- fs-verity ----------------------------------------------------------------------------------
 
-const FS_IOC_MEASURE_VERITY: libc::c_ulong = 0xC004_6686;
 pub const FS_VERITY_HASH_ALG_SHA256: u16 = 1;
 
+/// `struct fsverity_digest` with room for the largest digest (sha512).
 #[repr(C)]
 struct VerityDigest {
     algorithm: u16,
@@ -298,20 +298,28 @@ struct VerityDigest {
     digest: [u8; 64],
 }
 
-/// FS_IOC_MEASURE_VERITY: (hash algorithm, digest) of a file with fs-verity.
+// The kernel's opcode encodes the header's size only (the digest is a flexible array).
+const FS_IOC_MEASURE_VERITY: rustix::ioctl::Opcode = rustix::ioctl::opcode::read_write::<[u16; 2]>(b'f', 134);
+const _: () = assert!(FS_IOC_MEASURE_VERITY as u64 == 0xC004_6686);
+
+/// FS_IOC_MEASURE_VERITY: (hash algorithm, digest) of a file with fs-verity (ENODATA when it has
+/// none, ENOTTY/EOPNOTSUPP where the filesystem has no fs-verity). The one implementation: the
+/// core's `fsio` re-exports it.
 pub fn measure_verity(fd: BorrowedFd<'_>) -> io::Result<(u16, Vec<u8>)> {
     let mut d = VerityDigest {
         algorithm: 0,
         size: 64,
         digest: [0; 64],
     };
-    // SAFETY: the ioctl writes at most `size` (64) digest bytes after the two u16 fields of `d`,
-    // which is a live, writable struct of that layout.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_MEASURE_VERITY as _, &mut d as *mut VerityDigest) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
+    // SAFETY: the kernel reads `size` and writes at most that many digest bytes after the
+    // 4-byte header of `struct fsverity_digest`; `VerityDigest` is that header plus 64 bytes.
+    unsafe {
+        rustix::ioctl::ioctl(
+            fd,
+            rustix::ioctl::Updater::<FS_IOC_MEASURE_VERITY, VerityDigest>::new(&mut d),
+        )?;
     }
-    let n = usize::from(d.size).min(64);
+    let n = usize::from(d.size).min(d.digest.len());
     Ok((d.algorithm, d.digest[..n].to_vec()))
 }
 

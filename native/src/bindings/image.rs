@@ -47,7 +47,7 @@ pub(super) fn built_dict<'py>(
 fn build_err(e: BuildError) -> PyErr {
     match e {
         BuildError::Io { path, source } => os_error(&source, Some(&path)),
-        BuildError::ConflictingFlags => PyValueError::new_err(e.to_string()),
+        BuildError::ConflictingFlags(_) => PyValueError::new_err(e.to_string()),
         BuildError::Write(WriteError::BadVersion(_)) | BuildError::Write(WriteError::Threads(_)) => {
             PyValueError::new_err(e.to_string())
         }

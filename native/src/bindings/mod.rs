@@ -4,6 +4,7 @@
 use pyo3::prelude::*;
 
 mod errors;
+mod fsio;
 mod fsverity;
 mod fuse;
 mod image;
@@ -18,6 +19,7 @@ pub use errors::to_pyerr;
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
+    fsio::register(m)?;
     fsverity::register(m)?;
     fuse::register(m)?;
     image::register(m)?;

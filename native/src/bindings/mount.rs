@@ -132,10 +132,20 @@ fn kernel_module_available() -> bool {
     cm::kernel_module_available()
 }
 
+/// umount2(2) of `target` with its raw flags (MNT_DETACH, UMOUNT_NOFOLLOW…); OSError on failure.
+#[pyfunction]
+#[pyo3(signature = (target, flags=0))]
+fn umount2(py: Python<'_>, target: std::path::PathBuf, flags: u32) -> PyResult<()> {
+    let f = rustix::mount::UnmountFlags::from_bits_retain(flags);
+    py.allow_threads(|| rustix::mount::unmount(&target, f))
+        .map_err(|e| super::errors::os_error(&e.into(), Some(&target)))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MountFailed", m.py().get_type::<MountFailed>())?;
     m.add_function(wrap_pyfunction!(mount_image, m)?)?;
     m.add_function(wrap_pyfunction!(parse_mount_options, m)?)?;
     m.add_function(wrap_pyfunction!(kernel_module_available, m)?)?;
+    m.add_function(wrap_pyfunction!(umount2, m)?)?;
     Ok(())
 }

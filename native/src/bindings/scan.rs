@@ -40,7 +40,7 @@ impl ToPyErr for scan::Error {
             scan::Error::NotADirectory { path } => {
                 os_error(&std::io::Error::from_raw_os_error(libc::ENOTDIR), Some(path))
             }
-            scan::Error::ConflictingOptions | scan::Error::Threads(..) => PyValueError::new_err(self.to_string()),
+            scan::Error::ConflictingOptions(_) | scan::Error::Threads(..) => PyValueError::new_err(self.to_string()),
         }
     }
 }

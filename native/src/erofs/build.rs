@@ -3,6 +3,7 @@
 //! digest and an atomic write (temporary file in the target directory, then rename).
 
 use super::writer::{self, Options, Stats, WriteError};
+use crate::fsio;
 use crate::tree::{mode, InodeData, Tree, ROOT};
 use std::collections::HashMap;
 use std::io::Write;
@@ -21,10 +22,24 @@ pub struct Flags {
     pub user_xattrs: bool,
 }
 
+/// The one check of mkcomposefs' option combinations, shared by the scanner, the image builder
+/// and (through pyo3) the Python CLI and API: one rule, one wording.
+#[derive(Debug, thiserror::Error)]
+#[error("--skip-xattrs and --user-xattrs cannot be used together")]
+pub struct ConflictingOptions;
+
+/// Refuse `--skip-xattrs` with `--user-xattrs` (drop every xattr, or keep the `user.` ones).
+pub fn check_options(skip_xattrs: bool, user_xattrs: bool) -> Result<(), ConflictingOptions> {
+    if skip_xattrs && user_xattrs {
+        return Err(ConflictingOptions);
+    }
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("--skip-xattrs and --user-xattrs conflict")]
-    ConflictingFlags,
+    #[error(transparent)]
+    ConflictingFlags(#[from] ConflictingOptions),
     #[error(transparent)]
     Write(#[from] WriteError),
     #[error("{path}: {source}")]
@@ -33,9 +48,7 @@ pub enum BuildError {
 
 /// Apply `flags` to `tree` in place.
 pub fn apply_flags(tree: &mut Tree, flags: Flags) -> Result<(), BuildError> {
-    if flags.skip_xattrs && flags.user_xattrs {
-        return Err(BuildError::ConflictingFlags);
-    }
+    check_options(flags.skip_xattrs, flags.user_xattrs)?;
     for ino in tree.inodes.iter_mut() {
         if flags.use_epoch {
             ino.mtime = Default::default();
@@ -101,14 +114,15 @@ pub fn object_stats(tree: &Tree) -> (u64, u64, u64) {
     (seen.len() as u64, seen.values().sum(), total)
 }
 
-/// Write `bytes` to `path` atomically: a temporary file next to it, then rename. Nothing is
-/// left behind on error.
+/// Write `bytes` to `path` atomically ([`fsio::AtomicFile`]). Nothing is left behind on error.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
     write_atomic_with(path, |f| f.write_all(bytes))
 }
 
-/// Fill `path` atomically with what `fill` writes into the file: a temporary file next to it,
-/// flushed and renamed into place when `fill` succeeds. Nothing is left behind on error.
+/// Fill `path` atomically with what `fill` writes into the file: a temporary file beside it
+/// (the stale temporaries of earlier writes of the same file swept first), flushed and renamed
+/// into place when `fill` succeeds, with the permissions `fopen(3)` gives (0666 less the umask,
+/// as mkcomposefs). Nothing is left behind on error.
 pub fn write_atomic_with<R>(
     path: &Path,
     fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<R>,
@@ -117,92 +131,10 @@ pub fn write_atomic_with<R>(
         path: path.to_path_buf(),
         source,
     };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| io(std::io::Error::from_raw_os_error(libc::EISDIR)))?;
-    sweep_stale_temporaries(&dir, name);
-    let mut tmp = None;
-    for attempt in 0..100u32 {
-        let nonce = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let mut t = dir.join(format!(
-            ".{}.tmp{}-{}-{}",
-            name.to_string_lossy(),
-            std::process::id(),
-            nonce,
-            attempt
-        ));
-        if t.as_os_str().len() > 4000 {
-            t = dir.join(format!(".cfs.tmp{}-{}-{}", std::process::id(), nonce, attempt));
-        }
-        match std::fs::OpenOptions::new().write(true).create_new(true).open(&t) {
-            Ok(f) => {
-                tmp = Some((t, f));
-                break;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(io(e)),
-        }
-    }
-    let (tmp_path, mut f) = tmp.ok_or_else(|| io(std::io::Error::from_raw_os_error(libc::EEXIST)))?;
-    let result = (|| -> std::io::Result<R> {
-        let r = fill(&mut f)?;
-        // Regular permissions (0666 & ~umask), like fopen(3) in mkcomposefs.
-        let mask = unsafe {
-            let m = libc::umask(0o022);
-            libc::umask(m);
-            m
-        };
-        use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(std::fs::Permissions::from_mode(0o666 & !(mask as u32)))?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp_path, path)?;
-        Ok(r)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp_path);
-        io(e)
-    })
-}
-
-/// Remove the temporaries that killed writes of the same image left in `dir`
-/// (`.NAME.tmp<pid>-<nonce>-<n>`, or `.cfs.tmp<pid>-…` for very long names) whose process is
-/// gone. Best effort: a temporary that cannot be removed is left for the next write.
-fn sweep_stale_temporaries(dir: &Path, name: &std::ffi::OsStr) {
-    use std::os::unix::ffi::OsStrExt;
-    let mut own = b".".to_vec();
-    own.extend_from_slice(name.as_bytes());
-    own.extend_from_slice(b".tmp");
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for ent in entries.flatten() {
-        let file_name = ent.file_name();
-        let n = file_name.as_bytes();
-        let rest = n
-            .strip_prefix(own.as_slice())
-            .or_else(|| n.strip_prefix(b".cfs.tmp".as_slice()));
-        let Some(rest) = rest else { continue };
-        let mut parts = rest.split(|&c| c == b'-');
-        let pid = parts
-            .next()
-            .and_then(|p| std::str::from_utf8(p).ok()?.parse::<u32>().ok());
-        let shaped = parts.clone().count() == 2 && parts.all(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit));
-        let Some(pid) = pid.filter(|_| shaped) else { continue };
-        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        if ent.file_type().map(|t| t.is_file()).unwrap_or(false) {
-            let _ = std::fs::remove_file(ent.path());
-        }
-    }
+    let mut f = fsio::AtomicFile::create(path, fsio::FileMode::Umask).map_err(io)?;
+    let r = fill(f.file()).map_err(io)?;
+    f.commit().map_err(io)?;
+    Ok(r)
 }
 
 /// A built image: its fs-verity digest, format version and counts, and its bytes when asked.

@@ -33,6 +33,23 @@ pub const DIRENT_SIZE: usize = 12;
 pub const XATTR_HEADER_SIZE: usize = 12;
 pub const XATTR_ENTRY_SIZE: usize = 4;
 
+/// The `trusted.overlay.metacopy` value of a file whose data is an object: overlayfs'
+/// `struct ovl_metacopy` (version 0, the value's own length, flags 0, fs-verity hash algorithm
+/// 1 = sha256) followed by the object's sha256 digest. The kernel module reads the same layout
+/// (`CFS_METACOPY_HDR` in kernel/cfs_format.h).
+pub struct Metacopy;
+
+impl Metacopy {
+    pub const LEN: usize = 36;
+    pub const HEADER: [u8; 4] = [0, Self::LEN as u8, 0, 1];
+
+    /// The digest a metacopy value records. Only the length is checked: the header bytes of
+    /// images from other writers are not judged here (the kernel and overlayfs judge them).
+    pub fn digest(value: &[u8]) -> Option<[u8; 32]> {
+        (value.len() == Self::LEN).then(|| value[Self::HEADER.len()..].try_into().expect("32 bytes"))
+    }
+}
+
 pub const XATTR_FILTER_SEED: u32 = 0x25BB_E08F;
 pub const XATTR_LONG_PREFIX: usize = 0x80;
 
@@ -170,7 +187,7 @@ impl Superblock {
 /// (raw_blkaddr / rdev / chunk format).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DiskInode {
-    pub compact: bool,
+    /// `i_format`: bit 0 clear for a compact inode, set for an extended one; the layout above.
     pub format: u16,
     pub xattr_icount: u16,
     pub mode: u16,
@@ -188,11 +205,15 @@ impl DiskInode {
     pub fn make_format(compact: bool, layout: u16) -> u16 {
         (layout << 1) | if compact { 0 } else { 1 }
     }
+    /// Compact (32 bytes) or extended (64): said by `format` alone.
+    pub fn compact(&self) -> bool {
+        self.format & 1 == 0
+    }
     pub fn layout(&self) -> u16 {
         (self.format >> 1) & 7
     }
     pub fn disk_size(&self) -> usize {
-        if self.compact {
+        if self.compact() {
             COMPACT_SIZE
         } else {
             EXTENDED_SIZE
@@ -207,7 +228,7 @@ impl DiskInode {
         }
     }
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        if self.compact {
+        if self.compact() {
             let mut b = [0u8; COMPACT_SIZE];
             b[0..2].copy_from_slice(&self.format.to_le_bytes());
             b[2..4].copy_from_slice(&self.xattr_icount.to_le_bytes());
@@ -243,7 +264,6 @@ impl DiskInode {
         let format = le16(b, 0);
         if format & 1 == 0 {
             Some(DiskInode {
-                compact: true,
                 format,
                 xattr_icount: le16(b, 2),
                 mode: le16(b, 4),
@@ -261,7 +281,6 @@ impl DiskInode {
                 return None;
             }
             Some(DiskInode {
-                compact: false,
                 format,
                 xattr_icount: le16(b, 2),
                 mode: le16(b, 4),
@@ -427,7 +446,6 @@ mod tests {
     fn inodes_encode_and_decode() {
         for compact in [true, false] {
             let i = DiskInode {
-                compact,
                 format: DiskInode::make_format(compact, LAYOUT_CHUNK_BASED),
                 xattr_icount: 7,
                 mode: 0o100644,

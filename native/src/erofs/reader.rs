@@ -280,7 +280,7 @@ pub fn read_image_with(img: &[u8], keep_opaque: bool) -> Result<Loaded, ReadErro
         let di = &raw.di;
         let m = di.mode as u32;
         let t = m & mode::S_IFMT;
-        let mtime = if di.compact {
+        let mtime = if di.compact() {
             build_time
         } else {
             Timespec {
@@ -350,8 +350,8 @@ pub fn read_image_with(img: &[u8], keep_opaque: bool) -> Result<Loaded, ReadErro
             }
             if key == b"trusted.overlay.metacopy" {
                 if let InodeData::Regular { digest, .. } = &mut ino.data {
-                    if value.len() == 36 {
-                        *digest = Some(value[4..36].try_into().unwrap());
+                    if let Some(d) = Metacopy::digest(value) {
+                        *digest = Some(d);
                     }
                 }
                 continue;

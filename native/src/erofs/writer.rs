@@ -97,7 +97,7 @@ const XATTR_BUDGET: usize = 65535 / 2;
 
 /// Prefixes an xattr value can have in front of its borrowed body: none, the `/` of a
 /// redirect, the header of a metacopy digest. Values are never copied out of the tree.
-const VALUE_PRE: [&[u8]; 3] = [b"", b"/", &[0, 36, 0, 1]];
+const VALUE_PRE: [&[u8]; 3] = [b"", b"/", &Metacopy::HEADER];
 const PRE_NONE: u8 = 0;
 const PRE_SLASH: u8 = 1;
 const PRE_METACOPY: u8 = 2;
@@ -866,7 +866,6 @@ impl<'a> Plan<'a> {
             ((xattr_size - XATTR_HEADER_SIZE) / 4 + 1) as u16
         };
         DiskInode {
-            compact: n.compact,
             format: DiskInode::make_format(n.compact, layout),
             xattr_icount,
             mode: n.mode as u16,
@@ -918,7 +917,7 @@ impl<'a> Plan<'a> {
         }
         debug_assert_eq!(
             (out.len() - start) as u64,
-            n.ipad + if n.compact { 32 } else { 64 } + n.xattr_size as u64 + n.tail,
+            n.ipad + if n.compact { COMPACT_SIZE } else { EXTENDED_SIZE } as u64 + n.xattr_size as u64 + n.tail,
             "inode record {i} size"
         );
     }

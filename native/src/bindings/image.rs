@@ -326,9 +326,9 @@ fn image_entries<'py>(
             }
         }
     })
-    .or_else(|e| match failed.take() {
-        Some(py_err) => Err(py_err),
-        None => Err(os_error(&e, None)),
+    .map_err(|e| match failed.take() {
+        Some(py_err) => py_err,
+        None => os_error(&e, None),
     })?;
     Ok(rows)
 }

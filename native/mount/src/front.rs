@@ -504,3 +504,99 @@ fn main() -> ExitCode {
         Err(None) => exec_python(&args),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(a: &[&str]) -> Vec<OsString> {
+        a.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn json_strings_are_pythons() {
+        // What json.dumps(os.fsdecode(b)) prints for each byte string.
+        let cases: &[(&[u8], &str)] = &[
+            (b"plain/path", r#""plain/path""#),
+            (b"q\"b\\s", r#""q\"b\\s""#),
+            (b"\n\r\t\x08\x0c", r#""\n\r\t\b\f""#),
+            (b"\x01\x1f\x7f", r#""\u0001\u001f\u007f""#),
+            ("é€".as_bytes(), r#""\u00e9\u20ac""#),
+            ("😀".as_bytes(), r#""\ud83d\ude00""#),
+            (b"a\xffb\xc3", r#""a\udcffb\udcc3""#),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(json_str(bytes), *want, "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn printable_escapes_what_python_escapes() {
+        assert_eq!(printable(b"a b/c"), "a b/c");
+        assert_eq!(printable(b"x\ny\tz\r\x1b\x7f"), "x\\ny\\tz\\r\\x1b\\x7f");
+        assert_eq!(printable(b"bad\xff"), "bad\\xff");
+    }
+
+    #[test]
+    fn mountinfo_lines_are_split_and_unescaped() {
+        let line = b"36 35 98:0 / /mnt/with\\040space rw,noatime master:1 - overlay composefs ro,lowerdir=x";
+        let (mnt, fstype, source) = mountinfo_fields(line).unwrap();
+        assert_eq!(
+            (mnt.as_slice(), fstype, source.as_slice()),
+            (&b"/mnt/with space"[..], &b"overlay"[..], &b"composefs"[..])
+        );
+        assert!(mountinfo_fields(b"no separator").is_none());
+    }
+
+    #[test]
+    fn only_command_lines_it_fully_understands_are_kept() {
+        let native: &[&[&str]] = &[
+            &["mount", "a/img.cfs", "/", "--basedir", "/o"],
+            &["--json", "mount", "img.cfs", "/", "-obasedir=/o", "--backend=overlay"],
+            &[
+                "--repo",
+                "/r",
+                "mount",
+                "img.cfs",
+                "/",
+                "--options",
+                "basedir=/o",
+                "--verity-check",
+                "2",
+            ],
+            &["umount", "/", "-l", "--json"],
+        ];
+        for a in native {
+            assert!(!matches!(plan(&argv(a)), Plan::Python), "{a:?}");
+        }
+        let python: &[&[&str]] = &[
+            &[],
+            &["images"],
+            &["--version"],
+            &["mount", "img.cfs", "/", "--basedir"],
+            &["mount", "img.cfs", "/", "--basedir", "/o", "--fuse"],
+            &["mount", "img.cfs", "/", "--basedir", "/o", "--backend", "fuse"],
+            &["mount", "img.cfs", "/", "--basedir", "/o", "--verity-check", "01"],
+            &[
+                "mount",
+                "img.cfs",
+                "/",
+                "--basedir",
+                "/o",
+                "--remote",
+                "http://127.0.0.1/",
+            ],
+            &["mount", "img.cfs", "/", "--basedir", "/o", "--", "x"],
+            &["mount", "img.cfs", "/", "--basedir", ""],
+            &["mount", "img.cfs", "/", "--basedir", "/ö"],
+            &["mount", "img.cfs", "/", "extra", "--basedir", "/o"],
+            &["mount", "-h"],
+            &["umount", "/", "--repo", "/r"],
+            &["--repo", "/r", "umount", "/"],
+            &["umount", "/nonexistent/cfs-front-test"],
+        ];
+        for a in python {
+            assert!(matches!(plan(&argv(a)), Plan::Python), "{a:?}");
+        }
+    }
+}

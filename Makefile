@@ -24,11 +24,14 @@ APT_PACKAGES := fsverity erofs-utils e2fsprogs attr util-linux python3-venv open
 	docker-registry skopeo debootstrap apache2-utils iproute2 iptables nginx-light fuse3 python3-click man-db
 
 # pkgdata/: the wheel's data directory (pyproject.toml's tool.maturin data): data/share/ holds the
-# man pages and completions; scripts/ the native mount(8) helper, a binary of the native/mount
-# crate (no Python at mount time) staged there by stage-helper, installed as bin/mount.composefs.
+# man pages and completions; scripts/ the two binaries of the native/mount crate, staged there by
+# stage-helper: the mount(8) helper (no Python at mount time), installed as bin/mount.composefs,
+# and the cfsctl front (mount/umount natively, every other command handed to the Python CLI,
+# installed as bin/cfsctl-py), installed as bin/cfsctl.
 NATIVE_SRC := $(shell find native/src native/mount/src -name '*.rs') native/Cargo.toml native/mount/Cargo.toml \
 	native/Cargo.lock pyproject.toml $(shell find pkgdata/data -type f)
 HELPER_STAGED := $(CURDIR)/pkgdata/scripts/mount.composefs
+FRONT_STAGED := $(CURDIR)/pkgdata/scripts/cfsctl
 
 .PHONY: help setup demo test unit-test rust-check bench bench-apt qemu-test clean stage-helper man
 help:
@@ -58,16 +61,18 @@ $(STAMPS)/venv: $(STAMPS)/apt pyproject.toml
 	@touch $@
 
 stage-helper:
-	@cd native && cargo build -q --release -p composefs-mount --bin mount-composefs
+	@cd native && cargo build -q --release -p composefs-mount --bins
 	@install -D -m 0755 native/target/release/mount-composefs $(HELPER_STAGED)
+	@install -D -m 0755 native/target/release/cfsctl $(FRONT_STAGED)
 
 # Release build of the Rust extension, installed into .venv (Python sources are linked, not copied),
-# and the mount helper beside cfsctl.
+# and the mount helper and the cfsctl front beside the Python CLI (cfsctl-py).
 $(STAMPS)/native: $(STAMPS)/venv $(NATIVE_SRC)
 	@echo ">> building composefs._native and mount.composefs (release)"
 	@$(MAKE) -s stage-helper
 	@cd $(CURDIR) && VIRTUAL_ENV=$(VENV) PATH=$(VENV)/bin:$$PATH $(VENV)/bin/maturin develop --release -q
 	@install -m 0755 $(HELPER_STAGED) $(VENV)/bin/mount.composefs
+	@install -m 0755 $(FRONT_STAGED) $(VENV)/bin/cfsctl
 	@touch $@
 
 # The package is installed in editable mode, so nothing byte-compiles its modules when

@@ -66,6 +66,8 @@ def test_installed_from_the_wheel_not_the_source_tree(venv):
 
 def test_cfsctl_builds_and_digests(venv, tmp_path):
     cfsctl = venv.virtualenv / "bin" / "cfsctl"
+    # The native front, handing --help and every other command but mount/umount to cfsctl-py.
+    assert cfsctl.read_bytes()[:4] == b"\x7fELF"
     assert "build" in run(venv, cfsctl, "--help").stdout
     helper = venv.virtualenv / "bin" / "mount.composefs"
     assert helper.read_bytes()[:4] == b"\x7fELF"  # the native helper, not a Python script
@@ -113,3 +115,24 @@ def test_the_api_from_the_installed_package(venv, tmp_path):
     assert out["built"] == out["inspected"] == out["imported"]
     assert out["objects"] == [f"{out['file'][:2]}/{out['file'][2:]}"]
     assert out["images"] == ["app"] and out["fsck_ok"]
+
+
+def test_cfsctl_mounts_and_unmounts_from_the_wheel(venv, tmp_path):
+    """The front as installed by pip: mount and umount natively, images through cfsctl-py."""
+    with open("/proc/filesystems") as f:
+        have = {line.split()[-1] for line in f if line.strip()}
+    if os.geteuid() != 0 or not {"erofs", "overlay"} <= have:
+        pytest.skip("mounting needs root and erofs + overlay in /proc/filesystems")
+    cfsctl = venv.virtualenv / "bin" / "cfsctl"
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir()
+    mnt.mkdir()
+    (src / "f").write_bytes(b"from the wheel\n" * 100)
+    run(venv, cfsctl, "build", src, tmp_path / "img.cfs", "--digest-store", tmp_path / "objects")
+    m = json.loads(run(venv, cfsctl, "mount", tmp_path / "img.cfs", mnt, "--basedir", tmp_path / "objects",
+                       "--json").stdout)
+    try:
+        assert m["backend"] in ("overlay", "kernel") and (mnt / "f").read_bytes() == b"from the wheel\n" * 100
+    finally:
+        u = json.loads(run(venv, cfsctl, "umount", mnt, "--json").stdout)
+    assert u["mountpoint"] == str(mnt) and not os.path.ismount(mnt)

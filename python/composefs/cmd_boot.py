@@ -38,20 +38,29 @@ def deploy_cmd(image, root, karg_file, as_json):
 @click.argument("image")
 @click.option("--root", required=True, type=click.Path(file_okay=False),
               help="The target root partition: its repository is ROOT/composefs.")
-def karg_cmd(image, root):
+@click.option("--json", "as_json", is_flag=True, help="Print the digest and the argument as JSON.")
+def karg_cmd(image, root, as_json):
     """Print the kernel argument (composefs=<digest>) of IMAGE in ROOT/composefs."""
     from .repository import Repository
 
     repo = Repository.open(boot.repo_path(root))
     with repo.locked():
         digest = repo.resolve(image)
-    click.echo(boot.karg(digest))
+    if as_json:
+        click.echo(json.dumps({"digest": digest, "karg": boot.karg(digest)}, indent=2))
+    else:
+        click.echo(boot.karg(digest))
 
 
 @boot_group.command("install-initramfs")
 @click.option("--root", default="/", show_default=True, type=click.Path(file_okay=False),
               help="The root whose /etc/initramfs-tools gets the hook and boot script.")
-def install_initramfs_cmd(root):
+@click.option("--json", "as_json", is_flag=True, help="Print the files written as JSON.")
+def install_initramfs_cmd(root, as_json):
     """Install the initramfs-tools hook and boot script (then run update-initramfs in ROOT)."""
-    for p in boot.install_initramfs(root):
+    written = boot.install_initramfs(root)
+    if as_json:
+        click.echo(json.dumps({"written": written}, indent=2))
+        return
+    for p in written:
         click.echo(p)

@@ -70,11 +70,24 @@ def info():
     """Show what composefs images hold (the output formats of composefs-info)."""
 
 
+def _print_entries(images, names, full: bool, opaque: bool = False) -> None:
+    """The paths of the images as one JSON list (docs/json.md: info ls, info dump)."""
+    rows = []
+    for img in images:
+        entries = _call(lambda p: _native.image_entries(p, opaque=opaque, filter=names, full=full), img)
+        rows.extend({"image": img, **e} for e in entries)
+    click.echo(json.dumps(rows, indent=2))
+
+
 @info.command("ls")
 @images_arg
 @filter_option
-def ls(images, names):
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per path.")
+def ls(images, names, as_json):
     """List every path; directories end in '/', symlinks show '-> TARGET', files '@ OBJECT'."""
+    if as_json:
+        _print_entries(images, _filter(names), full=False)
+        return
     for img in images:
         _stream(_native.image_ls, img, filter=_filter(names))
 
@@ -85,9 +98,13 @@ def ls(images, names):
 @click.option("--no-opaque", is_flag=True,
               help="Leave out the opaque=x marks format 1 adds to directories holding whiteouts "
                    "(building the dump then gives back the same image either way).")
-def dump(images, names, no_opaque):
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per path, with what the dump says.")
+def dump(images, names, no_opaque, as_json):
     """Print the tree in composefs-dump(5) format, as composefs-info dump does (feed it to
     'cfsctl build --from-dump')."""
+    if as_json:
+        _print_entries(images, _filter(names), full=True, opaque=not no_opaque)
+        return
     for img in images:
         _stream(_native.image_to_dump, img, opaque=not no_opaque, filter=_filter(names))
 

@@ -22,7 +22,7 @@ mod sys;
 use std::path::PathBuf;
 
 pub use mount::{kernel_module_available, mount_image, validate, Outcome};
-pub use sys::{enter_mount_ns, measure_verity, SysError};
+pub use sys::{enter_mount_ns, measure_verity, umount, SysError};
 
 /// What kind of failure, for the exit status of mount(8) helpers and for Python's exceptions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -233,6 +233,106 @@ fn image_ls<'py>(
     })
 }
 
+/// The `st_mode` file type as the JSON of `cfsctl info ls` and `info dump` names it.
+fn kind_name(mode: u32) -> &'static str {
+    match mode & 0o170000 {
+        0o040000 => "directory",
+        0o100000 => "file",
+        0o120000 => "symlink",
+        0o020000 => "chardev",
+        0o060000 => "blockdev",
+        0o010000 => "fifo",
+        0o140000 => "socket",
+        _ => "unknown",
+    }
+}
+
+/// An image's paths as dicts, in dump order: the facts of `composefs-info ls` (`path`, `type`,
+/// `target`, `object`, `hardlink_to`), and with `full` those of its dump too (the inode's
+/// metadata, fs-verity `digest`, inline content and xattr values in hex). `ls` has no root line,
+/// so without `full` the root is left out. The schema is docs/json.md's.
+#[pyfunction]
+#[pyo3(signature = (image, opaque=false, filter=None, full=true))]
+fn image_entries<'py>(
+    py: Python<'py>,
+    image: ImageSource,
+    opaque: bool,
+    filter: Option<Vec<Vec<u8>>>,
+    full: bool,
+) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    use crate::tree::InodeData;
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    let loaded = py.allow_threads(|| load_image_shown(&image, opaque, &filter))?;
+    let name = |b: &[u8]| OsStr::from_bytes(b).to_os_string();
+    let mut rows = Vec::new();
+    let mut failed: Option<PyErr> = None;
+    dump::for_each_path(&loaded.tree, |path, ino, link| {
+        if !full && path == b"/" {
+            return Ok(());
+        }
+        let row = (|| -> PyResult<Bound<'py, PyDict>> {
+            let d = PyDict::new(py);
+            d.set_item("path", name(path))?;
+            d.set_item("type", kind_name(ino.mode))?;
+            match &ino.data {
+                InodeData::Symlink { target } => d.set_item("target", name(target))?,
+                InodeData::Regular { payload: Some(p), .. } => d.set_item("object", name(p))?,
+                _ => {}
+            }
+            if let Some(l) = link {
+                d.set_item("hardlink_to", name(l))?;
+            }
+            if full {
+                d.set_item("size", ino.size)?;
+                d.set_item("mode", ino.mode)?;
+                d.set_item("nlink", ino.nlink)?;
+                d.set_item("uid", ino.uid)?;
+                d.set_item("gid", ino.gid)?;
+                d.set_item("rdev", ino.rdev)?;
+                d.set_item("mtime", ino.mtime.sec)?;
+                d.set_item("mtime_nsec", ino.mtime.nsec)?;
+                if let InodeData::Regular { inline, digest, .. } = &ino.data {
+                    if let Some(dg) = digest {
+                        d.set_item("digest", dump::hex(dg))?;
+                    }
+                    if let Some(c) = inline {
+                        d.set_item("inline", dump::hex(c))?;
+                    }
+                }
+                let xattrs = ino
+                    .xattrs
+                    .iter()
+                    .map(|x| {
+                        let e = PyDict::new(py);
+                        e.set_item("key", name(&x.key))?;
+                        e.set_item("value", dump::hex(&x.value))?;
+                        Ok(e)
+                    })
+                    .collect::<PyResult<Vec<_>>>()?;
+                d.set_item("xattrs", xattrs)?;
+            }
+            Ok(d)
+        })();
+        match row {
+            Ok(d) => {
+                rows.push(d);
+                Ok(())
+            }
+            Err(e) => {
+                failed = Some(e);
+                Err(std::io::Error::other("stopped"))
+            }
+        }
+    })
+    .map_err(|e| match failed.take() {
+        Some(py_err) => py_err,
+        None => os_error(&e, None),
+    })?;
+    Ok(rows)
+}
+
 /// The number of paths in an image, its root included (the lines of its dump).
 #[pyfunction]
 fn image_count_paths(py: Python<'_>, image: ImageSource) -> PyResult<u64> {
@@ -270,6 +370,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(build_from_dump, m)?)?;
     m.add_function(wrap_pyfunction!(image_to_dump, m)?)?;
     m.add_function(wrap_pyfunction!(image_ls, m)?)?;
+    m.add_function(wrap_pyfunction!(image_entries, m)?)?;
     m.add_function(wrap_pyfunction!(image_count_paths, m)?)?;
     m.add_function(wrap_pyfunction!(image_objects, m)?)?;
     m.add_function(wrap_pyfunction!(image_info, m)?)?;

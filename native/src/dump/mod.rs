@@ -12,7 +12,7 @@ pub mod parse;
 pub mod write;
 
 pub use parse::{parse, ParseError, ParseErrorKind};
-pub use write::{count_paths, dump_to_vec, ls_to_vec, objects, write_dump, write_ls};
+pub use write::{count_paths, dump_to_vec, for_each_path, ls_to_vec, objects, write_dump, write_ls};
 
 /// Longest file name (bytes).
 pub const NAME_MAX: usize = 255;

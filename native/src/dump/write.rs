@@ -3,7 +3,7 @@
 //! names sorted; a hardlink's extra names as `@` lines pointing at the entry holding the inode).
 
 use super::*;
-use crate::tree::{InodeData, InodeId, Tree, ROOT};
+use crate::tree::{Inode, InodeData, InodeId, Tree, ROOT};
 use std::io::{self, Write};
 
 fn line(out: &mut Vec<u8>, tree: &Tree, path: &[u8], id: InodeId, link_to: Option<&[u8]>) {
@@ -86,6 +86,34 @@ pub fn write_dump(tree: &Tree, out: &mut (impl Write + ?Sized)) -> io::Result<()
             line(&mut buf, tree, path, e.inode, Some(&target));
         }
         out.write_all(&buf)
+    })
+}
+
+/// Every path of `tree` in the order and with the links of [`write_dump`] (the root first, as
+/// `/`): the path, its inode, and for each extra name of a hardlink the path of the entry holding
+/// the inode. The `--json` of `cfsctl info dump` and `info ls` is made from these.
+pub fn for_each_path(
+    tree: &Tree,
+    mut visit: impl FnMut(&[u8], &Inode, Option<&[u8]>) -> io::Result<()>,
+) -> io::Result<()> {
+    let holders = tree.holders();
+    let parents = dir_parents(tree);
+    let mut target = Vec::new();
+    visit(b"/", &tree.inodes[ROOT], None)?;
+    walk_depth_first(tree, |d, i, path, first| {
+        let e = &tree.inodes[d].entries()[i];
+        let ino = &tree.inodes[e.inode];
+        if ino.is_dir() {
+            return if first { visit(path, ino, None) } else { Ok(()) };
+        }
+        if holders[e.inode] == Some((d, i)) {
+            return visit(path, ino, None);
+        }
+        target.clear();
+        if let Some((hd, hi)) = holders[e.inode] {
+            entry_path(tree, &parents, hd, hi, &mut target);
+        }
+        visit(path, ino, Some(&target))
     })
 }
 

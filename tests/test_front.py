@@ -1,0 +1,233 @@
+# SPDX-License-Identifier: MIT OR Apache-2.0
+"""The native `cfsctl` front (native/mount/src/front.rs) against the Python CLI it stands in for.
+
+Each command line of the table runs twice: through the installed `cfsctl` (the front) and through
+`cfsctl-py` (the Python CLI, click and all). Standard output, standard error, the exit status and
+the mount left behind must be the same. Each case also says which path the front must take: with
+`$CFSCTL_PYTHON_CLI` pointing at a program that only reports that it was called, a case the front
+claims to handle must never reach it, and a case it must hand over must reach it with the same
+arguments.
+
+Needs root and erofs + overlay (the mounts are real); says why when it skips.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cfsrun import cfsctl
+
+from composefs import mount as cm
+
+BIN = Path(sys.executable).parent
+FRONT = BIN / "cfsctl"
+PYTHON_CLI = BIN / "cfsctl-py"
+
+
+def _have_fs(name: str) -> bool:
+    with open("/proc/filesystems") as f:
+        return any(line.split()[-1:] == [name] for line in f)
+
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root"),
+    pytest.mark.skipif(not (_have_fs("erofs") and _have_fs("overlay")),
+                       reason="needs erofs + overlay in /proc/filesystems"),
+    pytest.mark.skipif(not FRONT.is_file() or FRONT.read_bytes()[:4] != b"\x7fELF",
+                       reason="the native cfsctl front is not installed (make setup)"),
+]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    t = tmp_path_factory.mktemp("front")
+    src = t / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "big").write_bytes(b"front " * 5000)
+    (src / "small").write_bytes(b"hi\n")
+    r = cfsctl("build", src, t / "img.cfs", "--digest-store", t / "objects", "--json")
+    assert r.returncode == 0, r.stderr
+    digest = cfsctl("info", "header", "--json", t / "img.cfs")
+    assert digest.returncode == 0, digest.stderr
+    import json
+
+    (t / "digest").write_text(json.loads(digest.stdout)[0]["digest"])
+    assert cfsctl("init", "--repo", t / "repo").returncode == 0
+    assert cfsctl("import", src, "--name", "app", "--repo", t / "repo").returncode == 0
+    for d in ("mnt", "upper", "work", "empty"):
+        (t / d).mkdir()
+    (t / "file").write_text("not a directory\n")
+    # Stands in for the Python CLI: says it was called, with what.
+    spy = t / "spy"
+    spy.write_text('#!/bin/sh\necho "handed over: $*" >&2\nexit 99\n')
+    spy.chmod(0o755)
+    return t
+
+
+def fill(world: Path, args: list[str]) -> list[str]:
+    return [a.format(t=world, digest=(world / "digest").read_text()) for a in args]
+
+
+def mount_state(mnt: Path) -> tuple | None:
+    """What is mounted on mnt: filesystem type, source, mount options (None: nothing)."""
+    target = os.path.realpath(mnt)
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.rstrip("\n").partition(" - ")
+            lf, rf = left.split(" "), right.split(" ")
+            if cm._unescape_field(lf[4]) == target:
+                found = (rf[0], rf[1], lf[5])
+    return found
+
+
+def clean(world: Path) -> None:
+    mnt = world / "mnt"
+    while mount_state(mnt) is not None:
+        subprocess.run(["umount", "-l", mnt], check=True)
+    for d in ("upper", "work"):
+        shutil.rmtree(world / d)
+        (world / d).mkdir()
+
+
+def run(program: Path, args: list[str], world: Path, spy: bool = False) -> tuple:
+    env = dict(os.environ)
+    env.pop("CFSCTL_PYTHON_CLI", None)
+    if spy:
+        env["CFSCTL_PYTHON_CLI"] = str(world / "spy")
+    r = subprocess.run([program, *args], capture_output=True, env=env, cwd=world, timeout=120)
+    # A FUSE daemon's process id is the one thing two runs cannot share.
+    stdout = re.sub(rb'"pid": [0-9]+', b'"pid": N', r.stdout)
+    return r.returncode, stdout, r.stderr, mount_state(world / "mnt")
+
+
+# (command line, True when the front runs it itself); {t} is the fixture's directory.
+MOUNTS = [
+    (["mount", "{t}/img.cfs", "{t}/mnt", "--basedir", "{t}/objects"], True),
+    (["--json", "mount", "{t}/img.cfs", "{t}/mnt", "--basedir={t}/objects"], True),
+    (["mount", "img.cfs", "mnt", "-o", "basedir={t}/objects", "--json"], True),
+    (["mount", "{t}/img.cfs", "{t}/mnt", "-obasedir={t}/objects,ro,nodev,nosuid", "--backend", "overlay",
+      "--json"], True),
+    (["mount", "{t}/img.cfs", "{t}/mnt", "--options", "basedir={t}/empty:{t}/objects", "--verity-check", "0",
+      "--json"], True),
+    (["--repo", "{t}/repo", "mount", "{t}/img.cfs", "{t}/mnt", "--basedir", "{t}/objects", "--repo", "{t}/repo",
+      "--json"], True),
+    (["mount", "{t}/img.cfs", "{t}/mnt", "--basedir", "{t}/objects", "--upperdir", "{t}/upper",
+      "--workdir", "{t}/work", "--json"], True),
+    (["mount", "{t}/img.cfs", "{t}/mnt", "-o", "basedir={t}/objects,upperdir={t}/upper,workdir={t}/work,rw"], True),
+    # Errors from the mount code: same words, exit status 1, JSON under --json.
+    (["mount", "{t}/img.cfs", "{t}/mnt", "--basedir", "{t}/objects", "--digest", "{digest}", "--json"], True),
+    (["mount", "{t}/img.cfs", "{t}/mnt", "--basedir", "{t}/objects", "--digest", "00" * 32], True),
+    (["mount", "{t}/img.cfs", "{t}/mnt", "--basedir", "{t}/objects", "--digest", "xyz", "--json"], True),
+    (["mount", "{t}/img.cfs", "{t}/mnt", "--basedir", "{t}/objects", "--verity-check", "1"], True),
+    (["mount", "{t}/img.cfs", "{t}/mnt", "-o", "basedir={t}/objects,verity"], True),
+    (["mount", "{t}/img.cfs", "{t}/nothing", "--basedir", "{t}/objects"], True),
+    (["mount", "{t}/img.cfs", "{t}/mnt", "--basedir", "{t}/nothing", "--json"], True),
+    (["mount", "{t}/nothing.cfs", "{t}/mnt", "--basedir", "{t}/objects"], True),
+    (["mount", "{t}/img.cfs", "{t}/mnt", "-o", "basedir={t}/objects,bogus"], True),
+    (["mount", "{t}/img.cfs", "{t}/mnt", "-o", "basedir={t}/objects,bogus", "--json"], True),
+    (["mount", "{t}/img.cfs", "{t}/mnt", "--basedir", "{t}/objects", "--backend", "kernel"], True),
+    (["mount", "{t}/img.cfs", "{t}/mnt", "--basedir", "{t}/objects", "--upperdir", "{t}/upper"], True),
+    # Handed over: repository names, FUSE, click's own checks, help, other commands, odd text.
+    (["mount", "app", "{t}/mnt", "--repo", "{t}/repo", "--json"], False),
+    (["mount", "{t}/img.cfs", "{t}/mnt"], False),
+    (["mount", "{t}/img.cfs", "{t}/mnt", "--basedir", "{t}/objects", "--backend", "fuse", "--json"], False),
+    (["mount", "{t}/img.cfs", "{t}/mnt", "--basedir", "{t}/objects", "--verity-check", "3"], False),
+    (["mount", "{t}/img.cfs", "{t}/file", "--basedir", "{t}/objects"], False),
+    (["mount", "{t}/img.cfs", "{t}/mnt", "--basedir"], False),
+    (["mount", "{t}/img.cfs", "{t}/mnt", "--basedir", "{t}/objects", "--mount-api", "legacy"], False),
+    (["mount", "{t}/img.cfs", "{t}/mnt", "--basedir", "{t}/objects", "--", "x"], False),
+    (["mount", "{t}/img.cfs", "{t}/mnt", "--basedir", "{t}/objects\u00e9", "--json"], False),
+    (["mount", "--help"], False),
+    (["images", "--repo", "{t}/repo", "--json"], False),
+    (["--version"], False),
+    ([], False),
+]
+
+
+@pytest.mark.parametrize("args,native", MOUNTS, ids=[" ".join(a)[:60] for a, _ in MOUNTS])
+def test_mount_front_matches_the_python_cli(world, args, native):
+    args = fill(world, args)
+    clean(world)
+    spied = run(FRONT, args, world, spy=True)
+    clean(world)
+    handed = spied[2].startswith(b"handed over: ")
+    assert handed != native, spied
+    if handed:
+        assert spied[2] == b"handed over: " + " ".join(args).encode() + b"\n"
+    front = run(FRONT, args, world)
+    clean(world)
+    python = run(PYTHON_CLI, args, world)
+    clean(world)
+    assert front == python
+    assert b"Traceback" not in front[2]
+
+
+def _mount(world: Path) -> None:
+    r = subprocess.run([PYTHON_CLI, "mount", world / "img.cfs", world / "mnt", "--basedir", world / "objects"],
+                       capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+UMOUNTS = [
+    (["umount", "{t}/mnt"], True, True),
+    (["umount", "mnt", "--json"], True, True),
+    (["--json", "umount", "-l", "{t}/mnt"], True, True),
+    (["umount", "--lazy", "{t}/mnt/", "--json"], True, True),
+    (["umount", "{t}/empty"], False, True),  # not a mount point: Python words it
+    (["umount", "{t}/nothing", "--json"], False, False),
+    (["umount", "{t}/mnt", "--help"], False, True),
+    (["--repo", "{t}/repo", "umount", "{t}/mnt"], False, True),
+]
+
+
+@pytest.mark.parametrize("args,native,mounted", UMOUNTS, ids=[" ".join(a) for a, _, _ in UMOUNTS])
+def test_umount_front_matches_the_python_cli(world, args, native, mounted):
+    args = fill(world, args)
+    results = []
+    for program, spy in ((FRONT, True), (FRONT, False), (PYTHON_CLI, False)):
+        clean(world)
+        if mounted:
+            _mount(world)
+        results.append(run(program, args, world, spy=spy))
+    clean(world)
+    spied, front, python = results
+    assert spied[2].startswith(b"handed over: ") != native, spied
+    assert front == python
+    if native:
+        assert front[0] == 0 and front[3] is None
+
+
+def test_umount_of_a_busy_mount_and_of_another_filesystem(world):
+    """A busy mount: EBUSY worded as the Python CLI words it. A tmpfs: refused by Python's rule
+    (the front hands it over and never unmounts it)."""
+    out = []
+    for program in (FRONT, PYTHON_CLI):
+        clean(world)
+        _mount(world)
+        with open(world / "mnt" / "small"):
+            out.append(run(program, ["umount", str(world / "mnt")], world))
+    clean(world)
+    assert out[0] == out[1] and out[0][0] == 1 and b"mount is busy" in out[0][2], out
+    out = []
+    for program in (FRONT, PYTHON_CLI):
+        subprocess.run(["mount", "-t", "tmpfs", "none", world / "mnt"], check=True)
+        try:
+            out.append(run(program, ["umount", str(world / "mnt"), "--json"], world))
+        finally:
+            clean(world)
+    assert out[0] == out[1] and out[0][0] == 1 and out[0][3][0] == "tmpfs", out
+
+
+def test_front_names_a_missing_python_cli(world, tmp_path):
+    """Installed without its Python half, the front says what it could not run (no crash)."""
+    env = dict(os.environ, CFSCTL_PYTHON_CLI=str(tmp_path / "absent"))
+    r = subprocess.run([FRONT, "images"], capture_output=True, env=env, timeout=60)
+    assert r.returncode == 1
+    assert r.stderr == f"cfsctl: error: {tmp_path / 'absent'}: cannot run the Python CLI: No such file or directory\n".encode()

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+import cfs_images
+import treewalk
 from cfsrun import REPO
 
 CFSCTL = [sys.executable, "-m", "composefs.cli"]
@@ -58,36 +60,26 @@ def image(tmp_path):
     return tmp_path / "img.cfs", tmp_path / "objects"
 
 
-def snapshot(root: Path) -> dict:
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in [".", *sorted(dirnames + filenames)]:
-            p = Path(dirpath) / name
-            rel = os.path.relpath(p, root)
-            st = os.lstat(p)
-            e = {"mode": st.st_mode, "uid": st.st_uid, "gid": st.st_gid, "mtime": st.st_mtime_ns,
-                 "xattrs": {k: os.getxattr(p, k, follow_symlinks=False)
-                            for k in sorted(os.listxattr(p, follow_symlinks=False)) if k.startswith("user.")}}
-            if stat.S_ISREG(st.st_mode):
-                e |= {"size": st.st_size, "nlink": st.st_nlink, "data": p.read_bytes()}
-            elif stat.S_ISLNK(st.st_mode):
-                e["target"] = os.readlink(p)
-            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-                e["rdev"] = st.st_rdev
-            out[rel] = e
-        if name == ".":
-            pass
-    return out
-
-
 def mounted(mnt: Path) -> bool:
     return any(line.split()[4] == str(mnt) for line in open("/proc/self/mountinfo"))
 
 
+@pytest.fixture
+def rich_image(tmp_path):
+    """The shared generated tree (every file type, xattrs, hardlinks kept, whiteouts, an opaque
+    directory, overlay xattrs to escape), built with our writer."""
+    src = tmp_path / "rich"
+    cfs_images.make_tree(str(src), large=300_000)
+    cfs_images.add_overlay_markings(str(src))
+    img, objects = tmp_path / "rich.cfs", tmp_path / "rich-objects"
+    r = run("build", src, img, "--digest-store", objects, "--hardlinks")
+    assert r.returncode == 0, r.stderr
+    return img, objects
+
+
 @ROOT_ONLY
-def test_fuse_presents_what_the_kernel_path_presents(image, tmp_path):
-    img, objects = image
+def test_fuse_presents_what_the_kernel_path_presents(rich_image, tmp_path):
+    img, objects = rich_image
     fmnt, kmnt = tmp_path / "fuse", tmp_path / "kernel"
     fmnt.mkdir()
     kmnt.mkdir()
@@ -97,17 +89,18 @@ def test_fuse_presents_what_the_kernel_path_presents(image, tmp_path):
         r = run("mount", img, kmnt, "--basedir", objects, "--backend", "overlay")
         assert r.returncode == 0, r.stderr
         try:
-            f, k = snapshot(fmnt), snapshot(kmnt)
-            assert f.keys() == k.keys()
-            for path in f:
-                assert f[path] == k[path], path
-            # hardlinks share an inode, stable for the mount
-            assert os.stat(fmnt / "hard").st_ino == os.stat(fmnt / "d" / "big").st_ino
-            assert os.stat(fmnt / "hard").st_ino == os.stat(fmnt / "hard").st_ino
+            f, k = treewalk.walk_both(fmnt, kmnt)
         finally:
             run("umount", kmnt)
+        assert treewalk.differences(treewalk.presented(f), treewalk.presented(k)) == []
+        # not vacuous: the escaped markings are there, shown as a mount shows them
+        wo = f["entries"][b"/ovl/whiteout"]
+        assert stat.S_ISREG(wo["mode"]) and wo["xattrs"]["trusted.overlay.whiteout"] == b""
+        assert f["entries"][b"/ovl/marked"]["xattrs"]["trusted.overlay.custom"] == b"escaped"
+        assert any(len(group) == 3 for group in f["links"])  # small.txt and its two hardlinks
+        assert treewalk.inode_numbers(fmnt) == treewalk.inode_numbers(fmnt, drop=True)
         with pytest.raises(OSError) as e:
-            open(fmnt / "small", "wb")
+            open(fmnt / "small.txt", "wb")
         assert e.value.errno in (errno.EROFS, errno.EACCES)
     finally:
         assert run("umount", fmnt).returncode == 0

@@ -2,8 +2,9 @@
 //! A read-only FUSE filesystem serving a composefs image: the rootless twin of the kernel paths.
 //!
 //! The image is read once by the same reader `cfsctl info` uses ([`crate::erofs::reader`]), which
-//! validates everything and gives the source tree back (overlay escapes undone, internal xattrs
-//! gone); a hostile image is refused before anything is mounted. Inode numbers are tree ids + 1
+//! validates everything and gives back the tree as the kernel paths present it
+//! ([`reader::View::Mounted`]: internal overlay xattrs gone, escaped ones unescaped, escaped
+//! whiteouts empty files); a hostile image is refused before anything is mounted. Inode numbers are tree ids + 1
 //! (stable for the mount); entries and attributes are cached by the kernel for a day (the image
 //! never changes).
 //!
@@ -156,7 +157,7 @@ impl CfsFuse {
             path: image.to_path_buf(),
             source,
         })?;
-        let loaded = reader::read_image(&bytes).map_err(|source| FuseError::Image {
+        let loaded = reader::read_image_view(&bytes, reader::View::Mounted).map_err(|source| FuseError::Image {
             path: image.to_path_buf(),
             source,
         })?;
@@ -186,10 +187,8 @@ impl CfsFuse {
     }
 
     fn attr(&self, ino: INodeNo, i: &Inode) -> FileAttr {
-        let size = match &i.data {
-            InodeData::Directory { entries } => 4096u64.max(entries.len() as u64 * 32),
-            _ => i.size,
-        };
+        // A directory's size is its EROFS size, as the kernel paths report it.
+        let size = i.size;
         let t = time_of(i.mtime.sec, i.mtime.nsec);
         FileAttr {
             ino,

@@ -140,6 +140,29 @@ def test_tampered_object_is_eio_missing_is_enoent(image, tmp_path):
         run("umount", mnt)
 
 
+def test_object_replaced_after_a_check_is_checked_again(image, tmp_path):
+    """The check is of an object file, not of a name: an object read once, then replaced under its
+    name by other content (anyone who can write the store could), or changed in place, is EIO at
+    the next open, as on the module, which checks at every open."""
+    img, objects = image
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    want = (tmp_path / "src" / "d" / "e" / "mid").read_bytes()
+    assert run("mount", img, mnt, "--basedir", objects, "--fuse").returncode == 0
+    try:
+        assert (mnt / "d" / "e" / "mid").read_bytes() == want
+        victim = _object_of(objects, 5000)
+        victim.unlink()
+        victim.write_bytes(want[:100] + bytes([want[100] ^ 1]) + want[101:])
+        with pytest.raises(OSError) as e:
+            (mnt / "d" / "e" / "mid").read_bytes()
+        assert e.value.errno == errno.EIO
+        victim.write_bytes(want)  # put back in place: the same file, changed, is checked again
+        assert (mnt / "d" / "e" / "mid").read_bytes() == want
+    finally:
+        run("umount", mnt)
+
+
 def test_digest_checked_before_mounting(image, tmp_path):
     img, objects = image
     mnt = tmp_path / "m"
@@ -163,6 +186,43 @@ def test_killed_daemon_leaves_enotconn_and_unmounts(image, tmp_path):
     r = run("umount", mnt)
     assert r.returncode == 0, r.stderr
     assert not mounted(mnt)
+
+
+def _ended(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_ending_daemon_leaves_a_new_mount_at_its_place_alone(image, tmp_path):
+    """cfsctl umount, then at once a new mount at the same place: the first daemon, ending after
+    the new mount is made (held stopped here until then), must not unmount it (fuser unmounts its
+    mount point by path when its session ends; our daemon exits first)."""
+    img, objects = image
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    r = run("mount", img, mnt, "--basedir", objects, "--fuse", "--json")
+    assert r.returncode == 0, r.stderr
+    old = json.loads(r.stdout)["pid"]
+    os.listdir(mnt)  # the root's attributes cached: umount's checks need no answer from the daemon
+    os.kill(old, signal.SIGSTOP)
+    try:
+        assert run("umount", mnt, timeout=30).returncode == 0
+        r = run("mount", img, mnt, "--basedir", objects, "--fuse", timeout=30)
+        assert r.returncode == 0, r.stderr
+    finally:
+        os.kill(old, signal.SIGCONT)
+    try:
+        deadline = time.monotonic() + 20
+        while not _ended(old) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _ended(old), "the first daemon did not end once its mount was gone"
+        time.sleep(0.2)
+        assert mounted(mnt)
+        assert (mnt / "small").read_bytes() == b"hello\n"
+    finally:
+        assert run("umount", mnt).returncode == 0
 
 
 def _read_while_stopped(pid: int, fd: int, size: int) -> bytes | None:

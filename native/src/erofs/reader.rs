@@ -603,7 +603,7 @@ mod tests {
             assert_eq!(keys(f), ["trusted.overlay.custom", "user.overlay.k"], "{view:?}");
             if view == View::Mounted {
                 assert!(w.is_regular() && w.size == 0, "{view:?}");
-                assert_eq!(keys(w), ["trusted.overlay.whiteout"]);
+                assert_eq!(keys(w), ["trusted.overlay.whiteout", "user.overlay.whiteout"]);
                 assert!(keys(&t.inodes[d]).contains(&"trusted.overlay.whiteouts".to_string()));
                 assert!(keys(&t.inodes[d]).contains(&"trusted.overlay.opaque".to_string()));
             } else {

@@ -215,7 +215,7 @@ def rows(res: dict) -> list[dict]:
                 else:
                     notes.append(f"{k / v['wall'] * 100:.0f}% of the kernel path's throughput")
             if label == OURS and f"{case} | {REF}" in med:
-                notes.append(f"{med[f'{case} | {REF}']['wall'] / v['wall']:.2f}x faster than the reference")
+                notes.append(f"speed-up over the reference {med[f'{case} | {REF}']['wall'] / v['wall']:.2f}x")
             notes.append(f"rounds {min(v['all_wall']):.2f}–{max(v['all_wall']):.2f} s")
             row["note"] = "; ".join(notes)
             out.append(row)

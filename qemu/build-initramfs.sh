@@ -5,7 +5,7 @@
 #   qemu/build-initramfs.sh KVER OUT.cpio [EXTRA.ko ...]
 #
 # Contents: a static busybox, /init (qemu/guest-init.sh), and the Debian modules of kernel KVER the
-# guest needs (ext4 + deps, virtio_blk, erofs, overlay, 9p + 9pnet_virtio, loop, pvpanic), decompressed
+# guest needs (ext4 + deps, virtio_blk, erofs, overlay, 9p + 9pnet_virtio, loop, pvpanic, fuse), decompressed
 # (busybox insmod cannot read .ko.xz) and listed in dependency order in /modules.list.
 # EXTRA.ko (our own modules) are NOT copied: the guest loads them from the host's root over 9p.
 # Only the Debian modules they depend on (modinfo -F depends) are added here.
@@ -16,7 +16,9 @@ OUT=${2:?usage: build-initramfs.sh KVER OUT.cpio [EXTRA.ko ...]}
 shift 2
 HERE=$(cd "$(dirname "$0")" && pwd)
 
-WANT=(pvpanic_mmio pvpanic_pci virtio_blk ext4 loop erofs overlay 9pnet_virtio 9p veth sch_netem sch_tbf)
+# fuse (the FUSE backend's guest tests) is built into Debian's 6.12 (`builtin fuse`, nothing to
+# copy); it is listed so that a kernel building it as a module gets it too.
+WANT=(pvpanic_mmio pvpanic_pci virtio_blk ext4 loop erofs overlay 9pnet_virtio 9p veth sch_netem sch_tbf fuse)
 for ko in "$@"; do
     deps=$(modinfo -F depends "$ko" 2>/dev/null || true)
     IFS=, read -r -a extra <<<"$deps"

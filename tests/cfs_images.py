@@ -119,6 +119,25 @@ def make_tree(root: str, many: int = 0, large: int = 6 * 1024 * 1024, seed: int 
     return root
 
 
+def add_overlay_markings(root: str) -> str:
+    """What only overlay-aware readers treat specially, added to a make_tree() tree: whiteouts
+    (chardev 0/0, which the writer stores escaped), an opaque directory, and trusted.overlay.* and
+    user.overlay.* xattrs of the source (escaped in the image, shown unescaped by a mount).
+    Needs root (mknod, trusted.*)."""
+    d = os.path.join
+    os.makedirs(d(root, "ovl/opaque"))
+    os.mknod(d(root, "ovl/whiteout"), 0o600 | stat.S_IFCHR, os.makedev(0, 0))
+    os.mknod(d(root, "ovl/opaque/gone"), 0o644 | stat.S_IFCHR, os.makedev(0, 0))
+    os.setxattr(d(root, "ovl/opaque"), "trusted.overlay.opaque", b"y")
+    _w(d(root, "ovl/marked"), b"marked\n", 0o644)
+    os.setxattr(d(root, "ovl/marked"), "trusted.overlay.custom", b"escaped")
+    os.setxattr(d(root, "ovl/marked"), "trusted.overlay.redirect", b"/not/followed")
+    os.setxattr(d(root, "ovl/marked"), "user.overlay.origin", b"user namespace")
+    for dirpath, _, _ in os.walk(d(root, "ovl"), topdown=False):
+        os.utime(dirpath, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    return root
+
+
 # --- snapshots ---------------------------------------------------------------------------------
 
 INTERNAL_XATTRS = ("trusted.overlay.",)

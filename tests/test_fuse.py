@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+import cfs_images
+import treewalk
 from cfsrun import REPO
 
 CFSCTL = [sys.executable, "-m", "composefs.cli"]
@@ -58,36 +60,26 @@ def image(tmp_path):
     return tmp_path / "img.cfs", tmp_path / "objects"
 
 
-def snapshot(root: Path) -> dict:
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in [".", *sorted(dirnames + filenames)]:
-            p = Path(dirpath) / name
-            rel = os.path.relpath(p, root)
-            st = os.lstat(p)
-            e = {"mode": st.st_mode, "uid": st.st_uid, "gid": st.st_gid, "mtime": st.st_mtime_ns,
-                 "xattrs": {k: os.getxattr(p, k, follow_symlinks=False)
-                            for k in sorted(os.listxattr(p, follow_symlinks=False)) if k.startswith("user.")}}
-            if stat.S_ISREG(st.st_mode):
-                e |= {"size": st.st_size, "nlink": st.st_nlink, "data": p.read_bytes()}
-            elif stat.S_ISLNK(st.st_mode):
-                e["target"] = os.readlink(p)
-            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-                e["rdev"] = st.st_rdev
-            out[rel] = e
-        if name == ".":
-            pass
-    return out
-
-
 def mounted(mnt: Path) -> bool:
     return any(line.split()[4] == str(mnt) for line in open("/proc/self/mountinfo"))
 
 
+@pytest.fixture
+def rich_image(tmp_path):
+    """The shared generated tree (every file type, xattrs, hardlinks kept, whiteouts, an opaque
+    directory, overlay xattrs to escape), built with our writer."""
+    src = tmp_path / "rich"
+    cfs_images.make_tree(str(src), large=300_000)
+    cfs_images.add_overlay_markings(str(src))
+    img, objects = tmp_path / "rich.cfs", tmp_path / "rich-objects"
+    r = run("build", src, img, "--digest-store", objects, "--hardlinks")
+    assert r.returncode == 0, r.stderr
+    return img, objects
+
+
 @ROOT_ONLY
-def test_fuse_presents_what_the_kernel_path_presents(image, tmp_path):
-    img, objects = image
+def test_fuse_presents_what_the_kernel_path_presents(rich_image, tmp_path):
+    img, objects = rich_image
     fmnt, kmnt = tmp_path / "fuse", tmp_path / "kernel"
     fmnt.mkdir()
     kmnt.mkdir()
@@ -97,17 +89,18 @@ def test_fuse_presents_what_the_kernel_path_presents(image, tmp_path):
         r = run("mount", img, kmnt, "--basedir", objects, "--backend", "overlay")
         assert r.returncode == 0, r.stderr
         try:
-            f, k = snapshot(fmnt), snapshot(kmnt)
-            assert f.keys() == k.keys()
-            for path in f:
-                assert f[path] == k[path], path
-            # hardlinks share an inode, stable for the mount
-            assert os.stat(fmnt / "hard").st_ino == os.stat(fmnt / "d" / "big").st_ino
-            assert os.stat(fmnt / "hard").st_ino == os.stat(fmnt / "hard").st_ino
+            f, k = treewalk.walk_both(fmnt, kmnt)
         finally:
             run("umount", kmnt)
+        assert treewalk.differences(treewalk.presented(f), treewalk.presented(k)) == []
+        # not vacuous: the escaped markings are there, shown as a mount shows them
+        wo = f["entries"][b"/ovl/whiteout"]
+        assert stat.S_ISREG(wo["mode"]) and wo["xattrs"]["trusted.overlay.whiteout"] == b""
+        assert f["entries"][b"/ovl/marked"]["xattrs"]["trusted.overlay.custom"] == b"escaped"
+        assert any(len(group) == 3 for group in f["links"])  # small.txt and its two hardlinks
+        assert treewalk.inode_numbers(fmnt) == treewalk.inode_numbers(fmnt, drop=True)
         with pytest.raises(OSError) as e:
-            open(fmnt / "small", "wb")
+            open(fmnt / "small.txt", "wb")
         assert e.value.errno in (errno.EROFS, errno.EACCES)
     finally:
         assert run("umount", fmnt).returncode == 0
@@ -147,6 +140,29 @@ def test_tampered_object_is_eio_missing_is_enoent(image, tmp_path):
         run("umount", mnt)
 
 
+def test_object_replaced_after_a_check_is_checked_again(image, tmp_path):
+    """The check is of an object file, not of a name: an object read once, then replaced under its
+    name by other content (anyone who can write the store could), or changed in place, is EIO at
+    the next open, as on the module, which checks at every open."""
+    img, objects = image
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    want = (tmp_path / "src" / "d" / "e" / "mid").read_bytes()
+    assert run("mount", img, mnt, "--basedir", objects, "--fuse").returncode == 0
+    try:
+        assert (mnt / "d" / "e" / "mid").read_bytes() == want
+        victim = _object_of(objects, 5000)
+        victim.unlink()
+        victim.write_bytes(want[:100] + bytes([want[100] ^ 1]) + want[101:])
+        with pytest.raises(OSError) as e:
+            (mnt / "d" / "e" / "mid").read_bytes()
+        assert e.value.errno == errno.EIO
+        victim.write_bytes(want)  # put back in place: the same file, changed, is checked again
+        assert (mnt / "d" / "e" / "mid").read_bytes() == want
+    finally:
+        run("umount", mnt)
+
+
 def test_digest_checked_before_mounting(image, tmp_path):
     img, objects = image
     mnt = tmp_path / "m"
@@ -170,6 +186,43 @@ def test_killed_daemon_leaves_enotconn_and_unmounts(image, tmp_path):
     r = run("umount", mnt)
     assert r.returncode == 0, r.stderr
     assert not mounted(mnt)
+
+
+def _ended(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_ending_daemon_leaves_a_new_mount_at_its_place_alone(image, tmp_path):
+    """cfsctl umount, then at once a new mount at the same place: the first daemon, ending after
+    the new mount is made (held stopped here until then), must not unmount it (fuser unmounts its
+    mount point by path when its session ends; our daemon exits first)."""
+    img, objects = image
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    r = run("mount", img, mnt, "--basedir", objects, "--fuse", "--json")
+    assert r.returncode == 0, r.stderr
+    old = json.loads(r.stdout)["pid"]
+    os.listdir(mnt)  # the root's attributes cached: umount's checks need no answer from the daemon
+    os.kill(old, signal.SIGSTOP)
+    try:
+        assert run("umount", mnt, timeout=30).returncode == 0
+        r = run("mount", img, mnt, "--basedir", objects, "--fuse", timeout=30)
+        assert r.returncode == 0, r.stderr
+    finally:
+        os.kill(old, signal.SIGCONT)
+    try:
+        deadline = time.monotonic() + 20
+        while not _ended(old) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _ended(old), "the first daemon did not end once its mount was gone"
+        time.sleep(0.2)
+        assert mounted(mnt)
+        assert (mnt / "small").read_bytes() == b"hello\n"
+    finally:
+        assert run("umount", mnt).returncode == 0
 
 
 def _read_while_stopped(pid: int, fd: int, size: int) -> bytes | None:

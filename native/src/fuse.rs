@@ -2,16 +2,19 @@
 //! A read-only FUSE filesystem serving a composefs image: the rootless twin of the kernel paths.
 //!
 //! The image is read once by the same reader `cfsctl info` uses ([`crate::erofs::reader`]), which
-//! validates everything and gives the source tree back (overlay escapes undone, internal xattrs
-//! gone); a hostile image is refused before anything is mounted. Inode numbers are tree ids + 1
+//! validates everything and gives back the tree as the kernel paths present it
+//! ([`reader::View::Mounted`]: internal overlay xattrs gone, escaped ones unescaped, escaped
+//! whiteouts empty files); a hostile image is refused before anything is mounted. Inode numbers are tree ids + 1
 //! (stable for the mount); entries and attributes are cached by the kernel for a day (the image
 //! never changes).
 //!
 //! Objects are found in the basedirs in order, opened without following a symlink in their last
 //! component, and must be regular files. What an open checks follows the module's
 //! `verity_check` levels: 0 nothing; 1 an object whose entry records a digest must have it (its
-//! fs-verity measurement when it has fs-verity, else its digest computed in software, once per
-//! object per mount); 2 also refuses files that record no digest. A failed check is EIO.
+//! fs-verity measurement when it has fs-verity, taken at every open as the module does, else its
+//! digest computed in software once per object file per mount: a file replaced or changed under
+//! the same name is a different file, checked again); 2 also refuses files that record no digest.
+//! A failed check is EIO.
 //! Object files stay open while the kernel holds the FUSE file open. Reads go through FUSE
 //! passthrough (the kernel reads the object itself, Linux ≥ 6.9) when the kernel grants it — it
 //! needs CAP_SYS_ADMIN, so only a daemon started by root gets it — else they are `pread`s with the
@@ -24,7 +27,7 @@ use crate::tree::{mode, Digest, Inode, InodeData, Tree, ROOT};
 use fuser::{
     AccessFlags, BackingId, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -63,6 +66,9 @@ pub struct Options {
     pub passthrough: bool,
     /// Where objects missing from every basedir come from (`--remote`); None: they stay missing.
     pub fetch: Option<Fetch>,
+    /// End the process as soon as the mount is gone (a daemon): fuser would otherwise unmount the
+    /// mount point by path after its session ends, and by then a new mount may be there.
+    pub exit_when_unmounted: bool,
 }
 
 struct Open {
@@ -77,8 +83,9 @@ pub struct CfsFuse {
     /// The directory holding each directory (the root's is the root).
     parent: Vec<usize>,
     opts: Options,
-    /// Objects checked in this mount: one check per digest, however many opens race for it.
-    checked: Mutex<HashMap<Digest, Arc<OnceLock<bool>>>>,
+    /// Object files without fs-verity hashed in this mount: one hash per digest and file (device,
+    /// inode, change time), however many opens race for it.
+    checked: Mutex<HashMap<(Digest, FileId), Checked>>,
     open: Mutex<HashMap<u64, Open>>,
     next_fh: AtomicU64,
     /// Whether the kernel granted passthrough and registering backing files still works.
@@ -122,9 +129,20 @@ fn time_of(sec: i64, nsec: u32) -> SystemTime {
     }
 }
 
-/// The fs-verity digest of an open file: measured by the kernel when the file has fs-verity,
-/// else computed here.
-fn object_digest(file: &File) -> std::io::Result<Digest> {
+/// The outcome of hashing one object file, shared by the opens that wait for it.
+type Checked = Arc<OnceLock<bool>>;
+
+/// Which file an object is: a new file under the same name, or a change to it, gives another.
+type FileId = (u64, u64, i64, i64);
+
+fn file_id(file: &File) -> std::io::Result<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = file.metadata()?;
+    Ok((m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
+}
+
+/// The fs-verity digest of an open file as the kernel measures it (None: no fs-verity).
+fn measured_digest(file: &File) -> Option<Digest> {
     use std::os::fd::AsRawFd;
     #[repr(C)]
     struct Measure {
@@ -144,10 +162,9 @@ fn object_digest(file: &File) -> std::io::Result<Digest> {
     if r == 0 && m.alg == 1 && m.size == 32 {
         let mut d = [0u8; 32];
         d.copy_from_slice(&m.digest[..32]);
-        return Ok(d);
+        return Some(d);
     }
-    let (d, _) = crate::store::hash_fd(file)?;
-    Ok(d)
+    None
 }
 
 impl CfsFuse {
@@ -156,7 +173,7 @@ impl CfsFuse {
             path: image.to_path_buf(),
             source,
         })?;
-        let loaded = reader::read_image(&bytes).map_err(|source| FuseError::Image {
+        let loaded = reader::read_image_view(&bytes, reader::View::Mounted).map_err(|source| FuseError::Image {
             path: image.to_path_buf(),
             source,
         })?;
@@ -186,10 +203,8 @@ impl CfsFuse {
     }
 
     fn attr(&self, ino: INodeNo, i: &Inode) -> FileAttr {
-        let size = match &i.data {
-            InodeData::Directory { entries } => 4096u64.max(entries.len() as u64 * 32),
-            _ => i.size,
-        };
+        // A directory's size is its EROFS size, as the kernel paths report it.
+        let size = i.size;
         let t = time_of(i.mtime.sec, i.mtime.nsec);
         FileAttr {
             ino,
@@ -210,11 +225,31 @@ impl CfsFuse {
         }
     }
 
-    /// Whether the object with digest `want` open as `file` is the one named (checked once per
-    /// digest per mount; concurrent opens of one object wait for the first check).
+    /// A directory's entries in readdir order, `.` and `..` first: (inode, name). None if `ino`
+    /// is not a directory.
+    fn listing(&self, ino: INodeNo) -> Option<impl Iterator<Item = (INodeNo, &[u8])> + '_> {
+        let dir = self.inode(ino).filter(|i| i.is_dir())?;
+        let parent = INodeNo(self.parent[ino.0 as usize - 1] as u64 + 1);
+        let dots = [(ino, b".".as_slice()), (parent, b"..".as_slice())];
+        let entries = dir
+            .entries()
+            .iter()
+            .map(|e| (INodeNo(e.inode as u64 + 1), e.name.as_slice()));
+        Some(dots.into_iter().chain(entries))
+    }
+
+    /// Whether the object with digest `want` open as `file` is the one named: its fs-verity
+    /// measurement (cheap, so at every open), else its content hashed once per file per mount
+    /// (concurrent opens of one file wait for the first hash).
     fn object_ok(&self, want: Digest, file: &File) -> bool {
-        let cell = lock(&self.checked).entry(want).or_default().clone();
-        *cell.get_or_init(|| object_digest(file).is_ok_and(|d| d == want))
+        if let Some(d) = measured_digest(file) {
+            return d == want;
+        }
+        let Ok(id) = file_id(file) else {
+            return false;
+        };
+        let cell = lock(&self.checked).entry((want, id)).or_default().clone();
+        *cell.get_or_init(|| crate::store::hash_fd(file).is_ok_and(|(d, _)| d == want))
     }
 
     /// The object at `rel` in the first basedir that has it (None if none has).
@@ -315,6 +350,9 @@ impl Filesystem for CfsFuse {
         // Symlink targets and parallel lookups are safe to cache and run: nothing ever changes.
         let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // Every listing comes with its entries' attributes (readdirplus, not only when the
+        // kernel guesses it is worth it): one request per directory instead of one per entry.
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
         // Registering a backing file needs CAP_SYS_ADMIN: a user's daemon never gets it, so it does
         // not ask (asking changes the mount's stacking depth for nothing).
         // SAFETY: geteuid cannot fail and touches no memory.
@@ -327,6 +365,16 @@ impl Filesystem for CfsFuse {
             self.passthrough.store(true, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Called once the session is over: the mount was unmounted or its connection aborted.
+    /// fuser then unmounts the mount point by path (its check whether our mount is still there
+    /// answers yes for a gone one), which removed a new mount made at the same place right after
+    /// `cfsctl umount`; a daemon ends here instead. A read-only filesystem has nothing to flush.
+    fn destroy(&mut self) {
+        if self.opts.exit_when_unmounted {
+            std::process::exit(0);
+        }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -450,33 +498,41 @@ impl Filesystem for CfsFuse {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.inode(ino) {
-            Some(i) if i.is_dir() => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            // The listing never changes: the kernel may keep it in its page cache.
+            Some(i) if i.is_dir() => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+            ),
             Some(_) => reply.error(Errno::ENOTDIR),
             None => reply.error(Errno::ENOENT),
         }
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let Some(dir) = self.inode(ino) else {
+        let Some(list) = self.listing(ino) else {
             return reply.error(Errno::ENOENT);
         };
-        let parent = INodeNo(self.parent[ino.0 as usize - 1] as u64 + 1);
-        let entries = dir.entries();
-        let dots = [(ino, b".".as_slice()), (parent, b"..".as_slice())];
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        for i in start..entries.len().saturating_add(2) {
-            let (child, k, name) = match i {
-                0 | 1 => (dots[i].0, FileType::Directory, dots[i].1),
-                _ => {
-                    let e = &entries[i - 2];
-                    (
-                        INodeNo(e.inode as u64 + 1),
-                        kind(&self.tree.inodes[e.inode]),
-                        e.name.as_slice(),
-                    )
-                }
-            };
+        for (i, (child, name)) in list.enumerate().skip(start) {
+            let k = self.inode(child).map_or(FileType::Directory, kind);
             if reply.add(child, i as u64 + 1, k, OsStr::from_bytes(name)) {
+                break;
+            }
+        }
+        reply.ok()
+    }
+
+    /// Entries with their attributes: a cold walk (`find -ls`, `ls -l`) then needs no lookup
+    /// per entry.
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let Some(list) = self.listing(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        for (i, (child, name)) in list.enumerate().skip(start) {
+            let Some(c) = self.inode(child) else { continue };
+            let attr = self.attr(child, c);
+            if reply.add(child, i as u64 + 1, OsStr::from_bytes(name), &TTL, &attr, Generation(0)) {
                 break;
             }
         }

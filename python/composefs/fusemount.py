@@ -103,10 +103,13 @@ def unmount_fuse(mountpoint: str, lazy: bool = False) -> None:
         raise CfsError(f"fusermount3: {p.stderr.strip() or p.returncode}", mountpoint)
 
 
-def serve(args: list[str]) -> None:
+def serve(args: list[str], daemon: bool = False) -> None:
+    """Serve until unmounted. A daemon ends its process the moment its mount is gone (see
+    ``exit_when_unmounted`` of ``_native.fuse_serve``)."""
     _, image, mountpoint, level, remote, tls_verify, *basedirs = args
     fetch = _fetcher(remote, basedirs[0], tls_verify == "1") if remote != "-" else None
-    _native.fuse_serve(image, mountpoint, basedirs, int(level), fsname=SOURCE_PREFIX + image, fetch=fetch)
+    _native.fuse_serve(image, mountpoint, basedirs, int(level), fsname=SOURCE_PREFIX + image, fetch=fetch,
+                       exit_when_unmounted=daemon)
 
 
 def _fetcher(url: str, basedir: str, tls_verify: bool):
@@ -134,7 +137,7 @@ def _fetcher(url: str, basedir: str, tls_verify: bool):
 
 if __name__ == "__main__":
     try:
-        serve(sys.argv[1:])
+        serve(sys.argv[1:], daemon=True)
     except (OSError, CfsError, _native.FormatError) as e:
         print(f"cfsctl: error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -9,9 +9,10 @@ use std::path::PathBuf;
 /// `verity_check` 0|1|2) until it is unmounted, with `threads` serving threads (0: default) and
 /// FUSE passthrough of object reads when `passthrough` and the kernel allows it. Blocks, with the
 /// GIL released. `fetch(hex_digest, size) -> errno` (0: stored in the first basedir) is called,
-/// with the GIL, for an object missing from every basedir; an exception it raises is EIO.
+/// with the GIL, for an object missing from every basedir; an exception it raises is EIO. With
+/// `exit_when_unmounted` the process exits (status 0) as soon as the mount is gone.
 #[pyfunction]
-#[pyo3(signature = (image, mountpoint, basedirs, verity_check=1, fsname="composefs", threads=0, passthrough=true, fetch=None))]
+#[pyo3(signature = (image, mountpoint, basedirs, verity_check=1, fsname="composefs", threads=0, passthrough=true, fetch=None, exit_when_unmounted=false))]
 #[allow(clippy::too_many_arguments)]
 fn fuse_serve(
     py: Python<'_>,
@@ -23,6 +24,7 @@ fn fuse_serve(
     threads: usize,
     passthrough: bool,
     fetch: Option<PyObject>,
+    exit_when_unmounted: bool,
 ) -> PyResult<()> {
     let fetch: Option<fuse::Fetch> = fetch.map(|f| {
         Box::new(move |hex: &str, size: u64| {
@@ -39,6 +41,7 @@ fn fuse_serve(
         threads,
         passthrough,
         fetch,
+        exit_when_unmounted,
     };
     py.allow_threads(|| fuse::serve(&image, &mountpoint, opts, fsname))
         .map_err(|e| match e {
@@ -59,6 +62,7 @@ fn fuse_check(py: Python<'_>, image: PathBuf) -> PyResult<()> {
                 threads: 0,
                 passthrough: false,
                 fetch: None,
+                exit_when_unmounted: false,
             },
         )
         .map(|_| ())

@@ -223,16 +223,41 @@ fn dir_block(nid: u64, blk: &[u8]) -> Result<Vec<(&[u8], u64)>, ReadError> {
 const OVL: &[u8] = b"trusted.overlay.";
 const OVL_ESC: &[u8] = b"trusted.overlay.overlay.";
 
+/// How a loaded image is presented: as the tree it was built from, or as a mount shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    /// The tree that dumps back to the dump it was built from: escaped whiteouts are whiteouts
+    /// (chardev 0/0) again, and the markings the writer adds for them are left out.
+    Source,
+    /// [`View::Source`] keeping format 1's `opaque=x` marks (what composefs-info shows: every
+    /// xattr the image holds for an entry).
+    SourceWithOpaque,
+    /// What the kernel paths (the module, EROFS + overlayfs) present: overlayfs only unescapes
+    /// `trusted.overlay.overlay.*`, so an escaped whiteout is an empty regular file showing
+    /// `trusted.overlay.whiteout`, and every escaped or `user.overlay.*` marking stays visible.
+    Mounted,
+}
+
 /// Load a composefs image, as a tree that dumps back to the dump it was built from: the
 /// `opaque=x` marks format 1 adds to directories holding whiteouts are left out (the writer adds
 /// them again).
 pub fn read_image(img: &[u8]) -> Result<Loaded, ReadError> {
-    read_image_with(img, false)
+    read_image_view(img, View::Source)
 }
 
-/// [`read_image`], keeping the `opaque=x` marks of format 1 when `keep_opaque` (what
-/// composefs-info shows: every xattr the image holds for an entry).
+/// [`read_image`], keeping the `opaque=x` marks of format 1 when `keep_opaque`.
 pub fn read_image_with(img: &[u8], keep_opaque: bool) -> Result<Loaded, ReadError> {
+    let view = if keep_opaque {
+        View::SourceWithOpaque
+    } else {
+        View::Source
+    };
+    read_image_view(img, view)
+}
+
+/// Load a composefs image presented as `view` says.
+pub fn read_image_view(img: &[u8], view: View) -> Result<Loaded, ReadError> {
+    let source = view != View::Mounted;
     if img.len() < SUPER_OFFSET as usize + SUPER_SIZE {
         return Err(ReadError::TooSmall(img.len()));
     }
@@ -356,16 +381,17 @@ pub fn read_image_with(img: &[u8], keep_opaque: bool) -> Result<Loaded, ReadErro
                 }
                 continue;
             }
-            if key == b"trusted.overlay.overlay.whiteout" && is_reg {
+            if key == b"trusted.overlay.overlay.whiteout" && is_reg && source {
                 ino.mode = (ino.mode & !mode::S_IFMT) | mode::S_IFCHR;
                 ino.rdev = 0;
                 ino.size = 0;
                 ino.data = InodeData::Special;
                 continue;
             }
-            if key == b"trusted.overlay.overlay.whiteouts"
-                || key == b"user.overlay.whiteout"
-                || key == b"user.overlay.whiteouts"
+            if source
+                && (key == b"trusted.overlay.overlay.whiteouts"
+                    || key == b"user.overlay.whiteout"
+                    || key == b"user.overlay.whiteouts")
             {
                 continue;
             }
@@ -470,7 +496,7 @@ pub fn read_image_with(img: &[u8], keep_opaque: bool) -> Result<Loaded, ReadErro
         }
     }
     // Format 1 marks directories holding whiteouts opaque=x; the writer adds it again.
-    if h.composefs_version >= 1 && !keep_opaque {
+    if h.composefs_version >= 1 && view == View::Source {
         for d in whiteout_children {
             t.inodes[d].xattrs.retain(|x| {
                 !((x.key == b"trusted.overlay.opaque" || x.key == b"user.overlay.opaque") && x.value == b"x")
@@ -550,6 +576,43 @@ mod tests {
         let mut bad = bytes.clone();
         bad[SUPER_OFFSET as usize] ^= 1;
         assert_eq!(read_image(&bad).err(), Some(ReadError::BadSuperMagic));
+    }
+
+    /// A whiteout and overlay xattrs of the source: the source view gives them back as they were,
+    /// the mounted view shows what overlayfs (and the module) show.
+    #[test]
+    fn views_of_escaped_overlay_markings() {
+        let dump = "/ 4096 40755 3 0 0 0 1000.0 - - -\n\
+                    /d 4096 40755 2 0 0 0 1000.0 - - -\n\
+                    /d/w 0 20000 1 0 0 0 1000.0 - - -\n\
+                    /f 1 100644 1 0 0 0 1000.0 - x - trusted.overlay.custom=v user.overlay.k=u\n";
+        let bytes = write_image(&parse(dump.as_bytes()).unwrap(), &Options::default())
+            .unwrap()
+            .bytes;
+        let keys = |i: &Inode| {
+            i.xattrs
+                .iter()
+                .map(|x| String::from_utf8_lossy(&x.key).into_owned())
+                .collect::<Vec<_>>()
+        };
+        for view in [View::Source, View::SourceWithOpaque, View::Mounted] {
+            let t = read_image_view(&bytes, view).unwrap().tree;
+            let d = t.lookup(ROOT, b"d").unwrap();
+            let w = &t.inodes[t.lookup(d, b"w").unwrap()];
+            let f = &t.inodes[t.lookup(ROOT, b"f").unwrap()];
+            assert_eq!(keys(f), ["trusted.overlay.custom", "user.overlay.k"], "{view:?}");
+            if view == View::Mounted {
+                assert!(w.is_regular() && w.size == 0, "{view:?}");
+                assert_eq!(keys(w), ["trusted.overlay.whiteout", "user.overlay.whiteout"]);
+                assert!(keys(&t.inodes[d]).contains(&"trusted.overlay.whiteouts".to_string()));
+                assert!(keys(&t.inodes[d]).contains(&"trusted.overlay.opaque".to_string()));
+            } else {
+                assert!(w.is_whiteout() && keys(w).is_empty(), "{view:?}");
+                assert!(!keys(&t.inodes[d]).contains(&"trusted.overlay.whiteouts".to_string()));
+                let opaque = keys(&t.inodes[d]).contains(&"trusted.overlay.opaque".to_string());
+                assert_eq!(opaque, view == View::SourceWithOpaque);
+            }
+        }
     }
 
     /// Truncations and single-byte changes anywhere in the metadata give a tree or an error,

@@ -239,7 +239,9 @@ def boot(name: str, args, kver: str, initrd: Path, img: Path, karg: str, logs: P
     nonce = secrets.token_hex(6)
     rundir = logs / name
     rundir.mkdir(parents=True)
-    append = (f"console=ttyS0 root=/dev/vda rw {karg} cfs.nonce={nonce} panic=-1 mitigations=off "
+    # no_timer_check: on a loaded host the emulated CPU can fail the early IO-APIC timer check,
+    # a panic before the initramfs (qemu/powercut.py passes it too)
+    append = (f"console=ttyS0 root=/dev/vda rw {karg} cfs.nonce={nonce} panic=-1 mitigations=off no_timer_check "
               "rcupdate.rcu_cpu_stall_timeout=120 watchdog_thresh=60 loglevel=5 " + args.append)
     cmd = ["qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", args.cpu, "-smp", str(smp or args.smp),
            "-m", args.mem, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",

@@ -82,6 +82,7 @@ def main() -> int:
     ap.add_argument("--mbit", default="auto", help="tbf rate in Mbit/s, or auto (half the unshaped pull rate)")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--lazy", action="store_true", help="also time the lazy mount (needs the module)")
+    ap.add_argument("--no-clients", action="store_true", help="only the lazy mount (with --lazy and a fixed --mbit)")
     a = ap.parse_args()
     urls_rel = (a.data / "urls.txt").read_text().split()
     res: dict = {"kernel": platform.release(), "repeat": a.repeat, "delay_each_way": a.delay, "objects": len(urls_rel),
@@ -95,7 +96,8 @@ def main() -> int:
         url = f"{nginx.url}/repo"
         urls = a.scratch / "urls"
         urls.write_text("".join(f"{url}/objects/{u}\n" for u in urls_rel))
-        image = next((a.data / "www" / "repo" / "images").iterdir())
+        ref = (a.data / "www" / "repo" / "refs" / a.name).read_text().strip()
+        image = a.data / "www" / "repo" / "images" / ref
         cli = net.client_cmd
         n = 0
 
@@ -117,7 +119,7 @@ def main() -> int:
             subprocess.run([CFSCTL, "init", "--repo", str(d / "r")], check=True, capture_output=True)
             wall, cpu, out = timed([*cli, CFSCTL, "pull", url, a.name, "--repo", str(d / "r"), "--json"])
             j = json.loads(out)
-            r = {"tool": "pull", "mbit": mbit, "wall": wall, "cpu": cpu, "seconds": j["seconds"],
+            r = {"tool": "pull" if into is None else "pull-for-read", "mbit": mbit, "wall": wall, "cpu": cpu, "seconds": j["seconds"],
                  "bytes": j["bytes_fetched"], "objects": j["objects_fetched"]}
             if into is None:
                 shutil.rmtree(d)
@@ -140,16 +142,17 @@ def main() -> int:
             record({"tool": "curl", "mbit": mbit, "wall": wall, "cpu": cpu, "bytes": nbytes})
 
         net.link(None, None)
-        first = pull(None)  # warms the page caches (served objects, cfsctl's Python files)
-        res["runs"].clear()
         if a.mbit == "auto":
+            first = pull(None)  # also warms the page caches (served objects, cfsctl's Python files)
+            res["runs"].clear()
             mbit = max(1, int(first["bytes"] * 8 / first["seconds"] / 1e6 / 2))
+            res["unshaped_pull"] = first
         else:
             mbit = float(a.mbit)
-        res["mbit"], res["unshaped_pull"] = mbit, first
+        res["mbit"] = mbit
         net.link(a.delay, mbit)
         tools = [pull, wget, curl]
-        for i in range(a.repeat):
+        for i in range(0 if a.no_clients else a.repeat):
             for f in tools[i % 3:] + tools[:i % 3]:
                 f(mbit)
         if a.lazy:

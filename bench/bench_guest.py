@@ -124,25 +124,32 @@ def prepare(workdir: Path) -> Path:
     return disk
 
 
-def measure(workdir: Path, repeat: int = REPEAT, parts: str = "walk,lswalk,read") -> dict:
-    if os.geteuid() != 0:
-        raise SystemExit("bench_guest needs root (QEMU harness, mkfs)")
-    disk = prepare(workdir)
+def boot_job(workdir: Path, job: str, disk: Path, job_args: list[str], out_name: str,
+             timeout: float = TIMEOUT, build_module: bool = True) -> dict:
+    """One QEMU boot running bench/guest/JOB with DISK preloaded as its ext4 disk; the JSON the job
+    wrote to $CFS_OUT_DIR/OUT_NAME, with the boot's wall time as boot_s. The one guest driver of
+    the guest benchmarks."""
     qwork = workdir / "qemu"
     cmd = [sys.executable, str(ROOT / "qemu" / "run.py"), "-q", "--work", str(qwork),
-           "--timeout", str(TIMEOUT), "--disk-dir", str(disk),
-           "--job", str(ROOT / "bench" / "guest" / "walk_read.py"), "--", "--repeat", str(repeat),
-           "--parts", parts]
+           *([] if build_module else ["--no-build-module"]), "--timeout", str(timeout), "--disk-dir", str(disk),
+           "--job", str(ROOT / "bench" / "guest" / job), "--", *job_args]
     log("booting the guest: " + " ".join(cmd))
     t = time.monotonic()
     r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = qwork / "run" / "guest_bench.json"
+    out = qwork / "run" / out_name
     if r.returncode != 0 or not out.exists():
         sys.stderr.write(r.stdout[-6000:])
         raise RuntimeError(f"guest benchmark failed (exit {r.returncode}); artefacts in {qwork / 'run'}")
     res = json.loads(out.read_text())
     res["boot_s"] = round(time.monotonic() - t, 1)
     return res
+
+
+def measure(workdir: Path, repeat: int = REPEAT, parts: str = "walk,lswalk,read") -> dict:
+    if os.geteuid() != 0:
+        raise SystemExit("bench_guest needs root (QEMU harness, mkfs)")
+    disk = prepare(workdir)
+    return boot_job(workdir, "walk_read.py", disk, ["--repeat", str(repeat), "--parts", parts], "guest_bench.json")
 
 
 def med(samples: list[list[float]]) -> list[float]:

@@ -5,8 +5,15 @@
 The host kernel has no sch_netem, so the shaped link lives in the guest (Debian's 6.12 kernel,
 TCG): bench/guest/oci_netem.py runs docker-registry and `cfsctl oci pull` in two network
 namespaces joined by a veth pair, netem delay 25 ms each way and a tbf rate on what the registry
-sends. The image is bench_oci.py's (the two-layer debootstrap'd Debian), pushed with skopeo into
-a registry store made here on the host and preloaded onto the guest's ext4 disk.
+sends. The image is pushed with skopeo into a registry store made here on the host and preloaded
+onto the guest's ext4 disk. BENCH_OCI_GUEST_IMAGE chooses it:
+  small (default)  three layers cut from the tests' cached debootstrap'd minbase root
+                   (tests/ocireg.debian_rootfs): /usr/bin + /usr/sbin, /usr/share/doc +
+                   /usr/share/man, /etc + /usr/share/zoneinfo; several blobs, so that fetching them
+                   concurrently still matters, and small enough for a link the emulated client
+                   can fill to carry in minutes;
+  full             bench_oci.py's two-layer debootstrap'd Debian (119 MB of blobs: about 20 minutes
+                   a shaped pull under TCG on a loaded host).
 
 Knobs: BENCH_OCI_GUEST_RATES (Mbit/s, comma-separated; default `auto`: half the rate the
 emulated client pulls at without shaping, measured first in the same boot),
@@ -22,14 +29,17 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from bench_build import log
+from bench_guest import boot_job
 from bench_oci import REPO, TAG, Registry, image
+from bench_repo import make_layout
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "oci pull over a 50 ms-RTT rate-limited link (QEMU guest, netem + tbf)"
+IMAGE = os.environ.get("BENCH_OCI_GUEST_IMAGE", "small")
+SMALL_LAYERS = [([], ["./usr/bin", "./usr/sbin"]), ([], ["./usr/share/doc", "./usr/share/man"]),
+                ([], ["./etc", "./usr/share/zoneinfo"])]
 RATES = os.environ.get("BENCH_OCI_GUEST_RATES", "auto")
 REPEAT = int(os.environ.get("BENCH_OCI_GUEST_REPEAT", "2"))
 TIMEOUT = int(os.environ.get("BENCH_GUEST_TIMEOUT", "5400"))
@@ -41,7 +51,20 @@ PAYLOAD_SHARE = 1448 / (1448 + 66)
 
 def prepare(workdir: Path) -> tuple[Path, list[str]]:
     """workdir/disk/registry/storage: a docker-registry store holding the image; the layer digests."""
-    _root, layout = image(workdir.parent / "oci")
+    if IMAGE == "full":
+        _root, layout = image(workdir.parent / "oci")
+    elif IMAGE == "small":
+        sys.path.insert(0, str(ROOT / "tests"))
+        from ocireg import debian_rootfs
+
+        layout = workdir / "layout-small-3"
+        stamp = workdir / "layout-small-3.spec"
+        if not (stamp.exists() and stamp.read_text() == json.dumps(SMALL_LAYERS)):
+            shutil.rmtree(layout, ignore_errors=True)
+        make_layout(layout, debian_rootfs(), SMALL_LAYERS, tag=TAG)
+        stamp.write_text(json.dumps(SMALL_LAYERS))
+    else:
+        raise SystemExit(f"BENCH_OCI_GUEST_IMAGE={IMAGE!r}: small or full")
     index = json.loads((layout / "index.json").read_text())
     man = json.loads((layout / "blobs/sha256" / index["manifests"][0]["digest"].split(":")[1]).read_bytes())
     blobs = [layer["digest"] for layer in man["layers"]]
@@ -66,20 +89,10 @@ def measure(workdir: Path) -> dict:
     if os.geteuid() != 0:
         raise SystemExit("bench_oci_guest needs root (QEMU harness, network namespaces)")
     disk, blobs = prepare(workdir)
-    qwork = workdir / "qemu"
-    cmd = [sys.executable, str(ROOT / "qemu" / "run.py"), "-q", "--work", str(qwork), "--no-build-module",
-           "--timeout", str(TIMEOUT), "--disk-dir", str(disk),
-           "--job", str(ROOT / "bench" / "guest" / "oci_netem.py"), "--",
-           "--ref-path", f"{REPO}:{TAG}", "--blobs", ",".join(blobs), "--rates", RATES, "--repeat", str(REPEAT)]
-    log("booting the guest: " + " ".join(cmd))
-    t = time.monotonic()
-    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = qwork / "run" / "oci_netem.json"
-    if r.returncode != 0 or not out.exists():
-        sys.stderr.write(r.stdout[-6000:])
-        raise RuntimeError(f"guest benchmark failed (exit {r.returncode}); artefacts in {qwork / 'run'}")
-    res = json.loads(out.read_text())
-    res["boot_s"] = round(time.monotonic() - t, 1)
+    res = boot_job(workdir, "oci_netem.py", disk,
+                   ["--ref-path", f"{REPO}:{TAG}", "--blobs", ",".join(blobs), "--rates", RATES,
+                    "--repeat", str(REPEAT)], "oci_netem.json", timeout=TIMEOUT, build_module=False)
+    res["image"] = IMAGE
     return res
 
 

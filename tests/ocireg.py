@@ -363,7 +363,7 @@ class Registry:
     def addr(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def start(self) -> "Registry":
+    def start(self, timeout: float = 120) -> "Registry":
         assert self.proc is None
         logf = open(self.log, "ab")
         self.proc = subprocess.Popen([*self.prefix, "docker-registry", "serve", str(self.root / "config.yml")],
@@ -371,7 +371,7 @@ class Registry:
         logf.close()
         # generous: a registry that exits is seen at once, while under QEMU's TCG on a busy machine
         # a healthy one can take long to start listening
-        wait_port(self.host, self.port, 120, self.prefix, self.proc)
+        wait_port(self.host, self.port, timeout, self.prefix, self.proc)
         return self
 
     def kill(self) -> None:
@@ -526,6 +526,26 @@ class NetPair:
                 n.tc("del", index=i, root=True)
             n.tc("add", "tbf", index=i, handle="1:", rate=f"{bits_per_second}bit", burst=16 * 1024, latency=2_000_000)
         self._srv_link(f)
+
+    def link(self, delay: str | None, mbit: float | None) -> None:
+        """A link for benchmarks: netem DELAY on both ends (``"25ms"``: 50 ms RTT) and, on the
+        server's end, a token bucket of MBIT under that netem; (None, None) removes both. With
+        tc(8), which the benchmarks' hosts and guests have, because the bucket sits under netem's
+        class and that nesting is what tc's syntax states plainly."""
+        for side, ns, ifn in (("server", self.srv, self.sif), ("client", self.cli, self.cif)):
+            tc = [*self.prefix(ns), "tc", "qdisc"]
+            subprocess.run([*tc, "del", "dev", ifn, "root"], capture_output=True)
+            parent = ["root"]
+            if delay is not None:
+                # the queue must hold a whole RTT of packets at the rate, with room to spare
+                subprocess.run([*tc, "add", "dev", ifn, "root", "handle", "1:", "netem", "delay", delay,
+                                "limit", "100000"], check=True, capture_output=True)
+                parent = ["parent", "1:1"]
+            if side == "server" and mbit is not None:
+                # burst at least rate / HZ (HZ=250 in Debian's kernels) so the bucket never starves the link
+                burst = max(64 * 1024, int(mbit * 1e6 / 8 / 100))
+                subprocess.run([*tc, "add", "dev", ifn, *parent, "handle", "10:", "tbf", "rate", f"{mbit}mbit",
+                                "burst", str(burst), "latency", "200ms"], check=True, capture_output=True)
 
     def drop(self, percent: float) -> None:
         """Random loss of what the server sends, from netfilter's statistic match: it needs no

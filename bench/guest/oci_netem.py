@@ -8,10 +8,10 @@ Run by `qemu/run.py --job bench/guest/oci_netem.py -- --ref-path REPO:TAG [--rat
 [--repeat N]`, the disk ($CFS_VERITY_DIR) preloaded with `registry/storage/`: a docker-registry
 filesystem store holding the image.
 
-The network: two network namespaces joined by a veth pair (as tests/ocireg.py's NetPair), 192.0.2.1
+The network: tests/ocireg.py's NetPair (two network namespaces joined by a veth pair, 192.0.2.1
 the server, 192.0.2.2 the client); its Registry runs docker-registry in the server namespace on
-192.0.2.1:5000. Shaping with tc(8) on both veth ends: `netem delay 25ms` each way (50 ms RTT),
-and on the server's end (what the registry sends) a `tbf` child of that netem at the given rate.
+192.0.2.1:5000. Shaping by NetPair.link: `netem delay 25ms` each way (50 ms RTT), and on the
+server's end (what the registry sends) a `tbf` child of that netem at the given rate.
 
 Timed, alternated, each REPEAT times, in the client namespace:
   pull  `cfsctl oci pull` into an empty repository on tmpfs (/tmp): the process's wall time, its
@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from ocireg import Registry, wait_port  # noqa: E402
+from ocireg import NetPair, Registry  # noqa: E402
 
 DATA = Path(os.environ.get("CFS_VERITY_DIR", "/run/cfs/verity"))
 OUT = Path(os.environ.get("CFS_OUT_DIR", "/run/cfs/out"))
@@ -67,77 +67,6 @@ def cpu_children() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-class NetPair:
-    """Two network namespaces joined by a veth pair, as tests/ocireg.py's NetPair (same
-    addresses), made with ip(8): pyroute2's netns.create gave up waiting for its helper process
-    under TCG on a busy host."""
-
-    SERVER, CLIENT = "192.0.2.1", "192.0.2.2"
-
-    def __init__(self):
-        tag = os.getpid()
-        self.srv, self.cli = f"cfsb-s-{tag}", f"cfsb-c-{tag}"
-        self.sif, self.cif = f"cfsbs{tag}"[:15], f"cfsbc{tag}"[:15]
-        try:
-            for cmd in (["netns", "add", self.srv], ["netns", "add", self.cli],
-                        ["link", "add", self.sif, "type", "veth", "peer", "name", self.cif],
-                        ["link", "set", self.sif, "netns", self.srv], ["link", "set", self.cif, "netns", self.cli]):
-                subprocess.run(["ip", *cmd], check=True, capture_output=True)
-            for ns, ifn, addr in ((self.srv, self.sif, self.SERVER), (self.cli, self.cif, self.CLIENT)):
-                for cmd in (["addr", "add", f"{addr}/24", "dev", ifn], ["link", "set", ifn, "up"],
-                            ["link", "set", "lo", "up"]):
-                    subprocess.run(["ip", "-n", ns, *cmd], check=True, capture_output=True)
-        except BaseException:
-            self.close()
-            raise
-
-    def prefix(self, ns: str) -> list[str]:
-        return ["nsenter", f"--net=/var/run/netns/{ns}", "--"]
-
-    @property
-    def server_cmd(self) -> list[str]:
-        return self.prefix(self.srv)
-
-    @property
-    def client_cmd(self) -> list[str]:
-        return self.prefix(self.cli)
-
-    def close(self) -> None:
-        for ns in (self.srv, self.cli):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-
-
-def start(reg: Registry, timeout: float = 300) -> None:
-    """Registry.start with a start-up wait fit for an emulated CPU on a busy host (Go's start-up
-    under TCG took longer than the tests' 20 s)."""
-    logf = open(reg.log, "ab")
-    reg.proc = subprocess.Popen([*reg.prefix, "docker-registry", "serve", str(reg.root / "config.yml")],
-                                stdout=logf, stderr=logf, stdin=subprocess.DEVNULL, start_new_session=True)
-    logf.close()
-    try:
-        wait_port(reg.host, reg.port, timeout, reg.prefix, reg.proc)
-    except Exception:
-        log(f"registry log: {reg.log.read_text(errors='replace')[-2000:]}")
-        raise
-
-
-def shape(ns: NetPair, mbit: float | None) -> None:
-    """No shaping (mbit None), or 25 ms each way and a token bucket of MBIT on what the server sends."""
-    for side, nsname, ifn in (("server", ns.srv, ns.sif), ("client", ns.cli, ns.cif)):
-        subprocess.run([*ns.prefix(nsname), "tc", "qdisc", "del", "dev", ifn, "root"], capture_output=True)
-        if mbit is None:
-            continue
-        # netem's queue must hold a whole RTT of packets at the rate, with room to spare
-        subprocess.run([*ns.prefix(nsname), "tc", "qdisc", "add", "dev", ifn, "root", "handle", "1:", "netem",
-                        "delay", DELAY, "limit", "100000"], check=True, capture_output=True)
-        if side == "server":
-            # burst: at least rate / HZ (Debian's kernel: HZ=250) so the bucket never starves the link
-            burst = max(64 * 1024, int(mbit * 1e6 / 8 / 100))
-            subprocess.run([*ns.prefix(nsname), "tc", "qdisc", "add", "dev", ifn, "parent", "1:1", "handle", "10:",
-                            "tbf", "rate", f"{mbit}mbit", "burst", str(burst), "latency", "200ms"],
-                           check=True, capture_output=True)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ref-path", required=True, help="REPO:TAG in the preloaded registry")
@@ -149,7 +78,7 @@ def main() -> int:
     ns = NetPair()
     reg = Registry(DATA / "registry", host=NetPair.SERVER, port=5000, prefix=ns.server_cmd)
     try:
-        start(reg)
+        reg.start(timeout=300)  # Go's start-up under TCG on a busy host
         ref = f"docker://{reg.addr}/{a.ref_path}"
         repo_name = a.ref_path.split(":")[0]
         urls = [f"http://{reg.addr}/v2/{repo_name}/blobs/{d}" for d in a.blobs.split(",")]
@@ -181,7 +110,7 @@ def main() -> int:
             log(json.dumps(r))
             res["runs"].append(r)
 
-        shape(ns, None)
+        ns.link(None, None)
         pull(None)  # warms the guest's page cache (registry store, cfsctl's Python files over 9p)
         res["runs"].clear()
         for i in range(a.repeat):
@@ -195,11 +124,11 @@ def main() -> int:
             rates = [float(x) for x in a.rates.split(",")]
         res["rates"] = rates
         for mbit in rates:
-            shape(ns, mbit)
+            ns.link(DELAY, mbit)
             for i in range(a.repeat):
                 for f in ((pull, curl) if i % 2 == 0 else (curl, pull)):
                     f(mbit)
-        shape(ns, None)
+        ns.link(None, None)
     finally:
         reg.stop()
         ns.close()

@@ -393,6 +393,29 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// After a reboot the same pid comes round again and a temporary of the last boot can hold
+    /// the very name this process picks next (a power-cut test found `refs/NAME.tmp-190-2:
+    /// File exists`): creating a temporary steps past names that exist.
+    #[test]
+    fn temporary_steps_past_a_leftover_with_our_name() {
+        let dir = std::env::temp_dir().join(format!("cfs-fsio-leftover-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let me = std::process::id();
+        let next = NEXT_TEMP.load(Relaxed);
+        // Other tests in this process take names too: cover well past the next few.
+        for n in next..next + 2000 {
+            std::fs::write(dir.join(format!(".ref.tmp-{me}-{n}")), b"last boot").unwrap();
+        }
+        let d = File::open(&dir).unwrap();
+        let (name, _fd) = create_temp(d.as_fd(), b"ref", Mode::from_raw_mode(0o644)).unwrap();
+        let n: u64 = name.to_str().unwrap().rsplit('-').next().unwrap().parse().unwrap();
+        assert!(n >= next + 2000, "{name:?}");
+        write_atomic(&dir.join("ref"), b"now", FileMode::Exact(0o644)).unwrap();
+        assert_eq!(std::fs::read(dir.join("ref")).unwrap(), b"now");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn pid_alive_sees_us_not_the_impossible() {
         assert!(pid_alive(std::process::id()));

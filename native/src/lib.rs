@@ -6,10 +6,12 @@
 
 pub mod dump;
 pub mod erofs;
+pub mod fetch;
 pub mod fsio;
 pub mod fsverity;
 pub mod fuse;
 pub mod hash;
+pub mod http;
 pub mod oci;
 pub mod process;
 pub mod scan;

@@ -1,15 +1,37 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 //! Bindings for fetching objects from elsewhere into a store: an open [`Store`] that takes
-//! streams which must hash to a given digest, and the (object, size) list of an image.
+//! streams which must hash to a given digest, the (object, size) list of an image, and the
+//! HTTP object fetcher ([`crate::fetch`]). Fetch errors become `composefs._native.FetchError`
+//! with `(message, url or None)`; the store's own errors keep their usual types.
 use super::errors::{os_error, to_pyerr, FormatError};
 use super::pyio::PyRead;
 use crate::erofs::reader;
+use crate::fetch::{self, Fetcher, Object, Outcome};
 use crate::store::{Inserted, Store};
 use crate::tree::InodeData;
-use pyo3::exceptions::PyValueError;
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+create_exception!(
+    _native,
+    FetchError,
+    PyException,
+    "An object fetch that failed: args are (message, url or None)."
+);
+
+fn fetch_err(e: fetch::Error) -> PyErr {
+    match e {
+        fetch::Error::Store(e) => to_pyerr(e),
+        e => {
+            let url = e.url().map(str::to_string);
+            FetchError::new_err((e.to_string(), url))
+        }
+    }
+}
 
 fn parse_hex(hex: &str) -> PyResult<[u8; 32]> {
     let bad = || PyValueError::new_err(format!("invalid object digest {hex:?}"));
@@ -76,36 +98,150 @@ impl ObjectStore {
     }
 }
 
+/// Objects fetched over plain `http://` from a repository at a base URL into an [`ObjectStore`],
+/// on keep-alive connections shared by every call (see [`crate::fetch`]).
+#[pyclass(frozen, module = "composefs._native")]
+struct RemoteFetcher {
+    inner: Arc<Fetcher>,
+}
+
+#[pymethods]
+impl RemoteFetcher {
+    #[new]
+    #[pyo3(signature = (base_url, store, timeout = 30.0, attempts = 4))]
+    fn new(base_url: &str, store: &ObjectStore, timeout: f64, attempts: u32) -> PyResult<RemoteFetcher> {
+        if !(timeout > 0.0 && timeout < 1e6) {
+            return Err(PyValueError::new_err(format!("bad timeout {timeout}")));
+        }
+        let opts = fetch::Options {
+            timeout: Duration::from_secs_f64(timeout),
+            attempts,
+            ..fetch::Options::default()
+        };
+        let inner = Fetcher::new(base_url, store.store.clone(), opts).map_err(fetch_err)?;
+        Ok(RemoteFetcher { inner: Arc::new(inner) })
+    }
+
+    /// Fetch object `digest` (hex, at most `size` bytes): "stored" or "reused"; a server copy
+    /// that does not match is FormatError("... does not match its digest"), nothing stored.
+    fn fetch(&self, py: Python<'_>, digest: &str, size: u64) -> PyResult<&'static str> {
+        let obj = Object {
+            digest: parse_hex(digest)?,
+            size,
+        };
+        let f = self.inner.clone();
+        match py.allow_threads(|| f.fetch(&obj)).map_err(fetch_err)? {
+            Outcome::Stored => Ok("stored"),
+            Outcome::Reused => Ok("reused"),
+            Outcome::Refused => Err(FormatError::new_err(format!(
+                "{}: content does not match its digest",
+                crate::store::object_name(&obj.digest)
+            ))),
+        }
+    }
+
+    /// Fetch every `(hex digest, size)` of `objects`, `jobs` at a time; returns the hex digests
+    /// of the refused ones (the others are in the store). `progress(bytes, objects_done)` is
+    /// called about four times a second; Ctrl-C (or an exception from `progress`) stops every
+    /// fetch at once and is raised.
+    #[pyo3(signature = (objects, jobs = 16, progress = None))]
+    fn fetch_all(
+        &self,
+        py: Python<'_>,
+        objects: Vec<(String, u64)>,
+        jobs: usize,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Vec<String>> {
+        let objs = objects
+            .iter()
+            .map(|(h, size)| {
+                Ok(Object {
+                    digest: parse_hex(h)?,
+                    size: *size,
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let f = self.inner.clone();
+        let mut raised: Option<PyErr> = None;
+        let r = py.allow_threads(|| {
+            f.fetch_all(&objs, jobs.max(1), Duration::from_millis(250), || {
+                Python::with_gil(|py| {
+                    let r = py.check_signals().and_then(|()| match &progress {
+                        Some(cb) => cb.call1(py, (f.bytes(), f.done())).map(drop),
+                        None => Ok(()),
+                    });
+                    r.map_err(|e| raised = Some(e)).is_ok()
+                })
+            })
+        });
+        if let Some(e) = raised {
+            return Err(e);
+        }
+        let summary = r.map_err(fetch_err)?;
+        Ok(summary
+            .refused
+            .iter()
+            .map(|d| crate::dump::write::hex_digest(d))
+            .collect())
+    }
+
+    /// Body bytes received so far.
+    #[getter]
+    fn bytes(&self) -> u64 {
+        self.inner.bytes()
+    }
+}
+
+type SizedObjects = Vec<(String, String, u64)>;
+
+/// The distinct objects of a loaded image: (`XX/<62 hex>`, hex digest, size), sorted by name.
+fn sized_objects(loaded: &reader::Loaded) -> SizedObjects {
+    let mut out: SizedObjects = Vec::new();
+    for ino in &loaded.tree.inodes {
+        if let InodeData::Regular {
+            payload: Some(p),
+            digest,
+            ..
+        } = &ino.data
+        {
+            let name = String::from_utf8_lossy(p).into_owned();
+            let hex: String = match digest {
+                Some(d) => crate::dump::write::hex_digest(d),
+                None => name.replace('/', ""),
+            };
+            out.push((name, hex, ino.size));
+        }
+    }
+    out.sort();
+    out.dedup_by(|a, b| a.0 == b.0);
+    out
+}
+
 /// The distinct objects an image refers to: (`XX/<62 hex>`, hex digest, size), sorted by name.
 #[pyfunction]
-fn image_objects_sized(py: Python<'_>, image_path: PathBuf) -> PyResult<Vec<(String, String, u64)>> {
+fn image_objects_sized(py: Python<'_>, image_path: PathBuf) -> PyResult<SizedObjects> {
     py.allow_threads(|| {
         let bytes = std::fs::read(&image_path).map_err(|e| os_error(&e, Some(Path::new(&image_path))))?;
         let loaded = reader::read_image(&bytes).map_err(|e| FormatError::new_err(e.to_string()))?;
-        let mut out: Vec<(String, String, u64)> = Vec::new();
-        for ino in &loaded.tree.inodes {
-            if let InodeData::Regular {
-                payload: Some(p),
-                digest,
-                ..
-            } = &ino.data
-            {
-                let name = String::from_utf8_lossy(p).into_owned();
-                let hex: String = match digest {
-                    Some(d) => crate::dump::write::hex_digest(d),
-                    None => name.replace('/', ""),
-                };
-                out.push((name, hex, ino.size));
-            }
-        }
-        out.sort();
-        out.dedup_by(|a, b| a.0 == b.0);
-        Ok(out)
+        Ok(sized_objects(&loaded))
+    })
+}
+
+/// An image held in memory, read once: (its entry count, as `image_count_paths` counts them,
+/// and its objects as `image_objects_sized` lists them).
+#[pyfunction]
+fn image_bytes_plan(py: Python<'_>, data: &[u8]) -> PyResult<(u64, SizedObjects)> {
+    py.allow_threads(|| {
+        let loaded = reader::read_image(data).map_err(|e| FormatError::new_err(e.to_string()))?;
+        Ok((crate::dump::count_paths(&loaded.tree), sized_objects(&loaded)))
     })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ObjectStore>()?;
+    m.add_class::<RemoteFetcher>()?;
+    m.add("FetchError", m.py().get_type::<FetchError>())?;
     m.add_function(wrap_pyfunction!(image_objects_sized, m)?)?;
+    m.add_function(wrap_pyfunction!(image_bytes_plan, m)?)?;
     Ok(())
 }

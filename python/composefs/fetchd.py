@@ -5,7 +5,7 @@ The module (``mount -t composefs ... -o fetch_fd=N``) asks for an object when it
 the mount's basedirs; the channel is an open ``/dev/composefs-fetch`` whose descriptor number
 the mounter passed as ``fetch_fd`` (protocol: ``kernel/fetch.h``, ``kernel/README.md``). Each
 request names an object by its sha256 fs-verity digest only. The daemon fetches it from the
-repository (``remote.fetch_object``, the code ``cfsctl pull`` uses: hashed while stored, linked
+repository (``remote.ObjectSource``, the code ``cfsctl pull`` uses: hashed while stored, linked
 under its name only if it matches, fs-verity enabled), writing only inside the first basedir,
 then replies; the module looks the object up again and checks its fs-verity digest itself, so a
 reply is never trusted for content. Objects the image does not name are answered ENOENT without
@@ -57,11 +57,11 @@ def reply(fd: int, req_id: int, error: int) -> None:
 def serve(fd: int, url: str, basedir: str, image: str, jobs: int = JOBS, tls_verify: bool = True,
           ready_fd: int | None = None) -> None:
     """Answer requests on channel ``fd`` until the mount goes; say so on ``ready_fd`` once able to."""
-    from .remote import Remote, fetch_object
+    from .remote import ObjectSource, Remote
 
     sizes = {hexd: size for _rel, hexd, size in _native.image_objects_sized(image)}
     store = _native.ObjectStore(basedir)
-    remote = Remote(url, tls_verify=tls_verify)
+    source = ObjectSource(Remote(url, tls_verify=tls_verify), store)
     work: queue.Queue[tuple[int, str]] = queue.Queue()
 
     def answer(req_id: int, hexd: str) -> None:
@@ -70,7 +70,7 @@ def serve(fd: int, url: str, basedir: str, image: str, jobs: int = JOBS, tls_ver
             _log(f"object {hexd}: not in the image, not fetched")
             return reply(fd, req_id, errno.ENOENT)
         try:
-            fetch_object(remote, store, hexd, size)
+            source.fetch(hexd, size)
         except _native.FormatError:
             _log(f"object {hexd}: the server's copy does not match its digest; refused")
             return reply(fd, req_id, errno.EIO)

@@ -350,26 +350,33 @@ class Registry(Source):
 
     def open_blob(self, desc: Descriptor):
         resp = self.request(f"/v2/{self.ref.repo}/blobs/{desc.digest}", (), f"blob {desc.digest}")
-        return _Body(resp, self, desc.digest)
+        return Body(resp, f"blob {desc.digest}")
 
 
-class _Body:
+class Body:
     """A response body as a stream whose network errors, and an end before the length the
-    server announced, are :class:`Transient`."""
+    server announced, are :class:`Transient`. A body left unread (or an error) closes the
+    response, and ``drop`` (when given) forgets the connection it came on: it cannot be reused."""
 
-    def __init__(self, resp: http.client.HTTPResponse, reg: Registry, what: str):
-        self.resp, self.reg, self.what = resp, reg, what
+    def __init__(self, resp: http.client.HTTPResponse, what: str, drop: Callable[[], None] | None = None):
+        self.resp, self.what, self.drop = resp, what, drop
 
     def read(self, n: int) -> bytes:
-        return read_body(self.resp, n, f"blob {self.what}")
+        try:
+            return read_body(self.resp, n, self.what)
+        except Transient:
+            if self.drop is not None:
+                self.drop()
+            raise
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         if exc[0] is not None or not self.resp.isclosed():
-            # Unread body: the connection cannot be reused.
             self.resp.close()
+            if self.drop is not None:
+                self.drop()
         return False
 
 

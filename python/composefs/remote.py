@@ -10,26 +10,34 @@ fetched, by name, never by listing a directory:
 
 Nothing fetched is trusted: the ref must be a digest, the image must hash to it (and is read
 with a size limit), and every object is hashed by the Rust core while it is kept and linked
-into the store only when it matches (``ObjectStore.insert_stream``); its size is bounded by
-what the image records. Objects the local store has are not fetched, so a re-run after a
-kill or a dropped link fetches only what is still missing. Objects are fetched ``jobs`` at a
-time over keep-alive connections; transient errors are retried with back-off.
+into the store only when it matches (``ObjectStore.insert_expected`` in the core); its size is
+bounded by what the image records. Objects the local store has are not fetched, so a re-run
+after a kill or a dropped link fetches only what is still missing. Objects are fetched
+``jobs`` at a time over keep-alive connections; transient errors are retried with back-off.
+
+Two transports, one rule: over plain ``http://`` the whole object loop runs in the Rust core
+(``_native.RemoteFetcher``: its own HTTP/1.1 client, ``jobs`` threads, no interpreter per
+object); ``https://`` and ``file://`` objects go through :class:`Remote` here (``http.client``,
+a thread pool, ``ObjectStore.insert_stream``). The ref and the image always come through
+:class:`Remote`. This module keeps the policy: which objects, in what order, what an error says.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import http.client
 import os
 import re
 import stat
+import sys
 import time
 import urllib.parse
 
 from . import _native
 from .errors import CfsError
-from .oci import Counter, Transient, _Counted, _wait
-from .registry import MAX_REDIRECTS, TIMEOUT, Connections, _oserr, read_body, retrying
+from .oci import Counter, Transient, _Counted, _rate, _wait
+from .registry import MAX_REDIRECTS, RETRIES, TIMEOUT, Body, Connections, _oserr, retrying
 
 MAX_IMAGE = 256 << 20
 JOBS = 16
@@ -75,7 +83,7 @@ class Remote:
                 url = urllib.parse.urljoin(url, resp.getheader("Location"))
                 continue
             if resp.status == 200:
-                return _Body(resp, self.conns, u, what)
+                return Body(resp, what, drop=lambda: self.conns.drop(u.scheme, u.netloc))
             resp.read(1 << 16)
             if resp.status == 429 or resp.status >= 500:
                 raise Transient(f"{what}: HTTP {resp.status}")
@@ -93,34 +101,10 @@ class Remote:
         return retrying(get, what)
 
 
-class _Body:
-    def __init__(self, resp: http.client.HTTPResponse, conns: Connections, u, what: str):
-        self.resp, self.conns, self.u, self.what = resp, conns, u, what
-
-    def read(self, n: int) -> bytes:
-        try:
-            return read_body(self.resp, n, self.what)
-        except Transient:
-            self.conns.drop(self.u.scheme, self.u.netloc)
-            raise
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if exc[0] is not None or not self.resp.isclosed():
-            self.resp.close()
-            self.conns.drop(self.u.scheme, self.u.netloc)
-        return False
-
-
 def fetch_object(remote: Remote, store, hexd: str, size: int, counter: Counter | None = None):
-    """Fetch object ``hexd`` (at most ``size`` bytes) into ``store``, retrying transient errors.
-
-    The store hashes it while keeping it and links it under its name only if it matches
-    (``_native.FormatError`` otherwise, nothing stored); fs-verity is enabled on it where the
-    filesystem has it. The one way objects come from a remote: ``pull`` and ``fetchd`` use it.
-    """
+    """Fetch object ``hexd`` (at most ``size`` bytes) through ``remote`` (the Python transport)
+    into ``store``, retrying transient errors; a copy that does not match is
+    ``_native.FormatError`` and nothing is stored. :class:`ObjectSource` picks the transport."""
     rel = f"{hexd[:2]}/{hexd[2:]}"
 
     def attempt():
@@ -130,9 +114,95 @@ def fetch_object(remote: Remote, store, hexd: str, size: int, counter: Counter |
     return retrying(attempt, f"object {rel}")
 
 
+class ObjectSource:
+    """The objects of one remote, fetched into one store: the one way objects come from a remote
+    (``pull`` and ``fetchd``). Over ``http://`` the Rust core's fetcher does the work; over
+    ``https://`` and ``file://``, :func:`fetch_object`. Errors are the same either way:
+    CfsError for what ends a fetch, ``_native.FormatError`` for a refused object."""
+
+    def __init__(self, remote: Remote, store):
+        self.remote, self.store = remote, store
+        self.counter = Counter()
+        self.native = None
+        if remote.scheme == "http":
+            try:
+                self.native = _native.RemoteFetcher(f"http://{remote.host}{remote.base}", store,
+                                                    timeout=remote.conns.timeout, attempts=RETRIES)
+            except _native.FetchError as e:
+                raise CfsError(e.args[0], remote.url) from None
+
+    @property
+    def bytes(self) -> int:
+        """Object bytes received so far."""
+        return self.native.bytes if self.native is not None else self.counter.n
+
+    def fetch(self, hexd: str, size: int) -> str:
+        """One object: "stored" or "reused"."""
+        if self.native is None:
+            return fetch_object(self.remote, self.store, hexd, size, self.counter)[1]
+        try:
+            return self.native.fetch(hexd, size)
+        except _native.FetchError as e:
+            raise CfsError(*e.args) from None
+
+    def fetch_all(self, objects: list[tuple[str, int]], jobs: int, progress: bool = False) -> list[str]:
+        """Every ``(hex digest, size)`` of ``objects``, ``jobs`` at a time, with a progress bar on
+        a terminal when ``progress``; returns the hex digests of the refused ones."""
+        total, count = sum(size for _h, size in objects), len(objects)
+        if self.native is not None:
+            with _progress_bar(progress and count > 0, total, count) as update:
+                try:
+                    return self.native.fetch_all(objects, jobs, update)
+                except _native.FetchError as e:
+                    raise CfsError(*e.args) from None
+        bad: list[str] = []
+
+        def one(obj):
+            try:
+                return self.fetch(*obj)
+            except _native.FormatError:
+                bad.append(obj[0])  # refused: never stored under its name
+                return None
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="cfs-pull") as pool:
+            futures = {pool.submit(one, o): o for o in objects}
+            try:
+                _wait(futures, self.counter, total, count, progress, unit="object")
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+        return bad
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool, total: int, count: int):
+    """``update(bytes, objects_done)`` drawing a bar of the bytes received on stderr, or doing
+    nothing when not ``enabled``."""
+    if not enabled:
+        yield None
+        return
+    import click
+
+    started = time.monotonic()
+    shown = 0
+    with click.progressbar(length=max(total, 1), file=sys.stderr, show_eta=True, show_percent=True,
+                           label=f"{count} object{'s' if count != 1 else ''}",
+                           item_show_func=lambda n: _rate(n or 0, started)) as bar:
+        def update(n: int, _done: int) -> None:
+            nonlocal shown
+            bar.update(min(n, total) - shown, n)
+            shown = min(n, total)
+
+        yield update
+
+
 def pull(repo, url: str, name: str, as_name: str | None = None, objects_only: bool = False,
          tls_verify: bool = True, jobs: int = JOBS, progress: bool = False) -> dict:
-    """Fetch image NAME and the objects it needs from the repository at URL (lock held)."""
+    """Fetch image NAME and the objects it needs from the repository at URL (lock held).
+
+    The image is read once, into memory: hashed, parsed (its objects and entry count) and, unless
+    ``objects_only``, written to the repository once its objects are durable."""
     from .fsverity import digest_bytes
     from .repository import check_name
 
@@ -147,51 +217,28 @@ def pull(repo, url: str, name: str, as_name: str | None = None, objects_only: bo
     got = digest_bytes(image).hex()
     if got != ref:
         raise CfsError(f"image {ref}: digest mismatch (the server sent {got})", url)
+    try:
+        entries, objects = _native.image_bytes_plan(image)
+    except _native.FormatError as e:
+        raise CfsError(f"image {ref}: {e}", url) from None
+    for rel, hexd, _size in objects:
+        if not re.fullmatch(r"[0-9a-f]{2}/[0-9a-f]{62}", rel) or rel.replace("/", "") != hexd:
+            raise CfsError(f"image {ref}: object path {rel!r} is not its digest", url)
     store = _native.ObjectStore(repo.objects)
-    counter = Counter()
-    with repo.workdir() as work:
-        tmp_image = os.path.join(work, "image")
-        with open(tmp_image, "wb") as f:
-            f.write(image)
-        try:
-            objects = _native.image_objects_sized(tmp_image)
-        except _native.FormatError as e:
-            raise CfsError(f"image {ref}: {e}", url) from None
-        missing = [o for o in objects if not store.contains(o[1])]
-        total = sum(o[2] for o in missing)
-        bad: list[str] = []
-
-        def fetch(obj):
-            rel, hexd, size = obj
-            if not re.fullmatch(r"[0-9a-f]{2}/[0-9a-f]{62}", rel) or rel.replace("/", "") != hexd:
-                raise CfsError(f"image {ref}: object path {rel!r} is not its digest", url)
-            try:
-                return fetch_object(remote, store, hexd, size, counter)
-            except _native.FormatError:
-                bad.append(rel)  # refused: never stored under its name
-                return None
-
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="cfs-pull") as pool:
-            futures = {pool.submit(fetch, o): o for o in missing}
-            try:
-                _wait(futures, counter, total, len(missing), progress, unit="object")
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
-        if bad:
-            raise CfsError(f"{len(bad)} object(s) did not match their digest and were refused "
-                           f"(first: {sorted(bad)[0]})", url)
-        store.sync()  # objects durable before an image names them
-        if not objects_only:
-            info = {"source": url, "kind": "pull", "entries": repo_entries(tmp_image), "imported": int(time.time())}
+    missing = [(hexd, size) for _rel, hexd, size in objects if not store.contains(hexd)]
+    source = ObjectSource(remote, store)
+    bad = source.fetch_all(missing, jobs, progress)
+    if bad:
+        raise CfsError(f"{len(bad)} object(s) did not match their digest and were refused "
+                       f"(first: {min(bad)[:2]}/{min(bad)[2:]})", url)
+    store.sync()  # objects durable before an image names them
+    if not objects_only:
+        with repo.workdir() as work:
+            tmp_image = os.path.join(work, "image")
+            with open(tmp_image, "wb") as f:
+                f.write(image)
+            info = {"source": url, "kind": "pull", "entries": entries, "imported": int(time.time())}
             repo._commit_image(work, tmp_image, ref, local_name, info)
     return {"name": local_name, "digest": ref, "objects": len(objects), "objects_fetched": len(missing),
-            "bytes_fetched": counter.n, "object_bytes": sum(o[2] for o in objects),
+            "bytes_fetched": source.bytes, "object_bytes": sum(o[2] for o in objects),
             "objects_only": objects_only, "seconds": round(time.monotonic() - started, 3)}
-
-
-def repo_entries(image: str) -> int:
-    from .repository import _count_entries
-
-    return _count_entries(image)

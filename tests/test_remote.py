@@ -5,6 +5,7 @@ its name before it is stored; a tampered object or image is refused; a pull kill
 fetches only what is still missing on the next run; a stopped server is a one-line error."""
 
 import json
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -124,6 +125,33 @@ def test_killed_pull_resumes_with_what_is_missing(tmp_path):
         srv.stop()
     assert local_objects(local) == remote_objects(remote)
     assert cfsctl("fsck", "--repo", local).returncode == 0
+
+
+def test_interrupted_pull_stops_at_once_and_names_nothing(tmp_path):
+    """Ctrl-C (SIGINT) while 4 objects stream slowly: the fetch threads stop at once (their
+    sockets are shut down, not left to time out), every object in the store matches its name,
+    no temporary is left and no image is named."""
+    remote, _ = served_repo(tmp_path, files=40, big=4 << 20)
+    local = tmp_path / "local"
+    cfsctl("init", "--repo", local)
+    srv = Nginx(tmp_path, remote.parent, limit_rate="100k")
+    try:
+        p = start_pull(f"{srv.url}/repo", "app", local, "--jobs", "4")
+        deadline = time.monotonic() + 60
+        while not srv.requests("GET /repo/objects/") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1)  # bodies in flight
+        p.send_signal(signal.SIGINT)
+        t = time.monotonic()
+        _out, err = p.communicate(timeout=30)
+        assert time.monotonic() - t < 5, "the pull did not stop at once"
+        assert p.returncode != 0 and b"Traceback" not in err, err
+    finally:
+        srv.stop()
+    assert len(local_objects(local)) < len(remote_objects(remote))
+    assert cfsctl("fsck", "--repo", local).returncode == 0
+    assert json.loads(cfsctl("images", "--repo", local, "--json").stdout) == []
+    assert not list((local / "tmp").iterdir())
 
 
 def test_server_gone_is_an_error(served, tmp_path):

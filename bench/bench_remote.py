@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: MIT OR Apache-2.0
 """`cfsctl pull` from nginx against `wget -i` and `xargs -P 16 curl` of the same objects, and the
 lazy mount's first read against pull-then-read (issue #13, point 4). Root;
-`.venv/bin/python bench/run.py remote` (BENCH_REMOTE_PARTS=host,guest; BENCH_REMOTE_REPEAT, default 1).
+`.venv/bin/python bench/run.py remote` (BENCH_REMOTE_PARTS=host,guest; BENCH_REMOTE_REPEAT, default 1;
+BENCH_REMOTE_SCRATCH=DIR: where the host clients write, e.g. a tmpfs, default bench/work/remote/scratch).
 
 The tree: qemu/boot.py's cached debootstrap'd Debian root (bookworm minbase + systemd, a kernel
 and initramfs-tools; about 10,600 files, 316 MB), imported once into a repository served as
@@ -85,7 +86,7 @@ def served(data: Path, src: Path, max_size: int | None, subdir: str | None = Non
 
 def host_run(workdir: Path) -> dict:
     data = served(workdir / "host", source_root(), None)
-    scratch = workdir / "scratch"
+    scratch = Path(os.environ.get("BENCH_REMOTE_SCRATCH") or workdir / "scratch")
     shutil.rmtree(scratch, ignore_errors=True)
     out = workdir / "host.json"
     load0 = loadavg()

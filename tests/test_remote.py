@@ -127,6 +127,41 @@ def test_killed_pull_resumes_with_what_is_missing(tmp_path):
     assert cfsctl("fsck", "--repo", local).returncode == 0
 
 
+@pytest.mark.parametrize("scheme", ["http", "file"])
+def test_objects_one_at_a_time_as_fetchd_asks(served, tmp_path, scheme):
+    """remote.ObjectSource.fetch, what cfsctl fetchd calls per miss: the same answers over the
+    Rust core's fetcher (http://) and the Python one (file://)."""
+    from composefs import _native
+    from composefs.errors import CfsError
+    from composefs.remote import ObjectSource, Remote
+
+    remote, local, _ = served
+    objs = sorted((remote / "objects").glob("??/*"), key=lambda p: p.stat().st_size)
+    good, bad = objs[0], objs[-1]
+    data = bytearray(bad.read_bytes())
+    data[-1] ^= 1
+    bad.chmod(0o644)
+    bad.write_bytes(bytes(data))
+    srv = Nginx(tmp_path, remote.parent) if scheme == "http" else None
+    try:
+        url = f"{srv.url}/repo" if srv else f"file://{remote}"
+        store = _native.ObjectStore(str(local / "objects"))
+        src = ObjectSource(Remote(url), store)
+        assert (src.native is not None) == (scheme == "http")
+        hexd = lambda p: p.parent.name + p.name  # noqa: E731
+        assert src.fetch(hexd(good), good.stat().st_size) == "stored"
+        assert src.fetch(hexd(good), good.stat().st_size) == "reused"
+        with pytest.raises(_native.FormatError):
+            src.fetch(hexd(bad), len(data))
+        with pytest.raises(CfsError, match="not found|No such file"):
+            src.fetch("ab" * 32, 10)
+        assert src.bytes >= good.stat().st_size
+    finally:
+        if srv:
+            srv.stop()
+    assert local_objects(local) == {f"{good.parent.name}/{good.name}"}
+
+
 def test_interrupted_pull_stops_at_once_and_names_nothing(tmp_path):
     """Ctrl-C (SIGINT) while 4 objects stream slowly: the fetch threads stop at once (their
     sockets are shut down, not left to time out), every object in the store matches its name,

@@ -34,6 +34,7 @@ pub enum Verity {
 
 /// `struct fsverity_enable_arg` of `<linux/fsverity.h>`.
 #[repr(C)]
+#[derive(Clone, Copy)]
 struct FsverityEnableArg {
     version: u32,
     hash_algorithm: u32,
@@ -71,11 +72,14 @@ pub fn enable_verity(fd: BorrowedFd<'_>) -> io::Result<Verity> {
     loop {
         // SAFETY: FS_IOC_ENABLE_VERITY reads a `struct fsverity_enable_arg`, which
         // `FsverityEnableArg` lays out field for field (size checked above); its salt and
-        // signature pointers are null with zero sizes, so the kernel reads nothing else.
+        // signature pointers are null with zero sizes, so the kernel reads nothing else. The
+        // Setter holds the struct itself and passes its address (a Setter of a reference would
+        // pass the reference's address: the kernel then read garbage and said EINVAL, which
+        // reads as "not supported" and left every object without fs-verity).
         let r = unsafe {
             rustix::ioctl::ioctl(
                 fd,
-                rustix::ioctl::Setter::<FS_IOC_ENABLE_VERITY, &FsverityEnableArg>::new(&arg),
+                rustix::ioctl::Setter::<FS_IOC_ENABLE_VERITY, FsverityEnableArg>::new(arg),
             )
         };
         return match r {

@@ -596,13 +596,13 @@ fn read_content<R: tar::Source>(tar: &mut TarReader<R>, sink: &Sink, size: u64) 
     }
     if size <= INLINE_MAX {
         let mut buf = Vec::with_capacity(size as usize);
-        tar.read_data_to_end(&mut buf)?;
+        tar.read_data_to_end(&mut buf, INLINE_MAX as usize)?;
         return Ok(Content::Inline(buf));
     }
     let job = if size <= SMALL {
         sink.reserve(size);
         let mut buf = Vec::with_capacity(size as usize);
-        tar.read_data_to_end(&mut buf)?;
+        tar.read_data_to_end(&mut buf, SMALL as usize)?;
         sink.spawn(Work::Bytes(buf), size)
     } else {
         let mut w = sink.store.object_writer()?;

@@ -437,6 +437,17 @@ TAR_OK = layer_tar(L1)
 TRUNC = TAR_OK[: len(TAR_OK) // 2 + 100]  # cut inside etc/big's content
 
 
+def _claims(typeflag: bytes) -> bytes:
+    """What an oci_layer fuzz run found (the Rust tar reader once allocated the 2 GiB a header's
+    size field claims before reading it): one header saying 2 GiB, then 9 bytes."""
+    return _tar_header(b"d/", 2 << 30, typeflag, 0o755) + b"\x5a" * 9
+
+
+def _claims_layer(typeflag: bytes, how: str):
+    raw = _claims(typeflag)
+    return _one_layer(compress(raw, how), how, diff_id=digest(raw))
+
+
 def _layer_entries(entries, how="none"):
     raw = layer_tar(entries)
     return _one_layer(compress(raw, how), how, diff_id=digest(raw))
@@ -754,6 +765,10 @@ CASES = [
     Case("pax-header-1.5gib", _pax(3 << 29, 3 << 29)),
     Case("non-tar-layer", _one_layer(RANDOM, "none")),
     Case("truncated-layer-tar", _one_layer(TRUNC, "none")),
+    Case("layer-dir-claims-2gib", _claims_layer(b"5", "none")),
+    Case("layer-dir-claims-2gib-gzip", _claims_layer(b"5", "gzip")),
+    Case("layer-file-claims-2gib", _claims_layer(b"0", "none")),
+    Case("layer-oldfile-claims-2gib-zstd", _claims_layer(b"\0", "zstd")),
     Case("truncated-layout-tar", truncated_layout_tar),
     Case("truncated-gzip", truncated_gzip),
     Case("truncated-zstd", truncated_zstd),

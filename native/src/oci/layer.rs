@@ -596,13 +596,13 @@ fn read_content<R: tar::Source>(tar: &mut TarReader<R>, sink: &Sink, size: u64) 
     }
     if size <= INLINE_MAX {
         let mut buf = Vec::with_capacity(size as usize);
-        tar.read_data_to_end(&mut buf)?;
+        tar.read_data_to_end(&mut buf, INLINE_MAX as usize)?;
         return Ok(Content::Inline(buf));
     }
     let job = if size <= SMALL {
         sink.reserve(size);
         let mut buf = Vec::with_capacity(size as usize);
-        tar.read_data_to_end(&mut buf)?;
+        tar.read_data_to_end(&mut buf, SMALL as usize)?;
         sink.spawn(Work::Bytes(buf), size)
     } else {
         let mut w = sink.store.object_writer()?;
@@ -1071,6 +1071,55 @@ mod tests {
         let escape = archive(&[(header(b"../x", b'0', 0, b""), b"")]);
         assert!(matches!(read(&escape, &none), Err(LayerError::Path { .. })));
         assert!(Layer::decode(b"CFSLAYR1\xff\xff\xff\xff\xff\xff\xff\xff").is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn files_under(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir).map_or(0, |rd| {
+            rd.flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => files_under(&e.path()),
+                    _ => 1,
+                })
+                .sum()
+        })
+    }
+
+    /// The shape an oci_layer fuzz run found (a header claiming 2 GiB of data with a few bytes
+    /// after it), for each kind of entry and each path contents take: a truncated archive,
+    /// nothing stored, no temporary left. A claimed size that is there is skipped past.
+    #[test]
+    fn claimed_sizes_that_are_absent() {
+        let (store, dir) = store();
+        let cases: [(u8, u64); 6] = [
+            (b'5', 2 << 30),
+            (b'2', 2 << 30),
+            (b'0', 2 << 30),
+            (0, SMALL),
+            (b'0', SMALL - 1),
+            (b'0', INLINE_MAX),
+        ];
+        for (typeflag, size) in cases {
+            let mut plain = header(b"d/", typeflag, size, b"target").to_vec();
+            plain.extend_from_slice(&[0x5a; 9]);
+            for blob in [plain.clone(), gzip(&plain)] {
+                let r = read_layer(&blob[..], &Expect::default(), &store, tar::Limits::default());
+                assert!(
+                    matches!(r, Err(LayerError::Tar(TarError::Truncated { offset: 521, .. }))),
+                    "type {typeflag} size {size}: {r:?}"
+                );
+            }
+        }
+        assert_eq!(files_under(&dir), 0, "a truncated layer left files in the store");
+        let skipped = vec![0x5a; 1000];
+        let plain = archive(&[
+            (header(b"d/", b'5', 1000, b""), &skipped),
+            (header(b"d/f", b'0', 3, b""), b"abc"),
+        ]);
+        let l = read_layer(&plain[..], &Expect::default(), &store, tar::Limits::default()).unwrap();
+        assert_eq!(l.ops.len(), 2);
+        assert!(matches!(&l.ops[1], Op::Put { path, node } if path == b"d/f"
+            && matches!(&node.data, NodeData::Regular { size: 3, content: Content::Inline(c) } if c == b"abc")));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -4,11 +4,13 @@
 //!
 //! Everything an archive says is bounded before it is read: PAX and GNU long-name data by
 //! [`Limits::max_meta`], paths and link targets by [`Limits::max_path`], xattr values by
-//! [`Limits::max_xattr_value`], the number of entries by [`Limits::max_entries`]. Header
-//! checksums are checked, numbers must be well-formed (octal or GNU base-256), and an archive
-//! that ends inside a header or an entry's data is an error, not an end. Unknown entry types are
-//! refused rather than guessed at; GNU sparse files are refused (no container layer tool
-//! writes them).
+//! [`Limits::max_xattr_value`], the number of entries by [`Limits::max_entries`]; an entry's
+//! data is held in memory only up to a bound its caller names, and only as its bytes arrive (a
+//! size field is a claim, not a reason to allocate). Header checksums are checked, numbers must
+//! be well-formed (octal or GNU base-256, with room to pad to a block), and an archive that ends
+//! inside a header or an entry's data is an error, not an end. Only regular files have data to
+//! read; the size field of any other entry is skipped over. Unknown entry types are refused
+//! rather than guessed at; GNU sparse files are refused (no container layer tool writes them).
 
 use crate::tree::{Timespec, Xattr};
 use std::io::{self, Read};
@@ -107,6 +109,8 @@ impl Source for &[u8] {}
 impl<R: Read> Source for io::BufReader<R> {}
 
 const BLOCK: u64 = 512;
+/// How far [`TarReader::read_data_to_end`] may allocate ahead of the bytes read.
+pub const GROW: u64 = 64 << 10;
 
 /// Reads entries one after the other; [`TarReader::data`] reads the current entry's contents.
 pub struct TarReader<R> {
@@ -522,9 +526,18 @@ impl<R: Source> TarReader<R> {
                 (0, 0)
             };
             // Only regular files carry data; anything else's size field is skipped over (GNU
-            // tar writes hardlinks with size 0, but a size there would still be data).
-            self.left = size;
-            self.pad = (BLOCK - size % BLOCK) % BLOCK;
+            // tar writes hardlinks with size 0, but a size there would still be data) and is
+            // not readable through `read_data`, as the entry's own `size` of 0 says.
+            let padded = size
+                .checked_next_multiple_of(BLOCK)
+                .ok_or(TarError::Number { field: "size", offset })?;
+            if kind == Kind::Regular {
+                self.left = size;
+                self.pad = padded - size;
+            } else {
+                self.left = 0;
+                self.pad = padded;
+            }
             self.check_path(&path, "path", offset)?;
             self.check_path(&link, "link target", offset)?;
             return Ok(Some(Entry {
@@ -582,14 +595,34 @@ impl<R: Source> TarReader<R> {
         Ok(n)
     }
 
-    /// Read the whole current entry's data into `out` (the caller bounds its size).
-    pub fn read_data_to_end(&mut self, out: &mut Vec<u8>) -> Result<(), TarError> {
+    /// Append the rest of the current entry's data to `out`; data over `max` bytes is refused
+    /// before any of it is read, and on an error `out` is left as it was. `out` grows with the
+    /// bytes that arrive, never ahead of them by more than [`GROW`]: a header's size field may
+    /// claim gigabytes that the archive does not hold, and only bytes present may cost memory.
+    pub fn read_data_to_end(&mut self, out: &mut Vec<u8>, max: usize) -> Result<(), TarError> {
+        if self.left > max as u64 {
+            return Err(TarError::TooLarge {
+                what: "entry data",
+                size: self.left,
+                limit: max as u64,
+                offset: self.pos,
+            });
+        }
         let start = out.len();
-        out.resize(start + self.left as usize, 0);
         let mut at = start;
-        while at < out.len() {
-            let end = out.len();
-            at += self.read_data(&mut out[at..end])?;
+        while self.left > 0 {
+            // Each step is filled before the next is added, so no byte is zeroed twice.
+            out.resize(at + self.left.min(GROW) as usize, 0);
+            while at < out.len() {
+                let end = out.len();
+                match self.read_data(&mut out[at..end]) {
+                    Ok(n) => at += n,
+                    Err(e) => {
+                        out.truncate(start);
+                        return Err(e);
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -648,7 +681,7 @@ pub(crate) mod tests {
         let mut out = Vec::new();
         while let Some(e) = r.next_entry()? {
             let mut d = Vec::new();
-            r.read_data_to_end(&mut d)?;
+            r.read_data_to_end(&mut d, usize::MAX)?;
             out.push((e, d));
         }
         Ok(out)
@@ -715,6 +748,72 @@ pub(crate) mod tests {
         let p = pax(&[("size", b"12x")]);
         let badpax = archive(&[(header(b"p", b'x', p.len() as u64, b""), &p)]);
         assert!(matches!(entries(&badpax), Err(TarError::Pax { .. })));
+    }
+
+    /// What an oci_layer fuzz run found: a directory header whose size field claims 2 GiB, with
+    /// a few bytes after it. Reading "its data to the end" once allocated and zeroed the 2 GiB
+    /// the header claimed before reading any. A directory has no data to read now, and data
+    /// that is claimed but absent costs at most one growth step.
+    #[test]
+    fn claimed_sizes_cost_no_memory() {
+        for (typeflag, kind) in [(b'5', Kind::Directory), (b'0', Kind::Regular), (0, Kind::Regular)] {
+            let mut data = header(b"d/", typeflag, 2 << 30, b"").to_vec();
+            data.extend_from_slice(&[0x5a; 9]);
+            let mut r = TarReader::new(&data[..], Limits::default());
+            let e = r.next_entry().unwrap().unwrap();
+            assert_eq!(e.kind, kind);
+            let mut buf = Vec::new();
+            let read = r.read_data_to_end(&mut buf, usize::MAX);
+            assert!(buf.capacity() <= GROW as usize, "{} bytes held", buf.capacity());
+            if kind == Kind::Directory {
+                assert_eq!(e.size, 0);
+                read.unwrap();
+                assert!(buf.is_empty(), "a directory's skipped bytes were read as data");
+                assert!(matches!(r.next_entry(), Err(TarError::Truncated { offset: 521, .. })));
+            } else {
+                assert_eq!(e.size, 2 << 30);
+                assert!(matches!(read, Err(TarError::Truncated { offset: 521, .. })));
+                assert!(buf.is_empty(), "a failed read left bytes behind");
+                // Over the caller's bound: refused before a byte is read.
+                let mut r = TarReader::new(&data[..], Limits::default());
+                r.next_entry().unwrap();
+                let mut buf = Vec::new();
+                assert!(matches!(
+                    r.read_data_to_end(&mut buf, 1 << 20),
+                    Err(TarError::TooLarge { size, limit, offset: 512, .. }) if size == 2 << 30 && limit == 1 << 20
+                ));
+                assert_eq!(buf.capacity(), 0);
+            }
+        }
+        // Data that is there arrives whole, across growth steps, appended to what `out` held.
+        let body: Vec<u8> = (0..3 * GROW + 5).map(|i| (i % 251) as u8).collect();
+        let data = archive(&[(header(b"f", b'0', body.len() as u64, b""), &body)]);
+        let mut r = TarReader::new(&data[..], Limits::default());
+        r.next_entry().unwrap();
+        let mut buf = b"head".to_vec();
+        r.read_data_to_end(&mut buf, body.len()).unwrap();
+        assert_eq!(&buf[..4], b"head");
+        assert_eq!(&buf[4..], &body[..]);
+        assert!(r.next_entry().unwrap().is_none());
+    }
+
+    /// A size whose padding to the next block does not fit in 64 bits (GNU base-256).
+    #[test]
+    fn size_that_cannot_be_padded() {
+        let mut h = header(b"f", b'5', 0, b"");
+        h[124] = 0x80;
+        h[125..136].copy_from_slice(&[0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|&b| b as u32).sum();
+        h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        let data = archive(&[(h, b"")]);
+        assert!(matches!(
+            entries(&data),
+            Err(TarError::Number {
+                field: "size",
+                offset: 0
+            })
+        ));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use super::format::*;
 use crate::tree::{mode, DirEntry, Inode, InodeData, InodeId, Timespec, Tree, Xattr, ROOT};
 use std::collections::{HashMap, VecDeque};
+use zerocopy::FromBytes;
 
 /// Why an image cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -113,17 +114,16 @@ impl<'a> Ctx<'a> {
         let xarea = self.slice(nid, off + di.disk_size() as u64, xsize, "xattrs")?;
         let mut xattrs = Vec::new();
         if xsize > 0 {
-            let h = XattrIbodyHeader::decode(xarea);
+            let h: XattrIbodyHeader = read_at(xarea).ok_or_else(|| corrupt(nid, "xattr area too small"))?;
             let shared_end = XATTR_HEADER_SIZE + 4 * h.shared_count as usize;
             if shared_end > xarea.len() {
                 return Err(corrupt(nid, "shared xattr ids beyond the xattr area"));
             }
             // Inline entries first, then shared ones (the reference reader's order).
             let mut p = shared_end;
-            while p + XATTR_ENTRY_SIZE <= xarea.len() {
-                let e = XattrEntry::decode(&xarea[p..]);
+            while let Some(e) = xarea.get(p..).and_then(read_at::<XattrEntry>) {
                 let total = e.total_size();
-                if p + XATTR_ENTRY_SIZE + e.name_len as usize + e.value_size as usize > xarea.len() {
+                if p + XATTR_ENTRY_SIZE + e.name_len as usize + e.value_size.get() as usize > xarea.len() {
                     return Err(corrupt(nid, "xattr entry beyond the xattr area"));
                 }
                 xattrs.push(self.xattr_from(nid, &xarea[p..], e)?);
@@ -133,11 +133,11 @@ impl<'a> Ctx<'a> {
                 let id = u32::from_le_bytes(xarea[XATTR_HEADER_SIZE + 4 * i..][..4].try_into().unwrap()) as u64;
                 let eoff = self.xattr_base as u64 + id * 4;
                 let head = self.slice(nid, eoff, XATTR_ENTRY_SIZE as u64, "shared xattr")?;
-                let e = XattrEntry::decode(head);
+                let e: XattrEntry = read_at(head).expect("sliced to its size");
                 let body = self.slice(
                     nid,
                     eoff,
-                    (XATTR_ENTRY_SIZE + e.name_len as usize + e.value_size as usize) as u64,
+                    (XATTR_ENTRY_SIZE + e.name_len as usize + e.value_size.get() as usize) as u64,
                     "shared xattr",
                 )?;
                 xattrs.push(self.xattr_from(nid, body, e)?);
@@ -152,7 +152,7 @@ impl<'a> Ctx<'a> {
 
     fn xattr_from(&self, nid: u64, b: &'a [u8], e: XattrEntry) -> Result<(Vec<u8>, &'a [u8]), ReadError> {
         let name = &b[XATTR_ENTRY_SIZE..XATTR_ENTRY_SIZE + e.name_len as usize];
-        let value = &b[XATTR_ENTRY_SIZE + e.name_len as usize..][..e.value_size as usize];
+        let value = &b[XATTR_ENTRY_SIZE + e.name_len as usize..][..e.value_size.get() as usize];
         let key = xattr_join(e.name_index, name)
             .ok_or_else(|| corrupt(nid, format!("unknown xattr prefix {}", e.name_index)))?;
         if key.is_empty() || key.contains(&0) {
@@ -186,20 +186,18 @@ impl<'a> Ctx<'a> {
 
 /// Parse one directory block: (name, nid) pairs.
 fn dir_block(nid: u64, blk: &[u8]) -> Result<Vec<(&[u8], u64)>, ReadError> {
-    if blk.len() < DIRENT_SIZE {
-        return Err(corrupt(nid, "directory block too small"));
-    }
-    let first = Dirent::decode(blk);
-    let n = first.nameoff as usize / DIRENT_SIZE;
-    if !(first.nameoff as usize).is_multiple_of(DIRENT_SIZE) || n == 0 || first.nameoff as usize > blk.len() {
+    let first: Dirent = read_at(blk).ok_or_else(|| corrupt(nid, "directory block too small"))?;
+    let table = first.nameoff.get() as usize;
+    let n = table / DIRENT_SIZE;
+    if !table.is_multiple_of(DIRENT_SIZE) || n == 0 || table > blk.len() {
         return Err(corrupt(nid, "bad directory entry table"));
     }
-    let ents: Vec<Dirent> = (0..n).map(|i| Dirent::decode(&blk[i * DIRENT_SIZE..])).collect();
+    let (ents, _) = <[Dirent]>::ref_from_prefix_with_elems(blk, n).expect("the table fits in the block");
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let start = ents[i].nameoff as usize;
+        let start = ents[i].nameoff.get() as usize;
         let end = if i + 1 < n {
-            ents[i + 1].nameoff as usize
+            ents[i + 1].nameoff.get() as usize
         } else {
             blk.len()
         };
@@ -215,7 +213,7 @@ fn dir_block(nid: u64, blk: &[u8]) -> Result<Vec<(&[u8], u64)>, ReadError> {
         if name.is_empty() || name.len() > 255 || name.contains(&b'/') || name.contains(&0) {
             return Err(corrupt(nid, "invalid name in directory"));
         }
-        out.push((name, ents[i].nid));
+        out.push((name, ents[i].nid.get()));
     }
     Ok(out)
 }
@@ -261,24 +259,27 @@ pub fn read_image_view(img: &[u8], view: View) -> Result<Loaded, ReadError> {
     if img.len() < SUPER_OFFSET as usize + SUPER_SIZE {
         return Err(ReadError::TooSmall(img.len()));
     }
-    let h = CfsHeader::decode(img);
-    if h.magic != CFS_MAGIC {
+    let h: CfsHeader = read_at(img).expect("checked length");
+    if h.magic.get() != CFS_MAGIC {
         return Err(ReadError::BadMagic);
     }
-    if h.version != CFS_HEADER_VERSION {
-        return Err(ReadError::BadVersion(h.version));
+    if h.version.get() != CFS_HEADER_VERSION {
+        return Err(ReadError::BadVersion(h.version.get()));
     }
-    let sb = Superblock::decode(&img[SUPER_OFFSET as usize..]);
-    if sb.magic != EROFS_MAGIC {
+    let sb: Superblock = read_at(&img[SUPER_OFFSET as usize..]).expect("checked length");
+    if sb.magic.get() != EROFS_MAGIC {
         return Err(ReadError::BadSuperMagic);
     }
     if sb.blkszbits as u32 != BLOCK_BITS {
         return Err(ReadError::BadBlockSize(sb.blkszbits));
     }
-    let meta = sb.meta_blkaddr as u64 * BLOCK_SIZE;
-    let xattr_base = sb.xattr_blkaddr as u64 * BLOCK_SIZE;
+    let meta = sb.meta_blkaddr.get() as u64 * BLOCK_SIZE;
+    let xattr_base = sb.xattr_blkaddr.get() as u64 * BLOCK_SIZE;
     if meta >= img.len() as u64 || xattr_base > img.len() as u64 {
-        return Err(corrupt(sb.root_nid as u64, "metadata or xattr area beyond the image"));
+        return Err(corrupt(
+            sb.root_nid.get() as u64,
+            "metadata or xattr area beyond the image",
+        ));
     }
     let ctx = Ctx {
         img,
@@ -287,8 +288,8 @@ pub fn read_image_view(img: &[u8], view: View) -> Result<Loaded, ReadError> {
         sb,
     };
     let build_time = Timespec {
-        sec: ctx.sb.build_time as i64,
-        nsec: ctx.sb.build_time_nsec,
+        sec: ctx.sb.build_time.get() as i64,
+        nsec: ctx.sb.build_time_nsec.get(),
     };
 
     let mut tree: Option<Tree> = None;
@@ -416,7 +417,7 @@ pub fn read_image_view(img: &[u8], view: View) -> Result<Loaded, ReadError> {
         Ok(Some(ino))
     };
 
-    let root_nid = ctx.sb.root_nid as u64;
+    let root_nid = ctx.sb.root_nid.get() as u64;
     let root = load(root_nid)?.ok_or_else(|| corrupt(root_nid, "root is not a directory"))?;
     if !root.is_dir() {
         return Err(corrupt(root_nid, "root is not a directory"));
@@ -496,7 +497,7 @@ pub fn read_image_view(img: &[u8], view: View) -> Result<Loaded, ReadError> {
         }
     }
     // Format 1 marks directories holding whiteouts opaque=x; the writer adds it again.
-    if h.composefs_version >= 1 && view == View::Source {
+    if h.composefs_version.get() >= 1 && view == View::Source {
         for d in whiteout_children {
             t.inodes[d].xattrs.retain(|x| {
                 !((x.key == b"trusted.overlay.opaque" || x.key == b"user.overlay.opaque") && x.value == b"x")
@@ -525,8 +526,8 @@ pub fn read_image_view(img: &[u8], view: View) -> Result<Loaded, ReadError> {
     }
     Ok(Loaded {
         tree: tree.unwrap(),
-        version: h.composefs_version,
-        flags: h.flags,
+        version: h.composefs_version.get(),
+        flags: h.flags.get(),
     })
 }
 

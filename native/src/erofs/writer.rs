@@ -20,6 +20,7 @@ use super::format::*;
 use crate::tree::{mode, InodeData, InodeId, Timespec, Tree, ROOT};
 use rayon::prelude::*;
 use std::collections::HashMap;
+use zerocopy::IntoBytes;
 
 use crate::hash::fx::{FastHash, FxHasher};
 
@@ -341,12 +342,13 @@ fn encode_dirents(nodes: &[Node], dirents: &[(&[u8], u32)], out: &mut Vec<u8>) {
     let mut nameoff = (dirents.len() * DIRENT_SIZE) as u64;
     for (name, target) in dirents {
         let t = &nodes[*target as usize];
-        Dirent {
-            nid: t.nid,
-            nameoff: nameoff as u16,
+        let d = Dirent {
+            nid: t.nid.into(),
+            nameoff: (nameoff as u16).into(),
             file_type: ftype(t.mode),
-        }
-        .encode_into(out);
+            reserved: 0,
+        };
+        out.extend_from_slice(d.as_bytes());
         nameoff += name.len() as u64;
     }
     for (name, _) in dirents {
@@ -751,24 +753,19 @@ impl<'a> Plan<'a> {
             }
         }
 
-        let header = CfsHeader {
-            magic: CFS_MAGIC,
-            version: CFS_HEADER_VERSION,
-            flags: if has_acl { CFS_FLAG_HAS_ACL } else { 0 },
-            composefs_version: version,
-        };
+        let header = CfsHeader::new(if has_acl { CFS_FLAG_HAS_ACL } else { 0 }, version);
         let sb = Superblock {
-            magic: EROFS_MAGIC,
-            feature_compat: FEATURE_COMPAT_MTIME | FEATURE_COMPAT_XATTR_FILTER,
+            magic: EROFS_MAGIC.into(),
+            feature_compat: (FEATURE_COMPAT_MTIME | FEATURE_COMPAT_XATTR_FILTER).into(),
             blkszbits: BLOCK_BITS as u8,
-            root_nid: nodes[0].nid as u16,
-            inos: nodes.len() as u64,
-            build_time: min_mtime.sec as u64,
-            build_time_nsec: min_mtime.nsec,
-            blocks: (data_start / BLOCK_SIZE + n_data_blocks) as u32,
-            meta_blkaddr: 0,
-            xattr_blkaddr: (inodes_end / BLOCK_SIZE) as u32,
-            feature_incompat: 0,
+            root_nid: (nodes[0].nid as u16).into(),
+            inos: (nodes.len() as u64).into(),
+            build_time: (min_mtime.sec as u64).into(),
+            build_time_nsec: min_mtime.nsec.into(),
+            blocks: ((data_start / BLOCK_SIZE + n_data_blocks) as u32).into(),
+            meta_blkaddr: 0.into(),
+            xattr_blkaddr: ((inodes_end / BLOCK_SIZE) as u32).into(),
+            ..Default::default()
         };
 
         // Stats.
@@ -884,11 +881,12 @@ impl<'a> Plan<'a> {
             let (xs, offs) = (&self.xattrs[range.clone()], &self.shared_off[range]);
             let filter = xs.iter().fold(0u32, |f, x| f | self.keys.filter[x.key as usize]);
             let n_shared = offs.iter().filter(|&&o| o != NOT_SHARED).count();
-            XattrIbodyHeader {
-                name_filter: !filter,
+            let head = XattrIbodyHeader {
+                name_filter: (!filter).into(),
                 shared_count: n_shared as u8,
-            }
-            .encode_into(out);
+                reserved: [0; 7],
+            };
+            out.extend_from_slice(head.as_bytes());
             let shared_base = self.inodes_end % BLOCK_SIZE;
             for &off in offs.iter().filter(|&&o| o != NOT_SHARED) {
                 out.extend_from_slice(&(((shared_base + off as u64) / 4) as u32).to_le_bytes());
@@ -975,9 +973,9 @@ impl Iterator for Chunks<'_, '_> {
         let out = match self.stage {
             0 => {
                 let mut out = Vec::with_capacity(INODES_START as usize);
-                out.extend_from_slice(&p.header.encode());
+                out.extend_from_slice(p.header.as_bytes());
                 out.resize(SUPER_OFFSET as usize, 0);
-                out.extend_from_slice(&p.sb.encode());
+                out.extend_from_slice(p.sb.as_bytes());
                 self.stage = 1;
                 out
             }
@@ -1241,15 +1239,15 @@ mod tests {
     fn header_superblock_and_counts() {
         let img = write_image(&parse(SAMPLE).unwrap(), &Options::default()).unwrap();
         let b = &img.bytes;
-        let h = CfsHeader::decode(b);
+        let h: CfsHeader = read_at(b).unwrap();
         assert_eq!(
-            (h.magic, h.version, h.composefs_version),
+            (h.magic.get(), h.version.get(), h.composefs_version.get()),
             (CFS_MAGIC, CFS_HEADER_VERSION, 0)
         );
         assert!(b[CFS_HEADER_SIZE..SUPER_OFFSET as usize].iter().all(|&x| x == 0));
-        let sb = Superblock::decode(&b[SUPER_OFFSET as usize..]);
-        assert_eq!(sb.magic, EROFS_MAGIC);
-        assert_eq!(sb.build_time, 999, "build time is the tree's oldest mtime");
+        let sb: Superblock = read_at(&b[SUPER_OFFSET as usize..]).unwrap();
+        assert_eq!(sb.magic.get(), EROFS_MAGIC);
+        assert_eq!(sb.build_time.get(), 999, "build time is the tree's oldest mtime");
         assert_eq!(img.stats.image_size, b.len() as u64);
         let s = &img.stats;
         // The root's 256 synthetic whiteouts are inodes but not counted as the tree's whiteouts.
@@ -1275,7 +1273,7 @@ mod tests {
         for (tree, min, max, want) in [(&plain, 0, 1, 0), (&plain, 1, 1, 1), (&wh, 0, 1, 1), (&wh, 0, 0, 0)] {
             let img = write_image(tree, &versions(min, max)).unwrap();
             assert_eq!(img.version, want, "min {min} max {max}");
-            assert_eq!(CfsHeader::decode(&img.bytes).composefs_version, want);
+            assert_eq!(read_at::<CfsHeader>(&img.bytes).unwrap().composefs_version.get(), want);
         }
         assert!(matches!(
             write_image(&plain, &versions(2, 2)),

@@ -163,10 +163,10 @@ struct cfs_dirent {
 
 /*
  * The sizes every reader and writer of this format agrees on; the Rust
- * writer and reader (native/src/erofs/format.rs: CFS_HEADER_SIZE,
- * SUPER_SIZE, COMPACT_SIZE, EXTENDED_SIZE, XATTR_HEADER_SIZE,
- * XATTR_ENTRY_SIZE, DIRENT_SIZE, Metacopy::HEADER) use the
- * same numbers.
+ * writer and reader declare the same structs once (native/src/erofs/format.rs:
+ * CfsHeader, Superblock, InodeCompact, InodeExtended, XattrIbodyHeader,
+ * XattrEntry, Dirent; Metacopy::HEADER) and assert the same sizes at compile
+ * time.
  */
 static_assert(sizeof(struct cfs_header) == 32);
 static_assert(sizeof(struct cfs_erofs_super) == 128);

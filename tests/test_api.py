@@ -167,6 +167,9 @@ def test_mount_and_unmount(tmp_path):
     res = composefs.mount_image(tmp_path / "img.cfs", mnt, basedirs=tmp_path / "objects", options=["nodev"])
     try:
         assert isinstance(res, composefs.MountResult) and res.verity_check == 0
+        assert (res.backend, res.mountpoint, res.image) == ("overlay", str(mnt), str(tmp_path / "img.cfs"))
+        assert res.basedirs == [str(tmp_path / "objects")] and res.digest is None and not res.writable
+        assert res.erofs_source in ("file", "loop") and res.mount_api and res.layers_by
         assert (mnt / "big").read_bytes() == (tmp_path / "src" / "big").read_bytes()
         assert os.readlink(mnt / "sub" / "link") == "../small"
     finally:

@@ -99,3 +99,20 @@ def test_source_exceptions_pass_through(tmp_path):
 
     with pytest.raises(TimeoutError):
         _native.oci_read_layer(Broken(), tmp_path / "store")
+
+
+def test_layer_stats_count_what_a_read_stored_and_found(tmp_path):
+    """Two files of the same 100 bytes (an object), one of 10 (inline): the first read stores the
+    object once and finds it for the second name; a second read of the layer finds both."""
+    data = build([("a", "file", b"x" * 100), ("b", "file", b"y" * 10), ("d", "dir", b""),
+                  ("d/c", "file", b"x" * 100)])
+    store = tmp_path / "store"
+    first = _native.oci_read_layer(io.BytesIO(data), store).stats
+    assert isinstance(first, _native.LayerStats)
+    assert (first.compressed_bytes, first.uncompressed_bytes, first.entries) == (len(data), len(data), 4)
+    assert (first.objects_stored, first.bytes_stored, first.objects_reused, first.bytes_reused) == (1, 100, 1, 100)
+    again = _native.oci_read_layer(io.BytesIO(data), store).stats
+    assert (again.objects_stored, again.bytes_stored, again.objects_reused, again.bytes_reused) == (0, 0, 2, 200)
+    assert repr(again).startswith(f"LayerStats(compressed_bytes={len(data)}, ")
+    with pytest.raises(AttributeError):
+        again.entries = 0

@@ -96,12 +96,14 @@ class SlowScan:
 
         self.total, self.seconds, self.start = total, seconds, time.monotonic()
 
-    def snapshot(self) -> dict:
+    def snapshot(self):
+        """The fields of a ``_native.ScanSnapshot``."""
         import time
+        from types import SimpleNamespace
 
         done = min(self.total, int(self.total * (time.monotonic() - self.start) / self.seconds))
-        return {"phase": "walk", "entries": 1, "files_done": 0, "files_total": 0, "bytes_done": done,
-                "bytes_total": done}
+        return SimpleNamespace(phase="walk", entries=1, files_done=0, files_total=0, bytes_done=done,
+                               bytes_total=done)
 
 
 def test_eta_once_the_total_is_known(tmp_path):

@@ -212,13 +212,16 @@ def test_mount_points_are_descended_into(tree_root, tmp_path):
 def test_progress_counter_and_line(tree_root):
     materialize(tree_root, [Spec(b"f%d" % i, "file", size=i * 1000, seed=i) for i in range(20)])
     counter = _native.ScanProgress()
-    assert counter.snapshot()["phase"] == "idle"
+    assert counter.snapshot().phase == "idle"
     r = _native.scan_directory(tree_root, progress=counter)
     snap = counter.snapshot()
-    assert snap["phase"] == "done"
-    assert snap["entries"] == r["stats"]["entries"] == 21
-    assert snap["files_done"] == snap["files_total"] == 19  # f0 is empty, never opened
-    assert snap["bytes_done"] == snap["bytes_total"] == sum(i * 1000 for i in range(20))
+    assert snap.phase == "done"
+    assert snap.entries == r["stats"]["entries"] == 21
+    assert snap.files_done == snap.files_total == 19  # f0 is empty, never opened
+    assert snap.bytes_done == snap.bytes_total == sum(i * 1000 for i in range(20))
+    assert repr(snap).startswith("ScanSnapshot(phase='done', entries=21, files_done=19")
+    with pytest.raises(AttributeError):
+        snap.entries = 0
     out = io.StringIO()  # not a terminal: the bar stays silent (drawn on a pty: test_progress.py)
     scan_directory(tree_root, progress=out)
     assert out.getvalue() == ""

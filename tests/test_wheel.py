@@ -62,6 +62,7 @@ def test_installed_from_the_wheel_not_the_source_tree(venv):
         assert not Path(path).is_relative_to(REPO / "python"), path
     site = Path(r.stdout.split()[0]).parent
     assert (site / "py.typed").is_file()
+    assert (site / "_native.pyi").is_file()
 
 
 def test_cfsctl_builds_and_digests(venv, tmp_path):

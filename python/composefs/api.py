@@ -172,8 +172,8 @@ def _read(fn: Any, image: StrPath) -> Any:
 
 def inspect_image(image: StrPath) -> ImageInfo:
     """Read and check the image ``image``; return its format version, flags and digest."""
-    d = _read(_native.image_info, image)
-    return ImageInfo(path=os.fspath(image), version=d["version"], flags=d["flags"], digest=d["digest"])
+    h = _read(_native.image_info, image)
+    return ImageInfo(path=os.fspath(image), version=h.version, flags=h.flags, digest=h.digest)
 
 
 def dump_image(image: StrPath) -> bytes:

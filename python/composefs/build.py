@@ -155,21 +155,21 @@ class ProgressLine:
 
     def _info(self, _item) -> str:
         s = self._last
-        rate = s["bytes_done"] / max(time.monotonic() - self._started, 1e-3)
+        rate = s.bytes_done / max(time.monotonic() - self._started, 1e-3)
         total = f"/{_human(self._total)}" if self._total is not None else ""
-        return f"{_human(s['bytes_done'])}{total} {_human(rate)}/s"
+        return f"{_human(s.bytes_done)}{total} {_human(rate)}/s"
 
     def _draw(self, final: bool = False) -> None:
         s = self._last = self.counter.snapshot()
         bar = self._bar
         if self._total is not None and bar.length is None:
             bar.length = max(self._total, 1)
-        if bar.length is not None and s["bytes_done"] > bar.length:
-            bar.length = s["bytes_done"]  # files grew while being read
+        if bar.length is not None and s.bytes_done > bar.length:
+            bar.length = s.bytes_done  # files grew while being read
         if final:
-            bar.length = max(s["bytes_done"], 1)
-            self._total = s["bytes_done"]
-        bar.make_step(max(0, (bar.length if final else s["bytes_done"]) - bar.pos))
+            bar.length = max(s.bytes_done, 1)
+            self._total = s.bytes_done
+        bar.make_step(max(0, (bar.length if final else s.bytes_done) - bar.pos))
         # The line fits the terminal the bar is drawn on (click would size it by standard output).
         bar.width = 0
         bar.width = max(0, min(40, self._columns() - len(bar.format_progress_line()) - 3))

@@ -153,8 +153,8 @@ def header(images, as_json):
     """Show each image's format version, header flags and fs-verity digest."""
     rows = []
     for img in images:
-        d = _call(_native.image_info, img)
-        rows.append({"image": img, **d})
+        h = _call(_native.image_info, img)
+        rows.append({"image": img, "version": h.version, "flags": h.flags, "digest": h.digest})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:

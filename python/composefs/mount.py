@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from . import _native
 from . import mountapi as api
@@ -144,7 +144,7 @@ def mount_image(req: MountRequest) -> MountResult:
         raise _from_native(e) from None
     except OverflowError:
         raise MountError(f"bad verity check level {req.verity_check!r}: expected 0, 1 or 2", kind="usage") from None
-    return MountResult(**out)
+    return MountResult(**{f.name: getattr(out, f.name) for f in fields(MountResult)})
 
 
 # --- unmount -----------------------------------------------------------------------------------

@@ -569,8 +569,8 @@ def import_resolved(repo, src: Source, res: Resolved, name: str, ref_label: str,
     return {"name": name, "digest": r["digest"], "entries": r["entries"], "objects": r["objects"],
             "object_bytes": r["object_bytes"], "missing_objects": 0, "layers": n,
             "layers_fetched": sum(fetched), "layers_reused": n - sum(fetched),
-            "bytes_fetched": counter.n, "bytes_stored": sum(s["bytes_stored"] for s in stats),
-            "bytes_deduplicated": sum(s["bytes_reused"] for s in stats), "seconds": round(time.monotonic() - started, 3)}
+            "bytes_fetched": counter.n, "bytes_stored": sum(s.bytes_stored for s in stats),
+            "bytes_deduplicated": sum(s.bytes_reused for s in stats), "seconds": round(time.monotonic() - started, 3)}
 
 
 def _wait(futures, counter: Counter, total: int, count: int, progress: bool, unit: str = "layer") -> None:

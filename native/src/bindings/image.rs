@@ -350,20 +350,40 @@ fn image_objects(py: Python<'_>, image: ImageSource, filter: Option<Vec<Vec<u8>>
     Ok(objs.into_iter().map(|o| PyBytes::new(py, &o).unbind()).collect())
 }
 
-/// Header facts of an image: `version` (composefs format), `flags`, `digest` (fs-verity).
+/// What an image's header says, with the image's fs-verity digest.
+#[pyclass(frozen, get_all, module = "composefs._native")]
+pub struct ImageHeader {
+    /// composefs format version (0 or 1).
+    version: u32,
+    /// Header flags (bit 0: an ACL xattr is present).
+    flags: u32,
+    /// fs-verity sha256 digest of the image, hex.
+    digest: String,
+}
+
+#[pymethods]
+impl ImageHeader {
+    fn __repr__(&self) -> String {
+        format!(
+            "ImageHeader(version={}, flags={:#x}, digest='{}')",
+            self.version, self.flags, self.digest
+        )
+    }
+}
+
+/// Read and check an image (a path or an open descriptor): its [`ImageHeader`].
 #[pyfunction]
-fn image_info<'py>(py: Python<'py>, image: ImageSource) -> PyResult<Bound<'py, PyDict>> {
-    let (version, flags, digest) = py.allow_threads(|| -> PyResult<_> {
+fn image_info(py: Python<'_>, image: ImageSource) -> PyResult<ImageHeader> {
+    py.allow_threads(|| -> PyResult<_> {
         let bytes = image_bytes(&image)?;
         let loaded = reader::read_image(&bytes).map_err(read_err)?;
         let d = crate::fsverity::digest_bytes(&bytes, &crate::fsverity::Params::default());
-        Ok((loaded.version, loaded.flags, d))
-    })?;
-    let d = PyDict::new(py);
-    d.set_item("version", version)?;
-    d.set_item("flags", flags)?;
-    d.set_item("digest", dump::write::hex_digest(&digest))?;
-    Ok(d)
+        Ok(ImageHeader {
+            version: loaded.version,
+            flags: loaded.flags,
+            digest: dump::write::hex_digest(&d),
+        })
+    })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -374,5 +394,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(image_count_paths, m)?)?;
     m.add_function(wrap_pyfunction!(image_objects, m)?)?;
     m.add_function(wrap_pyfunction!(image_info, m)?)?;
+    m.add_class::<ImageHeader>()?;
     Ok(())
 }

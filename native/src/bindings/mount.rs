@@ -37,14 +37,14 @@ fn source(s: &str) -> Result<cm::ErofsSource, cm::Error> {
     })
 }
 
-/// Mount an image (see the `composefs-mount` crate); returns what was done as a dict.
+/// Mount an image (see the `composefs-mount` crate); returns what was done.
 #[pyfunction]
 #[pyo3(signature = (image, mountpoint, basedirs, *, digest=None, verity_check=None, require_verity=false,
     try_verity=false, backend="auto", upperdir=None, workdir=None, attrs=Vec::new(), readonly=None, idmap=None,
     erofs_source="auto", mount_api="auto", image_nofollow=false, fetch_fd=None, fetch_timeout=None))]
 #[allow(clippy::too_many_arguments)]
-fn mount_image<'py>(
-    py: Python<'py>,
+fn mount_image(
+    py: Python<'_>,
     image: PathBuf,
     mountpoint: PathBuf,
     basedirs: Vec<PathBuf>,
@@ -63,7 +63,7 @@ fn mount_image<'py>(
     image_nofollow: bool,
     fetch_fd: Option<i32>,
     fetch_timeout: Option<u32>,
-) -> PyResult<Bound<'py, PyDict>> {
+) -> PyResult<MountOutcome> {
     let mut req = cm::Request::new(image, mountpoint);
     req.basedirs = basedirs;
     req.digest = digest.map(cm::options::parse_digest).transpose().map_err(mount_err)?;
@@ -88,20 +88,69 @@ fn mount_image<'py>(
     req.fetch_fd = fetch_fd;
     req.fetch_timeout = fetch_timeout;
     let out = py.allow_threads(|| cm::mount_image(&req)).map_err(mount_err)?;
-    let d = PyDict::new(py);
-    d.set_item("backend", out.backend)?;
-    d.set_item("image", out.image)?;
-    d.set_item("mountpoint", out.mountpoint)?;
-    d.set_item("basedirs", out.basedirs)?;
-    d.set_item("verity_check", out.verity_check)?;
-    d.set_item("digest", out.digest)?;
-    d.set_item("writable", out.writable)?;
-    d.set_item("erofs_source", out.erofs_source)?;
-    d.set_item("loop_device", out.loop_device)?;
-    d.set_item("mount_api", out.mount_api)?;
-    d.set_item("layers_by", out.layers_by)?;
-    d.set_item("idmap", out.idmap)?;
-    Ok(d)
+    Ok(MountOutcome(out))
+}
+
+/// What [`mount_image`] mounted, and how (the fields of `composefs-mount`'s `Outcome`).
+#[pyclass(module = "composefs._native", frozen)]
+pub struct MountOutcome(cm::Outcome);
+
+#[pymethods]
+impl MountOutcome {
+    /// "kernel" (the composefs module) or "overlay" (EROFS + overlayfs).
+    #[getter]
+    fn backend(&self) -> &'static str {
+        self.0.backend
+    }
+    #[getter]
+    fn image(&self) -> PathBuf {
+        self.0.image.clone()
+    }
+    #[getter]
+    fn mountpoint(&self) -> PathBuf {
+        self.0.mountpoint.clone()
+    }
+    #[getter]
+    fn basedirs(&self) -> Vec<PathBuf> {
+        self.0.basedirs.clone()
+    }
+    #[getter]
+    fn verity_check(&self) -> u8 {
+        self.0.verity_check
+    }
+    #[getter]
+    fn digest(&self) -> Option<String> {
+        self.0.digest.clone()
+    }
+    #[getter]
+    fn writable(&self) -> bool {
+        self.0.writable
+    }
+    /// "file" or "loop" (overlay backend).
+    #[getter]
+    fn erofs_source(&self) -> Option<&'static str> {
+        self.0.erofs_source
+    }
+    #[getter]
+    fn loop_device(&self) -> Option<String> {
+        self.0.loop_device.clone()
+    }
+    #[getter]
+    fn mount_api(&self) -> Option<&'static str> {
+        self.0.mount_api
+    }
+    /// "fd", "path" or "string": how overlayfs got its layers.
+    #[getter]
+    fn layers_by(&self) -> Option<&'static str> {
+        self.0.layers_by
+    }
+    #[getter]
+    fn idmap(&self) -> Option<PathBuf> {
+        self.0.idmap.clone()
+    }
+    fn __repr__(&self) -> String {
+        format!("MountOutcome({:?})", self.0)
+    }
 }
 
 /// The helper's `-o` option strings (mount.composefs spellings and escapes) as the fields of a
@@ -144,6 +193,7 @@ fn umount2(py: Python<'_>, target: std::path::PathBuf, flags: u32) -> PyResult<(
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MountFailed", m.py().get_type::<MountFailed>())?;
     m.add_function(wrap_pyfunction!(mount_image, m)?)?;
+    m.add_class::<MountOutcome>()?;
     m.add_function(wrap_pyfunction!(parse_mount_options, m)?)?;
     m.add_function(wrap_pyfunction!(kernel_module_available, m)?)?;
     m.add_function(wrap_pyfunction!(umount2, m)?)?;

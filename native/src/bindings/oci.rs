@@ -57,22 +57,51 @@ struct OciLayer {
     layer: Arc<Layer>,
 }
 
+/// What reading one layer did: its bytes as fetched and unpacked, its entries, and the objects
+/// it stored or found already in the store.
+#[pyclass(module = "composefs._native", name = "LayerStats", frozen, get_all)]
+pub struct LayerCounts {
+    compressed_bytes: u64,
+    uncompressed_bytes: u64,
+    entries: u64,
+    objects_stored: u64,
+    bytes_stored: u64,
+    objects_reused: u64,
+    bytes_reused: u64,
+}
+
+#[pymethods]
+impl LayerCounts {
+    fn __repr__(&self) -> String {
+        format!(
+            "LayerStats(compressed_bytes={}, uncompressed_bytes={}, entries={}, objects_stored={}, bytes_stored={}, \
+             objects_reused={}, bytes_reused={})",
+            self.compressed_bytes,
+            self.uncompressed_bytes,
+            self.entries,
+            self.objects_stored,
+            self.bytes_stored,
+            self.objects_reused,
+            self.bytes_reused
+        )
+    }
+}
+
 #[pymethods]
 impl OciLayer {
-    /// Counts of the read: compressed_bytes, uncompressed_bytes, entries, objects_stored,
-    /// bytes_stored, objects_reused, bytes_reused (zero for a layer loaded from a record).
+    /// Counts of the read (zero for a layer loaded from a record).
     #[getter]
-    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    fn stats(&self) -> LayerCounts {
         let s = &self.layer.stats;
-        let d = PyDict::new(py);
-        d.set_item("compressed_bytes", s.compressed_bytes)?;
-        d.set_item("uncompressed_bytes", s.uncompressed_bytes)?;
-        d.set_item("entries", s.entries)?;
-        d.set_item("objects_stored", s.objects_stored)?;
-        d.set_item("bytes_stored", s.bytes_stored)?;
-        d.set_item("objects_reused", s.objects_reused)?;
-        d.set_item("bytes_reused", s.bytes_reused)?;
-        Ok(d)
+        LayerCounts {
+            compressed_bytes: s.compressed_bytes,
+            uncompressed_bytes: s.uncompressed_bytes,
+            entries: s.entries,
+            objects_stored: s.objects_stored,
+            bytes_stored: s.bytes_stored,
+            objects_reused: s.objects_reused,
+            bytes_reused: s.bytes_reused,
+        }
     }
 
     /// Write the layer's record to `path` atomically.
@@ -234,5 +263,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(oci_build_image, m)?)?;
     m.add_function(wrap_pyfunction!(tar_index, m)?)?;
     m.add_class::<OciLayer>()?;
+    m.add_class::<LayerCounts>()?;
     Ok(())
 }

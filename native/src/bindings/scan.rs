@@ -61,24 +61,45 @@ impl ScanProgress {
         }
     }
 
-    /// A dict: phase ("idle", "walk", "contents", "done"), entries, files_done, files_total,
-    /// bytes_done, bytes_total.
-    fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    /// Where the scan is now: a [`ScanSnapshot`].
+    fn snapshot(&self) -> ScanSnapshot {
         let p = &self.inner;
-        let d = PyDict::new(py);
         let phase = match p.phase.load(Relaxed) {
             scan::PHASE_WALK => "walk",
             scan::PHASE_CONTENTS => "contents",
             scan::PHASE_DONE => "done",
             _ => "idle",
         };
-        d.set_item("phase", phase)?;
-        d.set_item("entries", p.entries.load(Relaxed))?;
-        d.set_item("files_done", p.files_done.load(Relaxed))?;
-        d.set_item("files_total", p.files_total.load(Relaxed))?;
-        d.set_item("bytes_done", p.bytes_done.load(Relaxed))?;
-        d.set_item("bytes_total", p.bytes_total.load(Relaxed))?;
-        Ok(d)
+        ScanSnapshot {
+            phase,
+            entries: p.entries.load(Relaxed),
+            files_done: p.files_done.load(Relaxed),
+            files_total: p.files_total.load(Relaxed),
+            bytes_done: p.bytes_done.load(Relaxed),
+            bytes_total: p.bytes_total.load(Relaxed),
+        }
+    }
+}
+
+/// The counters of a running scan at one moment.
+#[pyclass(module = "composefs._native", frozen, get_all)]
+pub struct ScanSnapshot {
+    /// "idle", "walk" (listing directories), "contents" (reading files) or "done".
+    phase: &'static str,
+    entries: u64,
+    files_done: u64,
+    files_total: u64,
+    bytes_done: u64,
+    bytes_total: u64,
+}
+
+#[pymethods]
+impl ScanSnapshot {
+    fn __repr__(&self) -> String {
+        format!(
+            "ScanSnapshot(phase='{}', entries={}, files_done={}, files_total={}, bytes_done={}, bytes_total={})",
+            self.phase, self.entries, self.files_done, self.files_total, self.bytes_done, self.bytes_total
+        )
     }
 }
 
@@ -353,6 +374,7 @@ fn store_insert(
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ScanProgress>()?;
+    m.add_class::<ScanSnapshot>()?;
     m.add_function(wrap_pyfunction!(scan_directory, m)?)?;
     m.add_function(wrap_pyfunction!(store_insert, m)?)?;
     m.add_function(wrap_pyfunction!(build_from_directory, m)?)?;

@@ -1,19 +1,24 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
-//! On-disk structures of a composefs EROFS image, defined once with their encoders and
-//! decoders (all little-endian). Layout facts from the EROFS format (Linux `erofs_fs.h`) and
-//! composefs' `lcfs-erofs.h`.
+//! On-disk structures of a composefs EROFS image, each defined once as a `#[repr(C)]` struct of
+//! little-endian fields that is its own bytes (zerocopy): the writer appends `as_bytes()`, the
+//! reader copies a struct out of the image with [`read_at`], so a field's offset exists only in
+//! the struct's declaration. Layout facts from the EROFS format (Linux `erofs_fs.h`) and
+//! composefs' `lcfs-erofs.h`; kernel/cfs_format.h declares the same structs for the module.
+
+use zerocopy::byteorder::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 pub const BLOCK_SIZE: u64 = 4096;
 pub const BLOCK_BITS: u32 = 12;
 pub const SLOT_SIZE: u64 = 32;
 pub const SUPER_OFFSET: u64 = 1024;
-pub const SUPER_SIZE: usize = 128;
+pub const SUPER_SIZE: usize = size_of::<Superblock>();
 /// First inode byte: right after the superblock.
 pub const INODES_START: u64 = SUPER_OFFSET + SUPER_SIZE as u64;
 
 pub const CFS_MAGIC: u32 = 0xd078_629a;
 pub const CFS_HEADER_VERSION: u32 = 1;
-pub const CFS_HEADER_SIZE: usize = 32;
+pub const CFS_HEADER_SIZE: usize = size_of::<CfsHeader>();
 pub const CFS_FLAG_HAS_ACL: u32 = 1;
 
 pub const EROFS_MAGIC: u32 = 0xE0F5_E1E2;
@@ -27,11 +32,11 @@ pub const CHUNK_FORMAT_BLKBITS_MASK: u16 = 0x1f;
 pub const NULL_ADDR: u32 = 0xffff_ffff;
 pub const MAX_CHUNKS: u64 = 1024;
 
-pub const COMPACT_SIZE: usize = 32;
-pub const EXTENDED_SIZE: usize = 64;
-pub const DIRENT_SIZE: usize = 12;
-pub const XATTR_HEADER_SIZE: usize = 12;
-pub const XATTR_ENTRY_SIZE: usize = 4;
+pub const COMPACT_SIZE: usize = size_of::<InodeCompact>();
+pub const EXTENDED_SIZE: usize = size_of::<InodeExtended>();
+pub const DIRENT_SIZE: usize = size_of::<Dirent>();
+pub const XATTR_HEADER_SIZE: usize = size_of::<XattrIbodyHeader>();
+pub const XATTR_ENTRY_SIZE: usize = size_of::<XattrEntry>();
 
 /// The `trusted.overlay.metacopy` value of a file whose data is an object: overlayfs'
 /// `struct ovl_metacopy` (version 0, the value's own length, flags 0, fs-verity hash algorithm
@@ -96,95 +101,162 @@ pub fn round_up(x: u64, a: u64) -> u64 {
     x.div_ceil(a) * a
 }
 
-fn le16(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes([b[o], b[o + 1]])
-}
-fn le32(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
-}
-fn le64(b: &[u8], o: usize) -> u64 {
-    u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
+/// The derives every on-disk struct carries: any bytes are a valid value, the struct is its
+/// bytes (no padding: `IntoBytes` refuses to derive otherwise), and alignment 1 so a struct can
+/// be read at any offset of an image.
+macro_rules! on_disk {
+    ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* pub $f:ident: $t:ty,)* }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+        #[repr(C)]
+        pub struct $name { $($(#[$fm])* pub $f: $t,)* }
+    };
 }
 
-/// The 32-byte composefs header at offset 0.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CfsHeader {
-    pub magic: u32,
-    pub version: u32,
-    pub flags: u32,
-    pub composefs_version: u32,
+on_disk! {
+    /// The composefs header at offset 0 (`struct cfs_header`).
+    pub struct CfsHeader {
+        pub magic: U32,
+        pub version: U32,
+        pub flags: U32,
+        pub composefs_version: U32,
+        pub unused: [U32; 4],
+    }
+}
+
+on_disk! {
+    /// The EROFS superblock at [`SUPER_OFFSET`] (`struct cfs_erofs_super`, Linux
+    /// `erofs_super_block`). composefs leaves every field it does not name in the writer zero.
+    pub struct Superblock {
+        pub magic: U32,
+        pub checksum: U32,
+        pub feature_compat: U32,
+        pub blkszbits: u8,
+        pub sb_extslots: u8,
+        pub root_nid: U16,
+        pub inos: U64,
+        pub build_time: U64,
+        pub build_time_nsec: U32,
+        pub blocks: U32,
+        pub meta_blkaddr: U32,
+        pub xattr_blkaddr: U32,
+        pub uuid: [u8; 16],
+        pub volume_name: [u8; 16],
+        pub feature_incompat: U32,
+        pub u1: U16,
+        pub extra_devices: U16,
+        pub devt_slotoff: U16,
+        pub dirblkbits: u8,
+        pub xattr_prefix_count: u8,
+        pub xattr_prefix_start: U32,
+        pub packed_nid: U64,
+        pub xattr_filter_reserved: u8,
+        pub reserved2: [u8; 23],
+    }
+}
+
+on_disk! {
+    /// A compact inode (`struct cfs_inode_compact`): mtime is the superblock's build time.
+    pub struct InodeCompact {
+        pub format: U16,
+        pub xattr_icount: U16,
+        pub mode: U16,
+        pub nlink: U16,
+        pub size: U32,
+        pub reserved: U32,
+        /// raw_blkaddr, rdev or chunk format, by file type and layout.
+        pub i_u: U32,
+        pub ino: U32,
+        pub uid: U16,
+        pub gid: U16,
+        pub reserved2: U32,
+    }
+}
+
+on_disk! {
+    /// An extended inode (`struct cfs_inode_extended`).
+    pub struct InodeExtended {
+        pub format: U16,
+        pub xattr_icount: U16,
+        pub mode: U16,
+        pub reserved: U16,
+        pub size: U64,
+        pub i_u: U32,
+        pub ino: U32,
+        pub uid: U32,
+        pub gid: U32,
+        pub mtime: U64,
+        pub mtime_nsec: U32,
+        pub nlink: U32,
+        pub reserved2: [u8; 16],
+    }
+}
+
+on_disk! {
+    /// A directory entry header (`struct cfs_dirent`); the name lives at `nameoff` in the same
+    /// block.
+    pub struct Dirent {
+        pub nid: U64,
+        pub nameoff: U16,
+        pub file_type: u8,
+        pub reserved: u8,
+    }
+}
+
+on_disk! {
+    /// The header of an inode's xattr area (`struct cfs_xattr_ibody_header`); shared xattr ids
+    /// (little-endian u32, in units of 4 bytes from the xattr block) follow it.
+    pub struct XattrIbodyHeader {
+        /// The complement of the bloom filter of the inode's keys ([`xattr_filter_bit`]).
+        pub name_filter: U32,
+        pub shared_count: u8,
+        pub reserved: [u8; 7],
+    }
+}
+
+on_disk! {
+    /// One xattr entry header (`struct cfs_xattr_entry`); name suffix and value follow, padded
+    /// to 4 bytes.
+    pub struct XattrEntry {
+        pub name_len: u8,
+        pub name_index: u8,
+        pub value_size: U16,
+    }
+}
+
+// The sizes kernel/cfs_format.h asserts for the same structs (`static_assert`): a field added,
+// dropped or resized here stops the build instead of shifting every later byte.
+const _: () = {
+    assert!(size_of::<CfsHeader>() == 32);
+    assert!(size_of::<Superblock>() == 128);
+    assert!(size_of::<InodeCompact>() == 32);
+    assert!(size_of::<InodeExtended>() == 64);
+    assert!(size_of::<Dirent>() == 12);
+    assert!(size_of::<XattrIbodyHeader>() == 12);
+    assert!(size_of::<XattrEntry>() == 4);
+};
+
+/// The on-disk struct at the start of `b`, or `None` when `b` is shorter than it.
+pub fn read_at<T: FromBytes>(b: &[u8]) -> Option<T> {
+    T::read_from_prefix(b).ok().map(|(t, _)| t)
 }
 
 impl CfsHeader {
-    pub fn encode(&self) -> [u8; CFS_HEADER_SIZE] {
-        let mut b = [0u8; CFS_HEADER_SIZE];
-        b[0..4].copy_from_slice(&self.magic.to_le_bytes());
-        b[4..8].copy_from_slice(&self.version.to_le_bytes());
-        b[8..12].copy_from_slice(&self.flags.to_le_bytes());
-        b[12..16].copy_from_slice(&self.composefs_version.to_le_bytes());
-        b
-    }
-    pub fn decode(b: &[u8]) -> CfsHeader {
+    pub fn new(flags: u32, composefs_version: u32) -> CfsHeader {
         CfsHeader {
-            magic: le32(b, 0),
-            version: le32(b, 4),
-            flags: le32(b, 8),
-            composefs_version: le32(b, 12),
+            magic: CFS_MAGIC.into(),
+            version: CFS_HEADER_VERSION.into(),
+            flags: flags.into(),
+            composefs_version: composefs_version.into(),
+            ..Default::default()
         }
     }
 }
 
-/// The fields of the EROFS superblock that composefs uses (the rest is zero).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Superblock {
-    pub magic: u32,
-    pub feature_compat: u32,
-    pub blkszbits: u8,
-    pub root_nid: u16,
-    pub inos: u64,
-    pub build_time: u64,
-    pub build_time_nsec: u32,
-    pub blocks: u32,
-    pub meta_blkaddr: u32,
-    pub xattr_blkaddr: u32,
-    pub feature_incompat: u32,
-}
-
-impl Superblock {
-    pub fn encode(&self) -> [u8; SUPER_SIZE] {
-        let mut b = [0u8; SUPER_SIZE];
-        b[0..4].copy_from_slice(&self.magic.to_le_bytes());
-        b[8..12].copy_from_slice(&self.feature_compat.to_le_bytes());
-        b[12] = self.blkszbits;
-        b[14..16].copy_from_slice(&self.root_nid.to_le_bytes());
-        b[16..24].copy_from_slice(&self.inos.to_le_bytes());
-        b[24..32].copy_from_slice(&self.build_time.to_le_bytes());
-        b[32..36].copy_from_slice(&self.build_time_nsec.to_le_bytes());
-        b[36..40].copy_from_slice(&self.blocks.to_le_bytes());
-        b[40..44].copy_from_slice(&self.meta_blkaddr.to_le_bytes());
-        b[44..48].copy_from_slice(&self.xattr_blkaddr.to_le_bytes());
-        b[80..84].copy_from_slice(&self.feature_incompat.to_le_bytes());
-        b
-    }
-    pub fn decode(b: &[u8]) -> Superblock {
-        Superblock {
-            magic: le32(b, 0),
-            feature_compat: le32(b, 8),
-            blkszbits: b[12],
-            root_nid: le16(b, 14),
-            inos: le64(b, 16),
-            build_time: le64(b, 24),
-            build_time_nsec: le32(b, 32),
-            blocks: le32(b, 36),
-            meta_blkaddr: le32(b, 40),
-            xattr_blkaddr: le32(b, 44),
-            feature_incompat: le32(b, 80),
-        }
-    }
-}
-
-/// A compact (32 B) or extended (64 B) inode. `i_u` is the raw union
-/// (raw_blkaddr / rdev / chunk format).
+/// A compact or an extended inode, seen through the fields both have (a compact inode's mtime
+/// is zero here: it is the superblock's build time). Reader and writer use this view; the bytes
+/// are [`InodeCompact`] or [`InodeExtended`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DiskInode {
     /// `i_format`: bit 0 clear for a compact inode, set for an extended one; the layout above.
@@ -227,140 +299,82 @@ impl DiskInode {
             XATTR_HEADER_SIZE + 4 * (self.xattr_icount as usize - 1)
         }
     }
+    /// Append the inode's bytes; a compact inode keeps the low bits of the wide fields (the
+    /// writer chooses compact only where they fit).
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         if self.compact() {
-            let mut b = [0u8; COMPACT_SIZE];
-            b[0..2].copy_from_slice(&self.format.to_le_bytes());
-            b[2..4].copy_from_slice(&self.xattr_icount.to_le_bytes());
-            b[4..6].copy_from_slice(&self.mode.to_le_bytes());
-            b[6..8].copy_from_slice(&(self.nlink as u16).to_le_bytes());
-            b[8..12].copy_from_slice(&(self.size as u32).to_le_bytes());
-            b[16..20].copy_from_slice(&self.i_u.to_le_bytes());
-            b[20..24].copy_from_slice(&self.ino.to_le_bytes());
-            b[24..26].copy_from_slice(&(self.uid as u16).to_le_bytes());
-            b[26..28].copy_from_slice(&(self.gid as u16).to_le_bytes());
-            out.extend_from_slice(&b);
+            let raw = InodeCompact {
+                format: self.format.into(),
+                xattr_icount: self.xattr_icount.into(),
+                mode: self.mode.into(),
+                nlink: (self.nlink as u16).into(),
+                size: (self.size as u32).into(),
+                i_u: self.i_u.into(),
+                ino: self.ino.into(),
+                uid: (self.uid as u16).into(),
+                gid: (self.gid as u16).into(),
+                ..Default::default()
+            };
+            out.extend_from_slice(raw.as_bytes());
         } else {
-            let mut b = [0u8; EXTENDED_SIZE];
-            b[0..2].copy_from_slice(&self.format.to_le_bytes());
-            b[2..4].copy_from_slice(&self.xattr_icount.to_le_bytes());
-            b[4..6].copy_from_slice(&self.mode.to_le_bytes());
-            b[8..16].copy_from_slice(&self.size.to_le_bytes());
-            b[16..20].copy_from_slice(&self.i_u.to_le_bytes());
-            b[20..24].copy_from_slice(&self.ino.to_le_bytes());
-            b[24..28].copy_from_slice(&self.uid.to_le_bytes());
-            b[28..32].copy_from_slice(&self.gid.to_le_bytes());
-            b[32..40].copy_from_slice(&self.mtime.to_le_bytes());
-            b[40..44].copy_from_slice(&self.mtime_nsec.to_le_bytes());
-            b[44..48].copy_from_slice(&self.nlink.to_le_bytes());
-            out.extend_from_slice(&b);
+            let raw = InodeExtended {
+                format: self.format.into(),
+                xattr_icount: self.xattr_icount.into(),
+                mode: self.mode.into(),
+                size: self.size.into(),
+                i_u: self.i_u.into(),
+                ino: self.ino.into(),
+                uid: self.uid.into(),
+                gid: self.gid.into(),
+                mtime: self.mtime.into(),
+                mtime_nsec: self.mtime_nsec.into(),
+                nlink: self.nlink.into(),
+                ..Default::default()
+            };
+            out.extend_from_slice(raw.as_bytes());
         }
     }
     /// Decode from `b` (at least 32 bytes; 64 for an extended inode, else `None`).
     pub fn decode(b: &[u8]) -> Option<DiskInode> {
-        if b.len() < COMPACT_SIZE {
-            return None;
-        }
-        let format = le16(b, 0);
+        let format = U16::read_from_prefix(b).ok()?.0.get();
         if format & 1 == 0 {
+            let i: InodeCompact = read_at(b)?;
             Some(DiskInode {
                 format,
-                xattr_icount: le16(b, 2),
-                mode: le16(b, 4),
-                nlink: le16(b, 6) as u32,
-                size: le32(b, 8) as u64,
-                i_u: le32(b, 16),
-                ino: le32(b, 20),
-                uid: le16(b, 24) as u32,
-                gid: le16(b, 26) as u32,
+                xattr_icount: i.xattr_icount.get(),
+                mode: i.mode.get(),
+                nlink: i.nlink.get().into(),
+                size: i.size.get().into(),
+                i_u: i.i_u.get(),
+                ino: i.ino.get(),
+                uid: i.uid.get().into(),
+                gid: i.gid.get().into(),
                 mtime: 0,
                 mtime_nsec: 0,
             })
         } else {
-            if b.len() < EXTENDED_SIZE {
-                return None;
-            }
+            let i: InodeExtended = read_at(b)?;
             Some(DiskInode {
                 format,
-                xattr_icount: le16(b, 2),
-                mode: le16(b, 4),
-                size: le64(b, 8),
-                i_u: le32(b, 16),
-                ino: le32(b, 20),
-                uid: le32(b, 24),
-                gid: le32(b, 28),
-                mtime: le64(b, 32),
-                mtime_nsec: le32(b, 40),
-                nlink: le32(b, 44),
+                xattr_icount: i.xattr_icount.get(),
+                mode: i.mode.get(),
+                nlink: i.nlink.get(),
+                size: i.size.get(),
+                i_u: i.i_u.get(),
+                ino: i.ino.get(),
+                uid: i.uid.get(),
+                gid: i.gid.get(),
+                mtime: i.mtime.get(),
+                mtime_nsec: i.mtime_nsec.get(),
             })
         }
     }
 }
 
-/// A directory entry header (the name lives at `nameoff` in the same block).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Dirent {
-    pub nid: u64,
-    pub nameoff: u16,
-    pub file_type: u8,
-}
-
-impl Dirent {
-    pub fn encode_into(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.nid.to_le_bytes());
-        out.extend_from_slice(&self.nameoff.to_le_bytes());
-        out.push(self.file_type);
-        out.push(0);
-    }
-    pub fn decode(b: &[u8]) -> Dirent {
-        Dirent {
-            nid: le64(b, 0),
-            nameoff: le16(b, 8),
-            file_type: b[10],
-        }
-    }
-}
-
-/// The header of an inode's xattr area; shared xattr ids follow it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct XattrIbodyHeader {
-    pub name_filter: u32,
-    pub shared_count: u8,
-}
-
-impl XattrIbodyHeader {
-    pub fn encode_into(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.name_filter.to_le_bytes());
-        out.push(self.shared_count);
-        out.extend_from_slice(&[0u8; 7]);
-    }
-    pub fn decode(b: &[u8]) -> XattrIbodyHeader {
-        XattrIbodyHeader {
-            name_filter: le32(b, 0),
-            shared_count: b[4],
-        }
-    }
-}
-
-/// One xattr entry header; name suffix and value follow, padded to 4 bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct XattrEntry {
-    pub name_len: u8,
-    pub name_index: u8,
-    pub value_size: u16,
-}
-
 impl XattrEntry {
-    pub fn decode(b: &[u8]) -> XattrEntry {
-        XattrEntry {
-            name_len: b[0],
-            name_index: b[1],
-            value_size: le16(b, 2),
-        }
-    }
     /// Size of the entry with name, value and padding.
     pub fn total_size(&self) -> usize {
-        (XATTR_ENTRY_SIZE + self.name_len as usize + self.value_size as usize).div_ceil(4) * 4
+        (XATTR_ENTRY_SIZE + self.name_len as usize + self.value_size.get() as usize).div_ceil(4) * 4
     }
     /// Encode a whole entry (header, suffix, value, padding) for a full key.
     pub fn encode_full(key: &[u8], value: &[u8], out: &mut Vec<u8>) {
@@ -371,16 +385,17 @@ impl XattrEntry {
         let (index, suffix) = xattr_split(key);
         let start = out.len();
         let value_len: usize = value.iter().map(|v| v.len()).sum();
-        out.push(suffix.len() as u8);
-        out.push(index);
-        out.extend_from_slice(&(value_len as u16).to_le_bytes());
+        let head = XattrEntry {
+            name_len: suffix.len() as u8,
+            name_index: index,
+            value_size: (value_len as u16).into(),
+        };
+        out.extend_from_slice(head.as_bytes());
         out.extend_from_slice(suffix);
         for v in value {
             out.extend_from_slice(v);
         }
-        while !(out.len() - start).is_multiple_of(4) {
-            out.push(0);
-        }
+        out.resize(start + (out.len() - start).next_multiple_of(4), 0);
     }
     /// On-disk size of the entry for a full key and value.
     pub fn full_size(key: &[u8], value_len: usize) -> usize {
@@ -466,13 +481,43 @@ mod tests {
             assert_eq!(i.xattr_size(), 12 + 6 * 4);
         }
         let sb = Superblock {
-            magic: EROFS_MAGIC,
-            root_nid: 36,
-            inos: 5,
-            blocks: 9,
+            magic: EROFS_MAGIC.into(),
+            root_nid: 36.into(),
+            inos: 5.into(),
+            blocks: 9.into(),
             ..Default::default()
         };
-        assert_eq!(Superblock::decode(&sb.encode()), sb);
+        assert_eq!(read_at::<Superblock>(sb.as_bytes()), Some(sb));
+        assert_eq!(read_at::<Superblock>(&sb.as_bytes()[1..]), None);
+    }
+
+    /// The offsets the kernel's EROFS reader (`erofs_fs.h`) uses for the fields composefs sets.
+    #[test]
+    fn fields_sit_where_erofs_reads_them() {
+        use std::mem::offset_of;
+        for (what, offset, want) in [
+            ("sb.feature_compat", offset_of!(Superblock, feature_compat), 8),
+            ("sb.root_nid", offset_of!(Superblock, root_nid), 14),
+            ("sb.build_time", offset_of!(Superblock, build_time), 24),
+            ("sb.xattr_blkaddr", offset_of!(Superblock, xattr_blkaddr), 44),
+            ("sb.feature_incompat", offset_of!(Superblock, feature_incompat), 80),
+            ("sb.packed_nid", offset_of!(Superblock, packed_nid), 96),
+            ("compact.i_u", offset_of!(InodeCompact, i_u), 16),
+            ("compact.uid", offset_of!(InodeCompact, uid), 24),
+            ("extended.size", offset_of!(InodeExtended, size), 8),
+            ("extended.mtime", offset_of!(InodeExtended, mtime), 32),
+            ("extended.nlink", offset_of!(InodeExtended, nlink), 44),
+            ("dirent.nameoff", offset_of!(Dirent, nameoff), 8),
+            ("dirent.file_type", offset_of!(Dirent, file_type), 10),
+            (
+                "xattr header.shared_count",
+                offset_of!(XattrIbodyHeader, shared_count),
+                4,
+            ),
+            ("xattr entry.value_size", offset_of!(XattrEntry, value_size), 2),
+        ] {
+            assert_eq!(offset, want, "{what}");
+        }
     }
 
     #[test]

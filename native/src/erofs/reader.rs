@@ -7,6 +7,7 @@
 use super::format::*;
 use crate::tree::{mode, DirEntry, Inode, InodeData, InodeId, Timespec, Tree, Xattr, ROOT};
 use std::collections::{HashMap, VecDeque};
+use zerocopy::FromBytes;
 
 /// Why an image cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,6 +72,10 @@ struct Ctx<'a> {
     meta: usize,
     xattr_base: usize,
     sb: Superblock,
+    /// A compact inode's mtime.
+    build_time: Timespec,
+    /// Presenting a source view ([`View::Source`] or [`View::SourceWithOpaque`]).
+    source: bool,
 }
 
 fn corrupt(nid: u64, what: impl Into<String>) -> ReadError {
@@ -113,17 +118,16 @@ impl<'a> Ctx<'a> {
         let xarea = self.slice(nid, off + di.disk_size() as u64, xsize, "xattrs")?;
         let mut xattrs = Vec::new();
         if xsize > 0 {
-            let h = XattrIbodyHeader::decode(xarea);
+            let h: XattrIbodyHeader = read_at(xarea).ok_or_else(|| corrupt(nid, "xattr area too small"))?;
             let shared_end = XATTR_HEADER_SIZE + 4 * h.shared_count as usize;
             if shared_end > xarea.len() {
                 return Err(corrupt(nid, "shared xattr ids beyond the xattr area"));
             }
             // Inline entries first, then shared ones (the reference reader's order).
             let mut p = shared_end;
-            while p + XATTR_ENTRY_SIZE <= xarea.len() {
-                let e = XattrEntry::decode(&xarea[p..]);
+            while let Some(e) = xarea.get(p..).and_then(read_at::<XattrEntry>) {
                 let total = e.total_size();
-                if p + XATTR_ENTRY_SIZE + e.name_len as usize + e.value_size as usize > xarea.len() {
+                if p + XATTR_ENTRY_SIZE + e.name_len as usize + e.value_size.get() as usize > xarea.len() {
                     return Err(corrupt(nid, "xattr entry beyond the xattr area"));
                 }
                 xattrs.push(self.xattr_from(nid, &xarea[p..], e)?);
@@ -133,11 +137,11 @@ impl<'a> Ctx<'a> {
                 let id = u32::from_le_bytes(xarea[XATTR_HEADER_SIZE + 4 * i..][..4].try_into().unwrap()) as u64;
                 let eoff = self.xattr_base as u64 + id * 4;
                 let head = self.slice(nid, eoff, XATTR_ENTRY_SIZE as u64, "shared xattr")?;
-                let e = XattrEntry::decode(head);
+                let e: XattrEntry = read_at(head).expect("sliced to its size");
                 let body = self.slice(
                     nid,
                     eoff,
-                    (XATTR_ENTRY_SIZE + e.name_len as usize + e.value_size as usize) as u64,
+                    (XATTR_ENTRY_SIZE + e.name_len as usize + e.value_size.get() as usize) as u64,
                     "shared xattr",
                 )?;
                 xattrs.push(self.xattr_from(nid, body, e)?);
@@ -152,7 +156,7 @@ impl<'a> Ctx<'a> {
 
     fn xattr_from(&self, nid: u64, b: &'a [u8], e: XattrEntry) -> Result<(Vec<u8>, &'a [u8]), ReadError> {
         let name = &b[XATTR_ENTRY_SIZE..XATTR_ENTRY_SIZE + e.name_len as usize];
-        let value = &b[XATTR_ENTRY_SIZE + e.name_len as usize..][..e.value_size as usize];
+        let value = &b[XATTR_ENTRY_SIZE + e.name_len as usize..][..e.value_size.get() as usize];
         let key = xattr_join(e.name_index, name)
             .ok_or_else(|| corrupt(nid, format!("unknown xattr prefix {}", e.name_index)))?;
         if key.is_empty() || key.contains(&0) {
@@ -186,20 +190,18 @@ impl<'a> Ctx<'a> {
 
 /// Parse one directory block: (name, nid) pairs.
 fn dir_block(nid: u64, blk: &[u8]) -> Result<Vec<(&[u8], u64)>, ReadError> {
-    if blk.len() < DIRENT_SIZE {
-        return Err(corrupt(nid, "directory block too small"));
-    }
-    let first = Dirent::decode(blk);
-    let n = first.nameoff as usize / DIRENT_SIZE;
-    if !(first.nameoff as usize).is_multiple_of(DIRENT_SIZE) || n == 0 || first.nameoff as usize > blk.len() {
+    let first: Dirent = read_at(blk).ok_or_else(|| corrupt(nid, "directory block too small"))?;
+    let table = first.nameoff.get() as usize;
+    let n = table / DIRENT_SIZE;
+    if !table.is_multiple_of(DIRENT_SIZE) || n == 0 || table > blk.len() {
         return Err(corrupt(nid, "bad directory entry table"));
     }
-    let ents: Vec<Dirent> = (0..n).map(|i| Dirent::decode(&blk[i * DIRENT_SIZE..])).collect();
+    let (ents, _) = <[Dirent]>::ref_from_prefix_with_elems(blk, n).expect("the table fits in the block");
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let start = ents[i].nameoff as usize;
+        let start = ents[i].nameoff.get() as usize;
         let end = if i + 1 < n {
-            ents[i + 1].nameoff as usize
+            ents[i + 1].nameoff.get() as usize
         } else {
             blk.len()
         };
@@ -215,7 +217,7 @@ fn dir_block(nid: u64, blk: &[u8]) -> Result<Vec<(&[u8], u64)>, ReadError> {
         if name.is_empty() || name.len() > 255 || name.contains(&b'/') || name.contains(&0) {
             return Err(corrupt(nid, "invalid name in directory"));
         }
-        out.push((name, ents[i].nid));
+        out.push((name, ents[i].nid.get()));
     }
     Ok(out)
 }
@@ -257,56 +259,79 @@ pub fn read_image_with(img: &[u8], keep_opaque: bool) -> Result<Loaded, ReadErro
 
 /// Load a composefs image presented as `view` says.
 pub fn read_image_view(img: &[u8], view: View) -> Result<Loaded, ReadError> {
-    let source = view != View::Mounted;
-    if img.len() < SUPER_OFFSET as usize + SUPER_SIZE {
-        return Err(ReadError::TooSmall(img.len()));
+    let (header, ctx) = Ctx::open(img, view)?;
+    let mut walk = Walk::from_root(&ctx)?;
+    walk.load_directories()?;
+    let Walk {
+        mut tree,
+        id_of,
+        seen,
+        first_seen,
+        ..
+    } = walk;
+    // Format 1 marks directories holding whiteouts opaque=x; the writer adds it again.
+    if header.composefs_version.get() >= 1 && view == View::Source {
+        drop_whiteout_opaque_marks(&mut tree);
     }
-    let h = CfsHeader::decode(img);
-    if h.magic != CFS_MAGIC {
-        return Err(ReadError::BadMagic);
-    }
-    if h.version != CFS_HEADER_VERSION {
-        return Err(ReadError::BadVersion(h.version));
-    }
-    let sb = Superblock::decode(&img[SUPER_OFFSET as usize..]);
-    if sb.magic != EROFS_MAGIC {
-        return Err(ReadError::BadSuperMagic);
-    }
-    if sb.blkszbits as u32 != BLOCK_BITS {
-        return Err(ReadError::BadBlockSize(sb.blkszbits));
-    }
-    let meta = sb.meta_blkaddr as u64 * BLOCK_SIZE;
-    let xattr_base = sb.xattr_blkaddr as u64 * BLOCK_SIZE;
-    if meta >= img.len() as u64 || xattr_base > img.len() as u64 {
-        return Err(corrupt(sb.root_nid as u64, "metadata or xattr area beyond the image"));
-    }
-    let ctx = Ctx {
-        img,
-        meta: meta as usize,
-        xattr_base: xattr_base as usize,
-        sb,
-    };
-    let build_time = Timespec {
-        sec: ctx.sb.build_time as i64,
-        nsec: ctx.sb.build_time_nsec,
-    };
+    record_hardlink_holders(&mut tree, seen, first_seen, &id_of);
+    Ok(Loaded {
+        tree,
+        version: header.composefs_version.get(),
+        flags: header.flags.get(),
+    })
+}
 
-    let mut tree: Option<Tree> = None;
-    let mut id_of: HashMap<u64, InodeId> = HashMap::new();
-    // Every entry in breadth-first order, whiteouts included: (dir, name, nid).
-    let mut seq: Vec<(InodeId, Vec<u8>, u64)> = Vec::new();
-    let mut all_nids: Vec<u64> = Vec::new();
-    let mut queue: VecDeque<(u64, InodeId)> = VecDeque::new();
-    let mut whiteout_children: Vec<InodeId> = Vec::new();
+impl<'a> Ctx<'a> {
+    /// Check the composefs header and the superblock; the context every later read uses.
+    fn open(img: &'a [u8], view: View) -> Result<(CfsHeader, Ctx<'a>), ReadError> {
+        if img.len() < SUPER_OFFSET as usize + SUPER_SIZE {
+            return Err(ReadError::TooSmall(img.len()));
+        }
+        let h: CfsHeader = read_at(img).expect("checked length");
+        if h.magic.get() != CFS_MAGIC {
+            return Err(ReadError::BadMagic);
+        }
+        if h.version.get() != CFS_HEADER_VERSION {
+            return Err(ReadError::BadVersion(h.version.get()));
+        }
+        let sb: Superblock = read_at(&img[SUPER_OFFSET as usize..]).expect("checked length");
+        if sb.magic.get() != EROFS_MAGIC {
+            return Err(ReadError::BadSuperMagic);
+        }
+        if sb.blkszbits as u32 != BLOCK_BITS {
+            return Err(ReadError::BadBlockSize(sb.blkszbits));
+        }
+        let meta = sb.meta_blkaddr.get() as u64 * BLOCK_SIZE;
+        let xattr_base = sb.xattr_blkaddr.get() as u64 * BLOCK_SIZE;
+        if meta >= img.len() as u64 || xattr_base > img.len() as u64 {
+            return Err(corrupt(
+                sb.root_nid.get() as u64,
+                "metadata or xattr area beyond the image",
+            ));
+        }
+        let ctx = Ctx {
+            img,
+            meta: meta as usize,
+            xattr_base: xattr_base as usize,
+            build_time: Timespec {
+                sec: sb.build_time.get() as i64,
+                nsec: sb.build_time_nsec.get(),
+            },
+            source: view != View::Mounted,
+            sb,
+        };
+        Ok((h, ctx))
+    }
 
-    // Build one inode (not its directory entries).
-    let load = |nid: u64| -> Result<Option<Inode>, ReadError> {
-        let raw = ctx.inode(nid)?;
+    /// One inode as the tree holds it (not its directory entries), or `None` for a chardev 0/0:
+    /// the root's synthetic whiteouts.
+    fn load_inode(&self, nid: u64) -> Result<Option<Inode>, ReadError> {
+        let raw = self.inode(nid)?;
         let di = &raw.di;
         let m = di.mode as u32;
         let t = m & mode::S_IFMT;
         let mtime = if di.compact() {
-            build_time
+            self.build_time
         } else {
             Timespec {
                 sec: di.mtime as i64,
@@ -328,7 +353,7 @@ pub fn read_image_view(img: &[u8], view: View) -> Result<Loaded, ReadError> {
             mode::S_IFCHR | mode::S_IFBLK => {
                 ino.rdev = di.i_u as u64;
                 if t == mode::S_IFCHR && di.i_u == 0 {
-                    return Ok(None); // a real whiteout: the root's synthetic ones
+                    return Ok(None);
                 }
             }
             mode::S_IFDIR => ino.data = InodeData::Directory { entries: Vec::new() },
@@ -336,7 +361,7 @@ pub fn read_image_view(img: &[u8], view: View) -> Result<Loaded, ReadError> {
                 if di.size == 0 || di.size >= 4096 {
                     return Err(corrupt(nid, "bad symlink size"));
                 }
-                let target: Vec<u8> = ctx.data(nid, &raw, di.size)?.concat();
+                let target: Vec<u8> = self.data(nid, &raw, di.size)?.concat();
                 if target.contains(&0) {
                     return Err(corrupt(nid, "NUL in symlink target"));
                 }
@@ -344,10 +369,10 @@ pub fn read_image_view(img: &[u8], view: View) -> Result<Loaded, ReadError> {
             }
             mode::S_IFREG => {
                 let inline = if di.size > 0 && di.layout() != LAYOUT_CHUNK_BASED {
-                    if di.size > img.len() as u64 {
+                    if di.size > self.img.len() as u64 {
                         return Err(corrupt(nid, "inline file larger than the image"));
                     }
-                    Some(ctx.data(nid, &raw, di.size)?.concat())
+                    Some(self.data(nid, &raw, di.size)?.concat())
                 } else {
                     None
                 };
@@ -360,7 +385,16 @@ pub fn read_image_view(img: &[u8], view: View) -> Result<Loaded, ReadError> {
             mode::S_IFIFO | mode::S_IFSOCK => {}
             _ => return Err(corrupt(nid, format!("bad mode {m:o}"))),
         }
-        for (key, value) in raw.xattrs {
+        self.undo_overlay_xattrs(&mut ino, raw.xattrs);
+        Ok(Some(ino))
+    }
+
+    /// Give `ino` the xattrs of its image entry minus what the writer added for overlayfs: the
+    /// metacopy digest and redirect become the file's digest and payload; in the source views an
+    /// escaped whiteout becomes a whiteout again and the whiteout markings go; escaped
+    /// `trusted.overlay.overlay.*` keys lose one `overlay.`, other `trusted.overlay.*` ones go.
+    fn undo_overlay_xattrs(&self, ino: &mut Inode, xattrs: Vec<(Vec<u8>, &[u8])>) {
+        for (key, value) in xattrs {
             let is_reg = ino.is_regular();
             if key == b"trusted.overlay.redirect" {
                 if let InodeData::Regular { payload, .. } = &mut ino.data {
@@ -381,14 +415,14 @@ pub fn read_image_view(img: &[u8], view: View) -> Result<Loaded, ReadError> {
                 }
                 continue;
             }
-            if key == b"trusted.overlay.overlay.whiteout" && is_reg && source {
+            if key == b"trusted.overlay.overlay.whiteout" && is_reg && self.source {
                 ino.mode = (ino.mode & !mode::S_IFMT) | mode::S_IFCHR;
                 ino.rdev = 0;
                 ino.size = 0;
                 ino.data = InodeData::Special;
                 continue;
             }
-            if source
+            if self.source
                 && (key == b"trusted.overlay.overlay.whiteouts"
                     || key == b"user.overlay.whiteout"
                     || key == b"user.overlay.whiteouts")
@@ -413,108 +447,130 @@ pub fn read_image_view(img: &[u8], view: View) -> Result<Loaded, ReadError> {
                 }),
             }
         }
-        Ok(Some(ino))
-    };
-
-    let root_nid = ctx.sb.root_nid as u64;
-    let root = load(root_nid)?.ok_or_else(|| corrupt(root_nid, "root is not a directory"))?;
-    if !root.is_dir() {
-        return Err(corrupt(root_nid, "root is not a directory"));
     }
-    let t = tree.insert(Tree::new(root));
-    id_of.insert(root_nid, ROOT);
-    queue.push_back((root_nid, ROOT));
-    while let Some((dnid, did)) = queue.pop_front() {
-        let raw = ctx.inode(dnid)?;
-        let size = raw.di.size;
-        let parts = ctx.data(dnid, &raw, size)?;
-        let mut blocks: Vec<&[u8]> = Vec::new();
-        for p in parts {
-            let mut rest = p;
-            while !rest.is_empty() {
-                let n = rest.len().min(BLOCK_SIZE as usize);
-                blocks.push(&rest[..n]);
-                rest = &rest[n..];
+
+    /// The (name, nid) entries of directory `nid`, `.` and `..` included, block by block.
+    fn dir_entries(&self, nid: u64) -> Result<Vec<(&'a [u8], u64)>, ReadError> {
+        let raw = self.inode(nid)?;
+        let mut out = Vec::new();
+        for part in self.data(nid, &raw, raw.di.size)? {
+            for blk in part.chunks(BLOCK_SIZE as usize) {
+                out.extend(dir_block(nid, blk)?);
             }
         }
-        let mut entries: Vec<DirEntry> = Vec::new();
-        let mut has_whiteout = false;
-        for blk in blocks {
-            for (name, nid) in dir_block(dnid, blk)? {
+        Ok(out)
+    }
+}
+
+/// The breadth-first walk of an image's directories that builds its tree.
+struct Walk<'c, 'a> {
+    ctx: &'c Ctx<'a>,
+    tree: Tree,
+    /// The tree inode of every nid loaded.
+    id_of: HashMap<u64, InodeId>,
+    /// Every entry in breadth-first order, whiteouts included: (dir, name, nid).
+    seen: Vec<(InodeId, Vec<u8>, u64)>,
+    /// The nids in the order they were first met (once each, but for chardev-0/0 entries).
+    first_seen: Vec<u64>,
+    /// Directories whose entries are still to be read: (nid, tree inode).
+    queue: VecDeque<(u64, InodeId)>,
+}
+
+impl<'c, 'a> Walk<'c, 'a> {
+    /// Start with the root inode (which must be a directory).
+    fn from_root(ctx: &'c Ctx<'a>) -> Result<Self, ReadError> {
+        let root_nid = ctx.sb.root_nid.get() as u64;
+        let root = ctx
+            .load_inode(root_nid)?
+            .filter(|r| r.is_dir())
+            .ok_or_else(|| corrupt(root_nid, "root is not a directory"))?;
+        Ok(Walk {
+            ctx,
+            tree: Tree::new(root),
+            id_of: HashMap::from([(root_nid, ROOT)]),
+            seen: Vec::new(),
+            first_seen: Vec::new(),
+            queue: VecDeque::from([(root_nid, ROOT)]),
+        })
+    }
+
+    /// Read every directory's entries, loading each inode the first time an entry names it.
+    fn load_directories(&mut self) -> Result<(), ReadError> {
+        while let Some((dnid, did)) = self.queue.pop_front() {
+            let mut entries: Vec<DirEntry> = Vec::new();
+            for (name, nid) in self.ctx.dir_entries(dnid)? {
                 if name == b"." || name == b".." {
                     continue;
                 }
-                seq.push((did, name.to_vec(), nid));
-                let id = match id_of.get(&nid) {
-                    Some(&id) => {
-                        if t.inodes[id].is_dir() {
-                            return Err(corrupt(nid, "directory linked twice (hardlink or cycle)"));
-                        }
-                        id
-                    }
-                    None => {
-                        all_nids.push(nid);
-                        match load(nid)? {
-                            None => continue,
-                            Some(ino) => {
-                                let is_dir = ino.is_dir();
-                                if ino.is_whiteout() {
-                                    has_whiteout = true;
-                                }
-                                let id = t.push(ino);
-                                id_of.insert(nid, id);
-                                if is_dir {
-                                    queue.push_back((nid, id));
-                                }
-                                id
-                            }
-                        }
-                    }
-                };
-                entries.push(DirEntry {
-                    name: name.to_vec(),
-                    inode: id,
-                });
+                self.seen.push((did, name.to_vec(), nid));
+                if let Some(id) = self.inode_of(nid)? {
+                    entries.push(DirEntry {
+                        name: name.to_vec(),
+                        inode: id,
+                    });
+                }
             }
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
+            if entries.windows(2).any(|w| w[0].name == w[1].name) {
+                return Err(corrupt(dnid, "duplicate name in directory"));
+            }
+            self.tree.inodes[did].data = InodeData::Directory { entries };
         }
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
-        if entries.windows(2).any(|w| w[0].name == w[1].name) {
-            return Err(corrupt(dnid, "duplicate name in directory"));
-        }
-        if has_whiteout {
-            whiteout_children.push(did);
-        }
-        t.inodes[did].data = InodeData::Directory { entries };
+        Ok(())
     }
-    // Whiteout children that were hardlinks were not seen as new inodes above; catch them.
+
+    /// The tree inode of the entry naming `nid`: loaded (and a directory queued) the first time,
+    /// the same one after (a hardlink); `None` for the root's synthetic whiteouts.
+    fn inode_of(&mut self, nid: u64) -> Result<Option<InodeId>, ReadError> {
+        if let Some(&id) = self.id_of.get(&nid) {
+            if self.tree.inodes[id].is_dir() {
+                return Err(corrupt(nid, "directory linked twice (hardlink or cycle)"));
+            }
+            return Ok(Some(id));
+        }
+        self.first_seen.push(nid);
+        let Some(ino) = self.ctx.load_inode(nid)? else {
+            return Ok(None);
+        };
+        let is_dir = ino.is_dir();
+        let id = self.tree.push(ino);
+        self.id_of.insert(nid, id);
+        if is_dir {
+            self.queue.push_back((nid, id));
+        }
+        Ok(Some(id))
+    }
+}
+
+/// Take the `opaque=x` marks off the directories holding a whiteout (format 1 adds them).
+fn drop_whiteout_opaque_marks(t: &mut Tree) {
     for d in 0..t.inodes.len() {
-        if t.inodes[d].is_dir()
-            && t.inodes[d].entries().iter().any(|e| t.inodes[e.inode].is_whiteout())
-            && !whiteout_children.contains(&d)
-        {
-            whiteout_children.push(d);
-        }
-    }
-    // Format 1 marks directories holding whiteouts opaque=x; the writer adds it again.
-    if h.composefs_version >= 1 && view == View::Source {
-        for d in whiteout_children {
+        if t.inodes[d].is_dir() && t.inodes[d].entries().iter().any(|e| t.inodes[e.inode].is_whiteout()) {
             t.inodes[d].xattrs.retain(|x| {
                 !((x.key == b"trusted.overlay.opaque" || x.key == b"user.overlay.opaque") && x.value == b"x")
             });
         }
     }
-    // Which entry holds each hardlinked inode: match entries in breadth-first order against
-    // the inodes in nid order (the writer places inodes in that order).
-    all_nids.sort_unstable();
+}
+
+/// Which entry holds each hardlinked inode: match entries in breadth-first order against the
+/// inodes in nid order (the writer places inodes in that order).
+fn record_hardlink_holders(
+    t: &mut Tree,
+    seen: Vec<(InodeId, Vec<u8>, u64)>,
+    mut first_seen: Vec<u64>,
+    id_of: &HashMap<u64, InodeId>,
+) {
+    first_seen.sort_unstable();
     let mut count: HashMap<InodeId, usize> = HashMap::new();
-    for (_, _, nid) in &seq {
+    for (_, _, nid) in &seen {
         if let Some(id) = id_of.get(nid) {
             *count.entry(*id).or_default() += 1;
         }
     }
     let mut p = 0;
-    for (dir, name, nid) in seq {
-        if p < all_nids.len() && all_nids[p] == nid {
+    for (dir, name, nid) in seen {
+        if p < first_seen.len() && first_seen[p] == nid {
             p += 1;
             if let Some(&id) = id_of.get(&nid) {
                 if count.get(&id).copied().unwrap_or(0) > 1 {
@@ -523,11 +579,6 @@ pub fn read_image_view(img: &[u8], view: View) -> Result<Loaded, ReadError> {
             }
         }
     }
-    Ok(Loaded {
-        tree: tree.unwrap(),
-        version: h.composefs_version,
-        flags: h.flags,
-    })
 }
 
 #[cfg(test)]

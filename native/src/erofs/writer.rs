@@ -17,9 +17,10 @@
 //!    block; compact inodes where possible; then the shared xattrs; then the data blocks.
 
 use super::format::*;
-use crate::tree::{mode, InodeData, InodeId, Timespec, Tree, ROOT};
+use crate::tree::{mode, Inode, InodeData, InodeId, Timespec, Tree, ROOT};
 use rayon::prelude::*;
 use std::collections::HashMap;
+use zerocopy::IntoBytes;
 
 use crate::hash::fx::{FastHash, FxHasher};
 
@@ -195,6 +196,10 @@ struct XaSet<'a> {
 }
 
 impl<'a> XaSet<'a> {
+    /// [`XaSet::set`] for a key the writer adds (its account counts the key as written).
+    fn set_added(&mut self, keys: &Keys, key: u32, pre: u8, body: &'a [u8]) -> Result<(), WriteError> {
+        self.set(Xa { key, pre, body }, keys.get(key).len())
+    }
     fn clear(&mut self) {
         self.list.clear();
         self.budget = 0;
@@ -272,6 +277,17 @@ struct Node<'a> {
     nid: u64,
 }
 
+impl Node<'_> {
+    /// A whiteout of the source (chardev 0/0), not one of the root's synthetic ones.
+    fn is_whiteout(&self) -> bool {
+        self.src.is_some() && self.mode & mode::S_IFMT == mode::S_IFCHR && self.rdev == 0
+    }
+    /// This node's run in the xattr list.
+    fn xattr_range(&self) -> std::ops::Range<usize> {
+        self.xa_start as usize..(self.xa_start + self.xa_len) as usize
+    }
+}
+
 static HEX_NAMES: [[u8; 2]; 256] = {
     let hex = b"0123456789abcdef";
     let mut t = [[0u8; 2]; 256];
@@ -341,12 +357,13 @@ fn encode_dirents(nodes: &[Node], dirents: &[(&[u8], u32)], out: &mut Vec<u8>) {
     let mut nameoff = (dirents.len() * DIRENT_SIZE) as u64;
     for (name, target) in dirents {
         let t = &nodes[*target as usize];
-        Dirent {
-            nid: t.nid,
-            nameoff: nameoff as u16,
+        let d = Dirent {
+            nid: t.nid.into(),
+            nameoff: (nameoff as u16).into(),
             file_type: ftype(t.mode),
-        }
-        .encode_into(out);
+            reserved: 0,
+        };
+        out.extend_from_slice(d.as_bytes());
         nameoff += name.len() as u64;
     }
     for (name, _) in dirents {
@@ -408,402 +425,494 @@ pub struct Plan<'a> {
 
 const NOT_SHARED: u32 = u32::MAX;
 
-impl<'a> Plan<'a> {
-    /// Lay out the image of `tree` (the steps of the module documentation).
-    pub fn new(tree: &'a Tree, opts: &Options) -> Result<Plan<'a>, WriteError> {
-        if opts.min_version > 1 || opts.max_version > 1 {
-            return Err(WriteError::BadVersion(opts.min_version.max(opts.max_version)));
-        }
-        let max_version = opts.max_version.max(opts.min_version);
-        let mut stats = Stats::default();
-        let mut nodes = bfs_nodes(tree)?;
+fn check_versions(opts: &Options) -> Result<(), WriteError> {
+    if opts.min_version > 1 || opts.max_version > 1 {
+        return Err(WriteError::BadVersion(opts.min_version.max(opts.max_version)));
+    }
+    Ok(())
+}
 
-        // 2. Format version.
-        let is_whiteout = |n: &Node| n.src.is_some() && n.mode & mode::S_IFMT == mode::S_IFCHR && n.rdev == 0;
-        let has_whiteout = nodes.iter().any(is_whiteout);
-        let version = if opts.min_version < 1 && max_version >= 1 && has_whiteout {
-            1
+/// The format version, `min_version` raised to 1 (where `max_version` allows) by a
+/// whiteout.
+fn format_version(nodes: &[Node], opts: &Options) -> u32 {
+    let max_version = opts.max_version.max(opts.min_version);
+    if opts.min_version < 1 && max_version >= 1 && nodes.iter().any(Node::is_whiteout) {
+        1
+    } else {
+        opts.min_version
+    }
+}
+
+/// The keys of the xattrs the writer adds for overlayfs.
+struct AddedKeys {
+    metacopy: u32,
+    redirect: u32,
+    whiteout: u32,
+    user_whiteout: u32,
+    whiteouts: u32,
+    user_whiteouts: u32,
+    opaque_escaped: u32,
+    user_opaque: u32,
+    opaque: u32,
+    selinux: u32,
+}
+
+impl AddedKeys {
+    fn intern(keys: &mut Keys<'_>) -> AddedKeys {
+        let mut k = |s: &'static [u8]| keys.id(std::borrow::Cow::Borrowed(s));
+        AddedKeys {
+            metacopy: k(b"trusted.overlay.metacopy"),
+            redirect: k(b"trusted.overlay.redirect"),
+            whiteout: k(b"trusted.overlay.overlay.whiteout"),
+            user_whiteout: k(b"user.overlay.whiteout"),
+            whiteouts: k(b"trusted.overlay.overlay.whiteouts"),
+            user_whiteouts: k(b"user.overlay.whiteouts"),
+            opaque_escaped: k(b"trusted.overlay.overlay.opaque"),
+            user_opaque: k(b"user.overlay.opaque"),
+            opaque: k(b"trusted.overlay.opaque"),
+            selinux: k(b"security.selinux"),
+        }
+    }
+}
+
+/// Each node's final set of xattrs (escaping, overlay metadata, whiteouts), stored as
+/// one run per node in the returned list, sorted by key. The operations come in the order
+/// libcomposefs applies them: its size account, which can refuse a tree, depends on it.
+fn assign_xattrs<'a>(
+    tree: &'a Tree,
+    nodes: &mut [Node<'a>],
+    version: u32,
+    stats: &mut Stats,
+) -> Result<(Keys<'a>, Vec<Xa<'a>>), WriteError> {
+    let mut holds_whiteout = vec![false; nodes.len()];
+    for n in nodes.iter().filter(|n| n.is_whiteout()) {
+        holds_whiteout[n.parent as usize] = true;
+    }
+    let mut keys = Keys::new();
+    let added = AddedKeys::intern(&mut keys);
+    let mut xattrs: Vec<Xa<'a>> = Vec::new();
+    let mut xs = XaSet {
+        list: Vec::new(),
+        budget: 0,
+    };
+    let mut root_selinux: Option<Xa<'a>> = None;
+    for (i, n) in nodes.iter_mut().enumerate() {
+        xs.clear();
+        if let Some(src) = n.src {
+            let ino = &tree.inodes[src];
+            add_source_xattrs(ino, &mut keys, &mut xs)?;
+            if let Kind::Reg { external: true, .. } = n.kind {
+                add_object_xattrs(ino, &keys, &added, &mut xs)?;
+            }
+            if n.is_whiteout() {
+                escape_whiteout(n, &keys, &added, &mut xs)?;
+                stats.whiteouts += 1;
+            }
+            if holds_whiteout[i] {
+                mark_whiteout_parent(version, &keys, &added, &mut xs)?;
+            }
+            if i == 0 {
+                xs.set_added(&keys, added.opaque, PRE_NONE, b"y")?;
+                root_selinux = xs.list.iter().find(|x| x.key == added.selinux).copied();
+            }
+        } else if let Some(se) = root_selinux {
+            // The root's synthetic whiteouts carry its SELinux label, as in libcomposefs.
+            xs.set_added(&keys, added.selinux, se.pre, se.body)?;
+        }
+        xs.list.sort_unstable_by(|a, b| keys.get(a.key).cmp(keys.get(b.key)));
+        n.xa_start = xattrs.len() as u32;
+        n.xa_len = xs.list.len() as u32;
+        xattrs.extend_from_slice(&xs.list);
+    }
+    Ok((keys, xattrs))
+}
+
+/// The source's xattrs, checked, with `trusted.overlay.X` escaped to
+/// `trusted.overlay.overlay.X`.
+fn add_source_xattrs<'a>(ino: &'a Inode, keys: &mut Keys<'a>, xs: &mut XaSet<'a>) -> Result<(), WriteError> {
+    for x in &ino.xattrs {
+        if x.key.is_empty() || x.key.len() > 255 || x.key.contains(&0) {
+            return Err(WriteError::BadXattrKey(String::from_utf8_lossy(&x.key).into_owned()));
+        }
+        if x.value.len() > 65535 {
+            return Err(WriteError::XattrValueTooLong(x.value.len()));
+        }
+        let key = if x.key.starts_with(OVL) {
+            let mut k = OVL_ESC.to_vec();
+            k.extend_from_slice(&x.key[OVL.len()..]);
+            std::borrow::Cow::Owned(k)
         } else {
-            opts.min_version
+            std::borrow::Cow::Borrowed(x.key.as_slice())
         };
+        // Renaming does not change libcomposefs' account: it counts the input key.
+        let key = keys.id(key);
+        let body = &x.value;
+        xs.add_source(
+            Xa {
+                key,
+                pre: PRE_NONE,
+                body,
+            },
+            x.key.len(),
+        );
+    }
+    Ok(())
+}
 
-        // 3. Xattrs: escaping, overlay metadata, whiteouts; each node's final set at once, with
-        // the operations in the order libcomposefs applies them (its size account depends on it).
-        let mut wh_parent = vec![false; nodes.len()];
-        for n in &nodes {
-            if is_whiteout(n) {
-                wh_parent[n.parent as usize] = true;
-            }
-        }
-        let mut keys = Keys::new();
-        let k = |keys: &mut Keys<'a>, s: &'static [u8]| keys.id(std::borrow::Cow::Borrowed(s));
-        let k_metacopy = k(&mut keys, b"trusted.overlay.metacopy");
-        let k_redirect = k(&mut keys, b"trusted.overlay.redirect");
-        let k_wh = k(&mut keys, b"trusted.overlay.overlay.whiteout");
-        let k_uwh = k(&mut keys, b"user.overlay.whiteout");
-        let k_whs = k(&mut keys, b"trusted.overlay.overlay.whiteouts");
-        let k_uwhs = k(&mut keys, b"user.overlay.whiteouts");
-        let k_opq_esc = k(&mut keys, b"trusted.overlay.overlay.opaque");
-        let k_uopq = k(&mut keys, b"user.overlay.opaque");
-        let k_opq = k(&mut keys, b"trusted.overlay.opaque");
-        let k_selinux = k(&mut keys, b"security.selinux");
-        let set = |xs: &mut XaSet<'a>, key: u32, key_len: usize, pre: u8, body: &'a [u8]| {
-            xs.set(Xa { key, pre, body }, key_len)
-        };
-        let mut xattrs: Vec<Xa<'a>> = Vec::new();
-        let mut xs = XaSet {
-            list: Vec::new(),
-            budget: 0,
-        };
-        let mut root_selinux: Option<Xa<'a>> = None;
-        for i in 0..nodes.len() {
-            xs.clear();
-            let n = &mut nodes[i];
-            if let Some(src) = n.src {
-                let ino = &tree.inodes[src];
-                for x in &ino.xattrs {
-                    if x.key.is_empty() || x.key.len() > 255 || x.key.contains(&0) {
-                        return Err(WriteError::BadXattrKey(String::from_utf8_lossy(&x.key).into_owned()));
-                    }
-                    if x.value.len() > 65535 {
-                        return Err(WriteError::XattrValueTooLong(x.value.len()));
-                    }
-                    let key = if x.key.starts_with(OVL) {
-                        let mut k = OVL_ESC.to_vec();
-                        k.extend_from_slice(&x.key[OVL.len()..]);
-                        std::borrow::Cow::Owned(k)
-                    } else {
-                        std::borrow::Cow::Borrowed(x.key.as_slice())
-                    };
-                    // Renaming does not change libcomposefs' account: it counts the input key.
-                    let key = keys.id(key);
-                    xs.add_source(
-                        Xa {
-                            key,
-                            pre: PRE_NONE,
-                            body: &x.value,
-                        },
-                        x.key.len(),
-                    );
-                }
-                if let Kind::Reg { external: true, .. } = n.kind {
-                    let (payload, digest) = match &ino.data {
-                        InodeData::Regular { payload, digest, .. } => (payload.as_deref(), digest.as_ref()),
-                        _ => (None, None),
-                    };
-                    let meta_len = b"trusted.overlay.metacopy".len();
-                    match digest {
-                        Some(d) => set(&mut xs, k_metacopy, meta_len, PRE_METACOPY, d)?,
-                        None => set(&mut xs, k_metacopy, meta_len, PRE_NONE, b"")?,
-                    }
-                    if let Some(p) = payload.filter(|p| !p.is_empty()) {
-                        set(&mut xs, k_redirect, b"trusted.overlay.redirect".len(), PRE_SLASH, p)?;
-                    }
-                }
-                if n.mode & mode::S_IFMT == mode::S_IFCHR && n.rdev == 0 {
-                    n.size = 0;
-                    n.mode = mode::S_IFREG | (n.mode & !mode::S_IFMT);
-                    n.kind = Kind::Reg {
-                        inline: None,
-                        external: false,
-                    };
-                    set(&mut xs, k_wh, b"trusted.overlay.overlay.whiteout".len(), PRE_NONE, b"")?;
-                    set(&mut xs, k_uwh, b"user.overlay.whiteout".len(), PRE_NONE, b"")?;
-                    stats.whiteouts += 1;
-                }
-                if wh_parent[i] {
-                    set(
-                        &mut xs,
-                        k_whs,
-                        b"trusted.overlay.overlay.whiteouts".len(),
-                        PRE_NONE,
-                        b"",
-                    )?;
-                    set(&mut xs, k_uwhs, b"user.overlay.whiteouts".len(), PRE_NONE, b"")?;
-                    if version >= 1 {
-                        set(
-                            &mut xs,
-                            k_opq_esc,
-                            b"trusted.overlay.overlay.opaque".len(),
-                            PRE_NONE,
-                            b"x",
-                        )?;
-                        set(&mut xs, k_uopq, b"user.overlay.opaque".len(), PRE_NONE, b"x")?;
-                    }
-                }
-                if i == 0 {
-                    set(&mut xs, k_opq, b"trusted.overlay.opaque".len(), PRE_NONE, b"y")?;
-                    root_selinux = xs.list.iter().find(|x| x.key == k_selinux).copied();
-                }
-            } else if let Some(se) = root_selinux {
-                set(&mut xs, k_selinux, b"security.selinux".len(), se.pre, se.body)?;
-            }
-            xs.list.sort_unstable_by(|a, b| keys.get(a.key).cmp(keys.get(b.key)));
-            n.xa_start = xattrs.len() as u32;
-            n.xa_len = xs.list.len() as u32;
-            xattrs.extend_from_slice(&xs.list);
-        }
-        drop(wh_parent);
-        let node_xattrs = |n: &Node| n.xa_start as usize..(n.xa_start + n.xa_len) as usize;
+/// An object-backed file's `metacopy` (with its digest when known) and `redirect` (to its
+/// payload, when it has one).
+fn add_object_xattrs<'a>(ino: &'a Inode, keys: &Keys, added: &AddedKeys, xs: &mut XaSet<'a>) -> Result<(), WriteError> {
+    let (payload, digest) = match &ino.data {
+        InodeData::Regular { payload, digest, .. } => (payload.as_deref(), digest.as_ref()),
+        _ => (None, None),
+    };
+    match digest {
+        Some(d) => xs.set_added(keys, added.metacopy, PRE_METACOPY, d)?,
+        None => xs.set_added(keys, added.metacopy, PRE_NONE, b"")?,
+    }
+    if let Some(p) = payload.filter(|p| !p.is_empty()) {
+        xs.set_added(keys, added.redirect, PRE_SLASH, p)?;
+    }
+    Ok(())
+}
 
-        // 4. Tree-wide facts.
-        let mut min_mtime = nodes[0].mtime;
-        let acl_keys = [
-            keys.ids.get(b"system.posix_acl_access".as_slice()),
-            keys.ids.get(b"system.posix_acl_default".as_slice()),
-        ];
-        let has_acl = xattrs.iter().any(|x| acl_keys.contains(&Some(&x.key)));
-        for n in &nodes {
-            if n.mtime < min_mtime {
-                min_mtime = n.mtime;
-            }
-        }
-        for i in 0..nodes.len() {
-            if let Kind::Dir = nodes[i].kind {
-                let subdirs = nodes[i]
-                    .dirents
-                    .iter()
-                    .filter(|(name, t)| *name != b"." && *name != b".." && matches!(nodes[*t as usize].kind, Kind::Dir))
-                    .count();
-                nodes[i].nlink = 2 + subdirs as u32;
-            }
-        }
+/// A whiteout (chardev 0/0) becomes an empty regular file with escaped whiteout xattrs.
+fn escape_whiteout(n: &mut Node, keys: &Keys, added: &AddedKeys, xs: &mut XaSet) -> Result<(), WriteError> {
+    n.size = 0;
+    n.mode = mode::S_IFREG | (n.mode & !mode::S_IFMT);
+    n.kind = Kind::Reg {
+        inline: None,
+        external: false,
+    };
+    xs.set_added(keys, added.whiteout, PRE_NONE, b"")?;
+    xs.set_added(keys, added.user_whiteout, PRE_NONE, b"")
+}
 
-        // 5. Shared xattrs: key+values used more than once. Each distinct one is found by a
-        // content hash pointing at its first use (colliding hashes are compared in full).
-        let mut first: HashMap<u64, u32, FastHash> =
-            HashMap::with_capacity_and_hasher(xattrs.len(), Default::default());
-        let mut collided: HashMap<u64, Vec<u32>, FastHash> = HashMap::default();
-        let mut canon: Vec<u32> = Vec::with_capacity(xattrs.len());
-        let mut uses: Vec<u32> = vec![0; xattrs.len()];
-        // The hashes on all cores (the rest of the layout is sequential).
-        let hashes: Vec<u64> = xattrs.par_iter().with_min_len(4096).map(|x| x.content_hash()).collect();
-        for (i, (x, &h)) in xattrs.iter().zip(&hashes).enumerate() {
-            let c = match first.entry(h) {
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(i as u32);
-                    i as u32
+/// A directory holding a whiteout is marked so (and, in format 1, opaque=x).
+fn mark_whiteout_parent(version: u32, keys: &Keys, added: &AddedKeys, xs: &mut XaSet) -> Result<(), WriteError> {
+    xs.set_added(keys, added.whiteouts, PRE_NONE, b"")?;
+    xs.set_added(keys, added.user_whiteouts, PRE_NONE, b"")?;
+    if version >= 1 {
+        xs.set_added(keys, added.opaque_escaped, PRE_NONE, b"x")?;
+        xs.set_added(keys, added.user_opaque, PRE_NONE, b"x")?;
+    }
+    Ok(())
+}
+
+/// The oldest mtime of the tree (the superblock's build time, and every compact
+/// inode's mtime).
+fn min_mtime(nodes: &[Node]) -> Timespec {
+    nodes
+        .iter()
+        .map(|n| n.mtime)
+        .fold(nodes[0].mtime, |a, b| if b < a { b } else { a })
+}
+
+/// Whether any node has a POSIX ACL (a flag of the composefs header).
+fn has_acl_xattr(keys: &Keys, xattrs: &[Xa]) -> bool {
+    let acl_keys = [
+        keys.ids.get(b"system.posix_acl_access".as_slice()),
+        keys.ids.get(b"system.posix_acl_default".as_slice()),
+    ];
+    xattrs.iter().any(|x| acl_keys.contains(&Some(&x.key)))
+}
+
+/// A directory's nlink: 2 + its subdirectories.
+fn count_directory_links(nodes: &mut [Node]) {
+    for i in 0..nodes.len() {
+        if let Kind::Dir = nodes[i].kind {
+            let subdirs = nodes[i]
+                .dirents
+                .iter()
+                .filter(|(name, t)| *name != b"." && *name != b".." && matches!(nodes[*t as usize].kind, Kind::Dir))
+                .count();
+            nodes[i].nlink = 2 + subdirs as u32;
+        }
+    }
+}
+
+/// The shared xattr table.
+struct SharedXattrs {
+    /// Indices into the xattr list, in table order.
+    table: Vec<u32>,
+    /// Per entry of the xattr list: the offset of its copy in the table, or [`NOT_SHARED`].
+    off: Vec<u32>,
+    /// Bytes of the table.
+    size: u64,
+}
+
+/// Key+values used more than once go to the shared table (reverse-sorted); each node
+/// refers to the table for its first 128 sharable xattrs only.
+fn share_xattrs(nodes: &[Node], xattrs: &[Xa], keys: &Keys) -> SharedXattrs {
+    let (canon, uses) = find_equal_xattrs(xattrs);
+    let mut table: Vec<u32> = (0..xattrs.len() as u32).filter(|&i| uses[i as usize] > 1).collect();
+    drop(uses);
+    table.sort_by(|&a, &b| {
+        let (a, b) = (&xattrs[a as usize], &xattrs[b as usize]);
+        keys.get(b.key)
+            .cmp(keys.get(a.key))
+            .then(b.value_len().cmp(&a.value_len()))
+            .then(b.value_cmp(a))
+    });
+    let mut canon_off: HashMap<u32, u32, FastHash> = HashMap::default();
+    let mut size = 0u64;
+    for &id in &table {
+        let x = &xattrs[id as usize];
+        canon_off.insert(id, size as u32);
+        size += XattrEntry::full_size(keys.get(x.key), x.value_len()) as u64;
+    }
+    let mut off: Vec<u32> = canon
+        .iter()
+        .map(|c| canon_off.get(c).copied().unwrap_or(NOT_SHARED))
+        .collect();
+    drop(canon);
+    for n in nodes {
+        let mut c = 0;
+        for o in &mut off[n.xattr_range()] {
+            if *o != NOT_SHARED {
+                if c < XATTR_LONG_PREFIX {
+                    c += 1;
+                } else {
+                    *o = NOT_SHARED;
                 }
-                std::collections::hash_map::Entry::Occupied(o) => {
-                    let f = *o.get();
-                    if xattrs[f as usize].same(x) {
-                        f
-                    } else {
-                        let more = collided.entry(h).or_default();
-                        match more.iter().find(|&&g| xattrs[g as usize].same(x)) {
-                            Some(&g) => g,
-                            None => {
-                                more.push(i as u32);
-                                i as u32
-                            }
+            }
+        }
+    }
+    SharedXattrs { table, off, size }
+}
+
+/// For each xattr, the index of the first equal one (key and value), and for each of those
+/// how many uses it has. Each distinct one is found by a content hash pointing at its first use
+/// (colliding hashes are compared in full).
+fn find_equal_xattrs(xattrs: &[Xa]) -> (Vec<u32>, Vec<u32>) {
+    let mut first: HashMap<u64, u32, FastHash> = HashMap::with_capacity_and_hasher(xattrs.len(), Default::default());
+    let mut collided: HashMap<u64, Vec<u32>, FastHash> = HashMap::default();
+    let mut canon: Vec<u32> = Vec::with_capacity(xattrs.len());
+    let mut uses: Vec<u32> = vec![0; xattrs.len()];
+    // The hashes on all cores (the rest of the layout is sequential).
+    let hashes: Vec<u64> = xattrs.par_iter().with_min_len(4096).map(|x| x.content_hash()).collect();
+    for (i, (x, &h)) in xattrs.iter().zip(&hashes).enumerate() {
+        let c = match first.entry(h) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(i as u32);
+                i as u32
+            }
+            std::collections::hash_map::Entry::Occupied(o) => {
+                let f = *o.get();
+                if xattrs[f as usize].same(x) {
+                    f
+                } else {
+                    let more = collided.entry(h).or_default();
+                    match more.iter().find(|&&g| xattrs[g as usize].same(x)) {
+                        Some(&g) => g,
+                        None => {
+                            more.push(i as u32);
+                            i as u32
                         }
                     }
                 }
-            };
-            canon.push(c);
-            uses[c as usize] += 1;
-        }
-        drop(first);
-        drop(collided);
-        drop(hashes);
-        let mut shared: Vec<u32> = (0..xattrs.len() as u32).filter(|&i| uses[i as usize] > 1).collect();
-        drop(uses);
-        shared.sort_by(|&a, &b| {
-            let (a, b) = (&xattrs[a as usize], &xattrs[b as usize]);
-            keys.get(b.key)
-                .cmp(keys.get(a.key))
-                .then(b.value_len().cmp(&a.value_len()))
-                .then(b.value_cmp(a))
-        });
-        let mut canon_off: HashMap<u32, u32, FastHash> = HashMap::default();
-        let mut shared_size = 0u64;
-        for &id in &shared {
-            let x = &xattrs[id as usize];
-            canon_off.insert(id, shared_size as u32);
-            shared_size += XattrEntry::full_size(keys.get(x.key), x.value_len()) as u64;
-        }
-        stats.shared_xattrs = shared.len() as u64;
-        // Per xattr: its offset in the shared table; each node refers to the table for its
-        // first 128 sharable xattrs only.
-        let mut shared_off: Vec<u32> = canon
-            .iter()
-            .map(|c| canon_off.get(c).copied().unwrap_or(NOT_SHARED))
-            .collect();
-        drop(canon);
-        drop(canon_off);
-        for n in &nodes {
-            let mut c = 0;
-            for off in &mut shared_off[node_xattrs(n)] {
-                if *off != NOT_SHARED {
-                    if c < XATTR_LONG_PREFIX {
-                        c += 1;
-                    } else {
-                        *off = NOT_SHARED;
-                    }
-                }
             }
-        }
-
-        // 6. Layout.
-        let mut pos = INODES_START;
-        let mut n_data_blocks = 0u64;
-        for n in nodes.iter_mut() {
-            let (blocks, tail) = match n.kind {
-                Kind::Dir => dir_layout(&n.dirents),
-                Kind::Symlink(t) => (0, t.len() as u64),
-                Kind::Reg { inline: Some(c), .. } => {
-                    let size = c.len() as u64;
-                    if size % BLOCK_SIZE > BLOCK_SIZE / 2 {
-                        (size / BLOCK_SIZE + 1, 0)
-                    } else {
-                        (size / BLOCK_SIZE, size % BLOCK_SIZE)
-                    }
-                }
-                Kind::Reg { external: true, .. } => {
-                    let count = chunk_count(n.size);
-                    if count > MAX_CHUNKS {
-                        return Err(WriteError::FileTooLarge(n.size));
-                    }
-                    (0, count * 4)
-                }
-                _ => (0, 0),
-            };
-            n.n_blocks = blocks;
-            n.tail = tail;
-            let size_for_compact = match n.kind {
-                Kind::Dir => blocks * BLOCK_SIZE + tail,
-                _ => n.size,
-            };
-            n.compact = n.mtime == min_mtime
-                && n.nlink <= 0xffff
-                && n.uid <= 0xffff
-                && n.gid <= 0xffff
-                && size_for_compact <= u32::MAX as u64;
-            let inode_size = if n.compact { COMPACT_SIZE } else { EXTENDED_SIZE } as u64;
-            let mut n_shared = 0usize;
-            let mut unshared = 0usize;
-            let range = node_xattrs(n);
-            for (x, &off) in xattrs[range.clone()].iter().zip(&shared_off[range]) {
-                if off != NOT_SHARED {
-                    n_shared += 1;
-                } else {
-                    unshared += XattrEntry::full_size(keys.get(x.key), x.value_len());
-                }
-            }
-            let xattr_size = if n_shared == 0 && unshared == 0 {
-                0
-            } else {
-                (XATTR_HEADER_SIZE + 4 * n_shared + unshared).div_ceil(4) * 4
-            };
-            if xattr_size > XATTR_HEADER_SIZE + 4 * 65534 {
-                return Err(WriteError::XattrsTooLarge(xattr_size));
-            }
-            n.xattr_size = xattr_size as u32;
-            let xattr_size = xattr_size as u64;
-            let ppos = pos;
-            pos = round_up(pos, SLOT_SIZE);
-            let mut ipad = pos - ppos;
-            // Keep the tail inside one block.
-            let extra = if let Kind::Symlink(_) = n.kind {
-                let total = inode_size + xattr_size + n.tail;
-                let pos_block = pos / BLOCK_SIZE;
-                let end_block = (pos + total - 1) / BLOCK_SIZE;
-                if total / BLOCK_SIZE > 0 {
-                    n.n_blocks += 1;
-                    n.tail = 0;
-                }
-                if pos_block != end_block {
-                    round_up(pos, BLOCK_SIZE) - pos
-                } else {
-                    0
-                }
-            } else {
-                let non_tail = inode_size + xattr_size;
-                let remainder = BLOCK_SIZE - (pos + non_tail) % BLOCK_SIZE;
-                if remainder < n.tail {
-                    let extra_pad = round_up(remainder, SLOT_SIZE);
-                    let remainder = BLOCK_SIZE - (pos + non_tail + extra_pad) % BLOCK_SIZE;
-                    if n.tail <= remainder {
-                        extra_pad
-                    } else {
-                        n.n_blocks += 1;
-                        n.tail = 0;
-                        round_up(pos, BLOCK_SIZE) - pos
-                    }
-                } else {
-                    0
-                }
-            };
-            ipad += extra;
-            pos += extra;
-            n.ipad = ipad;
-            n.nid = pos / SLOT_SIZE;
-            n_data_blocks += n.n_blocks;
-            pos += inode_size + xattr_size + n.tail;
-        }
-        let inodes_end = round_up(pos, SLOT_SIZE);
-        let data_start = round_up(inodes_end + shared_size, BLOCK_SIZE);
-        let mut cur = data_start;
-        for n in nodes.iter_mut() {
-            if n.n_blocks > 0 {
-                n.blkaddr = (cur / BLOCK_SIZE) as u32;
-                cur += n.n_blocks * BLOCK_SIZE;
-            }
-        }
-
-        let header = CfsHeader {
-            magic: CFS_MAGIC,
-            version: CFS_HEADER_VERSION,
-            flags: if has_acl { CFS_FLAG_HAS_ACL } else { 0 },
-            composefs_version: version,
         };
+        canon.push(c);
+        uses[c as usize] += 1;
+    }
+    (canon, uses)
+}
+
+/// Place the inodes from [`INODES_START`], each 32-byte aligned, compact where it can
+/// be, padded so an inline tail never crosses a block. Returns the end of the inodes and the
+/// number of data blocks.
+fn lay_out_inodes(
+    nodes: &mut [Node],
+    xattrs: &[Xa],
+    shared_off: &[u32],
+    keys: &Keys,
+    min_mtime: Timespec,
+) -> Result<(u64, u64), WriteError> {
+    let mut pos = INODES_START;
+    let mut n_data_blocks = 0u64;
+    for n in nodes.iter_mut() {
+        (n.n_blocks, n.tail) = data_shape(n)?;
+        n.compact = fits_compact(n, min_mtime);
+        let inode_size = if n.compact { COMPACT_SIZE } else { EXTENDED_SIZE } as u64;
+        let range = n.xattr_range();
+        let xattr_size = xattr_area_size(&xattrs[range.clone()], &shared_off[range], keys)?;
+        n.xattr_size = xattr_size as u32;
+        let start = round_up(pos, SLOT_SIZE);
+        let extra = keep_tail_in_one_block(n, start, inode_size + xattr_size as u64);
+        n.ipad = start - pos + extra;
+        pos = start + extra;
+        n.nid = pos / SLOT_SIZE;
+        n_data_blocks += n.n_blocks;
+        pos += inode_size + xattr_size as u64 + n.tail;
+    }
+    Ok((round_up(pos, SLOT_SIZE), n_data_blocks))
+}
+
+/// A node's data as (full blocks, inline tail bytes), before the tail is fitted in a block.
+fn data_shape(n: &Node) -> Result<(u64, u64), WriteError> {
+    Ok(match n.kind {
+        Kind::Dir => dir_layout(&n.dirents),
+        Kind::Symlink(t) => (0, t.len() as u64),
+        Kind::Reg { inline: Some(c), .. } => {
+            let size = c.len() as u64;
+            if size % BLOCK_SIZE > BLOCK_SIZE / 2 {
+                (size / BLOCK_SIZE + 1, 0)
+            } else {
+                (size / BLOCK_SIZE, size % BLOCK_SIZE)
+            }
+        }
+        Kind::Reg { external: true, .. } => {
+            let count = chunk_count(n.size);
+            if count > MAX_CHUNKS {
+                return Err(WriteError::FileTooLarge(n.size));
+            }
+            (0, count * 4)
+        }
+        _ => (0, 0),
+    })
+}
+
+/// A compact inode has no mtime of its own (it is the build time) and 16-bit ids and nlink.
+fn fits_compact(n: &Node, min_mtime: Timespec) -> bool {
+    let size = match n.kind {
+        Kind::Dir => n.n_blocks * BLOCK_SIZE + n.tail,
+        _ => n.size,
+    };
+    n.mtime == min_mtime && n.nlink <= 0xffff && n.uid <= 0xffff && n.gid <= 0xffff && size <= u32::MAX as u64
+}
+
+/// Bytes of a node's xattr area: header, shared ids, inline entries.
+fn xattr_area_size(xattrs: &[Xa], shared_off: &[u32], keys: &Keys) -> Result<usize, WriteError> {
+    let mut n_shared = 0usize;
+    let mut unshared = 0usize;
+    for (x, &off) in xattrs.iter().zip(shared_off) {
+        if off != NOT_SHARED {
+            n_shared += 1;
+        } else {
+            unshared += XattrEntry::full_size(keys.get(x.key), x.value_len());
+        }
+    }
+    let size = if n_shared == 0 && unshared == 0 {
+        0
+    } else {
+        (XATTR_HEADER_SIZE + 4 * n_shared + unshared).div_ceil(4) * 4
+    };
+    if size > XATTR_HEADER_SIZE + 4 * 65534 {
+        return Err(WriteError::XattrsTooLarge(size));
+    }
+    Ok(size)
+}
+
+/// The padding to put before an inode at `pos` whose record without the tail takes `non_tail`
+/// bytes so that its inline tail stays in one block; a tail that cannot moves to a data block
+/// (the reference's rules, symlinks apart).
+fn keep_tail_in_one_block(n: &mut Node, pos: u64, non_tail: u64) -> u64 {
+    if let Kind::Symlink(_) = n.kind {
+        let total = non_tail + n.tail;
+        let pos_block = pos / BLOCK_SIZE;
+        let end_block = (pos + total - 1) / BLOCK_SIZE;
+        if total / BLOCK_SIZE > 0 {
+            n.n_blocks += 1;
+            n.tail = 0;
+        }
+        return if pos_block != end_block {
+            round_up(pos, BLOCK_SIZE) - pos
+        } else {
+            0
+        };
+    }
+    let remainder = BLOCK_SIZE - (pos + non_tail) % BLOCK_SIZE;
+    if remainder >= n.tail {
+        return 0;
+    }
+    let extra_pad = round_up(remainder, SLOT_SIZE);
+    let remainder = BLOCK_SIZE - (pos + non_tail + extra_pad) % BLOCK_SIZE;
+    if n.tail <= remainder {
+        extra_pad
+    } else {
+        n.n_blocks += 1;
+        n.tail = 0;
+        round_up(pos, BLOCK_SIZE) - pos
+    }
+}
+
+/// Data blocks follow the shared xattr table, node after node.
+fn assign_data_blocks(nodes: &mut [Node], data_start: u64) {
+    let mut cur = data_start;
+    for n in nodes.iter_mut().filter(|n| n.n_blocks > 0) {
+        n.blkaddr = (cur / BLOCK_SIZE) as u32;
+        cur += n.n_blocks * BLOCK_SIZE;
+    }
+}
+
+/// The counts of [`Stats`] that come from the nodes (the root's synthetic whiteouts are not
+/// the tree's).
+fn count_entries(nodes: &[Node], stats: &mut Stats) {
+    for n in nodes {
+        match n.kind {
+            Kind::Dir => stats.directories += 1,
+            Kind::Reg { inline, external } => {
+                stats.regular_files += 1;
+                if inline.is_some() {
+                    stats.inline_files += 1;
+                }
+                if external {
+                    stats.object_files += 1;
+                    stats.external_bytes += n.size;
+                }
+            }
+            Kind::Symlink(_) => stats.symlinks += 1,
+            Kind::Other => {
+                if n.src.is_some() {
+                    stats.devices += 1
+                }
+            }
+        }
+    }
+    stats.inodes = nodes.iter().filter(|n| n.src.is_some()).count() as u64;
+    let names: u64 = nodes.iter().map(|n| n.dirents.len().saturating_sub(2) as u64).sum();
+    stats.hardlinks = names.saturating_sub(nodes.len() as u64 - 1);
+}
+
+impl<'a> Plan<'a> {
+    /// Lay out the image of `tree`: the steps of the module documentation, one function each.
+    pub fn new(tree: &'a Tree, opts: &Options) -> Result<Plan<'a>, WriteError> {
+        check_versions(opts)?;
+        let mut nodes = bfs_nodes(tree)?;
+        let version = format_version(&nodes, opts);
+        let mut stats = Stats::default();
+        let (keys, xattrs) = assign_xattrs(tree, &mut nodes, version, &mut stats)?;
+        let min_mtime = min_mtime(&nodes);
+        let has_acl = has_acl_xattr(&keys, &xattrs);
+        count_directory_links(&mut nodes);
+        let shared = share_xattrs(&nodes, &xattrs, &keys);
+        stats.shared_xattrs = shared.table.len() as u64;
+        let (inodes_end, n_data_blocks) = lay_out_inodes(&mut nodes, &xattrs, &shared.off, &keys, min_mtime)?;
+        let data_start = round_up(inodes_end + shared.size, BLOCK_SIZE);
+        assign_data_blocks(&mut nodes, data_start);
+        let header = CfsHeader::new(if has_acl { CFS_FLAG_HAS_ACL } else { 0 }, version);
         let sb = Superblock {
-            magic: EROFS_MAGIC,
-            feature_compat: FEATURE_COMPAT_MTIME | FEATURE_COMPAT_XATTR_FILTER,
+            magic: EROFS_MAGIC.into(),
+            feature_compat: (FEATURE_COMPAT_MTIME | FEATURE_COMPAT_XATTR_FILTER).into(),
             blkszbits: BLOCK_BITS as u8,
-            root_nid: nodes[0].nid as u16,
-            inos: nodes.len() as u64,
-            build_time: min_mtime.sec as u64,
-            build_time_nsec: min_mtime.nsec,
-            blocks: (data_start / BLOCK_SIZE + n_data_blocks) as u32,
-            meta_blkaddr: 0,
-            xattr_blkaddr: (inodes_end / BLOCK_SIZE) as u32,
-            feature_incompat: 0,
+            root_nid: (nodes[0].nid as u16).into(),
+            inos: (nodes.len() as u64).into(),
+            build_time: (min_mtime.sec as u64).into(),
+            build_time_nsec: min_mtime.nsec.into(),
+            blocks: ((data_start / BLOCK_SIZE + n_data_blocks) as u32).into(),
+            meta_blkaddr: 0.into(),
+            xattr_blkaddr: ((inodes_end / BLOCK_SIZE) as u32).into(),
+            ..Default::default()
         };
-
-        // Stats.
-        stats.inodes = nodes.len() as u64;
-        for n in &nodes {
-            match n.kind {
-                Kind::Dir => stats.directories += 1,
-                Kind::Reg { inline, external } => {
-                    stats.regular_files += 1;
-                    if inline.is_some() {
-                        stats.inline_files += 1;
-                    }
-                    if external {
-                        stats.object_files += 1;
-                        stats.external_bytes += n.size;
-                    }
-                }
-                Kind::Symlink(_) => stats.symlinks += 1,
-                Kind::Other => {
-                    if n.src.is_some() {
-                        stats.devices += 1
-                    }
-                }
-            }
-        }
-        stats.inodes -= nodes.iter().filter(|n| n.src.is_none()).count() as u64;
-        let names: u64 = nodes.iter().map(|n| n.dirents.len().saturating_sub(2) as u64).sum();
-        stats.hardlinks = names.saturating_sub(nodes.len() as u64 - 1);
+        count_entries(&nodes, &mut stats);
         stats.image_size = data_start + n_data_blocks * BLOCK_SIZE;
         Ok(Plan {
             nodes,
             xattrs,
             keys,
-            shared_off,
-            shared,
+            shared_off: shared.off,
+            shared: shared.table,
             header,
             sb,
             inodes_end,
@@ -880,15 +989,16 @@ impl<'a> Plan<'a> {
         }
         .encode_into(out);
         if xattr_size > 0 {
-            let range = n.xa_start as usize..(n.xa_start + n.xa_len) as usize;
+            let range = n.xattr_range();
             let (xs, offs) = (&self.xattrs[range.clone()], &self.shared_off[range]);
             let filter = xs.iter().fold(0u32, |f, x| f | self.keys.filter[x.key as usize]);
             let n_shared = offs.iter().filter(|&&o| o != NOT_SHARED).count();
-            XattrIbodyHeader {
-                name_filter: !filter,
+            let head = XattrIbodyHeader {
+                name_filter: (!filter).into(),
                 shared_count: n_shared as u8,
-            }
-            .encode_into(out);
+                reserved: [0; 7],
+            };
+            out.extend_from_slice(head.as_bytes());
             let shared_base = self.inodes_end % BLOCK_SIZE;
             for &off in offs.iter().filter(|&&o| o != NOT_SHARED) {
                 out.extend_from_slice(&(((shared_base + off as u64) / 4) as u32).to_le_bytes());
@@ -975,9 +1085,9 @@ impl Iterator for Chunks<'_, '_> {
         let out = match self.stage {
             0 => {
                 let mut out = Vec::with_capacity(INODES_START as usize);
-                out.extend_from_slice(&p.header.encode());
+                out.extend_from_slice(p.header.as_bytes());
                 out.resize(SUPER_OFFSET as usize, 0);
-                out.extend_from_slice(&p.sb.encode());
+                out.extend_from_slice(p.sb.as_bytes());
                 self.stage = 1;
                 out
             }
@@ -1047,7 +1157,7 @@ impl Iterator for Chunks<'_, '_> {
 /// (`None` for a synthetic whiteout of the root).
 type Listing<'t> = Vec<(&'t [u8], Option<(usize, InodeId)>)>;
 
-/// Step 1: the nodes in breadth-first order (a hardlinked inode sits where the entry holding it
+/// The nodes in breadth-first order (a hardlinked inode sits where the entry holding it
 /// is), with their directory entries; plus the synthetic whiteouts `00`..`ff` of the root.
 fn bfs_nodes(tree: &Tree) -> Result<Vec<Node<'_>>, WriteError> {
     let holders = tree.holders();
@@ -1241,15 +1351,15 @@ mod tests {
     fn header_superblock_and_counts() {
         let img = write_image(&parse(SAMPLE).unwrap(), &Options::default()).unwrap();
         let b = &img.bytes;
-        let h = CfsHeader::decode(b);
+        let h: CfsHeader = read_at(b).unwrap();
         assert_eq!(
-            (h.magic, h.version, h.composefs_version),
+            (h.magic.get(), h.version.get(), h.composefs_version.get()),
             (CFS_MAGIC, CFS_HEADER_VERSION, 0)
         );
         assert!(b[CFS_HEADER_SIZE..SUPER_OFFSET as usize].iter().all(|&x| x == 0));
-        let sb = Superblock::decode(&b[SUPER_OFFSET as usize..]);
-        assert_eq!(sb.magic, EROFS_MAGIC);
-        assert_eq!(sb.build_time, 999, "build time is the tree's oldest mtime");
+        let sb: Superblock = read_at(&b[SUPER_OFFSET as usize..]).unwrap();
+        assert_eq!(sb.magic.get(), EROFS_MAGIC);
+        assert_eq!(sb.build_time.get(), 999, "build time is the tree's oldest mtime");
         assert_eq!(img.stats.image_size, b.len() as u64);
         let s = &img.stats;
         // The root's 256 synthetic whiteouts are inodes but not counted as the tree's whiteouts.
@@ -1275,7 +1385,7 @@ mod tests {
         for (tree, min, max, want) in [(&plain, 0, 1, 0), (&plain, 1, 1, 1), (&wh, 0, 1, 1), (&wh, 0, 0, 0)] {
             let img = write_image(tree, &versions(min, max)).unwrap();
             assert_eq!(img.version, want, "min {min} max {max}");
-            assert_eq!(CfsHeader::decode(&img.bytes).composefs_version, want);
+            assert_eq!(read_at::<CfsHeader>(&img.bytes).unwrap().composefs_version.get(), want);
         }
         assert!(matches!(
             write_image(&plain, &versions(2, 2)),

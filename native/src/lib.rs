@@ -6,10 +6,7 @@
 
 pub mod dump;
 pub mod erofs;
-pub mod fsio;
-pub mod fsverity;
 pub mod fuse;
-pub mod hash;
 pub mod oci;
 pub mod process;
 pub mod scan;
@@ -17,6 +14,9 @@ pub mod store;
 pub mod tree;
 
 mod bindings;
+
+// The shared rules (base/), under the paths the core has always used.
+pub use composefs_base::{fsio, fsverity, hash, repo};
 
 use pyo3::prelude::*;
 

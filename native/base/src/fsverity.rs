@@ -11,7 +11,7 @@ use std::io::{self, Read};
 use std::path::Path;
 
 mod many;
-pub(crate) use many::digest_open_files;
+pub use many::digest_open_files;
 
 /// Hash algorithms fs-verity supports, with their on-disk numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -60,6 +60,22 @@ def world(tmp_path_factory):
     (t / "digest").write_text(json.loads(digest.stdout)[0]["digest"])
     assert cfsctl("init", "--repo", t / "repo").returncode == 0
     assert cfsctl("import", src, "--name", "app", "--repo", t / "repo").returncode == 0
+    refs = t / "repo" / "refs"
+    rd = (refs / "app").read_text().strip()
+    (t / "repodigest").write_text(rd)
+    # Refs that must never be followed or trusted, one that names a missing image, and one that
+    # names an image whose bytes are not its name (sharing its first 6 digits with app's, so that
+    # prefix is ambiguous).
+    (refs / "link").symlink_to(refs / "app")
+    (refs / "foreign").write_text(rd + "\n")
+    os.chown(refs / "foreign", 12345, 12345)
+    (refs / "dangling").write_text("f" * 64 + "\n")
+    wrong = rd[:6] + "0" * 58
+    shutil.copyfile(t / "repo" / "images" / rd, t / "repo" / "images" / wrong)
+    (refs / "corrupt").write_text(wrong + "\n")
+    # The same repository with a meta.json cfsctl init would not write (the front leaves it to Python).
+    shutil.copytree(t / "repo", t / "repo-meta", symlinks=True)
+    (t / "repo-meta" / "meta.json").write_text('{"version": 1, "format": "composefs-repository"}\n')
     for d in ("mnt", "upper", "work", "empty"):
         (t / d).mkdir()
     (t / "file").write_text("not a directory\n")
@@ -71,7 +87,8 @@ def world(tmp_path_factory):
 
 
 def fill(world: Path, args: list[str]) -> list[str]:
-    return [a.format(t=world, digest=(world / "digest").read_text()) for a in args]
+    rd = (world / "repodigest").read_text()
+    return [a.format(t=world, digest=(world / "digest").read_text(), rd=rd, rd8=rd[:8], rd6=rd[:6]) for a in args]
 
 
 def mount_state(mnt: Path) -> tuple | None:
@@ -134,8 +151,32 @@ MOUNTS = [
     (["mount", "{t}/img.cfs", "{t}/mnt", "-o", "basedir={t}/objects,bogus", "--json"], True),
     (["mount", "{t}/img.cfs", "{t}/mnt", "--basedir", "{t}/objects", "--backend", "kernel"], True),
     (["mount", "{t}/img.cfs", "{t}/mnt", "--basedir", "{t}/objects", "--upperdir", "{t}/upper"], True),
-    # Handed over: repository names, FUSE, click's own checks, help, other commands, odd text.
-    (["mount", "app", "{t}/mnt", "--repo", "{t}/repo", "--json"], False),
+    # Repository images by name or digest: looked up by the same Rust rules, same words.
+    (["mount", "app", "{t}/mnt", "--repo", "{t}/repo", "--json"], True),
+    (["mount", "app", "mnt", "--repo={t}/repo"], True),
+    (["--repo", "{t}/repo", "--json", "mount", "app", "{t}/mnt"], True),
+    (["--repo", "{t}/nothing", "mount", "app", "{t}/mnt", "--repo", "{t}/repo", "--json"], True),
+    (["mount", "{rd}", "{t}/mnt", "--repo", "{t}/repo", "--json"], True),
+    (["mount", "sha256:{rd8}", "{t}/mnt", "--repo", "{t}/repo", "--json"], True),
+    (["mount", "{rd6}", "{t}/mnt", "--repo", "{t}/repo"], True),  # ambiguous prefix
+    (["mount", "abcdef12", "{t}/mnt", "--repo", "{t}/repo", "--json"], True),  # digest-shaped, no image
+    (["mount", "nosuch", "{t}/mnt", "--repo", "{t}/repo"], True),
+    (["mount", "nosuch", "{t}/mnt", "--repo", "{t}/repo", "--json"], True),
+    (["mount", "link", "{t}/mnt", "--repo", "{t}/repo"], True),  # a symlink ref: never followed
+    (["mount", "foreign", "{t}/mnt", "--repo", "{t}/repo"], True),  # another user's ref
+    (["mount", "dangling", "{t}/mnt", "--repo", "{t}/repo", "--json"], True),
+    (["mount", "corrupt", "{t}/mnt", "--repo", "{t}/repo"], True),
+    (["mount", "app", "{t}/mnt", "--repo", "{t}/repo", "--digest", "00" * 32], True),
+    (["mount", "app", "{t}/mnt", "--repo", "{t}/repo", "--digest", "xyz", "--json"], True),
+    (["mount", "app", "{t}/mnt", "--repo", "{t}/repo", "-o", "ro,nodev", "--backend", "overlay", "--json"], True),
+    (["mount", "app", "{t}/mnt", "--repo", "{t}/repo", "--upperdir", "{t}/upper", "--workdir", "{t}/work"], True),
+    (["mount", "app", "{t}/mnt", "--repo", "{t}/nothing"], True),
+    (["mount", "app", "{t}/mnt", "--repo", "{t}/file", "--json"], True),
+    # Handed over: repository names it is unsure of, FUSE, click's own checks, help, other
+    # commands, odd text.
+    (["mount", "app", "{t}/mnt", "--repo", "{t}/repo-meta", "--json"], False),
+    (["mount", "img.cfs", "{t}/mnt", "--repo", "{t}/repo"], False),  # also a file here: Python's hint
+    (["mount", "app", "{t}/mnt", "--repo", "{t}/repo", "--fuse"], False),
     (["mount", "{t}/img.cfs", "{t}/mnt"], False),
     (["mount", "{t}/img.cfs", "{t}/mnt", "--basedir", "{t}/objects", "--backend", "fuse", "--json"], False),
     (["mount", "{t}/img.cfs", "{t}/mnt", "--basedir", "{t}/objects", "--verity-check", "3"], False),

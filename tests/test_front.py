@@ -272,3 +272,42 @@ def test_front_names_a_missing_python_cli(world, tmp_path):
     r = subprocess.run([FRONT, "images"], capture_output=True, env=env, timeout=60)
     assert r.returncode == 1
     assert r.stderr == f"cfsctl: error: {tmp_path / 'absent'}: cannot run the Python CLI: No such file or directory\n".encode()
+
+
+def test_front_by_absolute_path_from_a_venv_not_on_path(world, tmp_path):
+    """As the QEMU guest tests call it (tests/guest/cfsimage.py: the cfsctl beside
+    sys.executable): by absolute path, the virtualenv not on PATH, from another directory, and
+    through a symlink elsewhere (found on PATH by its bare name). The front still finds
+    cfsctl-py for what it hands over, and mounts repository images itself."""
+    elsewhere = tmp_path / "bin"
+    elsewhere.mkdir()
+    (elsewhere / "cfsctl").symlink_to(FRONT)
+    env = {k: v for k, v in os.environ.items() if k not in ("CFSCTL_PYTHON_CLI", "VIRTUAL_ENV", "CFS_REPO")}
+    env["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin"
+    assert str(BIN) not in env["PATH"]
+    cases = [
+        (["images", "--repo", str(world / "repo"), "--json"], False),
+        (["mount", "app", str(world / "mnt"), "--repo", str(world / "repo"), "--json"], True),
+    ]
+    # Without /proc (a bare chroot) /proc/self/exe is gone: the front goes by the path it was run by.
+    unshare = shutil.which("unshare")
+    no_proc = [unshare, "--mount", "--propagation", "private", "sh", "-c",
+               'mount -t tmpfs none /proc && exec "$@"', "sh"] if unshare else None
+    ways = [([str(FRONT)], env["PATH"]), ([str(elsewhere / "cfsctl")], env["PATH"]),
+            (["cfsctl"], f"{elsewhere}:{env['PATH']}")]
+    if no_proc:
+        ways += [(no_proc + argv0, path) for argv0, path in ways]
+    for args, mounts in cases:
+        want = None
+        for argv0, path in ways + [([str(PYTHON_CLI)], env["PATH"])]:
+            clean(world)
+            if no_proc and argv0[0] == unshare and mounts:
+                continue  # a mount made in another mount namespace is not seen here
+            r = subprocess.run([*argv0, *args], capture_output=True, cwd=tmp_path, timeout=120,
+                               env=dict(env, PATH=path))
+            got = (r.returncode, r.stdout, r.stderr, mount_state(world / "mnt"))
+            assert r.returncode == 0, (argv0, r.stderr)
+            assert (got[3] is not None) == mounts
+            assert want is None or got == want, argv0
+            want = got
+    clean(world)

@@ -535,24 +535,27 @@ fn exec_python(args: &[OsString]) -> ExitCode {
     ExitCode::from(1)
 }
 
-/// `name` in the directory this executable was installed in (through /proc/self/exe, or the
-/// path it was run by where /proc is missing, as in a bare chroot).
+/// `name` in the directory this executable was installed in: /proc/self/exe, or where /proc is
+/// missing (a bare chroot) the path it was run by (argv[0], else found on PATH) with symlinks
+/// resolved, so a `cfsctl` linked from another directory still finds the Python CLI beside the
+/// real one, however it was called (absolute path, relative path, bare name).
 fn beside_self(name: &str) -> PathBuf {
-    let dir = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .or_else(|| {
-            let argv0 = PathBuf::from(std::env::args_os().next()?);
-            if argv0.as_os_str().as_bytes().contains(&b'/') {
-                return argv0.parent().map(Path::to_path_buf);
-            }
-            std::env::split_paths(&std::env::var_os("PATH")?).find(|d| {
-                d.join(&argv0)
-                    .metadata()
+    let exe = std::env::current_exe().ok().or_else(|| {
+        let argv0 = PathBuf::from(std::env::args_os().next()?);
+        if argv0.as_os_str().as_bytes().contains(&b'/') {
+            return std::fs::canonicalize(&argv0).ok().or(Some(argv0));
+        }
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|d| d.join(&argv0))
+            .find(|p| {
+                p.metadata()
                     .is_ok_and(|m| !m.file_type().is_dir() && !m.file_type().is_fifo())
             })
-        });
-    dir.unwrap_or_default().join(name)
+            .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
+    });
+    exe.and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_default()
+        .join(name)
 }
 
 fn main() -> ExitCode {

@@ -70,6 +70,7 @@ def world(tmp_path_factory):
     (refs / "foreign").write_text(rd + "\n")
     os.chown(refs / "foreign", 12345, 12345)
     (refs / "dangling").write_text("f" * 64 + "\n")
+    (refs / "file").write_text(rd + "\n")  # also the name of a file in the directory the tests run in
     wrong = rd[:6] + "0" * 58
     shutil.copyfile(t / "repo" / "images" / rd, t / "repo" / "images" / wrong)
     (refs / "corrupt").write_text(wrong + "\n")
@@ -161,6 +162,7 @@ MOUNTS = [
     (["mount", "{rd6}", "{t}/mnt", "--repo", "{t}/repo"], True),  # ambiguous prefix
     (["mount", "abcdef12", "{t}/mnt", "--repo", "{t}/repo", "--json"], True),  # digest-shaped, no image
     (["mount", "nosuch", "{t}/mnt", "--repo", "{t}/repo"], True),
+    (["mount", "file", "{t}/mnt", "--repo", "{t}/repo", "--json"], True),  # a ref, and a file here
     (["mount", "nosuch", "{t}/mnt", "--repo", "{t}/repo", "--json"], True),
     (["mount", "link", "{t}/mnt", "--repo", "{t}/repo"], True),  # a symlink ref: never followed
     (["mount", "foreign", "{t}/mnt", "--repo", "{t}/repo"], True),  # another user's ref
@@ -175,7 +177,7 @@ MOUNTS = [
     # Handed over: repository names it is unsure of, FUSE, click's own checks, help, other
     # commands, odd text.
     (["mount", "app", "{t}/mnt", "--repo", "{t}/repo-meta", "--json"], False),
-    (["mount", "img.cfs", "{t}/mnt", "--repo", "{t}/repo"], False),  # also a file here: Python's hint
+    (["mount", "img.cfs", "{t}/mnt", "--repo", "{t}/repo"], False),  # not found, a file here: Python's hint
     (["mount", "app", "{t}/mnt", "--repo", "{t}/repo", "--fuse"], False),
     (["mount", "{t}/img.cfs", "{t}/mnt"], False),
     (["mount", "{t}/img.cfs", "{t}/mnt", "--basedir", "{t}/objects", "--backend", "fuse", "--json"], False),

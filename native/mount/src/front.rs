@@ -11,8 +11,8 @@
 //! `mount NAME MNT` (an image of a repository, by ref name or digest) is looked up by the rules
 //! the Python CLI uses too (`composefs_base::repo`: names, refs, trust, the digest check, the
 //! shared lock held for the lookup). A repository whose meta.json is not byte for byte what
-//! `cfsctl init` writes, a NAME that is also a file here (the Python CLI's hint), or a lock log
-//! asked for (`CFS_LOCK_LOG`, the Python CLI's instrumentation) go to Python.
+//! `cfsctl init` writes, a failed lookup of a NAME that is also a file here (the Python CLI's
+//! hint), or a lock log asked for (`CFS_LOCK_LOG`, the Python CLI's instrumentation) go to Python.
 //!
 //! The protocol: the Python CLI (`composefs.cli`, installed as `cfsctl-py` beside this binary,
 //! or the program `$CFSCTL_PYTHON_CLI` names) owns every rule; what this front does must be what
@@ -310,16 +310,22 @@ fn repo_path(m: &MountArgs) -> PathBuf {
 /// object directory, digest for the mount when fs-verity is to check it). `Err(None)`: a case
 /// the front leaves to Python, handed over before anything is done.
 fn lookup(m: &MountArgs) -> Result<(PathBuf, PathBuf, Option<String>), Option<Error>> {
-    if std::env::var_os("CFS_LOCK_LOG").is_some() || Path::new(&m.image).exists() {
+    if std::env::var_os("CFS_LOCK_LOG").is_some() {
         return Err(None);
     }
-    let r = Repo::at(&repo_path(m)).map_err(repo_error)?;
-    if r.meta().map_err(repo_error)? != repo::META {
+    // A failed lookup of a NAME that is also a file here gets Python's hint (write ./NAME); the
+    // lookup changed nothing Python's own would not (it sweeps the same dead temporaries).
+    let hint = |e: repo::Error| match e {
+        repo::Error::User { .. } if Path::new(&m.image).exists() => None,
+        e => repo_error(e),
+    };
+    let r = Repo::at(&repo_path(m)).map_err(hint)?;
+    if r.meta().map_err(hint)? != repo::META {
         return Err(None); // valid JSON written some other way: Python reads it
     }
-    r.check_layout().map_err(repo_error)?;
-    let lock = r.lock(false).map_err(repo_error)?;
-    let (image, digest) = r.image_for_mount(m.image.as_bytes()).map_err(repo_error)?;
+    r.check_layout().map_err(hint)?;
+    let lock = r.lock(false).map_err(hint)?;
+    let (image, digest) = r.image_for_mount(m.image.as_bytes()).map_err(hint)?;
     drop(lock);
     Ok((image, r.objects(), digest))
 }

@@ -434,8 +434,9 @@ impl Repo {
         if fsio::measure_verity(fd.as_fd()).is_ok() {
             return Ok((path, Some(digest)));
         }
-        let got =
-            fsverity::digest_reader(std::fs::File::from(fd), &fsverity::Params::default()).map_err(io_at(&path))?;
+        let file = std::fs::File::from(fd);
+        let size = file.metadata().map_err(io_at(&path))?.len();
+        let got = fsverity::digest_open_file(&file, size, &fsverity::Params::default()).map_err(io_at(&path))?;
         let got: String = got.iter().map(|b| format!("{b:02x}")).collect();
         if got != digest {
             return Err(user(

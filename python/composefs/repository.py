@@ -27,7 +27,7 @@ compared before mounting.
 The lookup rules (names, refs, trust, the lock) are the Rust core's, ``native/base/src/repo.rs``,
 which the native ``cfsctl mount NAME`` front uses too; this module calls them.
 
-Names (refs) are checked once, by :func:`check_name`: 1 to 200 characters from
+Names (refs) are checked once, by :func:`check_name`: 1 to ``NAME_MAX`` characters from
 ``A-Za-z0-9._:@+=-``, not starting with ``.``, ``-`` or ``sha256:``, never containing ``.tmp``
 (reserved for temporaries, which are swept) and never shaped like an image digest (6 to 64 hex
 digits): a digest or digest prefix always means the image itself, never a ref.
@@ -61,6 +61,8 @@ from .fsverity import digest_files
 FORMAT = "composefs-repository"
 VERSION = 1
 DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+# The longest image name (the rule is the Rust core's, see check_name).
+NAME_MAX = _native.REPO_NAME_MAX
 DIR_MODE = 0o755
 FILE_MODE = 0o644
 _counter = itertools.count()

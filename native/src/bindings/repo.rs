@@ -117,5 +117,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(repo_resolve, m)?)?;
     m.add_function(wrap_pyfunction!(repo_image_for_mount, m)?)?;
     m.add("REPO_META", pyo3::types::PyBytes::new(m.py(), repo::META))?;
+    m.add("REPO_NAME_MAX", repo::NAME_MAX)?;
     Ok(())
 }

@@ -112,8 +112,9 @@ pub fn py_repr(bytes: &[u8]) -> String {
                     out.push('\\');
                     out.push(c);
                 }
-                c if c.is_control() && (c as u32) < 0x100 => out.push_str(&format!("\\x{:02x}", c as u32)),
-                c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c if !py_printable(c) && (c as u32) < 0x100 => out.push_str(&format!("\\x{:02x}", c as u32)),
+                c if !py_printable(c) && (c as u32) < 0x10000 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c if !py_printable(c) => out.push_str(&format!("\\U{:08x}", c as u32)),
                 c => out.push(c),
             }
         }
@@ -123,6 +124,17 @@ pub fn py_repr(bytes: &[u8]) -> String {
     }
     out.push(quote);
     out
+}
+
+/// `str.isprintable()` for one character, as far as it can be told without Unicode's tables:
+/// control, separator (but the space), format and private-use characters are not printable.
+/// (Unassigned code points, which Python also escapes, are printed as they are.)
+fn py_printable(c: char) -> bool {
+    let u = c as u32;
+    let format = matches!(u, 0xad | 0x600..=0x605 | 0x61c | 0x6dd | 0x70f | 0x180e | 0x200b..=0x200f
+        | 0x202a..=0x202e | 0x2060..=0x2064 | 0x2066..=0x206f | 0xfeff | 0xfff9..=0xfffb);
+    let private = matches!(u, 0xe000..=0xf8ff | 0xf0000..);
+    c == ' ' || !(c.is_control() || c.is_whitespace() || format || private)
 }
 
 /// Open `path` read-only if it is a regular file owned by one of `trusted`; never follows a
@@ -351,7 +363,7 @@ impl Repo {
     /// The digest ref `name` holds; None when no usable ref has that name (missing, refused,
     /// too long, a temporary, not a plain entry of refs/).
     fn read_ref(&self, name: &[u8]) -> Result<Option<String>, Error> {
-        if matches!(name, b"" | b"." | b"..") || name.contains(&b'/') || fsio::is_temp_name(name) {
+        if matches!(name, b"" | b"." | b"..") || name.contains(&b'/') || name.contains(&0) || fsio::is_temp_name(name) {
             return Ok(None);
         }
         let p = self.refs_dir().join(std::ffi::OsStr::from_bytes(name));
@@ -516,6 +528,10 @@ mod tests {
             (b"x\\y\n\x1b\x7f", "'x\\\\y\\n\\x1b\\x7f'"),
             (b"\xff", "'\\udcff'"),
             ("é".as_bytes(), "'é'"),
+            (
+                "a\u{a0}b\u{ad}\u{2028}\u{e000}\u{100000}".as_bytes(),
+                "'a\\xa0b\\xad\\u2028\\ue000\\U00100000'",
+            ),
         ];
         for (b, want) in cases {
             assert_eq!(py_repr(b), *want, "{b:?}");

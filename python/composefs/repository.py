@@ -218,6 +218,7 @@ class Repository:
         fd = _native.repo_lock(self.path, exclusive)
         t1 = time.monotonic()
         try:
+            _native.repo_clean_temporaries(self.path)
             yield self
         finally:
             os.close(fd)

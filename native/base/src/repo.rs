@@ -306,6 +306,14 @@ impl Repo {
     /// Take the repository lock (shared, or exclusive for gc), then remove what writers that are
     /// gone left behind.
     pub fn lock(&self, exclusive: bool) -> Result<Lock, Error> {
+        let lock = self.flock(exclusive)?;
+        self.clean_temporaries()?;
+        Ok(lock)
+    }
+
+    /// The lock alone, waiting for it ([`Repo::lock`] without the sweep, for a caller that times
+    /// the wait apart).
+    pub fn flock(&self, exclusive: bool) -> Result<Lock, Error> {
         let path = self.path.join("lock");
         let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let fd = rustix::fs::open(&path, flags, Mode::from_raw_mode(0o644)).map_err(|e| io_at(&path)(e.into()))?;
@@ -320,7 +328,6 @@ impl Repo {
                 r => break r.map_err(|e| io_at(&path)(e.into()))?,
             }
         }
-        self.clean_temporaries()?;
         Ok(Lock(fd))
     }
 

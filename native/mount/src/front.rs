@@ -647,6 +647,8 @@ mod tests {
                 "2",
             ],
             &["umount", "/", "-l", "--json"],
+            &["mount", "app", "/", "--repo", "/r", "--json"],
+            &["--repo=/r", "mount", "sha256:abcdef", "/"],
         ];
         for a in native {
             assert!(!matches!(plan(&argv(a)), Plan::Python), "{a:?}");
@@ -674,6 +676,8 @@ mod tests {
             &["mount", "img.cfs", "/", "extra", "--basedir", "/o"],
             &["mount", "-h"],
             &["umount", "/", "--repo", "/r"],
+            &["mount", "app", "/", "--repo="],
+            &["--repo=", "mount", "app", "/"],
             &["--repo", "/r", "umount", "/"],
             &["umount", "/nonexistent/cfs-front-test"],
         ];

@@ -79,13 +79,20 @@ fn repo_check_layout(path: &Bound<'_, PyAny>) -> PyResult<()> {
     open(path)?.check_layout().map_err(to_py)
 }
 
-/// Take the repository lock and sweep what dead writers left: the lock's descriptor (the caller
-/// closes it to release the lock).
+/// Take the repository lock: its descriptor (the caller closes it to release the lock), then
+/// calls `repo_clean_temporaries` (the two steps of `Repo::lock`, apart so the wait is timed alone).
 #[pyfunction]
 fn repo_lock(py: Python<'_>, path: &Bound<'_, PyAny>, exclusive: bool) -> PyResult<RawFd> {
     let r = open(path)?;
-    let lock = py.allow_threads(|| r.lock(exclusive)).map_err(to_py)?;
+    let lock = py.allow_threads(|| r.flock(exclusive)).map_err(to_py)?;
     Ok(lock.0.into_raw_fd())
+}
+
+/// Remove what writers that are gone left behind (with the lock held); returns how many.
+#[pyfunction]
+fn repo_clean_temporaries(py: Python<'_>, path: &Bound<'_, PyAny>) -> PyResult<u64> {
+    let r = open(path)?;
+    py.allow_threads(|| r.clean_temporaries()).map_err(to_py)
 }
 
 /// The digest NAME|DIGEST|PREFIX names.
@@ -114,6 +121,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(repo_meta, m)?)?;
     m.add_function(wrap_pyfunction!(repo_check_layout, m)?)?;
     m.add_function(wrap_pyfunction!(repo_lock, m)?)?;
+    m.add_function(wrap_pyfunction!(repo_clean_temporaries, m)?)?;
     m.add_function(wrap_pyfunction!(repo_resolve, m)?)?;
     m.add_function(wrap_pyfunction!(repo_image_for_mount, m)?)?;
     m.add("REPO_META", pyo3::types::PyBytes::new(m.py(), repo::META))?;

@@ -29,7 +29,8 @@ APT_PACKAGES := fsverity erofs-utils e2fsprogs attr util-linux python3-venv open
 # stage-helper: the mount(8) helper (no Python at mount time), installed as bin/mount.composefs,
 # and the cfsctl front (mount/umount natively, every other command handed to the Python CLI,
 # installed as bin/cfsctl-py), installed as bin/cfsctl.
-NATIVE_SRC := $(shell find native/src native/mount/src -name '*.rs') native/Cargo.toml native/mount/Cargo.toml \
+NATIVE_SRC := $(shell find native/src native/mount/src native/base/src -name '*.rs') native/Cargo.toml native/mount/Cargo.toml \
+	native/base/Cargo.toml \
 	native/Cargo.lock pyproject.toml $(shell find pkgdata/data -type f)
 HELPER_STAGED := $(CURDIR)/pkgdata/scripts/mount.composefs
 FRONT_STAGED := $(CURDIR)/pkgdata/scripts/cfsctl
@@ -92,7 +93,7 @@ unit-test: setup
 test: setup qemu-boot-root-bg
 	@rm -rf $(CURDIR)/.pytest-tmp && $(PY) -m pytest -q -ra --basetemp=$(CURDIR)/.pytest-tmp
 
-# The Rust workspace (the core and native/mount): formatting (native/rustfmt.toml), lints, unit and conformance tests.
+# The Rust workspace (the core, native/mount and native/base): formatting (native/rustfmt.toml), lints, unit and conformance tests.
 rust-check:
 	@cd native && cargo fmt --all --check && cargo clippy -q --workspace --all-targets -- -D warnings && cargo test -q --workspace
 test: rust-check

@@ -60,6 +60,23 @@ def world(tmp_path_factory):
     (t / "digest").write_text(json.loads(digest.stdout)[0]["digest"])
     assert cfsctl("init", "--repo", t / "repo").returncode == 0
     assert cfsctl("import", src, "--name", "app", "--repo", t / "repo").returncode == 0
+    refs = t / "repo" / "refs"
+    rd = (refs / "app").read_text().strip()
+    (t / "repodigest").write_text(rd)
+    # Refs that must never be followed or trusted, one that names a missing image, and one that
+    # names an image whose bytes are not its name (sharing its first 6 digits with app's, so that
+    # prefix is ambiguous).
+    (refs / "link").symlink_to(refs / "app")
+    (refs / "foreign").write_text(rd + "\n")
+    os.chown(refs / "foreign", 12345, 12345)
+    (refs / "dangling").write_text("f" * 64 + "\n")
+    (refs / "file").write_text(rd + "\n")  # also the name of a file in the directory the tests run in
+    wrong = rd[:6] + "0" * 58
+    shutil.copyfile(t / "repo" / "images" / rd, t / "repo" / "images" / wrong)
+    (refs / "corrupt").write_text(wrong + "\n")
+    # The same repository with a meta.json cfsctl init would not write (the front leaves it to Python).
+    shutil.copytree(t / "repo", t / "repo-meta", symlinks=True)
+    (t / "repo-meta" / "meta.json").write_text('{"version": 1, "format": "composefs-repository"}\n')
     for d in ("mnt", "upper", "work", "empty"):
         (t / d).mkdir()
     (t / "file").write_text("not a directory\n")
@@ -71,7 +88,8 @@ def world(tmp_path_factory):
 
 
 def fill(world: Path, args: list[str]) -> list[str]:
-    return [a.format(t=world, digest=(world / "digest").read_text()) for a in args]
+    rd = (world / "repodigest").read_text()
+    return [a.format(t=world, digest=(world / "digest").read_text(), rd=rd, rd8=rd[:8], rd6=rd[:6]) for a in args]
 
 
 def mount_state(mnt: Path) -> tuple | None:
@@ -134,8 +152,33 @@ MOUNTS = [
     (["mount", "{t}/img.cfs", "{t}/mnt", "-o", "basedir={t}/objects,bogus", "--json"], True),
     (["mount", "{t}/img.cfs", "{t}/mnt", "--basedir", "{t}/objects", "--backend", "kernel"], True),
     (["mount", "{t}/img.cfs", "{t}/mnt", "--basedir", "{t}/objects", "--upperdir", "{t}/upper"], True),
-    # Handed over: repository names, FUSE, click's own checks, help, other commands, odd text.
-    (["mount", "app", "{t}/mnt", "--repo", "{t}/repo", "--json"], False),
+    # Repository images by name or digest: looked up by the same Rust rules, same words.
+    (["mount", "app", "{t}/mnt", "--repo", "{t}/repo", "--json"], True),
+    (["mount", "app", "mnt", "--repo={t}/repo"], True),
+    (["--repo", "{t}/repo", "--json", "mount", "app", "{t}/mnt"], True),
+    (["--repo", "{t}/nothing", "mount", "app", "{t}/mnt", "--repo", "{t}/repo", "--json"], True),
+    (["mount", "{rd}", "{t}/mnt", "--repo", "{t}/repo", "--json"], True),
+    (["mount", "sha256:{rd8}", "{t}/mnt", "--repo", "{t}/repo", "--json"], True),
+    (["mount", "{rd6}", "{t}/mnt", "--repo", "{t}/repo"], True),  # ambiguous prefix
+    (["mount", "abcdef12", "{t}/mnt", "--repo", "{t}/repo", "--json"], True),  # digest-shaped, no image
+    (["mount", "nosuch", "{t}/mnt", "--repo", "{t}/repo"], True),
+    (["mount", "file", "{t}/mnt", "--repo", "{t}/repo", "--json"], True),  # a ref, and a file here
+    (["mount", "nosuch", "{t}/mnt", "--repo", "{t}/repo", "--json"], True),
+    (["mount", "link", "{t}/mnt", "--repo", "{t}/repo"], True),  # a symlink ref: never followed
+    (["mount", "foreign", "{t}/mnt", "--repo", "{t}/repo"], True),  # another user's ref
+    (["mount", "dangling", "{t}/mnt", "--repo", "{t}/repo", "--json"], True),
+    (["mount", "corrupt", "{t}/mnt", "--repo", "{t}/repo"], True),
+    (["mount", "app", "{t}/mnt", "--repo", "{t}/repo", "--digest", "00" * 32], True),
+    (["mount", "app", "{t}/mnt", "--repo", "{t}/repo", "--digest", "xyz", "--json"], True),
+    (["mount", "app", "{t}/mnt", "--repo", "{t}/repo", "-o", "ro,nodev", "--backend", "overlay", "--json"], True),
+    (["mount", "app", "{t}/mnt", "--repo", "{t}/repo", "--upperdir", "{t}/upper", "--workdir", "{t}/work"], True),
+    (["mount", "app", "{t}/mnt", "--repo", "{t}/nothing"], True),
+    (["mount", "app", "{t}/mnt", "--repo", "{t}/file", "--json"], True),
+    # Handed over: repository names it is unsure of, FUSE, click's own checks, help, other
+    # commands, odd text.
+    (["mount", "app", "{t}/mnt", "--repo", "{t}/repo-meta", "--json"], False),
+    (["mount", "img.cfs", "{t}/mnt", "--repo", "{t}/repo"], False),  # not found, a file here: Python's hint
+    (["mount", "app", "{t}/mnt", "--repo", "{t}/repo", "--fuse"], False),
     (["mount", "{t}/img.cfs", "{t}/mnt"], False),
     (["mount", "{t}/img.cfs", "{t}/mnt", "--basedir", "{t}/objects", "--backend", "fuse", "--json"], False),
     (["mount", "{t}/img.cfs", "{t}/mnt", "--basedir", "{t}/objects", "--verity-check", "3"], False),
@@ -231,3 +274,42 @@ def test_front_names_a_missing_python_cli(world, tmp_path):
     r = subprocess.run([FRONT, "images"], capture_output=True, env=env, timeout=60)
     assert r.returncode == 1
     assert r.stderr == f"cfsctl: error: {tmp_path / 'absent'}: cannot run the Python CLI: No such file or directory\n".encode()
+
+
+def test_front_by_absolute_path_from_a_venv_not_on_path(world, tmp_path):
+    """As the QEMU guest tests call it (tests/guest/cfsimage.py: the cfsctl beside
+    sys.executable): by absolute path, the virtualenv not on PATH, from another directory, and
+    through a symlink elsewhere (found on PATH by its bare name). The front still finds
+    cfsctl-py for what it hands over, and mounts repository images itself."""
+    elsewhere = tmp_path / "bin"
+    elsewhere.mkdir()
+    (elsewhere / "cfsctl").symlink_to(FRONT)
+    env = {k: v for k, v in os.environ.items() if k not in ("CFSCTL_PYTHON_CLI", "VIRTUAL_ENV", "CFS_REPO")}
+    env["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin"
+    assert str(BIN) not in env["PATH"]
+    cases = [
+        (["images", "--repo", str(world / "repo"), "--json"], False),
+        (["mount", "app", str(world / "mnt"), "--repo", str(world / "repo"), "--json"], True),
+    ]
+    # Without /proc (a bare chroot) /proc/self/exe is gone: the front goes by the path it was run by.
+    unshare = shutil.which("unshare")
+    no_proc = [unshare, "--mount", "--propagation", "private", "sh", "-c",
+               'mount -t tmpfs none /proc && exec "$@"', "sh"] if unshare else None
+    ways = [([str(FRONT)], env["PATH"]), ([str(elsewhere / "cfsctl")], env["PATH"]),
+            (["cfsctl"], f"{elsewhere}:{env['PATH']}")]
+    if no_proc:
+        ways += [(no_proc + argv0, path) for argv0, path in ways]
+    for args, mounts in cases:
+        want = None
+        for argv0, path in ways + [([str(PYTHON_CLI)], env["PATH"])]:
+            clean(world)
+            if no_proc and argv0[0] == unshare and mounts:
+                continue  # a mount made in another mount namespace is not seen here
+            r = subprocess.run([*argv0, *args], capture_output=True, cwd=tmp_path, timeout=120,
+                               env=dict(env, PATH=path))
+            got = (r.returncode, r.stdout, r.stderr, mount_state(world / "mnt"))
+            assert r.returncode == 0, (argv0, r.stderr)
+            assert (got[3] is not None) == mounts
+            assert want is None or got == want, argv0
+            want = got
+    clean(world)

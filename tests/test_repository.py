@@ -332,3 +332,45 @@ def test_mount_by_name_and_digest(repo, trees, tmp_path):
     assert not os.path.ismount(mnt)
     r = cfsctl("mount", "nope", mnt, "--repo", repo)
     assert r.returncode != 0 and b"no image named" in r.stderr
+
+
+# The name rule as the module comment documents it; the Rust core (native/base/src/repo.rs)
+# implements it, and the Python Repository and the native cfsctl front both call that.
+_NAME_DOC = __import__("re").compile(r"[A-Za-z0-9_][A-Za-z0-9._:@+=-]*")
+_DIGESTISH_DOC = __import__("re").compile(r"(sha256:)?[0-9a-f]{6,64}", __import__("re").IGNORECASE)
+
+
+def _documented_name_ok(name: str) -> bool:
+    return bool(_NAME_DOC.fullmatch(name)) and len(name) <= 200 and ".tmp" not in name \
+        and not _DIGESTISH_DOC.fullmatch(name) and not name.lower().startswith("sha256:")
+
+
+def test_name_rule_and_lookup_wording_follow_the_documented_rule(tmp_path):
+    """Hypothesis: the core's name rule is the documented one (names near every edge: digits
+    and hex, the sha256: prefix, '.tmp', a trailing newline, lengths around 200, any text), and
+    a name that is not found is quoted in the error as Python's repr() quotes it."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from composefs import _native
+    from composefs.errors import CfsError
+
+    r = Repository.init(tmp_path / "r")
+    pieces = st.sampled_from(["a", "Z", "_", "0", "f", "sha256:", ".tmp", ".", "-", ":", "@", "\n", " ", "'",
+                              '"', "\\", "é", "\xa0", "\x1b", "\u2028", "/", "abcdef", "x" * 60])
+    names = st.one_of(st.lists(pieces, max_size=8).map("".join),
+                      st.text(st.characters(max_codepoint=0x24f, exclude_categories=["Cs"]), max_size=12),
+                      st.integers(190, 210).map(lambda n: "n" * n))
+
+    @settings(max_examples=400, deadline=None)
+    @given(names)
+    def check(name):
+        assert (_native.repo_name_problem(name) is None) == _documented_name_ok(name), name
+        if "/" in name or not name or name in (".", ".."):
+            return
+        with pytest.raises(CfsError) as e:
+            r.resolve(name)
+        assert str(e.value) in (f"no image named {name!r} in repository {r.path}",
+                                f"digest prefix {name!r} is ambiguous")
+
+    check()

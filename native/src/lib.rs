@@ -7,10 +7,7 @@
 pub mod dump;
 pub mod erofs;
 pub mod fetch;
-pub mod fsio;
-pub mod fsverity;
 pub mod fuse;
-pub mod hash;
 pub mod http;
 pub mod oci;
 pub mod process;
@@ -19,6 +16,9 @@ pub mod store;
 pub mod tree;
 
 mod bindings;
+
+// The shared rules (base/), under the paths the core has always used.
+pub use composefs_base::{fsio, fsverity, hash, repo};
 
 use pyo3::prelude::*;
 

@@ -24,6 +24,9 @@ Mounting by name or digest verifies the image's digest: with fs-verity on the im
 kernel measures it; without fs-verity the digest is computed in software from the file and
 compared before mounting.
 
+The lookup rules (names, refs, trust, the lock) are the Rust core's, ``native/base/src/repo.rs``,
+which the native ``cfsctl mount NAME`` front uses too; this module calls them.
+
 Names (refs) are checked once, by :func:`check_name`: 1 to ``NAME_MAX`` characters from
 ``A-Za-z0-9._:@+=-``, not starting with ``.``, ``-`` or ``sha256:``, never containing ``.tmp``
 (reserved for temporaries, which are swept) and never shaped like an image digest (6 to 64 hex
@@ -39,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import itertools
 import json
 import os
@@ -59,16 +61,10 @@ from .fsverity import digest_files
 FORMAT = "composefs-repository"
 VERSION = 1
 DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._:@+=-]*$")
-# A file name has 255 bytes; the temporary refs/.NAME.tmp-<pid>-<n> (composefs._native's
-# scheme) must fit, with room to spare.
-NAME_MAX = 200
-# What resolve() takes for a digest: a full digest or a prefix of one, with or without "sha256:".
-DIGESTISH_RE = re.compile(r"^(sha256:)?[0-9a-f]{6,64}$", re.IGNORECASE)
+# The longest image name (the rule is the Rust core's, see check_name).
+NAME_MAX = _native.REPO_NAME_MAX
 DIR_MODE = 0o755
 FILE_MODE = 0o644
-# meta.json and refs are a line or two; anything longer is not ours.
-SMALL_FILE_MAX = 64 * 1024
 _counter = itertools.count()
 
 
@@ -84,22 +80,13 @@ def default_path() -> str:
 
 
 def name_problem(name: str) -> str | None:
-    """Why ``name`` cannot be an image name, or None (the rule: see the module comment)."""
-    if not NAME_RE.match(name):
-        return "letters, digits and ._:@+=- only, not starting with '.' or '-'"
-    if len(name) > NAME_MAX:
-        return f"{len(name)} characters, at most {NAME_MAX} are allowed"
-    if ".tmp" in name:
-        return "'.tmp' is reserved for temporary files"
-    if DIGESTISH_RE.match(name) or name.lower().startswith("sha256:"):
-        return "shaped like an image digest, which always names the image itself"
-    return None
+    """Why ``name`` cannot be an image name, or None (the rule: see the module comment; it lives
+    in the Rust core, native/base/src/repo.rs, with every lookup rule)."""
+    return _native.repo_name_problem(name)
 
 
 def check_name(name: str) -> str:
-    why = name_problem(name)
-    if why:
-        raise CfsError(f"invalid image name {name!r}: {why}")
+    _native.repo_check_name(name)
     return name
 
 
@@ -115,33 +102,11 @@ def _make_dir(path: str) -> None:
 def _open_plain(path: str, trusted: tuple[int, ...], what: str) -> int:
     """Open ``path`` read-only if it is a regular file owned by a trusted uid; never follows a
     symlink, never blocks on a FIFO. Raises CfsError naming the path otherwise."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise CfsError(f"refused: {what} is a symlink (never followed)", path) from None
-        raise
-    st = os.fstat(fd)
-    why = None
-    if not stat.S_ISREG(st.st_mode):
-        why = f"{what} is not a regular file"
-    elif st.st_uid not in trusted:
-        why = f"{what} is owned by uid {st.st_uid}, not by the repository's owner"
-    if why:
-        os.close(fd)
-        raise CfsError(f"refused: {why}", path)
-    return fd
+    return _native.repo_open_plain(path, trusted, what)
 
 
 def _read_plain(path: str, trusted: tuple[int, ...], what: str) -> bytes:
-    fd = _open_plain(path, trusted, what)
-    try:
-        data = os.pread(fd, SMALL_FILE_MAX + 1, 0)
-    finally:
-        os.close(fd)
-    if len(data) > SMALL_FILE_MAX:
-        raise CfsError(f"{what} is larger than {SMALL_FILE_MAX} bytes", path)
-    return data
+    return _native.repo_read_plain(path, trusted, what)
 
 
 def _log_lock(exclusive: bool, waited: float, held: float) -> None:
@@ -187,14 +152,14 @@ class Repository:
         # Records of verified container layers, by diff_id (composefs.oci keeps them).
         self.layers_dir = os.path.join(self.path, "layers")
         self._lockfd: int | None = None
-        self._owner: int | None = None
+        self._owner: tuple[int, ...] | None = None
 
     @property
     def trusted(self) -> tuple[int, ...]:
         """The uids whose files the repository accepts: its owner's, and root's."""
         if self._owner is None:
-            self._owner = os.stat(self.path).st_uid
-        return (self._owner, 0)
+            self._owner = tuple(_native.repo_trusted(self.path))
+        return self._owner
 
     # --- creation and opening ------------------------------------------------------------------
 
@@ -216,7 +181,7 @@ class Repository:
                      FILE_MODE)
         os.fchmod(fd, FILE_MODE)
         os.close(fd)
-        _write_atomic(meta, json.dumps({"format": FORMAT, "version": VERSION}).encode() + b"\n")
+        _write_atomic(meta, _native.REPO_META)
         return repo
 
     @classmethod
@@ -228,9 +193,7 @@ class Repository:
     def check_meta(self) -> None:
         meta = os.path.join(self.path, "meta.json")
         try:
-            m = json.loads(_read_plain(meta, self.trusted, "repository metadata"))
-        except FileNotFoundError:
-            raise CfsError("not a composefs repository (no meta.json; run 'cfsctl init')", self.path) from None
+            m = json.loads(_native.repo_meta(self.path))
         except ValueError:
             raise CfsError("repository metadata is not valid JSON", meta) from None
         if not isinstance(m, dict):
@@ -243,48 +206,23 @@ class Repository:
 
     def check_layout(self) -> None:
         """The repository's directories must be real directories of a trusted owner."""
-        for d in (self.objects, self.images_dir, self.refs_dir):
-            try:
-                st = os.lstat(d)
-            except FileNotFoundError:
-                raise CfsError("missing (a damaged repository)", d) from None
-            if not stat.S_ISDIR(st.st_mode):
-                raise CfsError("refused: not a directory (a symlink is never followed)", d)
-            if st.st_uid not in self.trusted:
-                raise CfsError(f"refused: owned by uid {st.st_uid}, not by the repository's owner", d)
+        _native.repo_check_layout(self.path)
 
     # --- locking and temporaries ---------------------------------------------------------------
 
     @contextlib.contextmanager
     def locked(self, exclusive: bool = False) -> Iterator["Repository"]:
-        fd = os.open(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     FILE_MODE)
+        # The lock and the sweep of dead writers' temporaries that follows taking it are the Rust
+        # core's (native/base/src/repo.rs), as the native cfsctl front takes them too.
         t0 = time.monotonic()
-        t1 = None
+        fd = _native.repo_lock(self.path, exclusive)
+        t1 = time.monotonic()
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            t1 = time.monotonic()
-            self._clean_temporaries()
+            _native.repo_clean_temporaries(self.path)
             yield self
         finally:
             os.close(fd)
-            if t1 is not None:
-                _log_lock(exclusive, t1 - t0, time.monotonic() - t1)
-
-    def _clean_temporaries(self) -> int:
-        """Remove work directories and half-written files of processes that no longer exist."""
-        removed = 0
-        _make_dir(self.tmp_dir)
-        if not stat.S_ISDIR(os.lstat(self.tmp_dir).st_mode):
-            raise CfsError("refused: not a directory (a symlink is never followed)", self.tmp_dir)
-        for entry in os.listdir(self.tmp_dir):
-            pid = entry.split("-", 1)[0]
-            if pid.isdigit() and not _native.pid_alive(int(pid)):
-                _remove_entry(os.path.join(self.tmp_dir, entry))
-                removed += 1
-        for d in (self.images_dir, self.refs_dir):
-            removed += _native.sweep_temporaries(d)
-        return removed
+            _log_lock(exclusive, t1 - t0, time.monotonic() - t1)
 
     @contextlib.contextmanager
     def workdir(self) -> Iterator[str]:
@@ -337,18 +275,7 @@ class Repository:
     def resolve(self, name_or_digest: str) -> str:
         """The digest of an image given by ref name, full digest or a unique digest prefix. A
         digest (or prefix) is looked up among the images only, never through a ref."""
-        if not DIGESTISH_RE.match(name_or_digest):
-            refs = self.refs()
-            if name_or_digest in refs:
-                return refs[name_or_digest]
-        else:
-            d = name_or_digest.lower().removeprefix("sha256:")
-            hits = [x for x in self.image_digests() if x.startswith(d)]
-            if len(hits) == 1:
-                return hits[0]
-            if len(hits) > 1:
-                raise CfsError(f"digest prefix {name_or_digest!r} is ambiguous")
-        raise CfsError(f"no image named {name_or_digest!r} in repository {self.path}")
+        return _native.repo_resolve(self.path, name_or_digest)
 
     # --- adding images -------------------------------------------------------------------------
 
@@ -746,25 +673,5 @@ def verified_image_for_mount(repo: Repository, name_or_digest: str) -> tuple[str
     before it is opened for mounting, so this guards against corruption, not against a root
     process rewriting the repository between the check and the mount.
     """
-    from . import mountapi
-    from .fsverity import digest_file
-
-    digest = repo.resolve(name_or_digest)
-    path = repo.image_path(digest)
-    try:
-        fd = repo.open_image(digest)
-    except FileNotFoundError:
-        raise CfsError(f"image {digest} is named but its file is missing (run 'cfsctl fsck')", path) from None
-    try:
-        try:
-            mountapi.measure_verity(fd)
-            return path, digest
-        except OSError:
-            pass
-        # The descriptor checked above, not the path again.
-        got = digest_file(f"/proc/self/fd/{fd}").hex()
-    finally:
-        os.close(fd)
-    if got != digest:
-        raise CfsError(f"image digest mismatch: named {digest}, content is {got} (run 'cfsctl fsck')", path)
-    return path, None
+    path, digest = _native.repo_image_for_mount(repo.path, name_or_digest)
+    return os.fsdecode(path), digest

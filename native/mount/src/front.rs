@@ -5,8 +5,14 @@
 //! interpreter, click and the package cost far more than the mount itself. So the `cfsctl` on
 //! PATH is this binary. It handles `mount` and `umount` itself when the command line is one it
 //! fully understands, and for everything else (every other command, `--help`, shell completion,
-//! FUSE, `--remote`, repository names, any option or value it does not know, any argument that is
-//! not printable ASCII) it `exec`s the Python CLI with the same arguments.
+//! FUSE, `--remote`, any option or value it does not know, any argument that is not printable
+//! ASCII) it `exec`s the Python CLI with the same arguments.
+//!
+//! `mount NAME MNT` (an image of a repository, by ref name or digest) is looked up by the rules
+//! the Python CLI uses too (`composefs_base::repo`: names, refs, trust, the digest check, the
+//! shared lock held for the lookup). A repository whose meta.json is not byte for byte what
+//! `cfsctl init` writes, a failed lookup of a NAME that is also a file here (the Python CLI's
+//! hint), or a lock log asked for (`CFS_LOCK_LOG`, the Python CLI's instrumentation) go to Python.
 //!
 //! The protocol: the Python CLI (`composefs.cli`, installed as `cfsctl-py` beside this binary,
 //! or the program `$CFSCTL_PYTHON_CLI` names) owns every rule; what this front does must be what
@@ -25,6 +31,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use composefs_base::repo::{self, Repo};
 use composefs_mount::{mount_image, options, Backend, Error, Outcome, Request};
 
 /// The Python CLI the front hands a command line to, beside the front itself.
@@ -48,6 +55,9 @@ struct MountArgs {
     upperdir: Option<OsString>,
     workdir: Option<OsString>,
     options: Vec<OsString>,
+    /// `--repo` of the command (the last one given), and the global one before the command.
+    repo: Option<OsString>,
+    global_repo: Option<OsString>,
     json: bool,
 }
 
@@ -101,30 +111,31 @@ fn plan(args: &[OsString]) -> Plan {
     let mut json = false;
     let mut it = args.iter();
     // Global options before the command: --json and --repo (mount only; unused for an image file).
-    let mut repo_given = false;
+    let mut global_repo = None;
     let command = loop {
         let Some(a) = it.next() else { return Plan::Python };
         let b = a.as_bytes();
         if b == b"--json" {
             json = true;
         } else if let Some(v) = take_value(b, &mut it, b"--repo", None) {
-            if v.is_none() {
+            // An empty value means the default to click; that is Python's to spell out.
+            let Some(v) = v.filter(|v| !v.is_empty()) else {
                 return Plan::Python;
-            }
-            repo_given = true;
+            };
+            global_repo = Some(OsStr::from_bytes(v).to_os_string());
         } else {
             break b;
         }
     };
     let rest: Vec<OsString> = it.cloned().collect();
     match command {
-        b"mount" => plan_mount(&rest, json),
-        b"umount" if !repo_given => plan_umount(&rest, json),
+        b"mount" => plan_mount(&rest, json, global_repo),
+        b"umount" if global_repo.is_none() => plan_umount(&rest, json),
         _ => Plan::Python,
     }
 }
 
-fn plan_mount(args: &[OsString], mut json: bool) -> Plan {
+fn plan_mount(args: &[OsString], mut json: bool, global_repo: Option<OsString>) -> Plan {
     let mut pos = Vec::new();
     let mut m = MountArgs {
         image: OsString::new(),
@@ -136,6 +147,8 @@ fn plan_mount(args: &[OsString], mut json: bool) -> Plan {
         upperdir: None,
         workdir: None,
         options: Vec::new(),
+        repo: None,
+        global_repo,
         json: false,
     };
     let mut it = args.iter();
@@ -188,9 +201,10 @@ fn plan_mount(args: &[OsString], mut json: bool) -> Plan {
             m.workdir = Some(OsStr::from_bytes(v).to_os_string());
         } else if let Some(v) = take_value(b, &mut it, b"--repo", None) {
             // Names the repository of NAME|DIGEST; an image file does not use it.
-            if v.is_none() {
+            let Some(v) = v.filter(|v| !v.is_empty()) else {
                 return Plan::Python;
-            }
+            };
+            m.repo = Some(OsStr::from_bytes(v).to_os_string());
         } else {
             return Plan::Python; // --fuse, --remote, --help, hidden test options, unknown ones
         }
@@ -242,8 +256,11 @@ fn run_mount(m: MountArgs) -> Result<Option<String>, Option<Error>> {
     options::apply(&mut req, &m.options, false).map_err(Some)?;
     let mut basedirs: Vec<PathBuf> = m.basedirs.iter().map(PathBuf::from).collect();
     basedirs.append(&mut req.basedirs);
-    if basedirs.is_empty() {
-        return Err(None); // a repository name, or an image file without objects: Python's rule
+    // The one rule for IMAGE (cmd_mount.is_image_path): a file when it holds a '/' or object
+    // directories are given, else a name or digest in the repository.
+    let from_repo = !m.image.as_bytes().contains(&b'/') && basedirs.is_empty();
+    if basedirs.is_empty() && !from_repo {
+        return Err(None); // an image file without objects: Python words it
     }
     if m.backend != Backend::Auto {
         req.backend = m.backend;
@@ -252,9 +269,20 @@ fn run_mount(m: MountArgs) -> Result<Option<String>, Option<Error>> {
     if req.backend == Backend::Auto && !rustix::process::geteuid().is_root() {
         return Err(None);
     }
+    let mut repo_digest = None;
+    if from_repo {
+        let (image, objects, digest) = lookup(&m)?;
+        req.image = image;
+        req.image_nofollow = true;
+        basedirs.push(objects);
+        repo_digest = digest;
+    }
     req.basedirs = basedirs;
     if let Some(d) = &m.digest {
         req.digest = Some(options::parse_digest(d).map_err(Some)?);
+    }
+    if req.digest.is_none() {
+        req.digest = repo_digest;
     }
     if m.verity_check.is_some() {
         req.verity_check = m.verity_check;
@@ -267,6 +295,57 @@ fn run_mount(m: MountArgs) -> Result<Option<String>, Option<Error>> {
     }
     let out = mount_image(&req).map_err(Some)?;
     Ok(m.json.then(|| mount_json(&out)))
+}
+
+/// The repository `cfsctl mount` uses: its own `--repo`, else `$CFS_REPO`, else the global
+/// `--repo` (click's order: command line, environment, then the defaults the group hands down),
+/// else the default for root (the front runs repository mounts for root only).
+fn repo_path(m: &MountArgs) -> PathBuf {
+    let env = std::env::var_os("CFS_REPO").filter(|v| !v.is_empty());
+    let given = m.repo.clone().or(env).or_else(|| m.global_repo.clone());
+    given.map_or_else(|| PathBuf::from("/var/lib/composefs"), PathBuf::from)
+}
+
+/// NAME|DIGEST in the repository, as cmd_mount.py and repository.py look it up: (image file,
+/// object directory, digest for the mount when fs-verity is to check it). `Err(None)`: a case
+/// the front leaves to Python, handed over before anything is done.
+fn lookup(m: &MountArgs) -> Result<(PathBuf, PathBuf, Option<String>), Option<Error>> {
+    if std::env::var_os("CFS_LOCK_LOG").is_some() {
+        return Err(None);
+    }
+    // A failed lookup of a NAME that is also a file here gets Python's hint (write ./NAME); the
+    // lookup changed nothing Python's own would not (it sweeps the same dead temporaries).
+    let hint = |e: repo::Error| match e {
+        repo::Error::User { .. } if Path::new(&m.image).exists() => None,
+        e => repo_error(e),
+    };
+    let r = Repo::at(&repo_path(m)).map_err(hint)?;
+    if r.meta().map_err(hint)? != repo::META {
+        return Err(None); // valid JSON written some other way: Python reads it
+    }
+    r.check_layout().map_err(hint)?;
+    let lock = r.lock(false).map_err(hint)?;
+    let (image, digest) = r.image_for_mount(m.image.as_bytes()).map_err(hint)?;
+    drop(lock);
+    Ok((image, r.objects(), digest))
+}
+
+/// A repository error as the Python CLI prints it: `CfsError` as it is, an `OSError` as
+/// `describe_oserror` words it (its path, then the system's words).
+fn repo_error(e: repo::Error) -> Option<Error> {
+    Some(match e {
+        repo::Error::User { message, path } => Error::failure(message, path.as_deref()),
+        repo::Error::Io { source, path } => Error::failure(strerror(&source), Some(&path)),
+    })
+}
+
+/// The system's words for an error, without the " (os error N)" Rust adds.
+fn strerror(e: &std::io::Error) -> String {
+    let why = match e.raw_os_error() {
+        Some(n) => std::io::Error::from_raw_os_error(n).to_string(),
+        None => e.to_string(),
+    };
+    why.split(" (os error").next().unwrap_or_default().to_string()
 }
 
 /// `MountResult.to_json()` as `json.dumps(..., indent=2)` prints it (mount.py).
@@ -462,24 +541,27 @@ fn exec_python(args: &[OsString]) -> ExitCode {
     ExitCode::from(1)
 }
 
-/// `name` in the directory this executable was installed in (through /proc/self/exe, or the
-/// path it was run by where /proc is missing, as in a bare chroot).
+/// `name` in the directory this executable was installed in: /proc/self/exe, or where /proc is
+/// missing (a bare chroot) the path it was run by (argv[0], else found on PATH) with symlinks
+/// resolved, so a `cfsctl` linked from another directory still finds the Python CLI beside the
+/// real one, however it was called (absolute path, relative path, bare name).
 fn beside_self(name: &str) -> PathBuf {
-    let dir = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .or_else(|| {
-            let argv0 = PathBuf::from(std::env::args_os().next()?);
-            if argv0.as_os_str().as_bytes().contains(&b'/') {
-                return argv0.parent().map(Path::to_path_buf);
-            }
-            std::env::split_paths(&std::env::var_os("PATH")?).find(|d| {
-                d.join(&argv0)
-                    .metadata()
+    let exe = std::env::current_exe().ok().or_else(|| {
+        let argv0 = PathBuf::from(std::env::args_os().next()?);
+        if argv0.as_os_str().as_bytes().contains(&b'/') {
+            return std::fs::canonicalize(&argv0).ok().or(Some(argv0));
+        }
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|d| d.join(&argv0))
+            .find(|p| {
+                p.metadata()
                     .is_ok_and(|m| !m.file_type().is_dir() && !m.file_type().is_fifo())
             })
-        });
-    dir.unwrap_or_default().join(name)
+            .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
+    });
+    exe.and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_default()
+        .join(name)
 }
 
 fn main() -> ExitCode {
@@ -565,6 +647,8 @@ mod tests {
                 "2",
             ],
             &["umount", "/", "-l", "--json"],
+            &["mount", "app", "/", "--repo", "/r", "--json"],
+            &["--repo=/r", "mount", "sha256:abcdef", "/"],
         ];
         for a in native {
             assert!(!matches!(plan(&argv(a)), Plan::Python), "{a:?}");
@@ -592,6 +676,8 @@ mod tests {
             &["mount", "img.cfs", "/", "extra", "--basedir", "/o"],
             &["mount", "-h"],
             &["umount", "/", "--repo", "/r"],
+            &["mount", "app", "/", "--repo="],
+            &["--repo=", "mount", "app", "/"],
             &["--repo", "/r", "umount", "/"],
             &["umount", "/nonexistent/cfs-front-test"],
         ];

@@ -288,40 +288,7 @@ pub fn loop_attach(backing: BorrowedFd<'_>, flags: u32, name: &[u8]) -> SysResul
 
 // --- fs-verity ----------------------------------------------------------------------------------
 
-pub const FS_VERITY_HASH_ALG_SHA256: u16 = 1;
-
-/// `struct fsverity_digest` with room for the largest digest (sha512).
-#[repr(C)]
-struct VerityDigest {
-    algorithm: u16,
-    size: u16,
-    digest: [u8; 64],
-}
-
-// The kernel's opcode encodes the header's size only (the digest is a flexible array).
-const FS_IOC_MEASURE_VERITY: rustix::ioctl::Opcode = rustix::ioctl::opcode::read_write::<[u16; 2]>(b'f', 134);
-const _: () = assert!(FS_IOC_MEASURE_VERITY as u64 == 0xC004_6686);
-
-/// FS_IOC_MEASURE_VERITY: (hash algorithm, digest) of a file with fs-verity (ENODATA when it has
-/// none, ENOTTY/EOPNOTSUPP where the filesystem has no fs-verity). The one implementation: the
-/// core's `fsio` re-exports it.
-pub fn measure_verity(fd: BorrowedFd<'_>) -> io::Result<(u16, Vec<u8>)> {
-    let mut d = VerityDigest {
-        algorithm: 0,
-        size: 64,
-        digest: [0; 64],
-    };
-    // SAFETY: the kernel reads `size` and writes at most that many digest bytes after the
-    // 4-byte header of `struct fsverity_digest`; `VerityDigest` is that header plus 64 bytes.
-    unsafe {
-        rustix::ioctl::ioctl(
-            fd,
-            rustix::ioctl::Updater::<FS_IOC_MEASURE_VERITY, VerityDigest>::new(&mut d),
-        )?;
-    }
-    let n = usize::from(d.size).min(d.digest.len());
-    Ok((d.algorithm, d.digest[..n].to_vec()))
-}
+pub use composefs_base::fsio::{measure_verity, FS_VERITY_HASH_ALG_SHA256};
 
 /// Open with O_PATH|O_DIRECTORY (a layer handed to overlayfs by descriptor).
 pub fn open_path_dir(p: &Path) -> SysResult<OwnedFd> {

@@ -12,6 +12,7 @@ mod mount;
 mod oci;
 mod pyio;
 mod remote;
+mod repo;
 mod scan;
 mod store;
 
@@ -26,6 +27,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     mount::register(m)?;
     oci::register(m)?;
     remote::register(m)?;
+    repo::register(m)?;
     scan::register(m)?;
     store::register(m)?;
     Ok(())

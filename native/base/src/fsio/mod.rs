@@ -97,9 +97,40 @@ pub fn enable_verity(fd: BorrowedFd<'_>) -> io::Result<Verity> {
     }
 }
 
-/// `FS_IOC_MEASURE_VERITY`: the hash algorithm number and digest of a file with fs-verity.
-/// Implemented once, in the mount crate (which cannot depend on this one), for both.
-pub use composefs_mount::measure_verity;
+pub const FS_VERITY_HASH_ALG_SHA256: u16 = 1;
+
+/// `struct fsverity_digest` with room for the largest digest (sha512).
+#[repr(C)]
+struct VerityDigest {
+    algorithm: u16,
+    size: u16,
+    digest: [u8; 64],
+}
+
+// The kernel's opcode encodes the header's size only (the digest is a flexible array).
+const FS_IOC_MEASURE_VERITY: rustix::ioctl::Opcode = rustix::ioctl::opcode::read_write::<[u16; 2]>(b'f', 134);
+const _: () = assert!(FS_IOC_MEASURE_VERITY as u64 == 0xC004_6686);
+
+/// FS_IOC_MEASURE_VERITY: (hash algorithm, digest) of a file with fs-verity (ENODATA when it has
+/// none, ENOTTY/EOPNOTSUPP where the filesystem has no fs-verity). The one implementation (the
+/// mount crate re-exports it).
+pub fn measure_verity(fd: BorrowedFd<'_>) -> io::Result<(u16, Vec<u8>)> {
+    let mut d = VerityDigest {
+        algorithm: 0,
+        size: 64,
+        digest: [0; 64],
+    };
+    // SAFETY: the kernel reads `size` and writes at most that many digest bytes after the
+    // 4-byte header of `struct fsverity_digest`; `VerityDigest` is that header plus 64 bytes.
+    unsafe {
+        rustix::ioctl::ioctl(
+            fd,
+            rustix::ioctl::Updater::<FS_IOC_MEASURE_VERITY, VerityDigest>::new(&mut d),
+        )?;
+    }
+    let n = usize::from(d.size).min(d.digest.len());
+    Ok((d.algorithm, d.digest[..n].to_vec()))
+}
 
 /// Flush the whole filesystem holding `fd` once, instead of an fsync per file.
 pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {

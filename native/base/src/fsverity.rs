@@ -11,7 +11,7 @@ use std::io::{self, Read};
 use std::path::Path;
 
 mod many;
-pub(crate) use many::digest_open_files;
+pub use many::digest_open_files;
 
 /// Hash algorithms fs-verity supports, with their on-disk numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -568,6 +568,45 @@ pub fn digest_file_with(path: &Path, params: &Params, chunking: &Chunking) -> Re
     }
 }
 
+/// Digest of the first `size` bytes of a file already open (one that passed its caller's checks,
+/// so nothing is opened by path again), read by position; large files are hashed in parallel as
+/// by [`digest_file`].
+pub fn digest_open_file(file: &File, size: u64, params: &Params) -> io::Result<Vec<u8>> {
+    let chunking = Chunking::default();
+    if chunking.is_parallel(size) {
+        digest_file_parallel(file, size, params, &chunking)
+    } else {
+        digest_reader(
+            ReadAt {
+                file,
+                pos: 0,
+                end: size,
+            },
+            params,
+        )
+    }
+}
+
+/// Reads `file` from `pos` to `end` by position: the descriptor's own offset is neither used
+/// nor moved.
+struct ReadAt<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let want = buf
+            .len()
+            .min(usize::try_from(self.end - self.pos).unwrap_or(usize::MAX));
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
 /// Digests of many files, computed in parallel on `threads` threads (`None`: one per CPU),
 /// returned in the order of `paths`. Large files are also split (see [`Chunking`]).
 pub fn digest_files<P: AsRef<Path> + Sync>(
@@ -695,6 +734,24 @@ mod tests {
 
     fn temp_path(tag: &str) -> std::path::PathBuf {
         std::env::temp_dir().join(format!("cfs-fsverity-{}-{tag}", std::process::id()))
+    }
+
+    #[test]
+    fn open_file_digest_equals_bytes_digest() {
+        // Below and above the parallel threshold; only `size` bytes count, whatever follows.
+        let data = stream(DEFAULT_PARALLEL_THRESHOLD as usize + 4097);
+        let p = temp_path("open");
+        std::fs::write(&p, &data).unwrap();
+        let f = File::open(&p).unwrap();
+        for n in [0usize, 1, 4096, 70_000, data.len()] {
+            let want = digest_bytes(&data[..n], &Params::default());
+            assert_eq!(
+                digest_open_file(&f, n as u64, &Params::default()).unwrap(),
+                want,
+                "size {n}"
+            );
+        }
+        std::fs::remove_file(&p).unwrap();
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub(super) fn digest_paths<P: AsRef<Path> + Sync>(
 /// files are split over the current rayon pool, see [`Chunking`]). Each comes with the size
 /// `fstat` gave when it was opened. The digest covers what was read: to the end of the file, or
 /// exactly the given size for a file hashed in parallel.
-pub(crate) fn digest_open_files(
+pub fn digest_open_files(
     files: &[(&File, u64)],
     params: &Params,
     chunking: &Chunking,

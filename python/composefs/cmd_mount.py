@@ -165,7 +165,9 @@ def mount_cmd(image, mountpoint, basedirs, repo_path, digest, verity_check, back
 
 
 @click.command("umount")
-@click.argument("mountpoint", type=click.Path())
+# Not click.Path: it stats the path, and a mount point's stat waits for a FUSE daemon that may be
+# stopped; unmount() finds the mount in mountinfo without touching it.
+@click.argument("mountpoint")
 @click.option("-l", "--lazy", is_flag=True, help="Detach now, clean up when no longer busy (MNT_DETACH).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was unmounted as JSON.")
 def umount_cmd(mountpoint, lazy, as_json):

@@ -461,12 +461,16 @@ def test_hostile_images_never_kill_the_daemon(image, tmp_path):
     assert refused and served
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="switching to user nobody needs root")
-def test_unprivileged_user_mounts_reads_unmounts(image, tmp_path):
-    """User nobody, Debian's python3 (the project's own lives under root's home), the checkout's
-    sources and extension on the path: mount (FUSE chosen for a user), read, unmount."""
-    py = "/usr/bin/python3"
-    probe = subprocess.run(["runuser", "-u", "nobody", "--", py, "-c", "import click"], capture_output=True)
+NOBODY_PY = "/usr/bin/python3"
+AS_NOBODY = pytest.mark.skipif(os.geteuid() != 0, reason="switching to user nobody needs root")
+
+
+@pytest.fixture
+def nobody_world(image):
+    """The image and its objects where user nobody reads them, a mount point of theirs, and a
+    `cfsctl` run as nobody by Debian's python3 (the project's own lives under root's home) with
+    the checkout's sources and extension on the path."""
+    probe = subprocess.run(["runuser", "-u", "nobody", "--", NOBODY_PY, "-c", "import click"], capture_output=True)
     assert probe.returncode == 0, "python3-click is missing (APT_PACKAGES has it)"
     assert os.access("/dev/fuse", os.R_OK | os.W_OK) and os.stat("/dev/fuse").st_mode & 0o006 == 0o006, \
         "/dev/fuse is not open to users (make setup does what fuse3's udev rule does)"
@@ -482,24 +486,55 @@ def test_unprivileged_user_mounts_reads_unmounts(image, tmp_path):
         code = ("import sys; sys.path.insert(0, %r); sys.argv[0] = 'cfsctl'; from composefs.cli import main; main()"
                 % str(REPO / "python"))
 
-        def user(*args):
-            return subprocess.run(["runuser", "-u", "nobody", "--", py, "-c", code, *map(str, args)],
-                                  capture_output=True, timeout=120)
+        def user(*args, timeout=120):
+            return subprocess.run(["runuser", "-u", "nobody", "--", NOBODY_PY, "-c", code, *map(str, args)],
+                                  capture_output=True, timeout=timeout)
 
-        r = user("mount", pub / "img.cfs", pub / "mnt", "--basedir", pub / "objects")
-        assert r.returncode == 0, r.stderr
-        try:
-            r = subprocess.run(["runuser", "-u", "nobody", "--", "cat", str(pub / "mnt" / "d" / "big")],
-                               capture_output=True)
-            assert r.returncode == 0 and r.stdout == (pub / "objects").joinpath(
-                *_object_of(pub / "objects", 300_000).parts[-2:]).read_bytes()
-        finally:
-            r = user("umount", pub / "mnt")
-        assert r.returncode == 0, r.stderr
-        assert not mounted(pub / "mnt")
+        yield pub, user
     finally:
         subprocess.run(["umount", "-l", str(pub / "mnt")], capture_output=True)
         shutil.rmtree(pub, ignore_errors=True)
+
+
+@AS_NOBODY
+def test_unprivileged_user_mounts_reads_unmounts(nobody_world):
+    """User nobody: mount (FUSE chosen for a user), read, unmount."""
+    pub, user = nobody_world
+    r = user("mount", pub / "img.cfs", pub / "mnt", "--basedir", pub / "objects")
+    assert r.returncode == 0, r.stderr
+    try:
+        r = subprocess.run(["runuser", "-u", "nobody", "--", "cat", str(pub / "mnt" / "d" / "big")],
+                           capture_output=True)
+        assert r.returncode == 0 and r.stdout == (pub / "objects").joinpath(
+            *_object_of(pub / "objects", 300_000).parts[-2:]).read_bytes()
+    finally:
+        r = user("umount", pub / "mnt")
+    assert r.returncode == 0, r.stderr
+    assert not mounted(pub / "mnt")
+
+
+@AS_NOBODY
+def test_unprivileged_user_unmounts_a_stopped_daemons_mount(nobody_world):
+    """User nobody's daemon stopped before anything looked at the mount: nobody's `cfsctl umount`
+    (fusermount3 -u, which asks the daemon nothing) returns at once, and ends the daemon."""
+    pub, user = nobody_world
+    r = user("mount", pub / "img.cfs", pub / "mnt", "--basedir", pub / "objects", "--json")
+    assert r.returncode == 0, r.stderr
+    pid = json.loads(r.stdout)["pid"]
+    try:
+        uids = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("Uid:"))
+        assert uids.split()[1:] == ["65534"] * 4, uids  # nobody's own daemon
+        _stop(pid)
+        t0 = time.monotonic()
+        r = user("umount", pub / "mnt", timeout=30)
+        took = time.monotonic() - t0
+        assert r.returncode == 0 and r.stderr == b"", r.stderr
+        assert took < 5, f"umount took {took:.1f} s"
+        assert not mounted(pub / "mnt")
+        assert _wait_ended(pid, 2), "the stopped daemon was left behind"
+    finally:
+        if not _ended(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 def tempfile_dir() -> str:

@@ -174,7 +174,9 @@ def umount_cmd(mountpoint, lazy, as_json):
     """Unmount the composefs mount on MOUNTPOINT.
 
     Refuses mounts that are not composefs mounts. Everything the mount created (the overlay, the
-    detached EROFS layer and any loop device) goes with it.
+    detached EROFS layer and any loop device) goes with it. A FUSE mount is unmounted without
+    waiting on its daemon, which is killed (SIGKILL) if it is stopped or has not exited 3 seconds
+    later; --lazy detaches only a busy mount and leaves its daemon serving what is still open.
     """
     info = unmount(mountpoint, lazy=lazy)
     if as_json:

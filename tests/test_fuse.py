@@ -226,6 +226,28 @@ def _wait_ended(pid: int, seconds: float = 5) -> bool:
     return _ended(pid)
 
 
+def test_mount_points_are_found_without_looking_at_them(tmp_path, monkeypatch):
+    """umount's path to mountinfo: the parent resolved (symlinks, `..`), the last component taken
+    as written (a stat of it would wait on a stopped FUSE daemon); `.`/`..` at the end resolved."""
+    from composefs.mount import _listed_path
+
+    real = tmp_path / "real"
+    (real / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(real)
+    monkeypatch.chdir(real)
+    cases = [
+        (f"{tmp_path}/link/mnt", f"{real}/mnt"),
+        (f"{tmp_path}/link/mnt/", f"{real}/mnt"),
+        (f"{tmp_path}/link/sub/../mnt", f"{real}/mnt"),
+        ("mnt", f"{real}/mnt"),
+        ("./mnt//", f"{real}/mnt"),
+        (f"{tmp_path}/link/sub/..", str(real)),
+        (".", str(real)),
+        ("/", "/"),
+    ]
+    assert [(p, _listed_path(p)) for p, _ in cases] == cases
+
+
 @needs_programs
 @pytest.mark.parametrize("program", UMOUNT_PROGRAMS)
 @pytest.mark.parametrize("flags", [[], ["--lazy", "--json"]], ids=["plain", "lazy"])

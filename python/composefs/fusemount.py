@@ -184,22 +184,24 @@ def _daemons_of(connection: int | None) -> dict[int, int]:
 
 
 def _is_daemon(pid: int, connection: int) -> bool:
+    # Its open files first: reading a process's command line takes its memory map lock, which a
+    # process faulting on a stopped FUSE mount may keep others waiting on; fd links and fdinfo do not.
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-        if argv[1:4] != [b"-m", b"composefs.fusemount", b"serve"]:
-            return False
+        holds = False
         for fd in os.listdir(f"/proc/{pid}/fd"):
             if os.readlink(f"/proc/{pid}/fd/{fd}") != "/dev/fuse":
                 continue
             with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                for line in f:
-                    key, _, value = line.partition(":")
-                    if key == "fuse_connection" and value.strip() == str(connection):
-                        return True
+                holds = any(key == "fuse_connection" and value.strip() == str(connection)
+                            for key, _, value in (line.partition(":") for line in f))
+            if holds:
+                break
+        if not holds:
+            return False
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")[1:4] == [b"-m", b"composefs.fusemount", b"serve"]
     except OSError:  # gone, or not ours to look at
-        pass
-    return False
+        return False
 
 
 def _stopped(pid: int) -> bool:

@@ -106,11 +106,12 @@ def unmount_fuse(entry, lazy: bool = False) -> None:
     without being resumed first, and a read-only daemon whose mount is gone has nothing to flush.
     Only this mount's daemons are ever signalled (see ``_daemons_of``)."""
     daemons = _daemons_of(_connection(entry.device))
-    if not _detach(entry.mountpoint, lazy):
+    try:
+        if _detach(entry.mountpoint, lazy):
+            _end(daemons)
+    finally:
         for pidfd in daemons.values():
             os.close(pidfd)
-        return
-    _end(daemons)
 
 
 # How long a daemon whose mount is gone may take to exit on its own before it is killed.
@@ -215,25 +216,22 @@ def _stopped(pid: int) -> bool:
 def _end(daemons: dict[int, int]) -> None:
     """Wait for each daemon to exit (its pidfd becomes readable), killing the stopped ones at once
     and the rest at the deadline. One the kernel holds past a second deadline (in uninterruptible
-    sleep) is left: umount does not wait on it any longer."""
+    sleep) is left: umount does not wait on it any longer. Exited ones leave ``daemons``, their
+    pidfds closed; the caller closes the rest."""
     import select
 
     deadline = time.monotonic() + DAEMON_EXIT_TIMEOUT
-    try:
-        while daemons and time.monotonic() < deadline + DAEMON_EXIT_TIMEOUT:
-            for pid, pidfd in list(daemons.items()):
-                if select.select([pidfd], [], [], 0)[0]:
-                    os.close(daemons.pop(pid))
-                elif _stopped(pid) or time.monotonic() >= deadline:
-                    try:
-                        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-            if daemons:
-                select.select(list(daemons.values()), [], [], 0.05)
-    finally:
-        for pidfd in daemons.values():
-            os.close(pidfd)
+    while daemons and time.monotonic() < deadline + DAEMON_EXIT_TIMEOUT:
+        for pid, pidfd in list(daemons.items()):
+            if select.select([pidfd], [], [], 0)[0]:
+                os.close(daemons.pop(pid))
+            elif _stopped(pid) or time.monotonic() >= deadline:
+                try:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if daemons:
+            select.select(list(daemons.values()), [], [], 0.05)
 
 
 def serve(args: list[str], daemon: bool = False) -> None:

@@ -171,7 +171,25 @@ def test_digest_checked_before_mounting(image, tmp_path):
     assert r.returncode == 1 and b"digest mismatch" in r.stderr and not mounted(mnt), r.stderr
 
 
-def test_killed_daemon_leaves_enotconn_and_unmounts(image, tmp_path):
+# `cfsctl umount` as users run it: the native front (which hands FUSE mounts to the Python CLI)
+# and the Python CLI itself.
+BIN = Path(sys.executable).parent
+UMOUNT_PROGRAMS = {"front": BIN / "cfsctl", "cfsctl-py": BIN / "cfsctl-py"}
+needs_programs = pytest.mark.skipif(not all(p.is_file() for p in UMOUNT_PROGRAMS.values()),
+                                    reason="cfsctl and cfsctl-py are not installed in this environment (make setup)")
+
+
+def umount_with(program: str, *args, timeout=30):
+    """Run `cfsctl umount ARGS` through `program`: (CompletedProcess, seconds taken)."""
+    t0 = time.monotonic()
+    r = subprocess.run([UMOUNT_PROGRAMS[program], "umount", *map(str, args)], capture_output=True,
+                       timeout=timeout)
+    return r, time.monotonic() - t0
+
+
+@needs_programs
+@pytest.mark.parametrize("program", UMOUNT_PROGRAMS)
+def test_killed_daemon_leaves_enotconn_and_unmounts(image, tmp_path, program):
     img, objects = image
     mnt = tmp_path / "m"
     mnt.mkdir()
@@ -183,9 +201,126 @@ def test_killed_daemon_leaves_enotconn_and_unmounts(image, tmp_path):
     with pytest.raises(OSError) as e:
         os.listdir(mnt)
     assert e.value.errno == errno.ENOTCONN
-    r = run("umount", mnt)
+    r, _ = umount_with(program, mnt)
     assert r.returncode == 0, r.stderr
     assert not mounted(mnt)
+
+
+def _stop(pid: int) -> None:
+    """SIGSTOP `pid` and wait until every thread of it has stopped (none can still answer)."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        states = [(Path(f"/proc/{pid}/task") / t / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                  for t in os.listdir(f"/proc/{pid}/task")]
+        if all(st in "tT" for st in states):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"daemon {pid} did not stop")
+
+
+def _wait_ended(pid: int, seconds: float = 5) -> bool:
+    deadline = time.monotonic() + seconds
+    while not _ended(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return _ended(pid)
+
+
+def test_mount_points_are_found_without_looking_at_them(tmp_path, monkeypatch):
+    """umount's path to mountinfo: the parent resolved (symlinks, `..`), the last component taken
+    as written (a stat of it would wait on a stopped FUSE daemon); `.`/`..` at the end resolved."""
+    from composefs.mount import _listed_path
+
+    real = tmp_path / "real"
+    (real / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(real)
+    monkeypatch.chdir(real)
+    cases = [
+        (f"{tmp_path}/link/mnt", f"{real}/mnt"),
+        (f"{tmp_path}/link/mnt/", f"{real}/mnt"),
+        (f"{tmp_path}/link/sub/../mnt", f"{real}/mnt"),
+        ("mnt", f"{real}/mnt"),
+        ("./mnt//", f"{real}/mnt"),
+        (f"{tmp_path}/link/sub/..", str(real)),
+        (".", str(real)),
+        ("/", "/"),
+    ]
+    assert [(p, _listed_path(p)) for p, _ in cases] == cases
+
+
+@needs_programs
+@pytest.mark.parametrize("program", UMOUNT_PROGRAMS)
+@pytest.mark.parametrize("flags", [[], ["--lazy", "--json"]], ids=["plain", "lazy"])
+def test_stopped_daemon_unmounts_at_once_and_is_ended(image, tmp_path, program, flags):
+    """The daemon stopped (SIGSTOP) before anything looked at the mount, so not even the root's
+    attributes are cached: `cfsctl umount` finds the mount without asking it anything, unmounts it
+    at once and ends the daemon (SIGKILL: a stopped daemon can neither answer nor exit)."""
+    img, objects = image
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    r = run("mount", img, mnt, "--basedir", objects, "--fuse", "--json")
+    assert r.returncode == 0, r.stderr
+    pid = json.loads(r.stdout)["pid"]
+    try:
+        _stop(pid)
+        r, took = umount_with(program, *flags, mnt)
+        assert r.returncode == 0 and r.stderr == b"", r.stderr
+        assert took < 5, f"umount took {took:.1f} s"
+        assert not mounted(mnt)
+        if flags:
+            assert json.loads(r.stdout) == {"mountpoint": str(mnt), "fstype": "fuse", "backend": "fuse", "lazy": True}
+        assert _wait_ended(pid, 2), "the stopped daemon was left behind"
+    finally:
+        if not _ended(pid):
+            os.kill(pid, signal.SIGKILL)
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@needs_programs
+def test_running_daemon_exits_by_itself_and_busy_lazy_mount_keeps_its_daemon(image, tmp_path):
+    """A daemon that answers exits on its own when its mount goes, well before umount would kill
+    it. A busy mount is refused without --lazy, its stopped daemon untouched; with --lazy it is
+    detached and its daemon, stopped or not, left to serve the process still inside, exiting by
+    itself once that process is gone."""
+    from composefs import fusemount
+
+    img, objects = image
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    r = run("mount", img, mnt, "--basedir", objects, "--fuse", "--json")
+    assert r.returncode == 0, r.stderr
+    pid = json.loads(r.stdout)["pid"]
+    r, took = umount_with("front", mnt)
+    assert r.returncode == 0, r.stderr
+    assert _wait_ended(pid, fusemount.DAEMON_EXIT_TIMEOUT / 2), "the daemon did not exit by itself"
+
+    r = run("mount", img, mnt, "--basedir", objects, "--fuse", "--json")
+    assert r.returncode == 0, r.stderr
+    pid = json.loads(r.stdout)["pid"]
+    # Busy by a working directory, not an open file: closing a file (as every child process does
+    # with the fds it inherits) waits for a stopped daemon's answer to FLUSH.
+    inside = subprocess.Popen(["sleep", "120"], cwd=mnt / "d")
+    try:
+        _stop(pid)
+        r, took = umount_with("front", mnt)
+        assert r.returncode == 1 and b"busy" in r.stderr and took < 5, r.stderr
+        assert mounted(mnt) and not _ended(pid)
+        r, took = umount_with("cfsctl-py", "--lazy", mnt)
+        assert r.returncode == 0 and took < 5, r.stderr
+        assert not mounted(mnt)
+        time.sleep(0.5)
+        assert not _ended(pid), "the daemon of a detached busy mount was ended"
+        os.kill(pid, signal.SIGCONT)
+        got = (Path(f"/proc/{inside.pid}/cwd") / "e" / "mid").read_bytes()
+        assert got == (tmp_path / "src" / "d" / "e" / "mid").read_bytes()
+        inside.kill()
+        inside.wait()
+        assert _wait_ended(pid), "the daemon did not exit once the mount was no longer busy"
+    finally:
+        inside.kill()
+        if not _ended(pid):
+            os.kill(pid, signal.SIGKILL)
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def _ended(pid: int) -> bool:
@@ -196,7 +331,7 @@ def _ended(pid: int) -> bool:
 
 
 def test_ending_daemon_leaves_a_new_mount_at_its_place_alone(image, tmp_path):
-    """cfsctl umount, then at once a new mount at the same place: the first daemon, ending after
+    """An unmount, then at once a new mount at the same place: the first daemon, ending after
     the new mount is made (held stopped here until then), must not unmount it (fuser unmounts its
     mount point by path when its session ends; our daemon exits first)."""
     img, objects = image
@@ -205,10 +340,10 @@ def test_ending_daemon_leaves_a_new_mount_at_its_place_alone(image, tmp_path):
     r = run("mount", img, mnt, "--basedir", objects, "--fuse", "--json")
     assert r.returncode == 0, r.stderr
     old = json.loads(r.stdout)["pid"]
-    os.listdir(mnt)  # the root's attributes cached: umount's checks need no answer from the daemon
     os.kill(old, signal.SIGSTOP)
     try:
-        assert run("umount", mnt, timeout=30).returncode == 0
+        # Not `cfsctl umount`, which ends the stopped daemon (tested above): fusermount3 leaves it.
+        assert subprocess.run(["fusermount3", "-u", mnt], timeout=30).returncode == 0
         r = run("mount", img, mnt, "--basedir", objects, "--fuse", timeout=30)
         assert r.returncode == 0, r.stderr
     finally:
@@ -348,12 +483,16 @@ def test_hostile_images_never_kill_the_daemon(image, tmp_path):
     assert refused and served
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="switching to user nobody needs root")
-def test_unprivileged_user_mounts_reads_unmounts(image, tmp_path):
-    """User nobody, Debian's python3 (the project's own lives under root's home), the checkout's
-    sources and extension on the path: mount (FUSE chosen for a user), read, unmount."""
-    py = "/usr/bin/python3"
-    probe = subprocess.run(["runuser", "-u", "nobody", "--", py, "-c", "import click"], capture_output=True)
+NOBODY_PY = "/usr/bin/python3"
+AS_NOBODY = pytest.mark.skipif(os.geteuid() != 0, reason="switching to user nobody needs root")
+
+
+@pytest.fixture
+def nobody_world(image):
+    """The image and its objects where user nobody reads them, a mount point of theirs, and a
+    `cfsctl` run as nobody by Debian's python3 (the project's own lives under root's home) with
+    the checkout's sources and extension on the path."""
+    probe = subprocess.run(["runuser", "-u", "nobody", "--", NOBODY_PY, "-c", "import click"], capture_output=True)
     assert probe.returncode == 0, "python3-click is missing (APT_PACKAGES has it)"
     assert os.access("/dev/fuse", os.R_OK | os.W_OK) and os.stat("/dev/fuse").st_mode & 0o006 == 0o006, \
         "/dev/fuse is not open to users (make setup does what fuse3's udev rule does)"
@@ -369,24 +508,55 @@ def test_unprivileged_user_mounts_reads_unmounts(image, tmp_path):
         code = ("import sys; sys.path.insert(0, %r); sys.argv[0] = 'cfsctl'; from composefs.cli import main; main()"
                 % str(REPO / "python"))
 
-        def user(*args):
-            return subprocess.run(["runuser", "-u", "nobody", "--", py, "-c", code, *map(str, args)],
-                                  capture_output=True, timeout=120)
+        def user(*args, timeout=120):
+            return subprocess.run(["runuser", "-u", "nobody", "--", NOBODY_PY, "-c", code, *map(str, args)],
+                                  capture_output=True, timeout=timeout)
 
-        r = user("mount", pub / "img.cfs", pub / "mnt", "--basedir", pub / "objects")
-        assert r.returncode == 0, r.stderr
-        try:
-            r = subprocess.run(["runuser", "-u", "nobody", "--", "cat", str(pub / "mnt" / "d" / "big")],
-                               capture_output=True)
-            assert r.returncode == 0 and r.stdout == (pub / "objects").joinpath(
-                *_object_of(pub / "objects", 300_000).parts[-2:]).read_bytes()
-        finally:
-            r = user("umount", pub / "mnt")
-        assert r.returncode == 0, r.stderr
-        assert not mounted(pub / "mnt")
+        yield pub, user
     finally:
         subprocess.run(["umount", "-l", str(pub / "mnt")], capture_output=True)
         shutil.rmtree(pub, ignore_errors=True)
+
+
+@AS_NOBODY
+def test_unprivileged_user_mounts_reads_unmounts(nobody_world):
+    """User nobody: mount (FUSE chosen for a user), read, unmount."""
+    pub, user = nobody_world
+    r = user("mount", pub / "img.cfs", pub / "mnt", "--basedir", pub / "objects")
+    assert r.returncode == 0, r.stderr
+    try:
+        r = subprocess.run(["runuser", "-u", "nobody", "--", "cat", str(pub / "mnt" / "d" / "big")],
+                           capture_output=True)
+        assert r.returncode == 0 and r.stdout == (pub / "objects").joinpath(
+            *_object_of(pub / "objects", 300_000).parts[-2:]).read_bytes()
+    finally:
+        r = user("umount", pub / "mnt")
+    assert r.returncode == 0, r.stderr
+    assert not mounted(pub / "mnt")
+
+
+@AS_NOBODY
+def test_unprivileged_user_unmounts_a_stopped_daemons_mount(nobody_world):
+    """User nobody's daemon stopped before anything looked at the mount: nobody's `cfsctl umount`
+    (fusermount3 -u, which asks the daemon nothing) returns at once, and ends the daemon."""
+    pub, user = nobody_world
+    r = user("mount", pub / "img.cfs", pub / "mnt", "--basedir", pub / "objects", "--json")
+    assert r.returncode == 0, r.stderr
+    pid = json.loads(r.stdout)["pid"]
+    try:
+        uids = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("Uid:"))
+        assert uids.split()[1:] == ["65534"] * 4, uids  # nobody's own daemon
+        _stop(pid)
+        t0 = time.monotonic()
+        r = user("umount", pub / "mnt", timeout=30)
+        took = time.monotonic() - t0
+        assert r.returncode == 0 and r.stderr == b"", r.stderr
+        assert took < 5, f"umount took {took:.1f} s"
+        assert not mounted(pub / "mnt")
+        assert _wait_ended(pid, 2), "the stopped daemon was left behind"
+    finally:
+        if not _ended(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 def tempfile_dir() -> str:

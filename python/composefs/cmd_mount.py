@@ -165,14 +165,18 @@ def mount_cmd(image, mountpoint, basedirs, repo_path, digest, verity_check, back
 
 
 @click.command("umount")
-@click.argument("mountpoint", type=click.Path())
+# Not click.Path: it stats the path, and a mount point's stat waits for a FUSE daemon that may be
+# stopped; unmount() finds the mount in mountinfo without touching it.
+@click.argument("mountpoint")
 @click.option("-l", "--lazy", is_flag=True, help="Detach now, clean up when no longer busy (MNT_DETACH).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was unmounted as JSON.")
 def umount_cmd(mountpoint, lazy, as_json):
     """Unmount the composefs mount on MOUNTPOINT.
 
     Refuses mounts that are not composefs mounts. Everything the mount created (the overlay, the
-    detached EROFS layer and any loop device) goes with it.
+    detached EROFS layer and any loop device) goes with it. A FUSE mount is unmounted without
+    waiting on its daemon, which is killed (SIGKILL) if it is stopped or has not exited 3 seconds
+    later; --lazy detaches only a busy mount and leaves its daemon serving what is still open.
     """
     info = unmount(mountpoint, lazy=lazy)
     if as_json:

@@ -157,6 +157,7 @@ class MountEntry:
     fstype: str
     source: str
     super_options: str
+    device: str = ""  # major:minor of the filesystem (a FUSE mount's minor is its connection number)
 
 
 def _unescape_field(field_: str) -> str:
@@ -179,7 +180,7 @@ def read_mountinfo(path: str = "/proc/self/mountinfo") -> list[MountEntry]:
             left, _, right = line.partition(" - ")
             lf, rf = left.split(" "), right.split(" ")
             entries.append(MountEntry(int(lf[0]), _unescape_field(lf[4]), rf[0], _unescape_field(rf[1]),
-                                      rf[2] if len(rf) > 2 else ""))
+                                      rf[2] if len(rf) > 2 else "", lf[2]))
     return entries
 
 
@@ -187,14 +188,27 @@ def is_composefs_entry(e: MountEntry) -> bool:
     return e.fstype == KERNEL_FSTYPE or (e.fstype == "overlay" and e.source == OVERLAY_SOURCE)
 
 
+def _listed_path(mountpoint: str) -> str:
+    """Where a mount on ``mountpoint`` is listed in mountinfo, found without looking at the last
+    component itself: resolving it would ask the filesystem mounted there for the attributes of its
+    root, and a FUSE daemon that is stopped never answers."""
+    p = mountpoint.rstrip("/") or "/"
+    head, tail = os.path.split(p)
+    if tail in ("", ".", ".."):
+        return os.path.realpath(p)
+    return os.path.join(os.path.realpath(head or "."), tail)
+
+
 def find_mount(mountpoint: str) -> MountEntry | None:
-    """The topmost mount on ``mountpoint`` (None if nothing is mounted there)."""
-    target = os.path.realpath(mountpoint)
-    found = None
-    for e in read_mountinfo():
-        if e.mountpoint == target:
-            found = e
-    return found
+    """The topmost mount on ``mountpoint`` (None if nothing is mounted there). A path that names
+    a mount point is never looked at through the filesystem (see ``_listed_path``); only one that
+    does not (a symlink to one, say) is resolved in full."""
+    entries = read_mountinfo()
+
+    def top(target: str) -> MountEntry | None:
+        return next((e for e in reversed(entries) if e.mountpoint == target), None)
+
+    return top(_listed_path(mountpoint)) or top(os.path.realpath(mountpoint))
 
 
 def unmount(mountpoint: str, lazy: bool = False) -> dict:
@@ -203,15 +217,13 @@ def unmount(mountpoint: str, lazy: bool = False) -> dict:
     The EROFS layer is a detached mount held only by the overlay, and its loop device (if any)
     auto-clears, so unmounting the one visible mount releases everything the mount created.
     """
-    if not os.path.exists(mountpoint) and find_mount(mountpoint) is None:
-        raise MountError("no such mount point", mountpoint)
     e = find_mount(mountpoint)
     if e is None:
-        raise MountError("not a mount point", mountpoint)
+        raise MountError("not a mount point" if os.path.exists(mountpoint) else "no such mount point", mountpoint)
     from .fusemount import is_fuse_entry, unmount_fuse
 
     if is_fuse_entry(e):  # a user's own FUSE mount: fusermount3 unmounts it, no root needed
-        unmount_fuse(e.mountpoint, lazy)
+        unmount_fuse(e, lazy)
         return {"mountpoint": e.mountpoint, "fstype": e.fstype, "backend": "fuse", "lazy": lazy}
     require_root("unmount")
     if not is_composefs_entry(e):

@@ -239,12 +239,8 @@ fn plan_umount(args: &[OsString], mut json: bool) -> Plan {
     let Ok([mountpoint]) = <[OsString; 1]>::try_from(pos) else {
         return Plan::Python;
     };
-    // click.Path(): an existing path that cannot be read is a usage error; a missing one is the
-    // command's own error, which Python words.
-    if std::fs::metadata(&mountpoint).is_err() || rustix::fs::access(&mountpoint, rustix::fs::Access::READ_OK).is_err()
-    {
-        return Plan::Python;
-    }
+    // Nothing is looked up here: the mount point is found in mountinfo (`run_umount`), since a
+    // stat of it would wait for a FUSE daemon that may be stopped.
     Plan::Umount(UmountArgs { mountpoint, lazy, json })
 }
 
@@ -483,13 +479,28 @@ fn unescape_octal(f: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Where a mount on `path` is listed in mountinfo, as mount.py's `_listed_path` finds it: the
+/// parent resolved, the last component not looked at (a stat of a mount point asks the filesystem
+/// mounted there, and a stopped FUSE daemon never answers). A path that is not listed there goes to
+/// Python, which resolves it in full.
+fn listed_path(path: &Path) -> Option<PathBuf> {
+    let Some(name) = path.file_name() else {
+        return std::fs::canonicalize(path).ok(); // `/`, or a path ending in `..`
+    };
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Some(std::fs::canonicalize(parent).ok()?.join(name))
+}
+
 /// What `cfsctl umount` (mount.py `unmount`) does for a composefs mount as root; `Err(None)`:
 /// Python's case (a FUSE mount, another filesystem, not a mount point, not root).
 fn run_umount(u: UmountArgs) -> Result<Option<String>, Option<Error>> {
     if !rustix::process::geteuid().is_root() {
         return Err(None);
     }
-    let target = std::fs::canonicalize(&u.mountpoint).map_err(|_| None)?;
+    let target = listed_path(Path::new(&u.mountpoint)).ok_or(None)?;
     let info = std::fs::read("/proc/self/mountinfo").map_err(|_| None)?;
     let mut found = None;
     for line in info.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
@@ -631,6 +642,24 @@ mod tests {
     }
 
     #[test]
+    fn listed_paths_leave_the_last_component_alone() {
+        let cwd = std::env::current_dir().unwrap();
+        let cases: &[(&str, PathBuf)] = &[
+            ("/nonexistent-cfs/mnt", PathBuf::new()), // a missing parent: Python words it
+            ("/tmp/nonexistent-cfs-mnt", PathBuf::from("/tmp/nonexistent-cfs-mnt")),
+            ("/tmp/nonexistent-cfs-mnt/", PathBuf::from("/tmp/nonexistent-cfs-mnt")),
+            ("/tmp/./nonexistent-cfs-mnt", PathBuf::from("/tmp/nonexistent-cfs-mnt")),
+            ("nonexistent-cfs-mnt", cwd.join("nonexistent-cfs-mnt")),
+            ("/", PathBuf::from("/")),
+            ("/tmp/..", PathBuf::from("/")),
+        ];
+        for (path, want) in cases {
+            let got = listed_path(Path::new(path)).unwrap_or_default();
+            assert_eq!(&got, want, "{path}");
+        }
+    }
+
+    #[test]
     fn only_command_lines_it_fully_understands_are_kept() {
         let native: &[&[&str]] = &[
             &["mount", "a/img.cfs", "/", "--basedir", "/o"],
@@ -649,6 +678,8 @@ mod tests {
             &["umount", "/", "-l", "--json"],
             &["mount", "app", "/", "--repo", "/r", "--json"],
             &["--repo=/r", "mount", "sha256:abcdef", "/"],
+            // Planned without looking at the path; `run_umount` hands it over, not being listed.
+            &["umount", "/nonexistent/cfs-front-test"],
         ];
         for a in native {
             assert!(!matches!(plan(&argv(a)), Plan::Python), "{a:?}");
@@ -679,7 +710,6 @@ mod tests {
             &["mount", "app", "/", "--repo="],
             &["--repo=", "mount", "app", "/"],
             &["--repo", "/r", "umount", "/"],
-            &["umount", "/nonexistent/cfs-front-test"],
         ];
         for a in python {
             assert!(matches!(plan(&argv(a)), Plan::Python), "{a:?}");

@@ -10,8 +10,7 @@ import os
 import subprocess
 import sys
 
-from composefs.mountapi import measure_verity
-from composefs.repository import _enable_verity
+from composefs import _native
 
 
 def main() -> int:
@@ -28,11 +27,11 @@ def main() -> int:
     for path in files:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         try:
-            if not _enable_verity(fd):
+            if not _native.enable_verity(fd):
                 print(f"enable_verity: {path}: fs-verity not supported", flush=True)
                 return 1
             name = path[-64:] if "/images/" in path else path[-65:-63] + path[-62:]
-            if measure_verity(fd)[1].hex() != name:
+            if _native.measure_verity(fd)[1].hex() != name:
                 print(f"enable_verity: {path}: measured digest is not its name", flush=True)
                 bad += 1
         finally:

@@ -122,7 +122,7 @@ class _Objects:
         self.wake = threading.Condition(self.lock)
         self.pending: OrderedDict[str, None] = OrderedDict()
         self.running: dict[str, _Flight] = {}
-        self.stored: set[str] = set()  # known to be in the store: never dropped (a lookup is the truth)
+        self.stored: set[str] = set()  # known to be in the store; for plans only (requests look)
         self.failed_ahead: set[str] = set()
         self.stats = {"requests": 0, "fetched": 0, "waited": 0, "ahead": 0, "ahead_failed": 0}
 

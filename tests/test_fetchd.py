@@ -369,3 +369,17 @@ def test_readahead_never_delays_a_request(served):
     finally:
         d.close()
         srv.close()
+
+
+def test_readahead_over_the_python_transport(served):
+    """file:// (as https://) goes through remote.fetch_object: read-ahead works the same."""
+    remote, image, local = served
+    order = [h for h, _s in _native.image_objects_walk(str(image))]
+    d = Daemon(f"file://{remote}", local, image, readahead=8)
+    try:
+        assert d.fetch(order[5]) == 0
+        assert wait_for(lambda: stored(local) == set(order[5:14]))
+        for o in stored(local):
+            assert (local / o[:2] / o[2:]).read_bytes() == (remote / "objects" / o[:2] / o[2:]).read_bytes()
+    finally:
+        d.close()

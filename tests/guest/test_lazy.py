@@ -272,7 +272,8 @@ def test_server_down_is_eio_within_the_timeout(served, tmp_path, verity_tmp):
 def test_killed_reader_and_killed_fetcher_return_at_once(served, tmp_path, verity_tmp):
     src, remote, image = served
     srv = Nginx(tmp_path, remote.parent, limit_rate="20k")  # "big" takes minutes
-    m = LazyMount(image, tmp_path / "mnt", verity_tmp / "objects", f"{srv.url}/repo", timeout=600)
+    # no read-ahead: f6 below must still be missing when the fetcher dies
+    m = LazyMount(image, tmp_path / "mnt", verity_tmp / "objects", f"{srv.url}/repo", timeout=600, readahead=0)
     try:
         # a reader killed while it waits for its object returns
         cat = subprocess.Popen(["cat", str(m.mnt / "big")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -18,8 +18,10 @@ Timed, alternated, each REPEAT times (the order rotates), into SCRATCH (deleted 
   curl  `xargs -P 16 -n 64 curl --remote-name-all` of the same URLs (16 processes, each reusing
         its connection for its 64 URLs; nothing verified).
 With --lazy (guest): `cfsctl mount IMAGE MNT --remote URL` over an empty basedir on the fs-verity
-disk and a first `cat` of every regular file (one reader, in `find` order; then 16 readers), against
-`cfsctl pull` into a repository on the same disk and the same `cat` through a mount of its objects.
+disk and a first `cat` of every regular file (one reader, in `find` order; then 16 readers), with
+fetchd's read-ahead off (`--readahead 0`: tool "lazy") and at its default (64 objects:
+"lazy+readahead"), against `cfsctl pull` into a repository on the same disk and the same `cat`
+through a mount of its objects.
 First (`--mbit auto`) one unshaped pull measures how fast the client is; the rate is then half of
 it, so that the link, not the (emulated) CPU, is the limit. Results: OUT (JSON); progress: stdout.
 """
@@ -172,27 +174,29 @@ def lazy(a, res, net: NetPair, url: str, image: Path, mbit, pull, record) -> Non
     base = a.data / "lazy-runs"
     base.mkdir(exist_ok=True)
     for readers in (1, 16):
-        for order in ("lazy", "pull") if readers == 1 else ("pull", "lazy"):
+        kinds = ("lazy", "pull", "lazy+readahead")
+        for order in kinds if readers == 1 else kinds[::-1]:
             d = base / f"{order}-{readers}"
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir()
             mnt = d / "mnt"
             mnt.mkdir()
-            if order == "lazy":
+            if order.startswith("lazy"):
+                readahead = "64" if order == "lazy+readahead" else "0"
                 (d / "objects").mkdir()
                 t = time.perf_counter()
                 c0 = cpu_children()
                 subprocess.run([*net.client_cmd, CFSCTL, "mount", str(image), str(mnt), "--basedir", str(d / "objects"),
-                                "--backend", "kernel", "--verity-check", "1", "--remote", url], check=True,
-                               capture_output=True)
+                                "--backend", "kernel", "--verity-check", "1", "--remote", url,
+                                "--readahead", readahead], check=True, capture_output=True)
                 try:
                     rd, _, _ = timed(cat_all(mnt, readers))
                 finally:
                     subprocess.run([CFSCTL, "umount", str(mnt)], check=True)
                 wall = time.perf_counter() - t
                 fetched = sum(1 for _ in (d / "objects").glob("??/*"))
-                record({"tool": "lazy", "readers": readers, "mbit": mbit, "wall": wall, "read": rd,
-                        "cpu": cpu_children() - c0, "objects": fetched})
+                record({"tool": order, "readers": readers, "readahead": int(readahead), "mbit": mbit, "wall": wall,
+                        "read": rd, "cpu": cpu_children() - c0, "objects": fetched})
             else:
                 t = time.perf_counter()
                 p = pull(mbit, into=d)

@@ -57,7 +57,10 @@ def pull_cmd(url, name, as_name, objects_only, jobs, tls_verify, repo_path, as_j
               help="Write one byte to this descriptor, then close it, once serving.")
 @click.option("--tls-verify", type=click.BOOL, default=True, show_default=True, metavar="BOOL",
               help="Check HTTPS certificates (--tls-verify=false does not).")
-def fetchd_cmd(url, fd, basedir, image, jobs, ready_fd, tls_verify):
+@click.option("--readahead", type=click.IntRange(0, 4096), default=64, show_default=True, metavar="N",
+              help="After a miss, also fetch up to the next N objects of the image in the order 'find' "
+                   "meets its files (at most 16 MiB ahead, 16 at a time; a miss never waits behind them); 0: none.")
+def fetchd_cmd(url, fd, basedir, image, jobs, ready_fd, tls_verify, readahead):
     """Fetch the objects a composefs module mount misses from the repository at URL.
 
     Normally started by 'cfsctl mount NAME MNT --remote URL'. Serves the module's requests on
@@ -66,4 +69,4 @@ def fetchd_cmd(url, fd, basedir, image, jobs, ready_fd, tls_verify):
     """
     from .fetchd import serve
 
-    serve(fd, url, basedir, image, jobs=jobs, tls_verify=tls_verify, ready_fd=ready_fd)
+    serve(fd, url, basedir, image, jobs=jobs, tls_verify=tls_verify, ready_fd=ready_fd, readahead=readahead)

@@ -12,6 +12,18 @@ reply is never trusted for content. Objects the image does not name are answered
 a request to the server. Requests are served ``jobs`` at a time. Reading end of file means the
 mount is gone (or never came): the daemon exits.
 
+Read-ahead, as the kernel reads a file ahead of its reader: a request for the object at position
+i of the image's walk order (``_native.image_objects_walk``: the order ``find`` meets the files)
+queues the next objects after i that are neither in the store nor queued nor in flight, at most
+``readahead`` objects and ``READAHEAD_BYTES`` bytes (:func:`plan_readahead`), for a pool of
+``READAHEAD_JOBS`` threads of their own with their own connections, tried once. The rules:
+- a request never waits behind read-ahead: its own pool, and an object it wants that is only
+  queued for read-ahead is taken off the queue and fetched by the request;
+- one fetch per object: a request for an object read-ahead is fetching waits for that fetch;
+- a failed read-ahead (a wrong copy, a server down) answers nobody: the request that waited
+  fetches the object itself, with retries, and answers EIO if that fails; read-ahead does not
+  try that object again.
+
 ``cfsctl mount NAME MNT --remote URL`` opens the device, starts the daemon holding the only
 other copy of the descriptor, and mounts; the daemon's stderr goes to the file named by
 ``$CFS_FETCHD_LOG`` when set, else nowhere.
@@ -27,6 +39,8 @@ import struct
 import subprocess
 import sys
 import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 
 from . import _native
 from .errors import CfsError
@@ -38,6 +52,10 @@ ALG_SHA256 = 1
 REQUEST = struct.Struct("<IIQB7s32s")
 REPLY = struct.Struct("<IIQII")
 JOBS = 8
+READAHEAD = 64  # objects ahead of a miss; 0: none
+READAHEAD_BYTES = 16 << 20
+READAHEAD_JOBS = 16  # as many as `cfsctl pull` keeps in flight
+READAHEAD_SCAN = 8  # times READAHEAD: the most positions one plan looks at (objects present are skipped)
 START_TIMEOUT = 120  # seconds; an interpreter on a slow machine takes a few
 
 
@@ -54,30 +72,172 @@ def reply(fd: int, req_id: int, error: int) -> None:
             _log(f"reply to request {req_id}: {e.strerror}")
 
 
+def plan_readahead(order: Sequence[tuple[str, int]], at: int, window: int, max_bytes: int,
+                   busy: Callable[[str], bool], skip: Callable[[str], bool]) -> list[str]:
+    """The objects to read ahead after a request for ``order[at]`` (``order``: (hex digest, size)
+    in walk order), nearest first: those after ``at`` that are neither ``busy`` (queued or in
+    flight) nor to ``skip`` (in the store), while the objects ahead that are not skipped — busy
+    ones count, they are on their way — number at most ``window`` and weigh at most
+    ``max_bytes``. At most ``READAHEAD_SCAN * window`` positions are looked at."""
+    out: list[str] = []
+    count = nbytes = 0
+    for hexd, size in order[at + 1:at + 1 + READAHEAD_SCAN * window]:
+        if count >= window:
+            break
+        if busy(hexd):
+            count += 1
+            nbytes += size
+            continue
+        if skip(hexd):
+            continue
+        if nbytes + size > max_bytes:
+            break
+        out.append(hexd)
+        count += 1
+        nbytes += size
+    return out
+
+
+class _Flight:
+    """One fetch of one object under way; ``ok`` is meaningful once ``done`` is set."""
+
+    def __init__(self, ahead: bool):
+        self.done = threading.Event()
+        self.ok = False
+        self.ahead = ahead
+
+
+class _Objects:
+    """What fetchd knows of the image's objects: which are queued for read-ahead (``pending``,
+    oldest first) or being fetched (``running``), which are known to be in the store, which
+    read-ahead failed on. One lock guards it all; no fetch runs under it."""
+
+    def __init__(self, order: list[tuple[str, int]], store, window: int, max_bytes: int):
+        self.order = order
+        self.sizes = dict(order)
+        self.pos = {hexd: i for i, (hexd, _size) in enumerate(order)}  # distinct: one position each
+        self.store = store
+        self.window, self.max_bytes = window, max_bytes
+        self.lock = threading.Lock()
+        self.wake = threading.Condition(self.lock)
+        self.pending: OrderedDict[str, None] = OrderedDict()
+        self.running: dict[str, _Flight] = {}
+        self.stored: set[str] = set()  # known to be in the store; for plans only (requests look)
+        self.failed_ahead: set[str] = set()
+        self.stats = {"requests": 0, "fetched": 0, "waited": 0, "ahead": 0, "ahead_failed": 0}
+
+    def count(self, what: str) -> None:
+        with self.lock:
+            self.stats[what] += 1
+
+    def present(self, hexd: str) -> bool:
+        if hexd in self.stored:
+            return True
+        if self.store.contains(hexd):
+            self.stored.add(hexd)
+            return True
+        return False
+
+    def plan(self, hexd: str) -> None:
+        """Queue read-ahead after a request for ``hexd``."""
+        at = self.pos.get(hexd)
+        if at is None or self.window <= 0:
+            return
+
+        def busy(h: str) -> bool:
+            return h in self.pending or h in self.running
+
+        def skip(h: str) -> bool:  # not counted in the window: stored, or read-ahead gave up on it
+            return h in self.failed_ahead or self.present(h)
+
+        # Without the lock (requests claim objects meanwhile: a plan never delays them); what
+        # became busy since is dropped below.
+        new = plan_readahead(self.order, at, self.window, self.max_bytes, busy, skip)
+        with self.lock:
+            new = [h for h in new if not busy(h)]
+            for h in new:
+                self.pending[h] = None
+            while len(self.pending) > 4 * self.window:  # readers that moved on: their oldest go
+                self.pending.popitem(last=False)
+            if new:
+                self.wake.notify(len(new))
+
+    def claim(self, hexd: str) -> tuple[_Flight, bool]:
+        """For a request: the flight of ``hexd``, and whether it is the caller's to fetch (taking
+        it off the read-ahead queue when it was only queued there)."""
+        with self.lock:
+            self.pending.pop(hexd, None)
+            f = self.running.get(hexd)
+            if f is not None:
+                return f, False
+            f = self.running[hexd] = _Flight(ahead=False)
+            return f, True
+
+    def next_ahead(self) -> tuple[str, _Flight]:
+        """For a read-ahead worker: the oldest queued object not in flight, now in flight."""
+        with self.lock:
+            while True:
+                while not self.pending:
+                    self.wake.wait()
+                hexd, _ = self.pending.popitem(last=False)
+                if hexd not in self.running:
+                    f = self.running[hexd] = _Flight(ahead=True)
+                    return hexd, f
+
+    def finish(self, hexd: str, f: _Flight, ok: bool) -> None:
+        with self.lock:
+            if self.running.get(hexd) is f:
+                del self.running[hexd]
+            if ok:
+                self.stored.add(hexd)
+            elif f.ahead:
+                self.failed_ahead.add(hexd)
+        f.ok = ok
+        f.done.set()
+
+
 def serve(fd: int, url: str, basedir: str, image: str, jobs: int = JOBS, tls_verify: bool = True,
-          ready_fd: int | None = None) -> None:
+          ready_fd: int | None = None, readahead: int = READAHEAD,
+          readahead_bytes: int = READAHEAD_BYTES) -> None:
     """Answer requests on channel ``fd`` until the mount goes; say so on ``ready_fd`` once able to."""
     from .remote import ObjectSource, Remote
 
-    sizes = {hexd: size for _rel, hexd, size in _native.image_objects_sized(image)}
     store = _native.ObjectStore(basedir)
+    objs = _Objects(_native.image_objects_walk(image), store, readahead, readahead_bytes)
     source = ObjectSource(Remote(url, tls_verify=tls_verify), store)
     work: queue.Queue[tuple[int, str]] = queue.Queue()
+    plans: queue.Queue[str] = queue.Queue()
 
     def answer(req_id: int, hexd: str) -> None:
-        size = sizes.get(hexd)
+        size = objs.sizes.get(hexd)
         if size is None:
             _log(f"object {hexd}: not in the image, not fetched")
             return reply(fd, req_id, errno.ENOENT)
+        objs.count("requests")
+        if readahead > 0:
+            plans.put(hexd)
+        while True:
+            f, mine = objs.claim(hexd)
+            if mine:
+                break
+            objs.count("waited")
+            f.done.wait()  # read-ahead tries once, within the transport's timeout
+            if f.ok:
+                return reply(fd, req_id, 0)
+            # that fetch failed: fetch it here, and answer for this one
+        ok = False
         try:
-            source.fetch(hexd, size)
+            if not store.contains(hexd):  # read-ahead may have stored it since the module looked
+                source.fetch(hexd, size)
+                objs.count("fetched")
+            ok = True
         except _native.FormatError:
             _log(f"object {hexd}: the server's copy does not match its digest; refused")
-            return reply(fd, req_id, errno.EIO)
         except (CfsError, OSError) as e:
             _log(f"object {hexd}: {e}")
-            return reply(fd, req_id, errno.EIO)
-        reply(fd, req_id, 0)
+        finally:
+            objs.finish(hexd, f, ok)
+        reply(fd, req_id, 0 if ok else errno.EIO)
 
     def worker() -> None:
         while True:
@@ -88,9 +248,41 @@ def serve(fd: int, url: str, basedir: str, image: str, jobs: int = JOBS, tls_ver
                 _log(f"object {hexd}: {e!r}")
                 reply(fd, req_id, errno.EIO)
 
+    def planner() -> None:
+        while True:
+            hexd = plans.get()
+            try:
+                objs.plan(hexd)
+            except Exception as e:  # read-ahead is an optimisation: never fatal
+                _log(f"read-ahead after {hexd}: {e!r}")
+
+    def ahead_worker(ahead: ObjectSource) -> None:
+        while True:
+            hexd, f = objs.next_ahead()
+            ok = False
+            try:
+                if not store.contains(hexd):
+                    ahead.fetch(hexd, objs.sizes[hexd])
+                    objs.count("ahead")
+                ok = True
+            except _native.FormatError:
+                _log(f"object {hexd}: read ahead, the server's copy does not match its digest; refused")
+            except Exception as e:  # CfsError, OSError, anything: the request will fetch it itself
+                _log(f"object {hexd}: read ahead: {e}")
+            finally:
+                if not ok:
+                    objs.count("ahead_failed")
+                objs.finish(hexd, f, ok)
+
+    # daemon threads: the process exits with the mount, whatever is still in flight
     for i in range(max(1, jobs)):
-        # daemon threads: the process exits with the mount, whatever is still in flight
         threading.Thread(target=worker, name=f"cfs-fetch-{i}", daemon=True).start()
+    if readahead > 0:
+        # its own transport (connections, one try each): read-ahead never holds what a request needs
+        ahead = ObjectSource(Remote(url, tls_verify=tls_verify), store, attempts=1)
+        threading.Thread(target=planner, name="cfs-plan", daemon=True).start()
+        for i in range(READAHEAD_JOBS):
+            threading.Thread(target=ahead_worker, args=(ahead,), name=f"cfs-ahead-{i}", daemon=True).start()
     if ready_fd is not None:
         # the mount comes after this: a first miss does not wait for the interpreter to start
         os.write(ready_fd, b"R")
@@ -98,6 +290,10 @@ def serve(fd: int, url: str, basedir: str, image: str, jobs: int = JOBS, tls_ver
     while True:
         rec = os.read(fd, REQUEST.size)
         if not rec:
+            st = objs.stats
+            _log(f"mount gone: {st['requests']} requests, {st['fetched']} objects fetched for them, "
+                 f"{st['waited']} waited for a fetch under way, {st['ahead']} read ahead "
+                 f"({st['ahead_failed']} failed)")
             return  # end of file: the mount is gone
         if len(rec) != REQUEST.size:
             raise CfsError(f"short request from the module ({len(rec)} bytes)")
@@ -127,7 +323,8 @@ class Fetcher:
         self.proc.wait()
 
 
-def start(url: str, image: str, basedir: str, jobs: int = JOBS, tls_verify: bool = True) -> Fetcher:
+def start(url: str, image: str, basedir: str, jobs: int = JOBS, tls_verify: bool = True,
+          readahead: int = READAHEAD) -> Fetcher:
     """Open the module's fetch device and start a daemon serving it; mount with ``fd`` next."""
     try:
         fd = os.open(DEVICE, os.O_RDWR | os.O_CLOEXEC)
@@ -141,7 +338,7 @@ def start(url: str, image: str, basedir: str, jobs: int = JOBS, tls_verify: bool
     try:
         err = open(log, "ab") if log else subprocess.DEVNULL
         args = [sys.executable, "-m", "composefs.cli", "fetchd", "--fd", str(fd), "--ready-fd", str(ready_w),
-                "--basedir", basedir, "--image", image, "--jobs", str(jobs),
+                "--basedir", basedir, "--image", image, "--jobs", str(jobs), "--readahead", str(readahead),
                 f"--tls-verify={str(tls_verify).lower()}", url]
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                                 pass_fds=(fd, ready_w), start_new_session=True, env=env)

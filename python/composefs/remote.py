@@ -101,33 +101,35 @@ class Remote:
         return retrying(get, what)
 
 
-def fetch_object(remote: Remote, store, hexd: str, size: int, counter: Counter | None = None):
+def fetch_object(remote: Remote, store, hexd: str, size: int, counter: Counter | None = None,
+                 attempts: int = RETRIES):
     """Fetch object ``hexd`` (at most ``size`` bytes) through ``remote`` (the Python transport)
-    into ``store``, retrying transient errors; a copy that does not match is
-    ``_native.FormatError`` and nothing is stored. :class:`ObjectSource` picks the transport."""
+    into ``store``, trying transient errors ``attempts`` times in all; a copy that does not match
+    is ``_native.FormatError`` and nothing is stored. :class:`ObjectSource` picks the transport."""
     rel = f"{hexd[:2]}/{hexd[2:]}"
 
     def attempt():
         with remote.open(f"objects/{rel}", f"object {rel}") as f:
             return store.insert_stream(_Counted(f, counter) if counter else f, hexd, size)
 
-    return retrying(attempt, f"object {rel}")
+    return retrying(attempt, f"object {rel}", attempts=attempts)
 
 
 class ObjectSource:
     """The objects of one remote, fetched into one store: the one way objects come from a remote
     (``pull`` and ``fetchd``). Over ``http://`` the Rust core's fetcher does the work; over
     ``https://`` and ``file://``, :func:`fetch_object`. Errors are the same either way:
-    CfsError for what ends a fetch, ``_native.FormatError`` for a refused object."""
+    CfsError for what ends a fetch, ``_native.FormatError`` for a refused object. Transient
+    errors are tried ``attempts`` times in all (``fetchd`` reads ahead with one try)."""
 
-    def __init__(self, remote: Remote, store):
-        self.remote, self.store = remote, store
+    def __init__(self, remote: Remote, store, attempts: int = RETRIES):
+        self.remote, self.store, self.attempts = remote, store, attempts
         self.counter = Counter()
         self.native = None
         if remote.scheme == "http":
             try:
                 self.native = _native.RemoteFetcher(f"http://{remote.host}{remote.base}", store,
-                                                    timeout=remote.conns.timeout, attempts=RETRIES)
+                                                    timeout=remote.conns.timeout, attempts=attempts)
             except _native.FetchError as e:
                 raise CfsError(e.args[0], remote.url) from None
 
@@ -139,7 +141,7 @@ class ObjectSource:
     def fetch(self, hexd: str, size: int) -> str:
         """One object: "stored" or "reused"."""
         if self.native is None:
-            return fetch_object(self.remote, self.store, hexd, size, self.counter)[1]
+            return fetch_object(self.remote, self.store, hexd, size, self.counter, self.attempts)[1]
         try:
             return self.native.fetch(hexd, size)
         except _native.FetchError as e:

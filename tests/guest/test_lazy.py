@@ -6,7 +6,9 @@ object directory on the fs-verity disk and asks `cfsctl fetchd` (over /dev/compo
 each object on first open. Checked: a walk and full read equal the source, fetched objects have
 fs-verity with their name as digest, a tampered object is EIO for that file only, a stopped
 server is EIO within the timeout and unmounts cleanly, a killed fetcher (or reader) returns at
-once, and eight readers of one missing object cause one request to the server.
+once, and eight readers of one missing object cause one request to the server; with read-ahead
+(the default) and without, each object is asked for once (a refused one at most once more), and
+one reader walking the tree in `find` order gets it right, most objects read ahead.
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ def rel_of(src_file: Path) -> str:
 
 
 class LazyMount:
-    def __init__(self, image: Path, mnt: Path, objects: Path, url: str, timeout: int = 60, prefix=()):
+    def __init__(self, image: Path, mnt: Path, objects: Path, url: str, timeout: int = 60, prefix=(),
+                 readahead: int | None = None):
         mnt.mkdir()
         objects.mkdir()
         self.mnt = mnt
@@ -74,7 +77,8 @@ class LazyMount:
         os.environ["CFS_FETCHD_LOG"] = str(self.log)
         try:
             r = cfsctl(*prefix, "mount", image, mnt, "--basedir", objects, "--backend", "kernel", "--verity-check", "1",
-                       "--remote", url, "--fetch-timeout", timeout, "--json")
+                       "--remote", url, "--fetch-timeout", timeout, "--json",
+                       *(("--readahead", readahead) if readahead is not None else ()))
         finally:
             del os.environ["CFS_FETCHD_LOG"]
         assert r.returncode == 0, r.stderr
@@ -109,9 +113,12 @@ def read_errno(path: Path) -> int:
     return 0
 
 
-def test_lazy_mount_reads_the_source_fetching_each_object_once(served, tmp_path, verity_tmp):
+@pytest.mark.parametrize("readahead", [0, None], ids=["no-readahead", "readahead"])
+def test_lazy_mount_reads_the_source_fetching_each_object_once(served, tmp_path, verity_tmp, readahead):
     """One server (1 MiB/s, so readers meet while an object comes) with one tampered object, in a
-    network namespace behind a veth with netem's 5 ms each way; the fetcher in another."""
+    network namespace behind a veth with netem's 5 ms each way; the fetcher in another. Without
+    read-ahead every object is asked for once; with it, the tampered one may be asked for twice
+    (read ahead and refused, then by its reader, refused again), every other one once."""
     src, remote, image = served
     www = tmp_path / "www"
     www.mkdir()
@@ -131,7 +138,8 @@ def test_lazy_mount_reads_the_source_fetching_each_object_once(served, tmp_path,
         raise
     objects = verity_tmp / "objects"
     try:
-        m = LazyMount(image, tmp_path / "mnt", objects, f"{srv.url}/repo", prefix=net.client_cmd)
+        m = LazyMount(image, tmp_path / "mnt", objects, f"{srv.url}/repo", prefix=net.client_cmd,
+                      readahead=readahead)
     except BaseException:
         srv.stop()
         net.close()
@@ -174,16 +182,63 @@ def test_lazy_mount_reads_the_source_fetching_each_object_once(served, tmp_path,
         assert objects_of(objects) == objects_of(remote / "objects") - {tampered}
         for o in objects_of(objects):
             assert guestutil.fsverity_measure(objects / o) == "sha256:" + o.replace("/", "")
-        # each object asked for once (the tampered one too: the failed reader's request)
-        assert srv.requests("GET /repo/objects/") == len(objects_of(remote / "objects"))
+        # each object asked for once (the tampered one too: the failed reader's request; with
+        # read-ahead possibly a refused read-ahead before it)
+        bad = srv.requests(f"GET /repo/objects/{tampered} ")
+        assert bad == 1 if readahead == 0 else bad in (1, 2)
+        for o in objects_of(remote / "objects") - {tampered}:
+            assert srv.requests(f"GET /repo/objects/{o} ") == 1, o
+        asked = srv.requests("GET /repo/objects/")
+        assert asked == len(objects_of(remote / "objects")) - 1 + bad
         # in the basedir now: after dropping the caches a read asks for nothing
         guestutil.drop_caches()
         assert (m.mnt / "big").read_bytes() == want
-        assert srv.requests("GET /repo/objects/") == len(objects_of(remote / "objects"))
+        assert srv.requests("GET /repo/objects/") == asked
     finally:
         m.umount()
         srv.stop()
         net.close()
+
+
+def test_one_reader_in_find_order_with_readahead(served, tmp_path, verity_tmp):
+    """One reader reading every file in `find` order (as `find | xargs cat`) over netem's 5 ms each
+    way, with read-ahead: the tree is the source's, every object is fetched once, with fs-verity,
+    and read-ahead brought some of them before their reader asked."""
+    src, remote, image = served
+    net = NetPair()
+    try:
+        net.shape(delay=5000)
+        srv = Nginx(tmp_path, remote.parent, host=net.SERVER, prefix=net.server_cmd)
+    except BaseException:
+        net.close()
+        raise
+    objects = verity_tmp / "objects"
+    try:
+        m = LazyMount(image, tmp_path / "mnt", objects, f"{srv.url}/repo", prefix=net.client_cmd)
+    except BaseException:
+        srv.stop()
+        net.close()
+        raise
+    try:
+        found = subprocess.run(["find", str(m.mnt), "-type", "f"], capture_output=True, text=True, check=True)
+        files = [Path(p) for p in found.stdout.splitlines()]
+        want = sorted(str(p.relative_to(src)) for p in src.rglob("*") if p.is_file() and not p.is_symlink())
+        assert sorted(str(p.relative_to(m.mnt)) for p in files) == want
+        for f in files:  # one reader, one file after another
+            assert f.read_bytes() == (src / f.relative_to(m.mnt)).read_bytes(), f
+        assert objects_of(objects) == objects_of(remote / "objects")
+        for o in objects_of(objects):
+            assert srv.requests(f"GET /repo/objects/{o} ") == 1, o
+            assert guestutil.fsverity_measure(objects / o) == "sha256:" + o.replace("/", "")
+    finally:
+        m.umount()
+        srv.stop()
+        net.close()
+    said = m.log.read_text()
+    gone = [line for line in said.splitlines() if "mount gone:" in line]
+    assert gone, said
+    ahead = int(gone[-1].split(" read ahead")[0].rsplit(" ", 1)[1])
+    assert ahead > 0, said
 
 
 def test_server_down_is_eio_within_the_timeout(served, tmp_path, verity_tmp):
@@ -217,7 +272,8 @@ def test_server_down_is_eio_within_the_timeout(served, tmp_path, verity_tmp):
 def test_killed_reader_and_killed_fetcher_return_at_once(served, tmp_path, verity_tmp):
     src, remote, image = served
     srv = Nginx(tmp_path, remote.parent, limit_rate="20k")  # "big" takes minutes
-    m = LazyMount(image, tmp_path / "mnt", verity_tmp / "objects", f"{srv.url}/repo", timeout=600)
+    # no read-ahead: f6 below must still be missing when the fetcher dies
+    m = LazyMount(image, tmp_path / "mnt", verity_tmp / "objects", f"{srv.url}/repo", timeout=600, readahead=0)
     try:
         # a reader killed while it waits for its object returns
         cat = subprocess.Popen(["cat", str(m.mnt / "big")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 //! Bindings for fetching objects from elsewhere into a store: an open [`Store`] that takes
-//! streams which must hash to a given digest, the (object, size) list of an image, and the
-//! HTTP object fetcher ([`crate::fetch`]). Fetch errors become `composefs._native.FetchError`
-//! with `(message, url or None)`; the store's own errors keep their usual types.
+//! streams which must hash to a given digest, the (object, size) list of an image (by name, or
+//! in the order a walk of its tree meets them), and the HTTP object fetcher ([`crate::fetch`]).
+//! Fetch errors become `composefs._native.FetchError` with `(message, url or None)`; the store's
+//! own errors keep their usual types.
 use super::errors::{os_error, to_pyerr, FormatError};
 use super::pyio::PyRead;
 use crate::erofs::reader;
@@ -194,27 +195,61 @@ impl RemoteFetcher {
 
 type SizedObjects = Vec<(String, String, u64)>;
 
+/// The object of an inode, if it has one: (`XX/<62 hex>` as the image names it, the hex digest
+/// the module asks for, size). The digest is the fs-verity digest the entry records, else the
+/// object's name without its `/`.
+fn object_of(ino: &crate::tree::Inode) -> Option<(String, String, u64)> {
+    let InodeData::Regular {
+        payload: Some(p),
+        digest,
+        ..
+    } = &ino.data
+    else {
+        return None;
+    };
+    let name = String::from_utf8_lossy(p).into_owned();
+    let hex: String = match digest {
+        Some(d) => crate::dump::write::hex_digest(d),
+        None => name.replace('/', ""),
+    };
+    Some((name, hex, ino.size))
+}
+
 /// The distinct objects of a loaded image: (`XX/<62 hex>`, hex digest, size), sorted by name.
 fn sized_objects(loaded: &reader::Loaded) -> SizedObjects {
-    let mut out: SizedObjects = Vec::new();
-    for ino in &loaded.tree.inodes {
-        if let InodeData::Regular {
-            payload: Some(p),
-            digest,
-            ..
-        } = &ino.data
-        {
-            let name = String::from_utf8_lossy(p).into_owned();
-            let hex: String = match digest {
-                Some(d) => crate::dump::write::hex_digest(d),
-                None => name.replace('/', ""),
-            };
-            out.push((name, hex, ino.size));
-        }
-    }
+    let mut out: SizedObjects = loaded.tree.inodes.iter().filter_map(object_of).collect();
     out.sort();
     out.dedup_by(|a, b| a.0 == b.0);
     out
+}
+
+/// The distinct objects of a loaded image in the order a depth-first walk of its directories
+/// in their stored (name-sorted) order meets them, as `find` and `ls -R` do on a mount:
+/// (hex digest, size), each at the first path that names it.
+fn walk_objects(loaded: &reader::Loaded) -> Vec<(String, u64)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    crate::dump::for_each_path(&loaded.tree, |_path, ino, _link| {
+        if let Some((_name, hex, size)) = object_of(ino) {
+            if seen.insert(hex.clone()) {
+                out.push((hex, size));
+            }
+        }
+        Ok(())
+    })
+    .expect("the visitor never fails");
+    out
+}
+
+/// The distinct objects an image refers to in walk order (see [`walk_objects`]): (hex digest,
+/// size). What `cfsctl fetchd` may fetch, and the order it reads ahead in.
+#[pyfunction]
+fn image_objects_walk(py: Python<'_>, image_path: PathBuf) -> PyResult<Vec<(String, u64)>> {
+    py.allow_threads(|| {
+        let bytes = std::fs::read(&image_path).map_err(|e| os_error(&e, Some(Path::new(&image_path))))?;
+        let loaded = reader::read_image(&bytes).map_err(|e| FormatError::new_err(e.to_string()))?;
+        Ok(walk_objects(&loaded))
+    })
 }
 
 /// The distinct objects an image refers to: (`XX/<62 hex>`, hex digest, size), sorted by name.
@@ -242,6 +277,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<RemoteFetcher>()?;
     m.add("FetchError", m.py().get_type::<FetchError>())?;
     m.add_function(wrap_pyfunction!(image_objects_sized, m)?)?;
+    m.add_function(wrap_pyfunction!(image_objects_walk, m)?)?;
     m.add_function(wrap_pyfunction!(image_bytes_plan, m)?)?;
     Ok(())
 }

@@ -214,7 +214,7 @@ fuzz: fuzz-build
 fuzz-merge: fuzz-build
 	@for t in $(FUZZ_TARGETS); do \
 		mkdir -p $(FUZZ_WORK)/$$t; \
-		set -o pipefail; $(CARGO_FUZZ) run $(FUZZ_BUILD) $$t fuzz/corpus/$$t $(FUZZ_WORK)/$$t -- -merge=1 -use_counters=0 2>&1 \
+		set -o pipefail; ( $(CARGO_FUZZ) run $(FUZZ_BUILD) $$t fuzz/corpus/$$t $(FUZZ_WORK)/$$t -- -merge=1 -use_counters=0 ) 2>&1 \
 			| { grep -E '^MERGE-OUTER: [0-9]+ new files' || true; }; \
 	done
 

@@ -82,12 +82,20 @@ def oci_image(netpair, tmp_path_factory):
 @pytest.mark.parametrize("shape", ["loss-3pc", "reorder"])
 def test_oci_pull_through_netem(oci_image, netpair, tmp_path, shape):
     ref, want = oci_image
-    repo = tmp_path / "repo"
-    Repository.init(repo)
-    _shaped(netpair, host_oci.NETEM[shape])
-    r = host_oci.pull_ok(repo, ref, "shaped", prefix=netpair.client_cmd, timeout=300)
-    _check_shaping_happened(netpair, host_oci.NETEM[shape])
-    assert r["digest"] == want and r["layers"] == 3
+    netem = host_oci.NETEM[shape]
+    # Now and then a freshly added netem qdisc with loss drops nothing here (0 of ~800 packets,
+    # three times on 2026-12-03; not understood): the pull is then repeated on a new qdisc, and
+    # the test fails only if none of three lost a packet.
+    for attempt in range(3):
+        repo = tmp_path / f"repo{attempt}"
+        Repository.init(repo)
+        _shaped(netpair, netem)
+        r = host_oci.pull_ok(repo, ref, "shaped", prefix=netpair.client_cmd, timeout=300)
+        assert r["digest"] == want and r["layers"] == 3
+        if not netem.get("loss") or netpair.qdisc()["drops"] > 0:
+            break
+        print(f"netem lost nothing on attempt {attempt + 1}: {netpair.qdisc()}")
+    _check_shaping_happened(netpair, netem)
 
 
 # ---- cfsctl pull from nginx --------------------------------------------------------------------

@@ -181,12 +181,9 @@ def test_interrupted_pull_stops_at_once_and_names_nothing(tmp_path):
         try:
             _out, err = p.communicate(timeout=30)
         except subprocess.TimeoutExpired:
-            # Seen once (2026-12-03, a full host run; not reproduced in 4 runs alone or with its
-            # file): the pull went on for 30 s after SIGINT. A hang to find (issue #13), not a
-            # pass: an expected failure until it is understood, so that every run shows it.
             p.kill()
             p.communicate()
-            pytest.xfail("SIGINT did not end the pull within 30 s (known intermittent; issue #13)")
+            pytest.fail("SIGINT did not end the pull within 30 s")
         assert time.monotonic() - t < 5, "the pull did not stop at once"
         assert p.returncode != 0 and b"Traceback" not in err, err
     finally:

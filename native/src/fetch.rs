@@ -445,8 +445,10 @@ struct NetReader<'a, 'b> {
 impl Read for NetReader<'_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.fetcher.is_stopped() {
+            // Never `Interrupted`: `read_to_end` and `io::copy` retry that, and would spin here
+            // for ever (every later read answers the same).
             self.error.get_or_insert_with(|| "stopped".to_string());
-            return Err(io::Error::new(io::ErrorKind::Interrupted, "stopped"));
+            return Err(io::Error::other("stopped"));
         }
         match self.body.read(buf) {
             Ok(n) => {
@@ -456,7 +458,7 @@ impl Read for NetReader<'_, '_> {
             Err(e) => {
                 let msg = describe(&e);
                 self.error.get_or_insert_with(|| msg.clone());
-                // not Interrupted: the store's readers would retry that
+                // not Interrupted either (see above)
                 Err(io::Error::other(msg))
             }
         }
@@ -690,6 +692,56 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
         assert!(objs.iter().all(|o| !store.contains(&o.digest)));
         assert_eq!(std::fs::read_dir(dir.join("objects")).unwrap().count(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_stop_between_two_reads_of_a_flowing_body_ends_the_fetch() {
+        // The body never stalls (a server streaming as fast as it can), so a thread is most
+        // often between two reads, not blocked in one, when the stop comes: the next read must
+        // end the copy. (It once answered `Interrupted`, which `read_to_end`/`io::copy` retry:
+        // the thread spun for ever and the fetch never returned.)
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}/r", l.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(s) = s else { return };
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(s.try_clone().unwrap());
+                    let mut line = String::new();
+                    while r.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                        line.clear();
+                    }
+                    let mut w = s;
+                    let chunk = vec![7u8; 64 << 10];
+                    let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n");
+                    while w.write_all(&chunk).is_ok() {}
+                });
+            }
+        });
+        let dir = tmpdir("flowing");
+        let store = Arc::new(Store::open(&dir.join("objects")).unwrap());
+        let objs: Vec<Object> = (0..2u8)
+            .map(|i| Object {
+                digest: [i; 32],
+                size: 1 << 30,
+            })
+            .collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let f = Arc::new(Fetcher::new(&base, store, quick()).unwrap());
+        let runner = f.clone();
+        std::thread::spawn(move || {
+            let mut ticks = 0;
+            let r = runner.fetch_all(&objs, 2, Duration::from_millis(20), || {
+                ticks += 1;
+                ticks < 5
+            });
+            let _ = tx.send(r.map(|_| ()));
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(r) => assert!(matches!(r, Err(Error::Stopped)), "{r:?}"),
+            Err(_) => panic!("the fetch did not end within 20 s of the stop"),
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -2,8 +2,11 @@
 """The CLI starts, explains itself and reports its version."""
 
 import json
+import os
 import subprocess
 import sys
+
+import pytest
 
 
 def run(*args):
@@ -84,3 +87,88 @@ def test_global_options_before_and_after_the_command(tmp_path):
     assert r.returncode == 2 and "--repo does not apply to 'digest'" in r.stderr
     r = run("--json", "digest", src / "f")
     assert r.returncode == 0 and json.loads(r.stdout)[0]["path"] == str(src / "f")
+
+
+# Where --repo is given: (before the command, after it); "A", "C": repositories, None: not given.
+PLACES = {"before": ("A", None), "after": (None, "A"), "both": ("C", "A"), "none": (None, None)}
+
+
+@pytest.mark.parametrize("env", [None, "B"], ids=["env-unset", "env-B"])
+@pytest.mark.parametrize("place", list(PLACES))
+def test_repo_on_the_command_line_beats_the_environment(three_repos, env, place):
+    """The command's own --repo, else the one before the command, else $CFS_REPO, else the default
+    (which is the machine's, not looked at here)."""
+    before, after = PLACES[place]
+    want = after or before or env
+    if want is None:
+        pytest.skip("the default repository is the machine's")
+    repos = three_repos
+    argv = ([] if before is None else ["--repo", repos[before]]) + ["images", "--json"]
+    argv += [] if after is None else ["--repo", repos[after]]
+    environ = {k: v for k, v in os.environ.items() if k != "CFS_REPO"}
+    if env is not None:
+        environ["CFS_REPO"] = str(repos[env])
+    r = subprocess.run([sys.executable, "-m", "composefs.cli", *map(str, argv)], capture_output=True,
+                       text=True, env=environ)
+    assert r.returncode == 0, r.stderr
+    assert [i["name"] for i in json.loads(r.stdout)] == [f"in-{want}"]
+
+
+@pytest.fixture(scope="module")
+def three_repos(tmp_path_factory) -> dict:
+    """Repositories A, B and C, each holding one image named in-A, in-B, in-C."""
+    t = tmp_path_factory.mktemp("repos")
+    repos = {}
+    for name in "ABC":
+        src = t / f"src-{name}"
+        src.mkdir()
+        (src / "f").write_text(name)
+        repos[name] = t / name
+        assert run("init", "--repo", repos[name]).returncode == 0
+        r = run("import", src, "--name", f"in-{name}", "--repo", repos[name])
+        assert r.returncode == 0, r.stderr
+    return repos
+
+
+def test_every_global_option_with_an_envvar_ranks_below_the_command_line():
+    """A command's option that cfsctl also takes before the command, and that has an environment
+    variable, must be a GlobalOption (else the environment would beat the option given before the
+    command)."""
+    import click
+
+    from composefs.cli import GlobalOption, cli
+
+    ctx = click.Context(cli)
+    global_names = {p.name for p in cli.params}
+    found = []
+
+    def walk(group):
+        for name in group.list_commands(ctx):
+            cmd = group.get_command(ctx, name)
+            if isinstance(cmd, click.Group):
+                walk(cmd)
+                continue
+            for p in cmd.params:
+                if p.name in global_names and getattr(p, "envvar", None):
+                    found.append((name, p.name))
+                    assert isinstance(p, GlobalOption), (name, p.name)
+
+    walk(cli)
+    assert ("images", "repo_path") in found and ("mount", "repo_path") in found
+
+
+@pytest.mark.parametrize("words,want", [
+    (["--repo", "{A}", "mount", "in-"], "in-A"),
+    (["mount", "--repo", "{A}", "in-"], "in-A"),
+    (["--repo", "{C}", "mount", "--repo", "{A}", "in-"], "in-A"),
+    (["mount", "in-"], "in-B"),
+])
+def test_name_completion_uses_the_same_repository(three_repos, words, want):
+    """Shell completion of an image name looks in the repository the command would use
+    ($CFS_REPO is B here)."""
+    words = ["cfsctl"] + [w.format(**{k: str(v) for k, v in three_repos.items()}) for w in words]
+    env = dict(os.environ, CFS_REPO=str(three_repos["B"]), _CFSCTL_COMPLETE="bash_complete",
+               COMP_WORDS=" ".join(words), COMP_CWORD=str(len(words) - 1))
+    r = subprocess.run([sys.executable, "-m", "composefs.cli"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"plain,{want}"]

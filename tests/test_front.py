@@ -74,6 +74,12 @@ def world(tmp_path_factory):
     wrong = rd[:6] + "0" * 58
     shutil.copyfile(t / "repo" / "images" / rd, t / "repo" / "images" / wrong)
     (refs / "corrupt").write_text(wrong + "\n")
+    # Two more repositories whose "app" differs, for which repository a command line picks.
+    for other in ("repo-b", "repo-c"):
+        (t / f"src-{other}").mkdir()
+        (t / f"src-{other}" / "which").write_text(other)
+        assert cfsctl("init", "--repo", t / other).returncode == 0
+        assert cfsctl("import", t / f"src-{other}", "--name", "app", "--repo", t / other).returncode == 0
     # The same repository with a meta.json cfsctl init would not write (the front leaves it to Python).
     shutil.copytree(t / "repo", t / "repo-meta", symlinks=True)
     (t / "repo-meta" / "meta.json").write_text('{"version": 1, "format": "composefs-repository"}\n')
@@ -115,9 +121,13 @@ def clean(world: Path) -> None:
         (world / d).mkdir()
 
 
-def run(program: Path, args: list[str], world: Path, spy: bool = False) -> tuple:
+def run(program: Path, args: list[str], world: Path, spy: bool = False, cfs_repo: str | None = None) -> tuple:
+    """Run program with args in world; cfs_repo: $CFS_REPO (None: unset)."""
     env = dict(os.environ)
     env.pop("CFSCTL_PYTHON_CLI", None)
+    env.pop("CFS_REPO", None)
+    if cfs_repo is not None:
+        env["CFS_REPO"] = cfs_repo
     if spy:
         env["CFSCTL_PYTHON_CLI"] = str(world / "spy")
     r = subprocess.run([program, *args], capture_output=True, env=env, cwd=world, timeout=120)
@@ -211,6 +221,44 @@ def test_mount_front_matches_the_python_cli(world, args, native):
     clean(world)
     assert front == python
     assert b"Traceback" not in front[2]
+
+
+# Where --repo is given: (before the command, after it), repositories of the fixture; None: not given.
+REPO_PLACES = {"before": ("repo", None), "after": (None, "repo"), "both": ("repo-c", "repo"), "none": (None, None)}
+# The commands that take --repo: one the front serves itself, one it hands over.
+REPO_COMMANDS = {"mount": (["mount", "app", "{t}/mnt", "--json"], True), "images": (["images", "--json"], False)}
+
+
+@pytest.mark.parametrize("command", list(REPO_COMMANDS))
+@pytest.mark.parametrize("env", [None, "repo-b"], ids=["env-unset", "env-repo-b"])
+@pytest.mark.parametrize("place", list(REPO_PLACES))
+def test_repo_on_the_command_line_beats_the_environment(world, command, env, place):
+    """Both paths pick the repository by one rule: the command's own --repo, else the one before
+    the command, else $CFS_REPO, else the default (the machine's, not looked at here)."""
+    before, after = REPO_PLACES[place]
+    want = after or before or env
+    if want is None:
+        pytest.skip("the default repository is the machine's")
+    args, native = REPO_COMMANDS[command]
+    args = (["--repo", "{t}/" + before] if before else []) + args + (["--repo", "{t}/" + after] if after else [])
+    args = fill(world, args)
+    cfs_repo = None if env is None else str(world / env)
+    results = []
+    for program, spy in ((FRONT, True), (FRONT, False), (PYTHON_CLI, False)):
+        clean(world)
+        results.append(run(program, args, world, spy=spy, cfs_repo=cfs_repo))
+    clean(world)
+    spied, front, python = results
+    assert spied[2].startswith(b"handed over: ") != native, spied
+    assert front == python
+    assert front[0] == 0, front
+    digests = {r: (world / r / "refs" / "app").read_text().strip() for r in ("repo", "repo-b", "repo-c")}
+    if command == "mount":
+        import json
+
+        assert json.loads(front[1])["image"] == str(world / want / "images" / digests[want])
+    else:
+        assert [r for r, d in digests.items() if d.encode() in front[1]] == [want]
 
 
 def _mount(world: Path) -> None:

@@ -8,6 +8,7 @@ import os
 import sys
 
 import click
+from click.core import ParameterSource
 
 from . import __version__
 from .errors import CfsError, describe_oserror, error_line, printable
@@ -25,6 +26,24 @@ def fail(err: CfsError | str, code: int = 1, as_json: bool = False) -> None:
         buffer.write(text.encode("utf-8", "backslashreplace") + b"\n")
         buffer.flush()
     sys.exit(code)
+
+
+class GlobalOption(click.Option):
+    """A command's option that ``cfsctl`` also takes before the command (``--repo``).
+
+    click ranks a command's own command line, then its environment variable, then the default
+    map ``_global_options`` fills with what came before the command. That value came from the
+    command line too, so here it ranks above the environment: the command's own option, else the
+    one before the command, else the environment variable, else the default. Every global option
+    with an ``envvar`` must be declared with this class (tests/test_cli_basics.py checks it)."""
+
+    def consume_value(self, ctx: click.Context, opts):
+        value, source = super().consume_value(ctx, opts)
+        if source == ParameterSource.ENVIRONMENT:
+            given = ctx.lookup_default(self.name)  # type: ignore[arg-type]
+            if given is not None:
+                return given, ParameterSource.DEFAULT_MAP
+        return value, source
 
 
 class CfsGroup(click.Group):
@@ -56,6 +75,15 @@ class CfsGroup(click.Group):
             ctx.meta["cfs.json"] = "--json" in (args[:args.index("--")] if "--" in args else args)
         return super().parse_args(ctx, args)
 
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        name, cmd, rest = super().resolve_command(ctx, args)
+        # Here rather than in cli()'s callback: shell completion resolves commands too (and runs
+        # no callbacks), so a NAME completes from the repository the command would use.
+        if ctx.parent is None and cmd is not None:
+            _global_options(ctx, name, cmd, repo_path=ctx.params.get("repo_path"),
+                            as_json=ctx.params.get("as_json") or None)
+        return name, cmd, rest
+
     def invoke(self, ctx: click.Context):
         as_json = ctx.meta.get("cfs.json", False)
         try:
@@ -73,35 +101,33 @@ class CfsGroup(click.Group):
 @click.group(cls=CfsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cfsctl")
 @click.option("--repo", "repo_path", metavar="PATH", default=None,
-              help="The repository, for the commands that use one (same as their --repo).")
+              help="The repository, for the commands that use one (same as their --repo, which wins "
+                   "when both are given).")
 @click.option("--json", "as_json", is_flag=True, help="JSON output, for the commands that have it (same as their --json).")
-@click.pass_context
-def cli(ctx: click.Context, repo_path: str | None, as_json: bool) -> None:
+def cli(repo_path: str | None, as_json: bool) -> None:
     """Build, inspect and mount composefs images.
 
     A composefs image holds a directory tree's structure and metadata; file contents live in a
     content-addressed object store named by fs-verity digests, shared between images.
 
-    --repo and --json may come before the command or after it, with the same meaning.
+    --repo and --json may come before the command or after it, with the same meaning; given in
+    both places, the one after the command wins. Either place beats $CFS_REPO.
     """
-    _global_options(ctx, repo_path=repo_path, as_json=as_json or None)
+    # The global options reach the command through CfsGroup.resolve_command.
 
 
-def _global_options(ctx: click.Context, **given) -> None:
-    """Hand global options to the invoked command as its own option defaults (a command's own
-    --repo or --json still wins); an option the command does not have is a usage error."""
+def _global_options(ctx: click.Context, name: str, cmd: click.Command, **given) -> None:
+    """Hand the global options given before the command to it as its own option defaults
+    (ranked by GlobalOption: its own --repo or --json still wins, and the environment loses);
+    an option the command does not have is a usage error (not while completing)."""
     given = {k: v for k, v in given.items() if v is not None}
-    name = ctx.invoked_subcommand
-    if not given or name is None:
-        return
-    cmd = ctx.command.get_command(ctx, name)
-    if cmd is None:
+    if not given:
         return
     leaves = {n: cmd.get_command(ctx, n) for n in cmd.list_commands(ctx)} if isinstance(cmd, click.Group) else {}
     targets = [c for c in leaves.values() if c is not None] or [cmd]
     flags = {"repo_path": "--repo", "as_json": "--json"}
     for key in given:
-        if not any(any(p.name == key for p in c.params) for c in targets):
+        if not ctx.resilient_parsing and not any(any(p.name == key for p in c.params) for c in targets):
             raise click.UsageError(f"{flags[key]} does not apply to '{name}'", ctx)
     if isinstance(cmd, click.Group):
         ctx.default_map = {name: {n: dict(given) for n in leaves}}

@@ -8,6 +8,7 @@ import os
 
 import click
 
+from .cli import GlobalOption
 from .errors import CfsError
 from .mount import BACKENDS, MOUNT_APIS, MountError, MountRequest, ObjectDir, mount_image, parse_options, unmount
 
@@ -35,7 +36,7 @@ def _complete_image(ctx: click.Context, param: click.Parameter, incomplete: str)
               help="Object directory holding the file contents (objects/XX/...); repeat to search "
                    "several, in order. Needed for an image file; for a repository image the "
                    "repository's objects/ is used.")
-@click.option("--repo", "repo_path", metavar="PATH", envvar="CFS_REPO", default=None,
+@click.option("--repo", "repo_path", cls=GlobalOption, metavar="PATH", envvar="CFS_REPO", default=None,
               help="Repository to look NAME|DIGEST up in (default as for 'cfsctl init').")
 @click.option("--digest", metavar="HEX",
               help="The image's expected fs-verity sha256 digest; checked before mounting. "

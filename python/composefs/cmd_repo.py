@@ -9,11 +9,12 @@ import sys
 
 import click
 
+from .cli import GlobalOption
 from .errors import CfsError, printable
 from .repository import Repository, default_path
 
 repo_option = click.option(
-    "--repo", "repo_path", metavar="PATH", envvar="CFS_REPO", default=None,
+    "--repo", "repo_path", cls=GlobalOption, metavar="PATH", envvar="CFS_REPO", default=None,
     help="Repository directory (default: $CFS_REPO, else /var/lib/composefs as root, "
          "~/.local/share/composefs otherwise).")
 

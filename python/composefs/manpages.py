@@ -27,7 +27,7 @@ EXTRA: dict[str, dict[str, str]] = {
     "cfsctl": {
         "FILES": "/var/lib/composefs\n  The repository of root (objects/, images/, refs/, meta.json).\n"
                  "~/.local/share/composefs\n  The repository of other users.",
-        "ENVIRONMENT": "CFS_REPO\n  The repository to use when --repo is not given.\n"
+        "ENVIRONMENT": "CFS_REPO\n  The repository to use when --repo is given neither before nor after the command.\n"
                        "CFS_NO_AVX512, CFS_NO_SHA_NI\n  Set to 1: do not use these CPU features for SHA-256.",
         "JSON": "With --json, a command prints one JSON document on standard output and, when it fails, "
                 "{\"error\": TEXT} on standard error; the fields are listed in docs/json.md of the source.",

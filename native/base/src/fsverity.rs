@@ -285,10 +285,12 @@ impl StreamDigest {
 
 /// How large inputs are split for hashing on several threads.
 ///
-/// Inputs of at least `parallel_threshold` bytes are cut into contiguous ranges of `chunk_size`
-/// bytes (rounded up to a multiple of the Merkle block size); the level-0 hashes of the ranges are
-/// computed in parallel on the current rayon pool, then concatenated in order, so the result is
-/// bit-identical with the sequential computation. Smaller inputs are hashed sequentially.
+/// Inputs of at least `parallel_threshold` bytes are cut into contiguous ranges of at most
+/// `chunk_size` bytes (rounded up to a multiple of the Merkle block size), of equal length and as
+/// many as a multiple of the current rayon pool's threads, so the threads finish together (a
+/// 12.5 MiB file on two threads: four ranges of 3.1 MiB, not 4 + 4 + 4 + 0.5); the level-0 hashes
+/// of the ranges are computed in parallel on that pool, then concatenated in order, so the result
+/// is bit-identical with the sequential computation. Smaller inputs are hashed sequentially.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Chunking {
     pub parallel_threshold: u64,
@@ -322,10 +324,15 @@ impl Chunking {
         size > 0 && size >= self.parallel_threshold
     }
 
-    /// The range size in bytes: a non-zero multiple of the block size.
-    fn range_size(&self, block_size: usize) -> u64 {
+    /// The range size in bytes for an input of `size` bytes: a non-zero multiple of the block
+    /// size, at most `chunk_size` rounded up to one, for a number of ranges that is a multiple of
+    /// the current rayon pool's thread count (the last range may be shorter).
+    fn range_size(&self, size: u64, block_size: usize) -> u64 {
         let bs = block_size as u64;
-        self.chunk_size.max(1).div_ceil(bs) * bs
+        let max = self.chunk_size.max(1).div_ceil(bs) * bs;
+        let threads = rayon::current_num_threads().max(1) as u64;
+        let ranges = size.div_ceil(max).div_ceil(threads).max(1) * threads;
+        size.div_ceil(ranges).div_ceil(bs).max(1) * bs
     }
 }
 
@@ -375,7 +382,7 @@ fn level0_parallel_bytes(params: &Params, data: &[u8], chunking: &Chunking) -> V
     use rayon::prelude::*;
     let bs = params.block_size as usize;
     let ds = params.alg.digest_size();
-    let range = chunking.range_size(bs) as usize;
+    let range = chunking.range_size(data.len() as u64, bs) as usize;
     let hasher = BlockHasher::new(params);
     let parts: Vec<Vec<u8>> = data
         .par_chunks(range)
@@ -486,7 +493,7 @@ fn digest_file_parallel(file: &File, size: u64, params: &Params, chunking: &Chun
     use rayon::prelude::*;
     let bs = params.block_size as usize;
     let ds = params.alg.digest_size();
-    let range = chunking.range_size(bs);
+    let range = chunking.range_size(size, bs);
     let hasher = BlockHasher::new(params);
     let parts: Vec<Vec<u8>> = (0..size.div_ceil(range))
         .into_par_iter()
@@ -776,6 +783,34 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn ranges_are_even_across_the_threads() {
+        // (input size, chunk size, block size, threads, range size): ranges of at most the chunk
+        // size, block-aligned, as many as a multiple of the threads.
+        const MIB: u64 = 1 << 20;
+        let cases: &[(u64, u64, usize, usize, u64)] = &[
+            (13_131_776, 4 * MIB, 4096, 2, 802 * 4096), // 4 ranges: 3 x 802 blocks + 800
+            (12 * MIB, 4 * MIB, 4096, 2, 3 * MIB),      // 4 x 3 MiB, not 3 x 4 MiB
+            (16 * MIB, 4 * MIB, 4096, 2, 4 * MIB),
+            (8 * MIB, 4 * MIB, 4096, 1, 4 * MIB),
+            (9 * MIB, 4 * MIB, 4096, 1, 3 * MIB),
+            (100 * MIB, 4 * MIB, 4096, 2, 985 * 4096), // 26 ranges (25 would not share evenly)
+            (5 * MIB, 4 * MIB, 4096, 4, 1_310_720),
+            (10_000, 1, 4096, 2, 4096), // a tiny chunk size is still one block
+            (1, 1 << 20, 65536, 3, 65536),
+            (3 * 65536 + 4097, 5000, 1024, 2, 5120),
+        ];
+        for &(size, chunk, bs, threads, want) in cases {
+            let c = Chunking {
+                parallel_threshold: 0,
+                chunk_size: chunk,
+            };
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let got = pool.install(|| c.range_size(size, bs));
+            assert_eq!(got, want, "{size} {chunk} {bs} {threads}");
         }
     }
 

@@ -293,12 +293,12 @@ fn run_mount(m: MountArgs) -> Result<Option<String>, Option<Error>> {
     Ok(m.json.then(|| mount_json(&out)))
 }
 
-/// The repository `cfsctl mount` uses: its own `--repo`, else `$CFS_REPO`, else the global
-/// `--repo` (click's order: command line, environment, then the defaults the group hands down),
-/// else the default for root (the front runs repository mounts for root only).
-fn repo_path(m: &MountArgs) -> PathBuf {
-    let env = std::env::var_os("CFS_REPO").filter(|v| !v.is_empty());
-    let given = m.repo.clone().or(env).or_else(|| m.global_repo.clone());
+/// The repository `cfsctl mount` uses, by the Python CLI's rule (cli.py `GlobalOption`): its own
+/// `--repo`, else the global `--repo` before the command, else `$CFS_REPO`, else the default for
+/// root (the front runs repository mounts for root only). `env` is `$CFS_REPO`.
+fn repo_path(m: &MountArgs, env: Option<OsString>) -> PathBuf {
+    let env = env.filter(|v| !v.is_empty());
+    let given = m.repo.clone().or_else(|| m.global_repo.clone()).or(env);
     given.map_or_else(|| PathBuf::from("/var/lib/composefs"), PathBuf::from)
 }
 
@@ -315,7 +315,7 @@ fn lookup(m: &MountArgs) -> Result<(PathBuf, PathBuf, Option<String>), Option<Er
         repo::Error::User { .. } if Path::new(&m.image).exists() => None,
         e => repo_error(e),
     };
-    let r = Repo::at(&repo_path(m)).map_err(hint)?;
+    let r = Repo::at(&repo_path(m, std::env::var_os("CFS_REPO"))).map_err(hint)?;
     if r.meta().map_err(hint)? != repo::META {
         return Err(None); // valid JSON written some other way: Python reads it
     }
@@ -656,6 +656,31 @@ mod tests {
         for (path, want) in cases {
             let got = listed_path(Path::new(path)).unwrap_or_default();
             assert_eq!(&got, want, "{path}");
+        }
+    }
+
+    #[test]
+    fn the_command_line_beats_the_environment_for_the_repository() {
+        // (command line, $CFS_REPO, repository used): the command's own --repo, else the one
+        // before the command, else the environment, else the default.
+        let cases: &[(&[&str], Option<&str>, &str)] = &[
+            (&["mount", "app", "/", "--repo", "/a"], None, "/a"),
+            (&["mount", "app", "/", "--repo", "/a"], Some("/e"), "/a"),
+            (&["--repo", "/g", "mount", "app", "/"], None, "/g"),
+            (&["--repo", "/g", "mount", "app", "/"], Some("/e"), "/g"),
+            (&["--repo", "/g", "mount", "app", "/", "--repo", "/a"], None, "/a"),
+            (&["--repo", "/g", "mount", "app", "/", "--repo", "/a"], Some("/e"), "/a"),
+            (&["--repo=/g", "--repo", "/h", "mount", "app", "/"], Some("/e"), "/h"),
+            (&["mount", "app", "/", "--repo", "/a", "--repo=/b"], Some("/e"), "/b"),
+            (&["mount", "app", "/"], Some("/e"), "/e"),
+            (&["mount", "app", "/"], Some(""), "/var/lib/composefs"),
+            (&["mount", "app", "/"], None, "/var/lib/composefs"),
+        ];
+        for (a, env, want) in cases {
+            let Plan::Mount(m) = plan(&argv(a)) else {
+                panic!("{a:?} not planned as a mount")
+            };
+            assert_eq!(repo_path(&m, env.map(OsString::from)), Path::new(want), "{a:?} {env:?}");
         }
     }
 

@@ -136,7 +136,8 @@ def test_every_global_option_with_an_envvar_ranks_below_the_command_line():
     command)."""
     import click
 
-    from composefs.cli import GlobalOption, cli
+    from composefs.cli import cli
+    from composefs.globalopts import GlobalOption
 
     ctx = click.Context(cli)
     global_names = {p.name for p in cli.params}

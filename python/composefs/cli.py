@@ -8,7 +8,6 @@ import os
 import sys
 
 import click
-from click.core import ParameterSource
 
 from . import __version__
 from .errors import CfsError, describe_oserror, error_line, printable
@@ -26,24 +25,6 @@ def fail(err: CfsError | str, code: int = 1, as_json: bool = False) -> None:
         buffer.write(text.encode("utf-8", "backslashreplace") + b"\n")
         buffer.flush()
     sys.exit(code)
-
-
-class GlobalOption(click.Option):
-    """A command's option that ``cfsctl`` also takes before the command (``--repo``).
-
-    click ranks a command's own command line, then its environment variable, then the default
-    map ``_global_options`` fills with what came before the command. That value came from the
-    command line too, so here it ranks above the environment: the command's own option, else the
-    one before the command, else the environment variable, else the default. Every global option
-    with an ``envvar`` must be declared with this class (tests/test_cli_basics.py checks it)."""
-
-    def consume_value(self, ctx: click.Context, opts):
-        value, source = super().consume_value(ctx, opts)
-        if source == ParameterSource.ENVIRONMENT:
-            given = ctx.lookup_default(self.name)  # type: ignore[arg-type]
-            if given is not None:
-                return given, ParameterSource.DEFAULT_MAP
-        return value, source
 
 
 class CfsGroup(click.Group):

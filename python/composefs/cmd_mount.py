@@ -8,7 +8,7 @@ import os
 
 import click
 
-from .cli import GlobalOption
+from .globalopts import GlobalOption
 from .errors import CfsError
 from .mount import BACKENDS, MOUNT_APIS, MountError, MountRequest, ObjectDir, mount_image, parse_options, unmount
 

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from .cli import GlobalOption
+from .globalopts import GlobalOption
 from .errors import CfsError, printable
 from .repository import Repository, default_path
 

@@ -92,7 +92,9 @@ def run(workdir: Path, rounds: int = ROUNDS) -> list[dict]:
         subprocess.run(["umount", "-q", str(work / "root")], check=False)
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    args = argparse.Namespace(cpu="max", smp=2, mem="1G", append="", verbose=False)
+    # BENCH_BOOT_APPEND: extra kernel arguments for every boot (e.g. loglevel=7 to see where time goes)
+    args = argparse.Namespace(cpu="max", smp=2, mem="1G", append=os.environ.get("BENCH_BOOT_APPEND", ""),
+                              verbose=False)
     try:
         root = qb.prepare_root(work, kver, modules)
         initrd = qb.make_initrd(work, root, kver)
@@ -121,6 +123,9 @@ def run(workdir: Path, rounds: int = ROUNDS) -> list[dict]:
                  ("ext4", ext4, "")]
         uptime: dict[str, list[float]] = {k[0]: [] for k in kinds}
         wall: dict[str, list[float]] = {k[0]: [] for k in kinds}
+        read_kib: dict[str, list[float]] = {k[0]: [] for k in kinds}
+        # seconds from the kernel's start to systemd's on the real root (kernel + initramfs)
+        to_systemd: dict[str, list[float]] = {k[0]: [] for k in kinds}
         loads = [os.getloadavg()[0]]
         for r in range(rounds):
             for i in range(len(kinds)):
@@ -134,8 +139,13 @@ def run(workdir: Path, rounds: int = ROUNDS) -> list[dict]:
                     raise SystemExit(f"bench boot: {name} booted with / on {facts.get('root_fstype')}, not {want}")
                 uptime[name].append(float(facts["uptime"]))
                 wall[name].append(took)
+                if facts.get("disk_read_kib"):
+                    read_kib[name].append(float(facts["disk_read_kib"]))
+                if facts.get("userspace_us", "").isdigit():
+                    to_systemd[name].append(int(facts["userspace_us"]) / 1e6)
                 loads.append(os.getloadavg()[0])
-                log(f"round {r}: {name} multi-user at uptime {facts['uptime']}s, VM {took:.0f}s")
+                log(f"round {r}: {name} multi-user at uptime {facts['uptime']}s, VM {took:.0f}s, "
+                    f"read {facts.get('disk_read_kib', '?')} KiB, systemd started at {facts.get('userspace_us', '?')} us")
     finally:
         subprocess.run(["umount", "-q", str(work / "root")], check=False)
 
@@ -145,6 +155,11 @@ def run(workdir: Path, rounds: int = ROUNDS) -> list[dict]:
         ratio = med[name] / med["ext4"]
         note = (f"median of {rounds}: uptime at multi-user.target {med[name]:.1f}s "
                 f"(all: {', '.join(f'{x:.1f}' for x in uptime[name])})")
+        if read_kib[name]:
+            note += f"; read from disk {statistics.median(read_kib[name]) / 1024:.1f} MiB"
+        if to_systemd[name]:
+            t = statistics.median(to_systemd[name])
+            note += f"; kernel + initramfs {t:.1f}s, systemd {med[name] - t:.1f}s"
         if name != "ext4":
             note += f"; {ratio:.3f}x ext4 ({'within' if ratio <= 1 + TARGET else 'OVER'} the 10% target)"
         rows.append({"case": f"boot to multi-user.target, / {name}", "tool": "QEMU/TCG 2 vCPU 1 GiB",

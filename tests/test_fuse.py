@@ -365,22 +365,15 @@ def _read_while_stopped(pid: int, fd: int, size: int) -> bytes | None:
     daemon's help (None if the read waited for it)."""
     got: list[bytes] = []
     reader = threading.Thread(target=lambda: got.append(os.pread(fd, size, 0)), daemon=True)
-    os.kill(pid, signal.SIGSTOP)
     try:
-        # The stop reaches each thread on its own time: wait until none can still answer.
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            states = [(Path(f"/proc/{pid}/task") / t / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                      for t in os.listdir(f"/proc/{pid}/task")]
-            if all(st in "tT" for st in states):
-                break
-            time.sleep(0.05)
+        _stop(pid)
         reader.start()
         reader.join(10)
         return got[0] if got else None
     finally:
         os.kill(pid, signal.SIGCONT)
-        reader.join(30)
+        if reader.ident is not None:  # started (the stop took)
+            reader.join(30)
 
 
 @ROOT_ONLY

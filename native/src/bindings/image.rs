@@ -2,7 +2,7 @@
 //! Bindings for the dump format and the EROFS image (`crate::dump`, `crate::erofs`).
 use super::errors::{os_error, FormatError};
 use super::scan::{ScanCounts, StoreCounts};
-use super::types::{Bytes, Xattr};
+use super::types::{Bytes, HexDigest, Xattr};
 use crate::dump;
 use crate::erofs::build::{self, BuildError, Flags};
 use crate::erofs::reader::{self, ReadError};
@@ -329,7 +329,7 @@ pub struct ImageEntry {
     mtime: i64,
     mtime_nsec: u32,
     /// A file's fs-verity digest as the image records it, hex.
-    digest: Option<String>,
+    digest: Option<HexDigest>,
     /// The content of a small file kept inside the image.
     inline: Option<Bytes>,
     xattrs: Vec<Xattr>,
@@ -362,7 +362,7 @@ fn image_entries(
     let name = |b: &[u8]| std::ffi::OsStr::from_bytes(b).to_os_string();
     py.allow_threads(|| {
         let loaded = load_image_shown(&image, opaque, &filter)?;
-        let mut rows = Vec::new();
+        let mut rows = Vec::with_capacity(loaded.tree.inodes.len());
         dump::for_each_path(&loaded.tree, |path, ino, link| {
             if !full && path == b"/" {
                 return Ok(());
@@ -376,7 +376,7 @@ fn image_entries(
                     inline: i,
                 } => {
                     object = payload.as_deref().map(name);
-                    digest = dg.as_ref().map(|d| dump::hex(d));
+                    digest = dg.map(HexDigest);
                     inline = i.as_ref().map(|c| Bytes(c.clone()));
                 }
                 _ => {}

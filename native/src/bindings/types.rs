@@ -3,7 +3,7 @@
 //! extended attribute.
 
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyString};
 use std::convert::Infallible;
 
 /// Bytes kept by a result class and handed to Python as `bytes` (a `Vec<u8>` field would
@@ -18,6 +18,21 @@ impl<'py> IntoPyObject<'py> for &Bytes {
 
     fn into_pyobject(self, py: Python<'py>) -> Result<Self::Output, Infallible> {
         Ok(PyBytes::new(py, &self.0))
+    }
+}
+
+/// An fs-verity digest kept by a result class as its bytes and handed to Python as lower-case
+/// hex (`str`): the hex is made only when Python reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HexDigest(pub crate::tree::Digest);
+
+impl<'py> IntoPyObject<'py> for &HexDigest {
+    type Target = PyString;
+    type Output = Bound<'py, PyString>;
+    type Error = Infallible;
+
+    fn into_pyobject(self, py: Python<'py>) -> Result<Self::Output, Infallible> {
+        Ok(PyString::new(py, &crate::dump::hex(&self.0)))
     }
 }
 

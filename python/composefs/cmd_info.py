@@ -73,7 +73,7 @@ def info():
 def entry_json(image: str, e: _native.ImageEntry, full: bool) -> dict:
     """One path's object in the JSON of ``info ls`` (and with ``full``, of ``info dump``), with
     docs/json.md's fields in its order; the optional ones only where they apply."""
-    row = {"image": image, "path": e.path, "type": e.type}
+    row: dict[str, object] = {"image": image, "path": e.path, "type": e.type}
     if e.target is not None:
         row["target"] = e.target
     if e.object is not None:

@@ -10,7 +10,8 @@ use crate::erofs::writer::{Options, WriteError};
 use crate::tree::Tree;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::sync::GILOnceCell;
+use pyo3::types::{PyBytes, PyString};
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::Write;
@@ -291,17 +292,48 @@ fn image_ls<'py>(
     })
 }
 
-/// The `st_mode` file type as the JSON of `cfsctl info ls` and `info dump` names it.
-fn kind_name(mode: u32) -> &'static str {
-    match mode & 0o170000 {
-        0o040000 => "directory",
-        0o100000 => "file",
-        0o120000 => "symlink",
-        0o020000 => "chardev",
-        0o060000 => "blockdev",
-        0o010000 => "fifo",
-        0o140000 => "socket",
-        _ => "unknown",
+/// The `st_mode` file types by the names the JSON of `cfsctl info ls` and `info dump` gives them.
+const FILE_TYPES: [(u32, &str); 8] = [
+    (0o040000, "directory"),
+    (0o100000, "file"),
+    (0o120000, "symlink"),
+    (0o020000, "chardev"),
+    (0o060000, "blockdev"),
+    (0o010000, "fifo"),
+    (0o140000, "socket"),
+    (0, "unknown"),
+];
+
+/// An entry's file type (an index into [`FILE_TYPES`]), handed to Python as one shared `str`
+/// per name rather than a new string per entry.
+#[derive(Clone, Copy)]
+struct FileType(u8);
+
+impl FileType {
+    fn of(mode: u32) -> FileType {
+        let i = FILE_TYPES[..7].iter().position(|&(t, _)| t == mode & 0o170000);
+        FileType(i.unwrap_or(7) as u8)
+    }
+
+    fn name(self) -> &'static str {
+        FILE_TYPES[usize::from(self.0)].1
+    }
+}
+
+impl<'py> IntoPyObject<'py> for &FileType {
+    type Target = PyString;
+    type Output = Bound<'py, PyString>;
+    type Error = std::convert::Infallible;
+
+    fn into_pyobject(self, py: Python<'py>) -> Result<Self::Output, Self::Error> {
+        static NAMES: GILOnceCell<Vec<Py<PyString>>> = GILOnceCell::new();
+        let names = NAMES.get_or_init(py, || {
+            FILE_TYPES
+                .iter()
+                .map(|&(_, n)| PyString::intern(py, n).unbind())
+                .collect()
+        });
+        Ok(names[usize::from(self.0)].bind(py).clone())
     }
 }
 
@@ -313,7 +345,7 @@ pub struct ImageEntry {
     path: OsString,
     /// "directory", "file", "symlink", "chardev", "blockdev", "fifo" or "socket".
     #[pyo3(name = "type")]
-    kind: &'static str,
+    kind: FileType,
     /// A symlink's target.
     target: Option<OsString>,
     /// A file's backing object (its redirect path, `XX/<62 hex>`).
@@ -340,7 +372,9 @@ impl ImageEntry {
     fn __repr__(&self) -> String {
         format!(
             "ImageEntry(path={:?}, type='{}', size={})",
-            self.path, self.kind, self.size
+            self.path,
+            self.kind.name(),
+            self.size
         )
     }
 }
@@ -383,7 +417,7 @@ fn image_entries(
             }
             rows.push(ImageEntry {
                 path: name(path),
-                kind: kind_name(ino.mode),
+                kind: FileType::of(ino.mode),
                 target,
                 object,
                 hardlink_to: link.map(name),

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from composefs import _native
+
 FSVERITY = "/usr/bin/fsverity"
 
 
@@ -103,62 +105,62 @@ def fsverity_digests(files: list[bytes]) -> dict[bytes, str]:
     return out
 
 
-def check_scan(root: bytes, result: dict, *, no_hardlinks=False, skip_devices=False, skip_xattrs=False,
+def check_scan(root: bytes, result: _native.ScanResult, *, no_hardlinks=False, skip_devices=False, skip_xattrs=False,
                user_xattrs=False, use_epoch=False) -> None:
     """Compare a scan's entries one by one with what the kernel says about the source."""
-    entries = {e["path"]: e for e in result["entries"]}
-    assert len(entries) == len(result["entries"]), "duplicate paths"
+    entries = {e.path: e for e in result.entries}
+    assert len(entries) == len(result.entries), "duplicate paths"
     want = source_paths(root)
     if skip_devices:
         want = [p for p in want if not (stat.S_ISCHR(os.lstat(src(root, p)).st_mode)
                                         or stat.S_ISBLK(os.lstat(src(root, p)).st_mode))]
     assert sorted(entries) == sorted(want)
-    assert result["stats"]["entries"] == len(want)
+    assert result.stats.entries == len(want)
 
     big = [src(root, p) for p, e in entries.items()
-           if stat.S_ISREG(e["mode"]) and os.lstat(src(root, p)).st_size > 64]
+           if stat.S_ISREG(e.mode) and os.lstat(src(root, p)).st_size > 64]
     digests = fsverity_digests(big)
     by_inode: dict[int, list[bytes]] = {}
     by_source: dict[tuple[int, int], set[int]] = {}
     for path, e in entries.items():
         p = src(root, path)
         st = os.lstat(p)
-        by_inode.setdefault(e["inode"], []).append(path)
-        by_source.setdefault((st.st_dev, st.st_ino), set()).add(e["inode"])
-        assert e["mode"] == st.st_mode, path
-        assert (e["uid"], e["gid"]) == (st.st_uid, st.st_gid), path
+        by_inode.setdefault(e.inode, []).append(path)
+        by_source.setdefault((st.st_dev, st.st_ino), set()).add(e.inode)
+        assert e.mode == st.st_mode, path
+        assert (e.uid, e.gid) == (st.st_uid, st.st_gid), path
         want_mtime = (0, 0) if use_epoch else divmod(st.st_mtime_ns, 10**9)
-        assert e["mtime"] == tuple(want_mtime), path
+        assert (e.mtime, e.mtime_nsec) == tuple(want_mtime), path
         if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-            assert e["rdev"] == st.st_rdev, path
+            assert e.rdev == st.st_rdev, path
         else:
-            assert e["rdev"] == 0, path
+            assert e.rdev == 0, path
         if stat.S_ISLNK(st.st_mode):
-            assert e["target"] == os.readlink(p), path
-            assert e["size"] == len(e["target"]) == st.st_size, path
+            assert e.target == os.readlink(p), path
+            assert e.size == len(e.target) == st.st_size, path
         else:
-            assert e["target"] is None, path
+            assert e.target is None, path
         if stat.S_ISREG(st.st_mode):
-            assert e["size"] == st.st_size, path
+            assert e.size == st.st_size, path
             if st.st_size == 0:
-                assert (e["inline"], e["digest"], e["payload"]) == (None, None, None), path
+                assert (e.inline, e.digest, e.payload) == (None, None, None), path
             elif st.st_size <= 64:
                 with open(p, "rb") as f:
-                    assert e["inline"] == f.read(), path
-                assert (e["digest"], e["payload"]) == (None, None), path
+                    assert e.inline == f.read(), path
+                assert (e.digest, e.payload) == (None, None), path
             else:
-                assert e["inline"] is None, path
-                assert e["digest"] == digests[p], path
-                assert e["payload"] == e["digest"][:2] + "/" + e["digest"][2:], path
+                assert e.inline is None, path
+                assert e.digest == digests[p], path
+                assert e.payload == e.digest[:2] + "/" + e.digest[2:], path
         else:
-            assert (e["inline"], e["digest"], e["payload"]) == (None, None, None), path
+            assert (e.inline, e.digest, e.payload) == (None, None, None), path
         if skip_xattrs:
             want_x = []
         else:
             want_x = [(k.encode(), os.getxattr(p, k, follow_symlinks=False))
                       for k in os.listxattr(p, follow_symlinks=False)
                       if not user_xattrs or k.startswith("user.")]
-        assert sorted(e["xattrs"]) == sorted(want_x), path
+        assert sorted((x.key, x.value) for x in e.xattrs) == sorted(want_x), path
     # Link structure: preserved hardlinks share an inode; otherwise one inode per entry.
     for (dev, ino), ids in by_source.items():
         if no_hardlinks:
@@ -167,18 +169,18 @@ def check_scan(root: bytes, result: dict, *, no_hardlinks=False, skip_devices=Fa
             assert len(ids) == 1, f"source inode {ino} split into {ids}"
     for ident, paths in by_inode.items():
         e = entries[paths[0]]
-        if stat.S_ISDIR(e["mode"]):
+        if stat.S_ISDIR(e.mode):
             assert len(paths) == 1
-            subdirs = sum(1 for q, f in entries.items() if stat.S_ISDIR(f["mode"]) and q != b"/"
+            subdirs = sum(1 for q, f in entries.items() if stat.S_ISDIR(f.mode) and q != b"/"
                           and q.rsplit(b"/", 1)[0] == (paths[0] if paths[0] != b"/" else b""))
-            assert e["nlink"] == 2 + subdirs, paths
+            assert e.nlink == 2 + subdirs, paths
         elif no_hardlinks:
             assert len(paths) == 1
-            assert e["nlink"] == 1
+            assert e.nlink == 1
         else:
-            assert e["nlink"] == len(paths) == os.lstat(src(root, paths[0])).st_nlink, paths
+            assert e.nlink == len(paths) == os.lstat(src(root, paths[0])).st_nlink, paths
     if no_hardlinks:
-        assert result["stats"]["hardlinks"] == 0
+        assert result.stats.hardlinks == 0
         assert len(by_inode) == len(entries)
 
 

@@ -70,7 +70,7 @@ def test_threads_do_not_change_bytes(dumps, tmp_path):
     outs = set()
     for t in (1, 2, 4):
         res = _native.build_from_dump(str(dumps[name]), None, threads=t, return_image=True)
-        outs.add(hashlib.sha256(res["image"]).hexdigest())
+        outs.add(hashlib.sha256(res.image).hexdigest())
     assert len(outs) == 1
 
 

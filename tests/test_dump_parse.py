@@ -84,7 +84,7 @@ ACCEPTED = [
 def test_accepted(dump, tmp_path):
     img = tmp_path / "img"
     res = _native.build_from_dump(dump, str(img))
-    assert img.stat().st_size == res["image_size"] > 0
+    assert img.stat().st_size == res.image_size > 0
 
 
 def test_duplicate_xattr_last_value_wins(tmp_path):
@@ -97,7 +97,7 @@ def test_hardlinks_share_one_inode(tmp_path):
     img = tmp_path / "img"
     dump = ROOT + b"/a 0 100644 3 0 0 0 0.0 - - - user.x=1\n/b 0 @100644 0 0 0 0 0.0 /a - -\n/c 0 @100644 0 0 0 0 0.0 /b - -\n"
     res = _native.build_from_dump(dump, str(img))
-    assert res["hardlinks"] == 2
+    assert res.hardlinks == 2
     out = _native.image_to_dump(str(img))
     assert out.count(b" @100644 3 ") == 2
     assert b"/b 0 @100644 3 0 0 0 0.0 /a - - user.x=1\n" in out
@@ -118,7 +118,7 @@ def test_overlay_xattrs_count_against_the_xattr_budget():
     with pytest.raises(_native.FormatError, match="too many xattrs"):
         _native.build_from_dump(ROOT + obj, None)
     small = b"/f 10 100644 1 0 0 0 0.0 - 0123456789 - " + big + b"\n"
-    assert _native.build_from_dump(ROOT + small, None)["inline_files"] == 1
+    assert _native.build_from_dump(ROOT + small, None).inline_files == 1
 
 
 from hypothesis import given, settings  # noqa: E402
@@ -146,4 +146,4 @@ def test_mutated_dumps_are_accepted_or_refused_cleanly(edits):
     except _native.FormatError as e:
         assert str(e)
     else:
-        assert len(res["image"]) == res["image_size"]
+        assert len(res.image) == res.image_size

@@ -145,11 +145,11 @@ def walk_order(image) -> list[tuple[str, int]]:
     """(digest, size) of each object at its first path, in dump order: the order of a walk."""
     seen, out = set(), []
     for e in _native.image_entries(str(image)):
-        if "object" in e and e.get("hardlink_to") is None:
-            d = e.get("digest") or e["object"].replace("/", "")
+        if e.object is not None and e.hardlink_to is None:
+            d = e.digest or e.object.replace("/", "")
             if d not in seen:
                 seen.add(d)
-                out.append((d, e["size"]))
+                out.append((d, e.size))
     return out
 
 

@@ -511,8 +511,9 @@ HELPER_PARSE = [
 @pytest.mark.parametrize("opts,expect", HELPER_PARSE)
 def test_helper_option_parser(opts, expect):
     got = _native.parse_mount_options(opts)
+    assert isinstance(got, _native.MountOptions)
     for k, v in expect.items():
-        g = got[k]
+        g = getattr(got, k)
         if k in ("basedirs", "upperdir", "workdir", "idmap"):
             g = [os.fsencode(x) for x in g] if isinstance(g, list) else os.fsencode(g)
         assert g == v, k

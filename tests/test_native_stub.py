@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import os
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,117 @@ def test_image_header_is_a_frozen_typed_result(tmp_path):
     assert repr(h) == f"ImageHeader(version={h.version}, flags=0x0, digest='{h.digest}')"
     with pytest.raises(AttributeError):
         h.version = 1
+
+
+# ---- every result is a frozen class whose attributes have the types the stub gives them ----
+
+RICH_DUMP = (
+    b"/ 4096 40755 3 0 0 0 10.0 - - - user.r=1\n"
+    b"/d 4096 40700 2 1 2 0 12.5 - - - trusted.overlay.opaque=y\n"
+    b"/d/wh 0 20000 1 0 0 0 11.0 - - -\n"
+    b"/d/l 4 120777 1 0 0 0 11.0 /tgt - -\n"
+    b"/f 4096 100644 2 0 0 0 13.0 3d/248ca542a24fc62d1c43b916eae5016878e2533c88238480b26128a1f1af95 - "
+    b"3d248ca542a24fc62d1c43b916eae5016878e2533c88238480b26128a1f1af95 user.f=3\n"
+    b"/g 0 @100644 2 0 0 0 13.0 /f - -\n"
+    b"/na\\xffme 3 100644 1 0 0 0 13.5 - a\\x00c - user.k\\xfe=\\x01\\x02\n"
+)
+BUILTINS = {"int": int, "str": str, "bytes": bytes, "bool": bool}
+
+
+def conforms(value, annotation: ast.expr) -> bool:
+    """Whether ``value`` is of the type the stub's annotation names (the forms the stub uses)."""
+    if isinstance(annotation, ast.BinOp) and isinstance(annotation.op, ast.BitOr):
+        return conforms(value, annotation.left) or conforms(value, annotation.right)
+    if isinstance(annotation, ast.Constant) and annotation.value is None:
+        return value is None
+    if isinstance(annotation, ast.Subscript) and isinstance(annotation.value, ast.Name):
+        if annotation.value.id == "list":
+            return isinstance(value, list) and all(conforms(v, annotation.slice) for v in value)
+        if annotation.value.id == "Literal":
+            s = annotation.slice
+            return value in [e.value for e in (s.elts if isinstance(s, ast.Tuple) else [s])]
+    if isinstance(annotation, ast.Name):
+        if annotation.id in BUILTINS:
+            return type(value) is BUILTINS[annotation.id]  # a bool is no int here
+        return type(value) is getattr(_native, annotation.id)
+    raise AssertionError(f"the test does not know the annotation {ast.unparse(annotation)}")
+
+
+def check_result(obj, seen: set[str]) -> None:
+    """``obj`` and the results inside it: each stub property present with its declared type,
+    no attribute settable, a repr naming the class."""
+    cls = type(obj)
+    node = declared()[cls.__name__]
+    seen.add(cls.__name__)
+    assert repr(obj).startswith(cls.__name__ + "(")
+    props = [m for m in node.body if isinstance(m, ast.FunctionDef)
+             and any(isinstance(d, ast.Name) and d.id == "property" for d in m.decorator_list)]
+    assert props, cls.__name__
+    for p in props:
+        value = getattr(obj, p.name)
+        assert conforms(value, p.returns), f"{cls.__name__}.{p.name} = {value!r}, not {ast.unparse(p.returns)}"
+        with pytest.raises(AttributeError):
+            setattr(obj, p.name, value)
+        for v in value if isinstance(value, list) else [value]:
+            if type(v).__module__ == "composefs._native":
+                check_result(v, seen)
+
+
+def _layer_tar() -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for name, data in [("etc/hostname", b"box\n"), ("usr/big", b"x" * 10000)]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("usr/link")
+        link.type, link.linkname = tarfile.SYMTYPE, "big"
+        t.addfile(link)
+    return buf.getvalue()
+
+
+def test_results_are_frozen_classes_of_the_stubs_types(tmp_path):
+    import io
+
+    src, store, image = tmp_path / "src", tmp_path / "objects", tmp_path / "rich.cfs"
+    (src / "sub").mkdir(parents=True)
+    (src / "small").write_bytes(b"inline")
+    (src / "sub" / "big").write_bytes(b"b" * 5000)
+    (src / "link").symlink_to("small")
+    try:
+        os.setxattr(src / "small", "user.k", b"\xff\x00")
+    except OSError:
+        pass  # a file system without user xattrs: the rest still holds
+    store.mkdir()
+    built = _native.build_from_dump(RICH_DUMP, str(image))
+    layer = _native.oci_read_layer(io.BytesIO(_layer_tar()), str(store))
+    results = [
+        built,
+        _native.build_from_dump(RICH_DUMP, None, return_image=True),
+        _native.build_from_directory(str(src), None, store=str(store)),
+        _native.build_from_directory(str(src), None, return_image=True),
+        _native.scan_directory(str(src), store=str(store), entries=True),
+        _native.scan_directory(str(src)),
+        _native.oci_build_image([layer], tmp_path / "oci.cfs"),
+        _native.parse_mount_options(["basedir=/a:/b,digest=" + "ab" * 32 + ",upperdir=/u,workdir=/w,ro,nosuid"]),
+        _native.parse_mount_options([]),
+        *_native.image_entries(str(image)),
+        *_native.image_entries(str(image), full=False),
+    ]
+    seen: set[str] = set()
+    for r in results:
+        check_result(r, seen)
+    assert {"BuildResult", "ScanResult", "ScanStats", "StoreStats", "ScanEntry", "Xattr", "ImageEntry",
+            "MountOptions"} <= seen
+    # What the classes hold, where a wrong field would not show as a wrong type.
+    assert (built.entries, built.hardlinks, built.whiteouts, built.objects) == (7, 1, 1, 1)
+    entries = {e.path: e for e in _native.image_entries(str(image))}
+    odd = entries[os.fsdecode(b"/na\xffme")]
+    assert (odd.inline, [(x.key, x.value) for x in odd.xattrs]) == (b"a\x00c", [(b"user.k\xfe", b"\x01\x02")])
+    assert (entries["/g"].hardlink_to, entries["/d/l"].target, entries["/d/wh"].type) == ("/f", "/tgt", "chardev")
+    assert entries["/f"].object == "3d/248ca542a24fc62d1c43b916eae5016878e2533c88238480b26128a1f1af95"
+    assert "/" not in {e.path for e in _native.image_entries(str(image), full=False)}
+    assert _native.scan_directory(str(src), entries=True).entries == _native.scan_directory(str(src), entries=True).entries

@@ -147,22 +147,22 @@ def test_dump_image_dump_roundtrip(dump, tmp_path_factory):
     img = d / "a.img"
     res = _native.build_from_dump(dump, str(img))
     data = img.read_bytes()
-    assert len(data) == res["image_size"]
+    assert len(data) == res.image_size
     if shutil.which("fsck.erofs"):
         fsck_ok(img)
     dump1 = _native.image_to_dump(str(img))
     assert canonical(dump1) == canonical(dump)
     # And back again: the same image bytes, the same dump text.
     res2 = _native.build_from_dump(dump1, None, return_image=True)
-    assert res2["image"] == data
-    assert res2["digest"] == res["digest"]
+    assert res2.image == data
+    assert res2.digest == res.digest
     img2 = d / "b.img"
-    img2.write_bytes(res2["image"])
+    img2.write_bytes(res2.image)
     assert _native.image_to_dump(str(img2)) == dump1
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
 @given(dump=dumps())
 def test_bytes_do_not_depend_on_threads(dump):
-    images = {_native.build_from_dump(dump, None, threads=t, return_image=True)["image"] for t in (1, 2, 3)}
+    images = {_native.build_from_dump(dump, None, threads=t, return_image=True).image for t in (1, 2, 3)}
     assert len(images) == 1

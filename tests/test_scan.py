@@ -84,29 +84,29 @@ def test_every_kind_matches_source(tree_root, opts):
     materialize(tree_root, every_kind())
     r = scan_directory(tree_root, ScanOptions(**opts), entries=True)
     check_scan(tree_root, r, **opts)
-    s = r["stats"]
-    assert s["inline_files"] >= 4 and s["object_files"] >= 5
+    s = r.stats
+    assert s.inline_files >= 4 and s.object_files >= 5
     if not opts.get("no_hardlinks"):
-        assert s["hardlinks"] == 4
-        assert s["entries"] == s["inodes"] + s["hardlinks"]
+        assert s.hardlinks == 4
+        assert s.entries == s.inodes + s.hardlinks
 
 
 def test_counts_of_every_kind(tree_root):
     require_root()
     materialize(tree_root, every_kind())
-    s = scan_directory(tree_root)["stats"]
+    s = scan_directory(tree_root).stats
     n_odd = len(ODD_NAMES)
-    assert s["directories"] == 4
-    assert s["symlinks"] == 2
-    assert s["special_files"] == 5  # fifo, sock, chr, whiteout, blk
+    assert s.directories == 4
+    assert s.symlinks == 2
+    assert s.special_files == 5  # fifo, sock, chr, whiteout, blk
     # empty (+ its hardlink counted once), 4 odd names of size 0
-    assert s["empty_files"] == 1 + (n_odd + 2) // 3
+    assert s.empty_files == 1 + (n_odd + 2) // 3
     # inline: one, i63, i64 and the size-10 odd names; objects: o65, dup, 4095, 4096, 4097, big
     # and the size-100 odd names
-    assert s["inline_files"] == 3 + (n_odd + 1) // 3
-    assert s["object_files"] == 6 + n_odd // 3
+    assert s.inline_files == 3 + (n_odd + 1) // 3
+    assert s.object_files == 6 + n_odd // 3
     # o65 and its duplicate share one digest
-    assert s["distinct_objects"] == s["object_files"] - 1
+    assert s.distinct_objects == s.object_files - 1
 
 
 names = st.binary(min_size=1, max_size=16).filter(lambda b: b"/" not in b and b"\0" not in b and b not in (b".", b".."))
@@ -178,16 +178,16 @@ def test_same_result_whatever_the_thread_count(tree_root):
     materialize(tree_root, specs)
     results = [scan_directory(tree_root, ScanOptions(threads=n), entries=True) for n in (1, 2, 4, 0)]
     for r in results[1:]:
-        assert r["entries"] == results[0]["entries"]
-        assert r["stats"] == results[0]["stats"]
+        assert r.entries == results[0].entries
+        assert r.stats == results[0].stats
 
 
 def test_source_symlink_to_directory_is_followed(tree_root, tmp_path):
     materialize(tree_root, [Spec(b"f", "file", size=100, seed=1)])
     link = tmp_path / "link"
     os.symlink(tree_root, link)
-    a = scan_directory(link, entries=True)["entries"]
-    b = scan_directory(tree_root, entries=True)["entries"]
+    a = scan_directory(link, entries=True).entries
+    b = scan_directory(tree_root, entries=True).entries
     assert a == b
 
 
@@ -204,7 +204,7 @@ def test_mount_points_are_descended_into(tree_root, tmp_path):
             f.write(b"x" * 1000)
         res = scan_directory(tree_root, entries=True)
         check_scan(tree_root, res)
-        assert b"/mnt/inside" in {e["path"] for e in res["entries"]}
+        assert b"/mnt/inside" in {e.path for e in res.entries}
     finally:
         subprocess.run(["umount", mnt], check=True)
 
@@ -216,7 +216,7 @@ def test_progress_counter_and_line(tree_root):
     r = _native.scan_directory(tree_root, progress=counter)
     snap = counter.snapshot()
     assert snap.phase == "done"
-    assert snap.entries == r["stats"]["entries"] == 21
+    assert snap.entries == r.stats.entries == 21
     assert snap.files_done == snap.files_total == 19  # f0 is empty, never opened
     assert snap.bytes_done == snap.bytes_total == sum(i * 1000 for i in range(20))
     assert repr(snap).startswith("ScanSnapshot(phase='done', entries=21, files_done=19")
@@ -266,8 +266,8 @@ try:
 except OSError as e:
     print(e.errno, e.filename, sep="\\n")
     sys.exit(3)
-for e in res["entries"]:
-    print(os.fsdecode(e["path"]), e["size"])
+for e in res.entries:
+    print(os.fsdecode(e.path), e.size)
 """
 
 
@@ -318,9 +318,9 @@ def test_deep_tree(tmp_path):
     finally:
         os.close(fd)
     r = scan_directory(root, entries=True)
-    assert r["stats"]["directories"] == 2001
-    leaf = [e for e in r["entries"] if e["path"].endswith(b"/leaf")]
-    assert len(leaf) == 1 and leaf[0]["path"].count(b"/") == 2001 and leaf[0]["digest"]
+    assert r.stats.directories == 2001
+    leaf = [e for e in r.entries if e.path.endswith(b"/leaf")]
+    assert len(leaf) == 1 and leaf[0].path.count(b"/") == 2001 and leaf[0].digest
     _remove_chain(root)
 
 
@@ -333,7 +333,7 @@ resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 if sys.argv[4] == "cli":
     _native.configure_process()
 r = scan_directory(sys.argv[1].encode())
-print(r["stats"]["directories"], r["stats"]["regular_files"], resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+print(r.stats.directories, r.stats.regular_files, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 """
 
 

@@ -68,27 +68,27 @@ def test_objects_named_by_digest_with_source_content(tmp_path, no_hardlinks):
     store = str(tmp_path / "objects")
     r = scan_directory(root, ScanOptions(no_hardlinks=no_hardlinks), store=store, entries=True)
     objects = check_objects(store)
-    backed = [e for e in r["entries"] if e["digest"]]
-    assert sorted(set(e["payload"] for e in backed)) == sorted(objects)
+    backed = [e for e in r.entries if e.digest]
+    assert sorted(set(e.payload for e in backed)) == sorted(objects)
     for e in backed:
-        with open(root + e["path"], "rb") as a, open(os.path.join(store, e["payload"]), "rb") as b:
+        with open(root + e.path, "rb") as a, open(os.path.join(store, e.payload), "rb") as b:
             assert a.read() == b.read()
-    s, st = r["stats"], r["store"]
-    distinct = {e["digest"]: e["size"] for e in backed}
-    assert st["objects_stored"] == len(distinct) == s["distinct_objects"]
-    assert st["bytes_stored"] == sum(distinct.values())
+    s, st = r.stats, r.store
+    distinct = {e.digest: e.size for e in backed}
+    assert st.objects_stored == len(distinct) == s.distinct_objects
+    assert st.bytes_stored == sum(distinct.values())
     # Each distinct source inode is read once; those repeating a digest are reuses.
-    read_once = {(e["digest"], os.lstat(root + e["path"]).st_ino): e["size"] for e in backed}
-    assert st["objects_stored"] + st["objects_reused"] == len(read_once)
-    assert st["objects_reused"] > 0  # seeds repeat: same contents in several files
+    read_once = {(e.digest, os.lstat(root + e.path).st_ino): e.size for e in backed}
+    assert st.objects_stored + st.objects_reused == len(read_once)
+    assert st.objects_reused > 0  # seeds repeat: same contents in several files
 
     # A second build reuses everything and stores nothing.
     r2 = scan_directory(root, ScanOptions(no_hardlinks=no_hardlinks), store=store, entries=True)
-    st2 = r2["store"]
-    assert st2["objects_stored"] == st2["bytes_stored"] == 0
-    assert st2["objects_reused"] == len(read_once)
-    assert st2["bytes_reused"] == sum(read_once.values())
-    assert r2["entries"] == r["entries"]
+    st2 = r2.store
+    assert st2.objects_stored == st2.bytes_stored == 0
+    assert st2.objects_reused == len(read_once)
+    assert st2.bytes_reused == sum(read_once.values())
+    assert r2.entries == r.entries
     assert check_objects(store) == objects
 
 
@@ -115,7 +115,7 @@ def test_stale_temporary_of_a_dead_build_is_removed(tmp_path):
     live = store / f".tmp-{os.getpid()}-5"  # a live process's temporary stays
     live.write_bytes(b"in progress")
     r = scan_directory(root, store=store)
-    assert r["store"]["temporaries_removed"] == 1
+    assert r.store.temporaries_removed == 1
     assert not (store / f".tmp-{dead.pid}-0").exists()
     assert live.exists()
     live.unlink()
@@ -149,8 +149,8 @@ def test_build_killed_mid_way_leaves_only_correct_objects(tmp_path):
     assert 0 < len(objects) < n, "the build was not interrupted mid-way"
     # The next build completes the store, reusing what the killed one stored.
     r = scan_directory(root, store=store)
-    assert r["store"]["objects_reused"] >= len(objects) - 4  # at most a few in flight were lost
-    assert r["store"]["objects_stored"] + r["store"]["objects_reused"] == n
+    assert r.store.objects_reused >= len(objects) - 4  # at most a few in flight were lost
+    assert r.store.objects_stored + r.store.objects_reused == n
     assert len(check_objects(store)) == n
 
 

@@ -191,7 +191,7 @@ def main() -> None:
     for name, text in dumps.items():
         put("dump_parse", name, text)
         for v in (0, 1):
-            image = _native.build_from_dump(text, None, min_version=v, return_image=True)["image"]
+            image = _native.build_from_dump(text, None, min_version=v, return_image=True).image
             put("image_reader", f"{name}-v{v}", image)
     for name, data in fsverity_seeds().items():
         put("fsverity", name, data)

@@ -69,10 +69,14 @@ class BuildResult:
     """The image's bytes, when asked for with ``return_image``."""
 
 
-def _build_result(r: Mapping[str, Any]) -> BuildResult:
-    store = r.get("store") or {}
-    return _pick(BuildResult, r, bytes_stored=store.get("bytes_stored", 0),
-                 bytes_reused=store.get("bytes_reused", 0))
+_STORE_FIELDS = ("bytes_stored", "bytes_reused")
+
+
+def _build_result(r: _native.BuildResult) -> BuildResult:
+    """The public result of a native build: its fields of the same names, the store's bytes."""
+    values: dict[str, Any] = {f.name: getattr(r, f.name) for f in fields(BuildResult) if f.name not in _STORE_FIELDS}
+    values.update({k: getattr(r.store, k) if r.store else 0 for k in _STORE_FIELDS})
+    return BuildResult(**values)
 
 
 def build_from_directory(

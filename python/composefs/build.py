@@ -67,12 +67,12 @@ def scan_directory(
     store: str | os.PathLike | None = None,
     progress: bool | TextIO = False,
     entries: bool = False,
-) -> dict[str, Any]:
+) -> _native.ScanResult:
     """Scan ``source``; with ``store``, fill that object store (and ``syncfs`` it).
 
-    Returns ``{"stats": {...}, "store": {...} | None, "entries": [...] | None}``; ``entries``
-    (for tests and inspection) lists every entry as plain values. ``progress`` draws a progress
-    line on the given stream (``True``: stderr) while the scan runs.
+    Returns the scan's ``stats``, the store's (``store``, None without one) and with
+    ``entries`` (for tests and inspection) every entry of the tree. ``progress`` draws a
+    progress line on the given stream (``True``: stderr) while the scan runs.
     """
     options.check()
     if not os.path.isdir(source):
@@ -220,10 +220,10 @@ def build_image(
     max_version: int = 1,
     progress: bool | TextIO = False,
     return_image: bool = False,
-) -> dict[str, Any]:
+) -> _native.BuildResult:
     """Scan ``source``, fill ``store`` (if given, then ``syncfs`` it) and write the composefs
-    image to ``image`` atomically (``None``: compute only). Returns the image digest, version,
-    counts, plus the scan ``stats`` and ``store`` dicts (see ``scan_directory``)."""
+    image to ``image`` atomically (``None``: compute only). Returns what was built, with the
+    scan's counts (``scan``) and the store's (``store``, None without one)."""
     options.check()
     if not os.path.isdir(source):
         if not os.path.lexists(source):

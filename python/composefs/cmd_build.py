@@ -29,24 +29,19 @@ def _versions(min_version: int | None, max_version: int | None) -> tuple[int, in
 
 
 def build_from_directory(source: str, image: str | None, *, digest_store: str | None, no_hardlinks: bool = False,
-                         return_image: bool = False, **options) -> dict:
+                         return_image: bool = False, **options) -> _native.BuildResult:
     """Build from a directory tree: scan, hash, optionally fill a digest store (see build.py)."""
     from .build import ScanOptions, build_image  # only directory builds need it (start-up time)
 
     scan = ScanOptions(no_hardlinks=no_hardlinks, skip_devices=options["skip_devices"],
                        skip_xattrs=options["skip_xattrs"], user_xattrs=options["user_xattrs"],
                        use_epoch=options["use_epoch"], threads=options["threads"])
-    result = build_image(source, image, scan, store=digest_store, min_version=options["min_version"],
-                         max_version=options["max_version"], progress=sys.stderr.isatty(),
-                         return_image=return_image)
-    st = result.get("store")
-    # What this build wrote into the store and what it found there already.
-    result["stored_bytes"] = st["bytes_stored"] if st else 0
-    result["deduplicated_bytes"] = st["bytes_reused"] if st else 0
-    return result
+    return build_image(source, image, scan, store=digest_store, min_version=options["min_version"],
+                       max_version=options["max_version"], progress=sys.stderr.isatty(), return_image=return_image)
 
 
-def build_from_dump(source: str, image: str | None, *, return_image: bool = False, **options) -> dict:
+def build_from_dump(source: str, image: str | None, *, return_image: bool = False,
+                    **options) -> _native.BuildResult:
     """Build from a dump file (``-``: standard input)."""
     if source == "-":
         data: bytes | str = sys.stdin.buffer.read()
@@ -60,6 +55,34 @@ def build_from_dump(source: str, image: str | None, *, return_image: bool = Fals
         raise CfsError(str(e), shown) from None
     except ValueError as e:
         raise CfsError(str(e)) from None
+
+
+COUNTS = ("inodes", "directories", "regular_files", "inline_files", "object_files", "symlinks", "devices",
+          "whiteouts", "hardlinks")
+
+
+def summary(result: _native.BuildResult, image: str | None) -> dict:
+    """The ``--json`` summary of a build (docs/json.md: ``cfsctl build``)."""
+    counts = {k: getattr(result, k) for k in COUNTS}
+    if result.store is not None:  # what a directory build wrote into the store and found there
+        stored, deduplicated = result.store.bytes_stored, result.store.bytes_reused
+    elif result.scan is not None:  # a directory build without a store
+        stored, deduplicated = 0, 0
+    else:  # a dump build stores nothing; it has always reported the object bytes its files share
+        stored, deduplicated = 0, result.file_bytes - min(result.object_bytes, result.file_bytes)
+    return {
+        "image": image,
+        "digest": result.digest,
+        "version": result.version,
+        "image_bytes": result.image_size,
+        "entries": counts["inodes"] + counts["hardlinks"],
+        "counts": counts,
+        "shared_xattrs": result.shared_xattrs,
+        "objects": result.objects,
+        "object_bytes": result.object_bytes,
+        "bytes_stored": stored,
+        "bytes_deduplicated": deduplicated,
+    }
 
 
 @click.command("build")
@@ -128,28 +151,14 @@ def build(source, image, from_dump, digest_store, print_digest, print_digest_onl
         result = build_from_directory(source, target, digest_store=digest_store, no_hardlinks=not hardlinks,
                                       return_image=to_stdout, **options)
     if to_stdout:
+        assert result.image is not None  # return_image=True
         out = click.get_binary_stream("stdout")
-        out.write(result.pop("image"))
+        out.write(result.image)
         out.flush()
     if as_json:
         import json
 
-        counts = {k: result[k] for k in ("inodes", "directories", "regular_files", "inline_files", "object_files",
-                                          "symlinks", "devices", "whiteouts", "hardlinks")}
-        summary = {
-            "image": None if target is None and not to_stdout else image,
-            "digest": result["digest"],
-            "version": result["version"],
-            "image_bytes": result["image_size"],
-            "entries": counts["inodes"] + counts["hardlinks"],
-            "counts": counts,
-            "shared_xattrs": result["shared_xattrs"],
-            "objects": result["objects"],
-            "object_bytes": result["object_bytes"],
-            # Only a directory build with --digest-store writes objects; other builds store nothing.
-            "bytes_stored": result.get("stored_bytes", 0),
-            "bytes_deduplicated": result.get("deduplicated_bytes", 0),
-        }
-        click.echo(json.dumps(summary, indent=2), err=to_stdout)
+        shown = None if target is None and not to_stdout else image
+        click.echo(json.dumps(summary(result, shown), indent=2), err=to_stdout)
     elif print_digest or print_digest_only:
-        click.echo(result["digest"], err=to_stdout)
+        click.echo(result.digest, err=to_stdout)

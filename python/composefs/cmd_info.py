@@ -70,12 +70,33 @@ def info():
     """Show what composefs images hold (the output formats of composefs-info)."""
 
 
+def entry_json(image: str, e: _native.ImageEntry, full: bool) -> dict:
+    """One path's object in the JSON of ``info ls`` (and with ``full``, of ``info dump``), with
+    docs/json.md's fields in its order; the optional ones only where they apply."""
+    row: dict[str, object] = {"image": image, "path": e.path, "type": e.type}
+    if e.target is not None:
+        row["target"] = e.target
+    if e.object is not None:
+        row["object"] = e.object
+    if e.hardlink_to is not None:
+        row["hardlink_to"] = e.hardlink_to
+    if full:
+        row.update(size=e.size, mode=e.mode, nlink=e.nlink, uid=e.uid, gid=e.gid, rdev=e.rdev, mtime=e.mtime,
+                   mtime_nsec=e.mtime_nsec)
+        if e.digest is not None:
+            row["digest"] = e.digest
+        if e.inline is not None:
+            row["inline"] = e.inline.hex()
+        row["xattrs"] = [{"key": os.fsdecode(x.key), "value": x.value.hex()} for x in e.xattrs]
+    return row
+
+
 def _print_entries(images, names, full: bool, opaque: bool = False) -> None:
     """The paths of the images as one JSON list (docs/json.md: info ls, info dump)."""
     rows = []
     for img in images:
         entries = _call(lambda p: _native.image_entries(p, opaque=opaque, filter=names, full=full), img)
-        rows.extend({"image": img, **e} for e in entries)
+        rows.extend(entry_json(img, e, full) for e in entries)
     click.echo(json.dumps(rows, indent=2))
 
 

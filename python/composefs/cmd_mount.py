@@ -96,17 +96,17 @@ def mount_cmd(image, mountpoint, basedirs, repo_path, digest, verity_check, back
     detached and held by the overlay, and a loop device (only used on kernels that cannot mount
     EROFS from a file) clears itself when the mount goes.
     """
-    o = parse_options(options) if options else {}
-    basedirs = list(basedirs) + [os.fsdecode(b) for b in o.get("basedirs") or []]
-    digest = digest or o.get("digest")
-    verity_check = verity_check if verity_check is not None else o.get("verity_check")
-    upperdir = upperdir or (os.fsdecode(o["upperdir"]) if o.get("upperdir") else None)
-    workdir = workdir or (os.fsdecode(o["workdir"]) if o.get("workdir") else None)
-    if backend == "auto" and o.get("backend", "auto") != "auto":
-        backend = o["backend"]
-    attrs = list(o.get("attrs") or [])
-    if o.get("readonly") is not None:
-        attrs.append("ro" if o["readonly"] else "rw")
+    o = parse_options(options)
+    basedirs = list(basedirs) + o.basedirs
+    digest = digest or o.digest
+    verity_check = verity_check if verity_check is not None else o.verity_check
+    upperdir = upperdir or o.upperdir or None
+    workdir = workdir or o.workdir or None
+    if backend == "auto":
+        backend = o.backend
+    attrs = list(o.attrs)
+    if o.readonly is not None:
+        attrs.append("ro" if o.readonly else "rw")
     from_repo = not is_image_path(image, basedirs)
     if from_repo:
         from .repository import Repository, default_path, verified_image_for_mount
@@ -136,11 +136,11 @@ def mount_cmd(image, mountpoint, basedirs, repo_path, digest, verity_check, back
 
         if upperdir or workdir:
             raise MountError("a FUSE mount is read-only; --upperdir needs a kernel backend")
-        if o.get("idmap"):
+        if o.idmap:
             raise MountError("idmap= needs a kernel backend (a FUSE mount cannot be idmapped)")
         if readahead:
             raise MountError("--readahead needs the kernel module (FUSE fetches only what is opened)")
-        if verity_check is None and (o.get("require_verity") or o.get("try_verity")):
+        if verity_check is None and (o.require_verity or o.try_verity):
             verity_check = 2
         result = mount_fuse(image, mountpoint, basedirs, digest=digest, verity_check=verity_check,
                             foreground=foreground, remote=remote, tls_verify=tls_verify)
@@ -150,9 +150,8 @@ def mount_cmd(image, mountpoint, basedirs, repo_path, digest, verity_check, back
     req = MountRequest(image=image, mountpoint=mountpoint, basedirs=[ObjectDir(b) for b in basedirs],
                        digest=digest, verity_check=verity_check, backend=backend, upperdir=upperdir,
                        workdir=workdir, attrs=attrs, erofs_source=erofs_source, mount_api=mount_api,
-                       image_nofollow=from_repo, require_verity=bool(o.get("require_verity")),
-                       try_verity=bool(o.get("try_verity")),
-                       idmap=os.fsdecode(o["idmap"]) if o.get("idmap") else None, fetch_timeout=fetch_timeout)
+                       image_nofollow=from_repo, require_verity=o.require_verity, try_verity=o.try_verity,
+                       idmap=o.idmap or None, fetch_timeout=fetch_timeout)
     if remote:
         from .fetchd import READAHEAD, start
 

@@ -202,9 +202,10 @@ def mkcomposefs(args: list[str]) -> int:
         _die(printable(f"{e.filename}: {e.strerror}" if e.filename else (e.strerror or str(e))))
     out = sys.stdout.buffer
     if to_stdout:
-        out.write(result["image"])
+        assert result.image is not None  # return_image=True
+        out.write(result.image)
     if print_digest:
-        out.write(result["digest"].encode() + b"\n")
+        out.write(result.digest.encode() + b"\n")
     out.flush()
     return 0
 

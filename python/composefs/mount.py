@@ -112,7 +112,7 @@ def _from_native(e: Exception) -> MountError:
     return MountError(message, path, kind)
 
 
-def parse_options(option_strings: list[str], sloppy: bool = False) -> dict:
+def parse_options(option_strings: list[str], sloppy: bool = False) -> _native.MountOptions:
     """The helper's ``-o`` strings (mount.composefs spellings and escapes) as request fields."""
     try:
         return _native.parse_mount_options(list(option_strings), sloppy)

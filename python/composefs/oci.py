@@ -562,12 +562,12 @@ def import_resolved(repo, src: Source, res: Resolved, name: str, ref_label: str,
             r = _native.oci_build_image(layers, tmp_image)
         except _native.FormatError as e:
             raise ImageError(str(e)) from None
-        info = {"source": ref_label, "kind": "oci", "entries": r["entries"], "imported": int(time.time())}
-        repo._commit_image(work, tmp_image, r["digest"], name, info,
+        info = {"source": ref_label, "kind": "oci", "entries": r.entries, "imported": int(time.time())}
+        repo._commit_image(work, tmp_image, r.digest, name, info,
                            {"manifest.json": res.manifest, "config.json": res.config})
     stats = [l.stats for l in layers]
-    return {"name": name, "digest": r["digest"], "entries": r["entries"], "objects": r["objects"],
-            "object_bytes": r["object_bytes"], "missing_objects": 0, "layers": n,
+    return {"name": name, "digest": r.digest, "entries": r.entries, "objects": r.objects,
+            "object_bytes": r.object_bytes, "missing_objects": 0, "layers": n,
             "layers_fetched": sum(fetched), "layers_reused": n - sum(fetched),
             "bytes_fetched": counter.n, "bytes_stored": sum(s.bytes_stored for s in stats),
             "bytes_deduplicated": sum(s.bytes_reused for s in stats), "seconds": round(time.monotonic() - started, 3)}

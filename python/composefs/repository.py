@@ -313,11 +313,11 @@ class Repository:
             entries = _count_entries(tmp_image)
             info = {"source": os.path.abspath(source), "kind": "directory", "entries": entries,
                     "imported": int(time.time())}
-            self._commit_image(work, tmp_image, r["digest"], name, info)
-        st = r.get("store") or {}
-        return {"name": name, "digest": r["digest"], "entries": entries, "objects": r["objects"],
-                "object_bytes": r["object_bytes"], "missing_objects": 0, "bytes_stored": st.get("bytes_stored", 0),
-                "bytes_deduplicated": st.get("bytes_reused", 0)}
+            self._commit_image(work, tmp_image, r.digest, name, info)
+        return {"name": name, "digest": r.digest, "entries": entries, "objects": r.objects,
+                "object_bytes": r.object_bytes, "missing_objects": 0,
+                "bytes_stored": r.store.bytes_stored if r.store else 0,
+                "bytes_deduplicated": r.store.bytes_reused if r.store else 0}
 
     def import_dump(self, source: str | bytes, name: str, source_label: str = "-",
                     kind: str = "dump", extra: dict[str, bytes] | None = None) -> dict:
@@ -332,9 +332,9 @@ class Repository:
             missing = sum(1 for o in objs if not os.path.exists(os.path.join(self.objects, o)))
             entries = _count_entries(tmp_image)
             info = {"source": source_label, "kind": kind, "entries": entries, "imported": int(time.time())}
-            self._commit_image(work, tmp_image, r["digest"], name, info, extra)
-        return {"name": name, "digest": r["digest"], "entries": entries, "objects": len(objs),
-                "object_bytes": r["object_bytes"], "missing_objects": missing, "bytes_stored": 0,
+            self._commit_image(work, tmp_image, r.digest, name, info, extra)
+        return {"name": name, "digest": r.digest, "entries": entries, "objects": len(objs),
+                "object_bytes": r.object_bytes, "missing_objects": missing, "bytes_stored": 0,
                 "bytes_deduplicated": 0}
 
     # --- reading -------------------------------------------------------------------------------

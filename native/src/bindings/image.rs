@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 //! Bindings for the dump format and the EROFS image (`crate::dump`, `crate::erofs`).
 use super::errors::{os_error, FormatError};
+use super::scan::{ScanCounts, StoreCounts};
+use super::types::{Bytes, HexDigest, Xattr};
 use crate::dump;
 use crate::erofs::build::{self, BuildError, Flags};
 use crate::erofs::reader::{self, ReadError};
@@ -8,7 +10,9 @@ use crate::erofs::writer::{Options, WriteError};
 use crate::tree::Tree;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::sync::GILOnceCell;
+use pyo3::types::{PyBytes, PyString};
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::Write;
 use std::mem::ManuallyDrop;
@@ -16,32 +20,91 @@ use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-/// The summary of a built image shared by dump and directory builds: digest, version, size, entry
-/// counts, and `objects` = (distinct objects, their bytes, bytes of all object-backed files).
-pub(super) fn built_dict<'py>(
-    py: Python<'py>,
-    built: &build::Built,
-    objects: (u64, u64, u64),
-) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    let s = &built.stats;
-    d.set_item("digest", dump::write::hex_digest(&built.digest))?;
-    d.set_item("version", built.version)?;
-    d.set_item("image_size", s.image_size)?;
-    d.set_item("inodes", s.inodes)?;
-    d.set_item("directories", s.directories)?;
-    d.set_item("regular_files", s.regular_files)?;
-    d.set_item("inline_files", s.inline_files)?;
-    d.set_item("object_files", s.object_files)?;
-    d.set_item("symlinks", s.symlinks)?;
-    d.set_item("devices", s.devices)?;
-    d.set_item("whiteouts", s.whiteouts)?;
-    d.set_item("hardlinks", s.hardlinks)?;
-    d.set_item("shared_xattrs", s.shared_xattrs)?;
-    d.set_item("objects", objects.0)?;
-    d.set_item("object_bytes", objects.1)?;
-    d.set_item("file_bytes", objects.2)?;
-    Ok(d)
+/// What a build made: the image's digest, version and size, its entries by kind and the
+/// objects it refers to. Dump, directory and OCI builds all return one; `scan` and `store` are
+/// the directory scan's counts (directory builds) and the object store's (with a store).
+#[pyclass(module = "composefs._native", frozen, get_all)]
+pub struct BuildResult {
+    /// fs-verity sha256 digest of the image, hex.
+    digest: String,
+    /// composefs format version written (0, or 1 when the tree holds whiteouts).
+    version: u32,
+    image_size: u64,
+    /// Paths in the image, the root included.
+    entries: u64,
+    inodes: u64,
+    directories: u64,
+    regular_files: u64,
+    inline_files: u64,
+    object_files: u64,
+    symlinks: u64,
+    devices: u64,
+    whiteouts: u64,
+    hardlinks: u64,
+    shared_xattrs: u64,
+    /// Distinct objects the image refers to.
+    objects: u64,
+    /// Their bytes, each object once.
+    object_bytes: u64,
+    /// Bytes of all object-backed files, each inode once (duplicates counted).
+    file_bytes: u64,
+    /// The image's bytes, when asked for (`return_image`).
+    image: Option<Py<PyBytes>>,
+    scan: Option<Py<ScanCounts>>,
+    store: Option<Py<StoreCounts>>,
+}
+
+impl BuildResult {
+    /// `objects` = (distinct objects, their bytes, bytes of all object-backed files).
+    pub(super) fn new(
+        py: Python<'_>,
+        built: build::Built,
+        objects: (u64, u64, u64),
+        entries: u64,
+        scan: Option<Py<ScanCounts>>,
+        store: Option<Py<StoreCounts>>,
+    ) -> PyResult<BuildResult> {
+        let s = &built.stats;
+        Ok(BuildResult {
+            digest: dump::write::hex_digest(&built.digest),
+            version: built.version,
+            image_size: s.image_size,
+            entries,
+            inodes: s.inodes,
+            directories: s.directories,
+            regular_files: s.regular_files,
+            inline_files: s.inline_files,
+            object_files: s.object_files,
+            symlinks: s.symlinks,
+            devices: s.devices,
+            whiteouts: s.whiteouts,
+            hardlinks: s.hardlinks,
+            shared_xattrs: s.shared_xattrs,
+            objects: objects.0,
+            object_bytes: objects.1,
+            file_bytes: objects.2,
+            image: built.bytes.map(|b| PyBytes::new(py, &b).unbind()),
+            scan,
+            store,
+        })
+    }
+}
+
+#[pymethods]
+impl BuildResult {
+    fn __repr__(&self) -> String {
+        format!(
+            "BuildResult(digest='{}', version={}, image_size={}, entries={}, objects={}, object_bytes={})",
+            self.digest, self.version, self.image_size, self.entries, self.objects, self.object_bytes
+        )
+    }
+}
+
+/// The paths of a tree, the root included.
+pub(super) fn count_entries(tree: &Tree) -> u64 {
+    let mut n = 1;
+    tree.walk_breadth_first(|_, _| n += 1);
+    n
 }
 
 fn build_err(e: BuildError) -> PyErr {
@@ -148,15 +211,15 @@ enum DumpSource {
 }
 
 /// Parse a dump (bytes or a path), apply mkcomposefs' filters, write the image (atomically,
-/// when `image_path` is given; its bytes under `image` with `return_image`) and return a dict: `digest` (hex fs-verity sha256 of the
-/// image), `version`, `image_size` and entry/byte counts.
+/// when `image_path` is given; its bytes under `image` with `return_image`) and return what was
+/// built: a [`BuildResult`] (no `scan` or `store`).
 #[pyfunction]
 #[pyo3(signature = (source, image_path=None, *, min_version=0, max_version=1, threads=0,
                     use_epoch=false, skip_devices=false, skip_xattrs=false, user_xattrs=false,
                     return_image=false))]
 #[allow(clippy::too_many_arguments)]
-fn build_from_dump<'py>(
-    py: Python<'py>,
+fn build_from_dump(
+    py: Python<'_>,
     source: DumpSource,
     image_path: Option<PathBuf>,
     min_version: u32,
@@ -167,7 +230,7 @@ fn build_from_dump<'py>(
     skip_xattrs: bool,
     user_xattrs: bool,
     return_image: bool,
-) -> PyResult<Bound<'py, PyDict>> {
+) -> PyResult<BuildResult> {
     let flags = Flags {
         use_epoch,
         skip_devices,
@@ -179,7 +242,7 @@ fn build_from_dump<'py>(
         max_version,
         threads,
     };
-    let (built, objects) = py.allow_threads(|| -> PyResult<_> {
+    let ((built, objects), entries) = py.allow_threads(|| -> PyResult<_> {
         let mut tree: Tree = match &source {
             DumpSource::Bytes(b) => dump::parse(b.as_ref()),
             // The text is dropped as soon as it is parsed (before the image is made).
@@ -188,15 +251,11 @@ fn build_from_dump<'py>(
         .map_err(|e| FormatError::new_err(e.to_string()))?;
         build::apply_flags(&mut tree, flags).map_err(build_err)?;
         let built = build::build_counting(&tree, &opts, image_path.as_deref(), return_image).map_err(build_err)?;
+        let entries = count_entries(&tree);
         tree.drop_in_background();
-        Ok(built)
+        Ok((built, entries))
     })?;
-    let d = built_dict(py, &built, objects)?;
-    d.set_item("deduplicated_bytes", objects.2 - objects.1.min(objects.2))?;
-    if let Some(bytes) = &built.bytes {
-        d.set_item("image", PyBytes::new(py, bytes))?;
-    }
-    Ok(d)
+    BuildResult::new(py, built, objects, entries, None, None)
 }
 
 /// The image's tree in composefs-dump(5) format: written to the descriptor `out` as the tree is
@@ -233,104 +292,152 @@ fn image_ls<'py>(
     })
 }
 
-/// The `st_mode` file type as the JSON of `cfsctl info ls` and `info dump` names it.
-fn kind_name(mode: u32) -> &'static str {
-    match mode & 0o170000 {
-        0o040000 => "directory",
-        0o100000 => "file",
-        0o120000 => "symlink",
-        0o020000 => "chardev",
-        0o060000 => "blockdev",
-        0o010000 => "fifo",
-        0o140000 => "socket",
-        _ => "unknown",
+/// The `st_mode` file types by the names the JSON of `cfsctl info ls` and `info dump` gives them.
+const FILE_TYPES: [(u32, &str); 8] = [
+    (0o040000, "directory"),
+    (0o100000, "file"),
+    (0o120000, "symlink"),
+    (0o020000, "chardev"),
+    (0o060000, "blockdev"),
+    (0o010000, "fifo"),
+    (0o140000, "socket"),
+    (0, "unknown"),
+];
+
+/// An entry's file type (an index into [`FILE_TYPES`]), handed to Python as one shared `str`
+/// per name rather than a new string per entry.
+#[derive(Clone, Copy)]
+struct FileType(u8);
+
+impl FileType {
+    fn of(mode: u32) -> FileType {
+        let i = FILE_TYPES[..7].iter().position(|&(t, _)| t == mode & 0o170000);
+        FileType(i.unwrap_or(7) as u8)
+    }
+
+    fn name(self) -> &'static str {
+        FILE_TYPES[usize::from(self.0)].1
     }
 }
 
-/// An image's paths as dicts, in dump order: the facts of `composefs-info ls` (`path`, `type`,
-/// `target`, `object`, `hardlink_to`), and with `full` those of its dump too (the inode's
-/// metadata, fs-verity `digest`, inline content and xattr values in hex). `ls` has no root line,
-/// so without `full` the root is left out. The schema is docs/json.md's.
+impl<'py> IntoPyObject<'py> for &FileType {
+    type Target = PyString;
+    type Output = Bound<'py, PyString>;
+    type Error = std::convert::Infallible;
+
+    fn into_pyobject(self, py: Python<'py>) -> Result<Self::Output, Self::Error> {
+        static NAMES: GILOnceCell<Vec<Py<PyString>>> = GILOnceCell::new();
+        let names = NAMES.get_or_init(py, || {
+            FILE_TYPES
+                .iter()
+                .map(|&(_, n)| PyString::intern(py, n).unbind())
+                .collect()
+        });
+        Ok(names[usize::from(self.0)].bind(py).clone())
+    }
+}
+
+/// One path of an image, as a line of its dump says it: the facts of `composefs-info ls`
+/// (`path`, `type`, `target`, `object`, `hardlink_to`) and the inode's metadata.
+#[pyclass(module = "composefs._native", frozen, get_all)]
+pub struct ImageEntry {
+    /// From the root (`/`).
+    path: OsString,
+    /// "directory", "file", "symlink", "chardev", "blockdev", "fifo" or "socket".
+    #[pyo3(name = "type")]
+    kind: FileType,
+    /// A symlink's target.
+    target: Option<OsString>,
+    /// A file's backing object (its redirect path, `XX/<62 hex>`).
+    object: Option<OsString>,
+    /// An extra name of a hardlinked file: the path holding the inode (the dump's `@` line).
+    hardlink_to: Option<OsString>,
+    size: u64,
+    mode: u32,
+    nlink: u32,
+    uid: u32,
+    gid: u32,
+    rdev: u64,
+    mtime: i64,
+    mtime_nsec: u32,
+    /// A file's fs-verity digest as the image records it, hex.
+    digest: Option<HexDigest>,
+    /// The content of a small file kept inside the image.
+    inline: Option<Bytes>,
+    xattrs: Vec<Xattr>,
+}
+
+#[pymethods]
+impl ImageEntry {
+    fn __repr__(&self) -> String {
+        format!(
+            "ImageEntry(path={:?}, type='{}', size={})",
+            self.path,
+            self.kind.name(),
+            self.size
+        )
+    }
+}
+
+/// An image's paths in dump order (depth-first, names sorted) as [`ImageEntry`]s. Without `full`
+/// the root is left out, as `composefs-info ls` leaves it out (a dump has a line for it).
 #[pyfunction]
 #[pyo3(signature = (image, opaque=false, filter=None, full=true))]
-fn image_entries<'py>(
-    py: Python<'py>,
+fn image_entries(
+    py: Python<'_>,
     image: ImageSource,
     opaque: bool,
     filter: Option<Vec<Vec<u8>>>,
     full: bool,
-) -> PyResult<Vec<Bound<'py, PyDict>>> {
+) -> PyResult<Vec<ImageEntry>> {
     use crate::tree::InodeData;
-    use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
 
-    let loaded = py.allow_threads(|| load_image_shown(&image, opaque, &filter))?;
-    let name = |b: &[u8]| OsStr::from_bytes(b).to_os_string();
-    let mut rows = Vec::new();
-    let mut failed: Option<PyErr> = None;
-    dump::for_each_path(&loaded.tree, |path, ino, link| {
-        if !full && path == b"/" {
-            return Ok(());
-        }
-        let row = (|| -> PyResult<Bound<'py, PyDict>> {
-            let d = PyDict::new(py);
-            d.set_item("path", name(path))?;
-            d.set_item("type", kind_name(ino.mode))?;
+    let name = |b: &[u8]| std::ffi::OsStr::from_bytes(b).to_os_string();
+    py.allow_threads(|| {
+        let loaded = load_image_shown(&image, opaque, &filter)?;
+        let mut rows = Vec::with_capacity(loaded.tree.inodes.len());
+        dump::for_each_path(&loaded.tree, |path, ino, link| {
+            if !full && path == b"/" {
+                return Ok(());
+            }
+            let (mut target, mut object, mut digest, mut inline) = (None, None, None, None);
             match &ino.data {
-                InodeData::Symlink { target } => d.set_item("target", name(target))?,
-                InodeData::Regular { payload: Some(p), .. } => d.set_item("object", name(p))?,
+                InodeData::Symlink { target: t } => target = Some(name(t)),
+                InodeData::Regular {
+                    payload,
+                    digest: dg,
+                    inline: i,
+                } => {
+                    object = payload.as_deref().map(name);
+                    digest = dg.map(HexDigest);
+                    inline = i.as_ref().map(|c| Bytes(c.clone()));
+                }
                 _ => {}
             }
-            if let Some(l) = link {
-                d.set_item("hardlink_to", name(l))?;
-            }
-            if full {
-                d.set_item("size", ino.size)?;
-                d.set_item("mode", ino.mode)?;
-                d.set_item("nlink", ino.nlink)?;
-                d.set_item("uid", ino.uid)?;
-                d.set_item("gid", ino.gid)?;
-                d.set_item("rdev", ino.rdev)?;
-                d.set_item("mtime", ino.mtime.sec)?;
-                d.set_item("mtime_nsec", ino.mtime.nsec)?;
-                if let InodeData::Regular { inline, digest, .. } = &ino.data {
-                    if let Some(dg) = digest {
-                        d.set_item("digest", dump::hex(dg))?;
-                    }
-                    if let Some(c) = inline {
-                        d.set_item("inline", dump::hex(c))?;
-                    }
-                }
-                let xattrs = ino
-                    .xattrs
-                    .iter()
-                    .map(|x| {
-                        let e = PyDict::new(py);
-                        e.set_item("key", name(&x.key))?;
-                        e.set_item("value", dump::hex(&x.value))?;
-                        Ok(e)
-                    })
-                    .collect::<PyResult<Vec<_>>>()?;
-                d.set_item("xattrs", xattrs)?;
-            }
-            Ok(d)
-        })();
-        match row {
-            Ok(d) => {
-                rows.push(d);
-                Ok(())
-            }
-            Err(e) => {
-                failed = Some(e);
-                Err(std::io::Error::other("stopped"))
-            }
-        }
+            rows.push(ImageEntry {
+                path: name(path),
+                kind: FileType::of(ino.mode),
+                target,
+                object,
+                hardlink_to: link.map(name),
+                size: ino.size,
+                mode: ino.mode,
+                nlink: ino.nlink,
+                uid: ino.uid,
+                gid: ino.gid,
+                rdev: ino.rdev,
+                mtime: ino.mtime.sec,
+                mtime_nsec: ino.mtime.nsec,
+                digest,
+                inline,
+                xattrs: ino.xattrs.iter().map(Xattr::of).collect(),
+            });
+            Ok(())
+        })
+        .map_err(|e| os_error(&e, None))?;
+        Ok(rows)
     })
-    .map_err(|e| match failed.take() {
-        Some(py_err) => py_err,
-        None => os_error(&e, None),
-    })?;
-    Ok(rows)
 }
 
 /// The number of paths in an image, its root included (the lines of its dump).
@@ -395,5 +502,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(image_objects, m)?)?;
     m.add_function(wrap_pyfunction!(image_info, m)?)?;
     m.add_class::<ImageHeader>()?;
+    m.add_class::<ImageEntry>()?;
+    m.add_class::<BuildResult>()?;
     Ok(())
 }

@@ -15,6 +15,7 @@ mod remote;
 mod repo;
 mod scan;
 mod store;
+mod types;
 
 pub use errors::to_pyerr;
 
@@ -30,5 +31,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     repo::register(m)?;
     scan::register(m)?;
     store::register(m)?;
+    types::register(m)?;
     Ok(())
 }

@@ -10,7 +10,6 @@ use composefs_mount as cm;
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
 
 create_exception!(
     _native,
@@ -153,26 +152,84 @@ impl MountOutcome {
     }
 }
 
-/// The helper's `-o` option strings (mount.composefs spellings and escapes) as the fields of a
-/// mount request: a dict with the keys `mount_image` takes.
+/// What the helper's `-o` options ask for: the fields of a mount request they set, with the
+/// names `mount_image` takes them by.
+#[pyclass(module = "composefs._native", frozen, get_all)]
+pub struct MountOptions {
+    basedirs: Vec<PathBuf>,
+    digest: Option<String>,
+    verity_check: Option<u8>,
+    require_verity: bool,
+    try_verity: bool,
+    /// "auto", "kernel" or "overlay".
+    backend: &'static str,
+    upperdir: Option<PathBuf>,
+    workdir: Option<PathBuf>,
+    attrs: Vec<String>,
+    readonly: Option<bool>,
+    idmap: Option<PathBuf>,
+}
+
+#[pymethods]
+impl MountOptions {
+    fn __repr__(&self) -> String {
+        format!(
+            "MountOptions(basedirs={:?}, digest={}, verity_check={}, require_verity={}, try_verity={}, \
+             backend='{}', upperdir={}, workdir={}, attrs={:?}, readonly={}, idmap={})",
+            self.basedirs,
+            py_repr(&self.digest),
+            py_repr(&self.verity_check),
+            py_bool(self.require_verity),
+            py_bool(self.try_verity),
+            self.backend,
+            py_repr(&self.upperdir),
+            py_repr(&self.workdir),
+            self.attrs,
+            self.readonly.map_or("None", py_bool),
+            py_repr(&self.idmap)
+        )
+    }
+}
+
+fn py_bool(b: bool) -> &'static str {
+    if b {
+        "True"
+    } else {
+        "False"
+    }
+}
+
+/// `None`, or the value as Rust's `Debug` shows it (close to Python's repr for the fields here).
+fn py_repr<T: std::fmt::Debug>(v: &Option<T>) -> String {
+    match v {
+        Some(v) => format!("{v:?}"),
+        None => "None".into(),
+    }
+}
+
+/// The helper's `-o` option strings (mount.composefs spellings and escapes) as [`MountOptions`].
 #[pyfunction]
 #[pyo3(signature = (options, sloppy=false))]
-fn parse_mount_options<'py>(py: Python<'py>, options: Vec<OsString>, sloppy: bool) -> PyResult<Bound<'py, PyDict>> {
+fn parse_mount_options(options: Vec<OsString>, sloppy: bool) -> PyResult<MountOptions> {
     let mut req = cm::Request::new(PathBuf::new(), PathBuf::new());
     cm::options::apply(&mut req, &options, sloppy).map_err(mount_err)?;
-    let d = PyDict::new(py);
-    d.set_item("basedirs", req.basedirs)?;
-    d.set_item("digest", req.digest)?;
-    d.set_item("verity_check", req.verity_check)?;
-    d.set_item("require_verity", req.require_verity)?;
-    d.set_item("try_verity", req.try_verity)?;
-    d.set_item("backend", format!("{:?}", req.backend).to_lowercase())?;
-    d.set_item("upperdir", req.upperdir)?;
-    d.set_item("workdir", req.workdir)?;
-    d.set_item("attrs", req.attrs)?;
-    d.set_item("readonly", req.readonly)?;
-    d.set_item("idmap", req.idmap)?;
-    Ok(d)
+    Ok(MountOptions {
+        basedirs: req.basedirs,
+        digest: req.digest,
+        verity_check: req.verity_check,
+        require_verity: req.require_verity,
+        try_verity: req.try_verity,
+        backend: match req.backend {
+            cm::Backend::Auto => "auto",
+            cm::Backend::Kernel => "kernel",
+            cm::Backend::Overlay => "overlay",
+        },
+        upperdir: req.upperdir,
+        workdir: req.workdir,
+        attrs: req.attrs,
+        readonly: req.readonly,
+        idmap: req.idmap,
+    })
 }
 
 /// True when /proc/filesystems lists the composefs module's filesystem.
@@ -195,6 +252,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(mount_image, m)?)?;
     m.add_class::<MountOutcome>()?;
     m.add_function(wrap_pyfunction!(parse_mount_options, m)?)?;
+    m.add_class::<MountOptions>()?;
     m.add_function(wrap_pyfunction!(kernel_module_available, m)?)?;
     m.add_function(wrap_pyfunction!(umount2, m)?)?;
     Ok(())

@@ -2,7 +2,7 @@
 //! Bindings for container-image input (`crate::oci`): digest checks, layer reading from a Python
 //! stream, the kept layer records, the merged image, and the member index of an archive file.
 use super::errors::{os_error, FormatError};
-use super::image::built_dict;
+use super::image::{count_entries, BuildResult};
 use super::pyio::PyRead;
 use crate::erofs::build;
 use crate::erofs::writer::Options;
@@ -13,7 +13,7 @@ use crate::oci::tar::{self, Kind, TarReader};
 use crate::store::{self, Store};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::PyBytes;
 use std::io::{self, Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -167,8 +167,8 @@ fn oci_read_layer(
     })
 }
 
-/// Apply `layers` in order and write the image to `image_path` (atomically). Returns the build
-/// summary dict (as `build_from_dump`) plus `entries` (paths, the root included).
+/// Apply `layers` in order and write the image to `image_path` (atomically). Returns what was
+/// built, as `build_from_dump` does.
 #[pyfunction]
 #[pyo3(signature = (layers, image_path, *, max_entries=4_000_000))]
 fn oci_build_image<'py>(
@@ -176,13 +176,12 @@ fn oci_build_image<'py>(
     layers: Vec<PyRef<'py, OciLayer>>,
     image_path: PathBuf,
     max_entries: u64,
-) -> PyResult<Bound<'py, PyDict>> {
+) -> PyResult<BuildResult> {
     let layers: Vec<Arc<Layer>> = layers.iter().map(|l| l.layer.clone()).collect();
     let (built, objects, entries) = py.allow_threads(|| -> PyResult<_> {
         let refs: Vec<&Layer> = layers.iter().map(|l| l.as_ref()).collect();
         let tree = merge::merge(&refs, max_entries).map_err(|e| FormatError::new_err(e.to_string()))?;
-        let mut entries = 1u64;
-        tree.walk_breadth_first(|_, _| entries += 1);
+        let entries = count_entries(&tree);
         let built =
             build::build_counting(&tree, &Options::default(), Some(&image_path), false).map_err(|e| match e {
                 build::BuildError::Io { path, source } => os_error(&source, Some(&path)),
@@ -191,9 +190,7 @@ fn oci_build_image<'py>(
         tree.drop_in_background();
         Ok((built.0, built.1, entries))
     })?;
-    let d = built_dict(py, &built, objects)?;
-    d.set_item("entries", entries)?;
-    Ok(d)
+    BuildResult::new(py, built, objects, entries, None, None)
 }
 
 /// (name, kind, data offset, size, link target) of one archive member.

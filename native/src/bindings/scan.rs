@@ -4,12 +4,14 @@
 //! another thread while the scan runs.
 
 use super::errors::{os_error, ToPyErr};
+use super::image::{count_entries, BuildResult};
+use super::types::{bytes_repr, Bytes, Xattr};
 use crate::scan::{self, ScanOptions, ScanStats};
 use crate::store::{self, Store, StoreStats};
 use crate::tree::{InodeData, Tree};
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::PyBytes;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -103,33 +105,194 @@ impl ScanSnapshot {
     }
 }
 
-fn stats_dict<'py>(py: Python<'py>, s: &ScanStats, distinct_objects: u64) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("entries", s.entries)?;
-    d.set_item("inodes", s.inodes)?;
-    d.set_item("directories", s.directories)?;
-    d.set_item("regular_files", s.regular_files)?;
-    d.set_item("symlinks", s.symlinks)?;
-    d.set_item("special_files", s.special_files)?;
-    d.set_item("hardlinks", s.hardlinks)?;
-    d.set_item("inline_files", s.inline_files)?;
-    d.set_item("empty_files", s.empty_files)?;
-    d.set_item("object_files", s.object_files)?;
-    d.set_item("distinct_objects", distinct_objects)?;
-    d.set_item("bytes_read", s.bytes_read)?;
-    d.set_item("object_bytes", s.object_bytes)?;
-    Ok(d)
+/// What a scan found: the counts of `crate::scan::ScanStats` and the distinct objects.
+#[pyclass(module = "composefs._native", name = "ScanStats", frozen, get_all, eq)]
+#[derive(PartialEq)]
+pub struct ScanCounts {
+    /// Directory entries, the root included.
+    entries: u64,
+    inodes: u64,
+    directories: u64,
+    regular_files: u64,
+    symlinks: u64,
+    /// Fifos, sockets and devices.
+    special_files: u64,
+    /// Entries beyond the first naming an inode (0 with `no_hardlinks`).
+    hardlinks: u64,
+    inline_files: u64,
+    empty_files: u64,
+    /// Regular inodes backed by an object.
+    object_files: u64,
+    /// The distinct objects among them.
+    distinct_objects: u64,
+    /// Bytes of file contents read (each distinct source inode once).
+    bytes_read: u64,
+    /// Contents bytes of object-backed inodes.
+    object_bytes: u64,
 }
 
-fn store_dict<'py>(py: Python<'py>, s: &StoreStats) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("objects_stored", s.objects_stored)?;
-    d.set_item("bytes_stored", s.bytes_stored)?;
-    d.set_item("objects_reused", s.objects_reused)?;
-    d.set_item("bytes_reused", s.bytes_reused)?;
-    d.set_item("verity_enabled", s.verity_enabled)?;
-    d.set_item("temporaries_removed", s.temporaries_removed)?;
-    Ok(d)
+impl ScanCounts {
+    fn of(s: &ScanStats, distinct_objects: u64) -> Self {
+        ScanCounts {
+            entries: s.entries,
+            inodes: s.inodes,
+            directories: s.directories,
+            regular_files: s.regular_files,
+            symlinks: s.symlinks,
+            special_files: s.special_files,
+            hardlinks: s.hardlinks,
+            inline_files: s.inline_files,
+            empty_files: s.empty_files,
+            object_files: s.object_files,
+            distinct_objects,
+            bytes_read: s.bytes_read,
+            object_bytes: s.object_bytes,
+        }
+    }
+}
+
+#[pymethods]
+impl ScanCounts {
+    fn __repr__(&self) -> String {
+        format!(
+            "ScanStats(entries={}, inodes={}, directories={}, regular_files={}, symlinks={}, special_files={}, \
+             hardlinks={}, inline_files={}, empty_files={}, object_files={}, distinct_objects={}, bytes_read={}, \
+             object_bytes={})",
+            self.entries,
+            self.inodes,
+            self.directories,
+            self.regular_files,
+            self.symlinks,
+            self.special_files,
+            self.hardlinks,
+            self.inline_files,
+            self.empty_files,
+            self.object_files,
+            self.distinct_objects,
+            self.bytes_read,
+            self.object_bytes
+        )
+    }
+}
+
+/// What filling an object store did (`crate::store::StoreStats`).
+#[pyclass(module = "composefs._native", name = "StoreStats", frozen, get_all, eq)]
+#[derive(PartialEq)]
+pub struct StoreCounts {
+    objects_stored: u64,
+    bytes_stored: u64,
+    objects_reused: u64,
+    bytes_reused: u64,
+    /// Objects on which fs-verity was enabled.
+    verity_enabled: u64,
+    /// Leftover temporaries of killed builds removed when the store was opened.
+    temporaries_removed: u64,
+}
+
+impl StoreCounts {
+    fn of(s: &StoreStats) -> Self {
+        StoreCounts {
+            objects_stored: s.objects_stored,
+            bytes_stored: s.bytes_stored,
+            objects_reused: s.objects_reused,
+            bytes_reused: s.bytes_reused,
+            verity_enabled: s.verity_enabled,
+            temporaries_removed: s.temporaries_removed,
+        }
+    }
+}
+
+#[pymethods]
+impl StoreCounts {
+    fn __repr__(&self) -> String {
+        format!(
+            "StoreStats(objects_stored={}, bytes_stored={}, objects_reused={}, bytes_reused={}, verity_enabled={}, \
+             temporaries_removed={})",
+            self.objects_stored,
+            self.bytes_stored,
+            self.objects_reused,
+            self.bytes_reused,
+            self.verity_enabled,
+            self.temporaries_removed
+        )
+    }
+}
+
+/// The scan's counts and the store's (None without a store) as Python objects.
+pub(super) fn scan_counts(
+    py: Python<'_>,
+    stats: &ScanStats,
+    distinct_objects: u64,
+    store: Option<&StoreStats>,
+) -> PyResult<(Py<ScanCounts>, Option<Py<StoreCounts>>)> {
+    let scan = Py::new(py, ScanCounts::of(stats, distinct_objects))?;
+    let store = store.map(|s| Py::new(py, StoreCounts::of(s))).transpose()?;
+    Ok((scan, store))
+}
+
+/// One entry of a scanned tree, with the values the tree holds (for tests and inspection).
+#[pyclass(module = "composefs._native", frozen, get_all, eq)]
+#[derive(PartialEq)]
+pub struct ScanEntry {
+    /// From the root (`/`), as bytes.
+    path: Bytes,
+    /// The tree's inode number: entries of one inode (kept hardlinks) share it.
+    inode: usize,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: u32,
+    nlink: u32,
+    rdev: u64,
+    xattrs: Vec<Xattr>,
+    /// A symlink's target.
+    target: Option<Bytes>,
+    /// The content of a regular file kept inside the image (1..64 bytes).
+    inline: Option<Bytes>,
+    /// The object path (`XX/<62 hex>`) of an object-backed file.
+    payload: Option<String>,
+    /// Its fs-verity digest, hex.
+    digest: Option<String>,
+}
+
+#[pymethods]
+impl ScanEntry {
+    fn __repr__(&self) -> String {
+        format!(
+            "ScanEntry(path={}, inode={}, mode={:#o}, size={})",
+            bytes_repr(&self.path.0),
+            self.inode,
+            self.mode,
+            self.size
+        )
+    }
+}
+
+/// What `scan_directory` returns.
+#[pyclass(module = "composefs._native", frozen, get_all)]
+pub struct ScanResult {
+    stats: Py<ScanCounts>,
+    /// None without a store.
+    store: Option<Py<StoreCounts>>,
+    /// Every entry, root first then breadth-first (only when asked for).
+    entries: Option<Vec<Py<ScanEntry>>>,
+}
+
+#[pymethods]
+impl ScanResult {
+    fn __repr__(&self) -> String {
+        format!(
+            "ScanResult(stats={}, store={}, entries={})",
+            self.stats.get().__repr__(),
+            self.store.as_ref().map_or("None".into(), |s| s.get().__repr__()),
+            match &self.entries {
+                Some(e) => format!("[{} entries]", e.len()),
+                None => "None".into(),
+            }
+        )
+    }
 }
 
 /// A path argument: str, bytes (names need not be UTF-8) or os.PathLike.
@@ -142,11 +305,11 @@ pub(super) fn to_path(obj: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
 }
 
 pub(super) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::dump::hex(b)
 }
 
-/// Every entry of the tree (root first, then breadth-first) as a dict of plain values.
-fn entries_list<'py>(py: Python<'py>, tree: &Tree) -> PyResult<Bound<'py, PyList>> {
+/// Every entry of the tree (root first, then breadth-first).
+fn scan_entries(py: Python<'_>, tree: &Tree) -> PyResult<Vec<Py<ScanEntry>>> {
     let mut paths: Vec<Option<Vec<u8>>> = vec![None; tree.inodes.len()];
     paths[crate::tree::ROOT] = Some(b"/".to_vec());
     let mut order: Vec<(Vec<u8>, usize)> = vec![(b"/".to_vec(), crate::tree::ROOT)];
@@ -161,48 +324,44 @@ fn entries_list<'py>(py: Python<'py>, tree: &Tree) -> PyResult<Bound<'py, PyList
         }
         order.push((p, e.inode));
     });
-    let out = PyList::empty(py);
-    for (path, id) in order {
-        let ino = &tree.inodes[id];
-        let d = PyDict::new(py);
-        d.set_item("path", PyBytes::new(py, &path))?;
-        d.set_item("inode", id)?;
-        d.set_item("mode", ino.mode)?;
-        d.set_item("uid", ino.uid)?;
-        d.set_item("gid", ino.gid)?;
-        d.set_item("size", ino.size)?;
-        d.set_item("mtime", (ino.mtime.sec, ino.mtime.nsec))?;
-        d.set_item("nlink", ino.nlink)?;
-        d.set_item("rdev", ino.rdev)?;
-        let xattrs = PyList::empty(py);
-        for x in &ino.xattrs {
-            xattrs.append(PyTuple::new(
-                py,
-                [PyBytes::new(py, &x.key), PyBytes::new(py, &x.value)],
-            )?)?;
-        }
-        d.set_item("xattrs", xattrs)?;
-        let (mut target, mut inline, mut payload, mut digest) = (None, None, None, None);
-        match &ino.data {
-            InodeData::Symlink { target: t } => target = Some(PyBytes::new(py, t)),
-            InodeData::Regular {
-                inline: i,
-                payload: p,
-                digest: dg,
-            } => {
-                inline = i.as_ref().map(|b| PyBytes::new(py, b));
-                payload = p.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
-                digest = dg.as_ref().map(|b| hex(b));
+    order
+        .into_iter()
+        .map(|(path, id)| {
+            let ino = &tree.inodes[id];
+            let (mut target, mut inline, mut payload, mut digest) = (None, None, None, None);
+            match &ino.data {
+                InodeData::Symlink { target: t } => target = Some(Bytes(t.clone())),
+                InodeData::Regular {
+                    inline: i,
+                    payload: p,
+                    digest: dg,
+                } => {
+                    inline = i.as_ref().map(|b| Bytes(b.clone()));
+                    payload = p.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+                    digest = dg.as_ref().map(|b| hex(b));
+                }
+                _ => {}
             }
-            _ => {}
-        }
-        d.set_item("target", target)?;
-        d.set_item("inline", inline)?;
-        d.set_item("payload", payload)?;
-        d.set_item("digest", digest)?;
-        out.append(d)?;
-    }
-    Ok(out)
+            let entry = ScanEntry {
+                path: Bytes(path),
+                inode: id,
+                mode: ino.mode,
+                uid: ino.uid,
+                gid: ino.gid,
+                size: ino.size,
+                mtime: ino.mtime.sec,
+                mtime_nsec: ino.mtime.nsec,
+                nlink: ino.nlink,
+                rdev: ino.rdev,
+                xattrs: ino.xattrs.iter().map(Xattr::of).collect(),
+                target,
+                inline,
+                payload,
+                digest,
+            };
+            Py::new(py, entry)
+        })
+        .collect()
 }
 
 /// What both scanning bindings do with the GIL released: open `store` (when given), scan
@@ -225,21 +384,9 @@ fn scan_into_store<T>(
     Ok((out, stats, store.map(|s| s.stats())))
 }
 
-/// The `stats` and `store` (None without a store) items of a scanning binding's result.
-fn set_scan_items(
-    py: Python<'_>,
-    d: &Bound<'_, PyDict>,
-    stats: &ScanStats,
-    distinct_objects: u64,
-    store: Option<&StoreStats>,
-) -> PyResult<()> {
-    d.set_item("stats", stats_dict(py, stats, distinct_objects)?)?;
-    d.set_item("store", store.map(|s| store_dict(py, s)).transpose()?)
-}
-
 /// Scan `source` into a tree (see `crate::scan`); with `store`, insert every object-backed
 /// file into that object store and `syncfs` it at the end when `sync` is true.
-/// Returns {"stats": {...}, "store": {...} | None, "entries": [...] | None}.
+/// Returns a [`ScanResult`] (its `entries` only when `entries` is true).
 #[pyfunction]
 #[pyo3(signature = (source, *, no_hardlinks=false, skip_devices=false, skip_xattrs=false,
                     user_xattrs=false, use_epoch=false, threads=0, store=None, sync=true,
@@ -258,7 +405,7 @@ fn scan_directory<'py>(
     sync: bool,
     progress: Option<PyRef<'py, ScanProgress>>,
     entries: bool,
-) -> PyResult<Bound<'py, PyDict>> {
+) -> PyResult<ScanResult> {
     let opts = ScanOptions {
         no_hardlinks,
         skip_devices,
@@ -276,20 +423,15 @@ fn scan_directory<'py>(
             Ok((tree, objects))
         })
     })?;
-    let d = PyDict::new(py);
-    set_scan_items(py, &d, &stats, objects.0, store_stats.as_ref())?;
-    if entries {
-        d.set_item("entries", entries_list(py, &tree)?)?;
-    } else {
-        d.set_item("entries", py.None())?;
-    }
-    Ok(d)
+    let (stats, store) = scan_counts(py, &stats, objects.0, store_stats.as_ref())?;
+    let entries = if entries { Some(scan_entries(py, &tree)?) } else { None };
+    Ok(ScanResult { stats, store, entries })
 }
 
 /// Scan `source` (filling `store` when given), write the composefs image of the tree to
 /// `image_path` atomically (when given; its bytes under `image` with `return_image`), `syncfs`
-/// the store and the image's filesystem when `sync`. Returns the image's `digest`, `version`,
-/// counts, and the scan's `stats` and `store` dicts.
+/// the store and the image's filesystem when `sync`. Returns a [`BuildResult`] with the scan's
+/// counts (`scan`) and the store's (`store`, None without a store).
 #[pyfunction]
 #[pyo3(signature = (source, image_path=None, *, min_version=0, max_version=1, no_hardlinks=false,
                     skip_devices=false, skip_xattrs=false, user_xattrs=false, use_epoch=false,
@@ -311,7 +453,7 @@ fn build_from_directory<'py>(
     sync: bool,
     progress: Option<PyRef<'py, ScanProgress>>,
     return_image: bool,
-) -> PyResult<Bound<'py, PyDict>> {
+) -> PyResult<BuildResult> {
     use crate::erofs::build;
     let opts = ScanOptions {
         no_hardlinks,
@@ -334,19 +476,17 @@ fn build_from_directory<'py>(
         build::BuildError::Io { path, source } => os_error(&source, Some(&path)),
         other => PyValueError::new_err(other.to_string()),
     };
-    let ((built, objects), stats, store_stats) = py.allow_threads(|| {
+    let (built, stats, store_stats) = py.allow_threads(|| {
         scan_into_store(&source, &opts, store.as_deref(), progress.as_deref(), sync, |tree| {
             let built = build::build_counting(&tree, &wopts, image_path.as_deref(), return_image).map_err(build_err)?;
+            let entries = count_entries(&tree);
             tree.drop_in_background();
-            Ok(built)
+            Ok((built, entries))
         })
     })?;
-    let d = super::image::built_dict(py, &built, objects)?;
-    set_scan_items(py, &d, &stats, objects.0, store_stats.as_ref())?;
-    if let Some(bytes) = &built.bytes {
-        d.set_item("image", PyBytes::new(py, bytes))?;
-    }
-    Ok(d)
+    let ((built, objects), entries) = built;
+    let (scan, store) = scan_counts(py, &stats, objects.0, store_stats.as_ref())?;
+    BuildResult::new(py, built, objects, entries, Some(scan), store)
 }
 
 /// Insert one file into an object store; returns (hex digest, size, "stored" | "reused").
@@ -375,6 +515,10 @@ fn store_insert(
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ScanProgress>()?;
     m.add_class::<ScanSnapshot>()?;
+    m.add_class::<ScanCounts>()?;
+    m.add_class::<StoreCounts>()?;
+    m.add_class::<ScanEntry>()?;
+    m.add_class::<ScanResult>()?;
     m.add_function(wrap_pyfunction!(scan_directory, m)?)?;
     m.add_function(wrap_pyfunction!(store_insert, m)?)?;
     m.add_function(wrap_pyfunction!(build_from_directory, m)?)?;

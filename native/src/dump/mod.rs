@@ -77,10 +77,29 @@ pub(crate) const SAMPLE: &[u8] = b"\
 /name\\x20with=odd\\x01bytes 0 100644 1 70000 70000 0 999.0 - - - user.k\\x3d=v\\x3d
 ";
 
+/// Lower-case hex of `bytes`.
 pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push_str(&format!("{b:02x}"));
+    for &b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_is_lower_case_two_digits_a_byte() {
+        let every: Vec<u8> = (0..=255).collect();
+        let want: String = every.iter().map(|b| format!("{b:02x}")).collect();
+        for (bytes, want) in [
+            (&[][..], ""),
+            (&[0x00, 0x0f, 0xf0, 0xff][..], "000ff0ff"),
+            (&every[..], &want),
+        ] {
+            assert_eq!(super::hex(bytes), want);
+        }
+    }
 }

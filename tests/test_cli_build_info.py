@@ -88,6 +88,18 @@ def test_json_summary(rich, tmp_path):
     assert s["image_bytes"] == os.path.getsize(tmp_path / "r.img")
 
 
+def test_json_summary_of_a_dump_with_a_shared_object_finds_nothing(tmp_path):
+    """Two files naming one object: one object counted, and nothing "found in the store"
+    (there is none) — the same as a directory build without --digest-store."""
+    obj = b"3d/248ca542a24fc62d1c43b916eae5016878e2533c88238480b26128a1f1af95"
+    dump = b"/ 4096 40755 2 0 0 0 10.0 - - -\n" + b"".join(
+        b"/%s 4096 100644 1 0 0 0 13.0 %s - %s\n" % (n, obj, DIGEST.encode()) for n in (b"a", b"b"))
+    r = cfsctl("build", "--from-dump", "--json", "-", tmp_path / "s.img", input=dump)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert (s["objects"], s["object_bytes"], s["bytes_stored"], s["bytes_deduplicated"]) == (1, 4096, 0, 0)
+
+
 @pytest.mark.parametrize(
     "args,version",
     [([], 1), (["--max-version", "0"], 0), (["--min-version", "1"], 1), (["--min-version", "0", "--max-version", "1"], 1)],

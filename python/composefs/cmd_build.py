@@ -66,10 +66,8 @@ def summary(result: _native.BuildResult, image: str | None) -> dict:
     counts = {k: getattr(result, k) for k in COUNTS}
     if result.store is not None:  # what a directory build wrote into the store and found there
         stored, deduplicated = result.store.bytes_stored, result.store.bytes_reused
-    elif result.scan is not None:  # a directory build without a store
+    else:  # no store (a directory build without one, or a dump build): nothing stored or found
         stored, deduplicated = 0, 0
-    else:  # a dump build stores nothing; it has always reported the object bytes its files share
-        stored, deduplicated = 0, result.file_bytes - min(result.object_bytes, result.file_bytes)
     return {
         "image": image,
         "digest": result.digest,

@@ -413,13 +413,22 @@ impl Store {
         let tmp_path = tmp.display_path(&self.root);
         // Readable by everybody whatever the umask (as mkcomposefs does).
         rustix::fs::fchmod(&tmp.file, Mode::from_raw_mode(0o644)).map_err(|e| io_at(&tmp_path)(e.into()))?;
-        // fs-verity needs a file with no writable descriptor: reopen read-only, drop the writer.
-        let ro = tmp.reopen_readonly().map_err(io_at(&tmp_path))?;
-        let tmp = tmp.close_writer();
-        self.enable_verity(&ro, &tmp_path)?;
         let target = cstr(&name.as_bytes()[3..]);
-        let linked = tmp.link(&ro, sub, &target);
-        drop(tmp); // removes a named temporary
+        let linked = if self.verity_ok.load(Relaxed) {
+            // fs-verity needs a file with no writable descriptor: reopen read-only, drop the writer.
+            let ro = tmp.reopen_readonly().map_err(io_at(&tmp_path))?;
+            let tmp = tmp.close_writer();
+            self.enable_verity(&ro, &tmp_path)?;
+            let linked = link_temp(tmp.name.as_deref(), &tmp.dir, &ro, sub, &target);
+            drop(tmp); // removes a named temporary
+            linked
+        } else {
+            // A filesystem without fs-verity (it said so once): the writer itself is linked,
+            // without the reopen through /proc that only the ioctl needs.
+            let linked = link_temp(tmp.name.as_deref(), &tmp.dir, &tmp.file, sub, &target);
+            drop(tmp); // removes a named temporary
+            linked
+        };
         match linked {
             Ok(()) => {
                 self.counters.objects_stored.fetch_add(1, Relaxed);
@@ -561,22 +570,27 @@ struct TempName {
     dir: Arc<OwnedFd>,
 }
 
-impl TempName {
-    /// Give the file (open read-only as `ro`) the name `target` in `dirfd`; never replaces.
-    fn link(&self, ro: &File, dirfd: BorrowedFd<'_>, target: &CString) -> io::Result<()> {
-        let r = match &self.name {
-            Some(n) => rustix::fs::linkat(&*self.dir, n.as_c_str(), dirfd, target.as_c_str(), AtFlags::empty()),
-            None => {
-                let p = format!("/proc/self/fd/{}", ro.as_raw_fd());
-                match rustix::fs::linkat(rustix::fs::CWD, p, dirfd, target.as_c_str(), AtFlags::SYMLINK_FOLLOW) {
-                    // No /proc: AT_EMPTY_PATH works with CAP_DAC_READ_SEARCH.
-                    Err(Errno::NOENT) => rustix::fs::linkat(ro, c"", dirfd, target.as_c_str(), AtFlags::EMPTY_PATH),
-                    r => r,
-                }
+/// Give a temporary file (named `name` in `dir`, or unnamed and open as `file`) the name
+/// `target` in `dirfd`; never replaces.
+fn link_temp(
+    name: Option<&std::ffi::CStr>,
+    dir: &OwnedFd,
+    file: &File,
+    dirfd: BorrowedFd<'_>,
+    target: &CString,
+) -> io::Result<()> {
+    let r = match name {
+        Some(n) => rustix::fs::linkat(dir, n, dirfd, target.as_c_str(), AtFlags::empty()),
+        None => {
+            let p = format!("/proc/self/fd/{}", file.as_raw_fd());
+            match rustix::fs::linkat(rustix::fs::CWD, p, dirfd, target.as_c_str(), AtFlags::SYMLINK_FOLLOW) {
+                // No /proc: AT_EMPTY_PATH works with CAP_DAC_READ_SEARCH.
+                Err(Errno::NOENT) => rustix::fs::linkat(file, c"", dirfd, target.as_c_str(), AtFlags::EMPTY_PATH),
+                r => r,
             }
-        };
-        Ok(r?)
-    }
+        }
+    };
+    Ok(r?)
 }
 
 impl Drop for TempName {

@@ -540,31 +540,40 @@ def import_resolved(repo, src: Source, res: Resolved, name: str, ref_label: str,
         layer = retry(attempt, f"layer {label}") if retry else attempt()
         fetched[i] = True
         # Kept at once, so an interrupted pull does not fetch this layer again; its objects are
-        # made durable first (a record never names objects a power cut could lose).
-        store.sync()
-        layer.save(layer_record_path(repo, spec.diff_id))
+        # made durable first (a record never names objects a power cut could lose). The last
+        # layer's flush runs while the image is built; the image is committed after it.
+        kept.append(keeper.submit(keep, spec.diff_id, layer))
         return layer
 
+    def keep(diff_id: str, layer) -> None:
+        store.sync()
+        layer.save(layer_record_path(repo, diff_id))
+
     started = time.monotonic()
-    with concurrent.futures.ThreadPoolExecutor(max_workers=PARALLEL_LAYERS, thread_name_prefix="cfs-layer") as pool:
-        futures = {pool.submit(read_one, i): i for i in todo}
-        try:
-            _wait(futures, counter, total, len(todo), progress)
-            for fut, i in futures.items():
-                layers[i] = fut.result()
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
-    with repo.workdir() as work:
-        tmp_image = os.path.join(work, "image")
-        try:
-            r = _native.oci_build_image(layers, tmp_image)
-        except _native.FormatError as e:
-            raise ImageError(str(e)) from None
-        info = {"source": ref_label, "kind": "oci", "entries": r.entries, "imported": int(time.time())}
-        repo._commit_image(work, tmp_image, r.digest, name, info,
-                           {"manifest.json": res.manifest, "config.json": res.config})
+    kept: list[concurrent.futures.Future] = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cfs-keep") as keeper:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=PARALLEL_LAYERS,
+                                                   thread_name_prefix="cfs-layer") as pool:
+            futures = {pool.submit(read_one, i): i for i in todo}
+            try:
+                _wait(futures, counter, total, len(todo), progress)
+                for fut, i in futures.items():
+                    layers[i] = fut.result()
+            except BaseException:
+                for fut in futures:
+                    fut.cancel()
+                raise
+        with repo.workdir() as work:
+            tmp_image = os.path.join(work, "image")
+            try:
+                r = _native.oci_build_image(layers, tmp_image)
+            except _native.FormatError as e:
+                raise ImageError(str(e)) from None
+            for fut in kept:
+                fut.result()  # every fetched layer's objects durable (and its record kept)
+            info = {"source": ref_label, "kind": "oci", "entries": r.entries, "imported": int(time.time())}
+            repo._commit_image(work, tmp_image, r.digest, name, info,
+                               {"manifest.json": res.manifest, "config.json": res.config})
     stats = [l.stats for l in layers]
     return {"name": name, "digest": r.digest, "entries": r.entries, "objects": r.objects,
             "object_bytes": r.object_bytes, "missing_objects": 0, "layers": n,

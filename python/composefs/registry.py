@@ -143,6 +143,22 @@ class Connections:
     def __init__(self, timeout: float = TIMEOUT, tls_verify: bool = True):
         self.timeout, self.tls_verify = timeout, tls_verify
         self.local = threading.local()
+        self.ctx: ssl.SSLContext | None = None
+        self.ctx_lock = threading.Lock()
+
+    def context(self) -> ssl.SSLContext:
+        """One TLS context for every connection: loading the system's CA certificates takes
+        tens of milliseconds, and without verification they are not loaded at all."""
+        with self.ctx_lock:
+            if self.ctx is None:
+                if self.tls_verify:
+                    self.ctx = ssl.create_default_context()
+                else:
+                    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                    ctx.check_hostname = False
+                    ctx.verify_mode = ssl.CERT_NONE
+                    self.ctx = ctx
+            return self.ctx
 
     def get(self, scheme: str, host: str) -> http.client.HTTPConnection:
         conns = getattr(self.local, "conns", None)
@@ -151,11 +167,7 @@ class Connections:
         c = conns.get((scheme, host))
         if c is None:
             if scheme == "https":
-                ctx = ssl.create_default_context()
-                if not self.tls_verify:
-                    ctx.check_hostname = False
-                    ctx.verify_mode = ssl.CERT_NONE
-                c = http.client.HTTPSConnection(host, timeout=self.timeout, context=ctx)
+                c = http.client.HTTPSConnection(host, timeout=self.timeout, context=self.context())
             else:
                 c = http.client.HTTPConnection(host, timeout=self.timeout)
             conns[(scheme, host)] = c

@@ -181,10 +181,14 @@ pub fn read_layer<R: Read + Send>(
     // overlap instead of queueing behind each other on one core.
     let (guarded, digests, plain) = std::thread::scope(|scope| {
         let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(STAGE_CHUNKS);
+        // Chunks the tar stage is done with go back to be filled again (no fresh pages to
+        // fault in and zero for every megabyte).
+        let (recycle, recycled) = mpsc::channel::<Vec<u8>>();
         let parser = scope.spawn(|| {
             let plain = Verified::new(
                 Staged {
                     rx,
+                    recycle,
                     buf: Vec::new(),
                     pos: 0,
                 },
@@ -203,7 +207,7 @@ pub fn read_layer<R: Read + Send>(
             drop(tar);
             (digests, plain)
         });
-        let guarded = pump(guarded, &tx);
+        let guarded = pump(guarded, &tx, &recycled);
         drop(tx);
         let (digests, plain) = parser.join().expect("the tar stage does not panic");
         (guarded, digests, plain)
@@ -283,11 +287,13 @@ fn check_plain_end<R: Read>(plain: &mut BufReader<Verified<R>>, expect: &Expect)
 const STAGE_CHUNKS: usize = 4;
 const STAGE_CHUNK: usize = 1 << 20;
 
-/// The fetching stage: read `r` to its end in chunks and send them, an error as the last item.
-/// Stops early when the tar stage has gone (its receiver dropped); returns `r` for the drain.
-fn pump<R: Read>(mut r: R, tx: &mpsc::SyncSender<io::Result<Vec<u8>>>) -> R {
+/// The fetching stage: read `r` to its end in chunks (reusing those `recycled` returns) and send
+/// them, an error as the last item. Stops early when the tar stage has gone (its receiver
+/// dropped); returns `r` for the drain.
+fn pump<R: Read>(mut r: R, tx: &mpsc::SyncSender<io::Result<Vec<u8>>>, recycled: &mpsc::Receiver<Vec<u8>>) -> R {
     loop {
-        let mut buf = vec![0u8; STAGE_CHUNK];
+        let mut buf = recycled.try_recv().unwrap_or_default();
+        buf.resize(STAGE_CHUNK, 0);
         let mut n = 0;
         let mut err = None;
         while n < buf.len() {
@@ -319,6 +325,7 @@ fn pump<R: Read>(mut r: R, tx: &mpsc::SyncSender<io::Result<Vec<u8>>>) -> R {
 /// The tar stage's end of the channel, as a reader.
 struct Staged {
     rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    recycle: mpsc::Sender<Vec<u8>>,
     buf: Vec<u8>,
     pos: usize,
 }
@@ -328,7 +335,10 @@ impl Read for Staged {
         while self.pos == self.buf.len() {
             match self.rx.recv() {
                 Ok(Ok(b)) => {
-                    self.buf = b;
+                    let used = std::mem::replace(&mut self.buf, b);
+                    if used.capacity() == STAGE_CHUNK {
+                        let _ = self.recycle.send(used); // the fetching stage may be gone
+                    }
                     self.pos = 0;
                 }
                 Ok(Err(e)) => return Err(e),

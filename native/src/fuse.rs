@@ -90,6 +90,11 @@ pub struct CfsFuse {
     next_fh: AtomicU64,
     /// Whether the kernel granted passthrough and registering backing files still works.
     passthrough: AtomicBool,
+    /// The kernel takes ENOSYS from OPENDIR as "no opendir": from then on it opens directories
+    /// itself, with the flags [`Filesystem::opendir`] would give (keep the cache, cache the
+    /// listing), and sends neither OPENDIR nor RELEASEDIR — two round trips fewer per directory
+    /// in every walk (Linux >= 5.1 says so in INIT).
+    no_opendir: AtomicBool,
     /// One backing id per inode, shared by its open files (the kernel asks for that).
     backing: Mutex<HashMap<u64, Weak<BackingId>>>,
     /// One fetch at a time per missing object: later openers wait for it, then look again.
@@ -193,6 +198,7 @@ impl CfsFuse {
             open: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             passthrough: AtomicBool::new(false),
+            no_opendir: AtomicBool::new(false),
             backing: Mutex::new(HashMap::new()),
             fetching: Mutex::new(HashMap::new()),
         })
@@ -353,6 +359,9 @@ impl Filesystem for CfsFuse {
         // Every listing comes with its entries' attributes (readdirplus, not only when the
         // kernel guesses it is worth it): one request per directory instead of one per entry.
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        if config.add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT).is_ok() {
+            self.no_opendir.store(true, Ordering::Relaxed);
+        }
         // Registering a backing file needs CAP_SYS_ADMIN: a user's daemon never gets it, so it does
         // not ask (asking changes the mount's stacking depth for nothing).
         // SAFETY: geteuid cannot fail and touches no memory.
@@ -497,6 +506,11 @@ impl Filesystem for CfsFuse {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_opendir.load(Ordering::Relaxed) {
+            // the kernel then opens every directory with FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR, as
+            // below, and asks no more (see `no_opendir`)
+            return reply.error(Errno::ENOSYS);
+        }
         match self.inode(ino) {
             // The listing never changes: the kernel may keep it in its page cache.
             Some(i) if i.is_dir() => reply.opened(

@@ -144,11 +144,18 @@ def pull(url, name, local, *extra, timeout=120, prefix: list[str] | None = None)
                            *map(str, extra)], capture_output=True, timeout=timeout)
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_pull(url, name, local, *extra, prefix: list[str] | None = None) -> subprocess.Popen:
-    """A pull in the background (its own process group), for tests that interrupt it."""
+    """A pull in the background (its own process group), for tests that interrupt it. SIGINT is
+    reset to its default in the child: a test run started in the background (`cmd &` in a script,
+    as CI runners do) inherits SIGINT ignored, and a program that starts with SIGINT ignored —
+    Python included — rightly keeps ignoring it, so Ctrl-C would never reach the pull."""
     return subprocess.Popen([*(prefix or []), *CFSCTL, "pull", url, name, "--repo", str(local), "--json",
                              *map(str, extra)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+                            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_sigint_default)
 
 
 def local_objects(local: Path) -> set[str]:

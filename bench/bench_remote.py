@@ -79,7 +79,7 @@ def served(data: Path, src: Path, max_size: int | None, subdir: str | None = Non
     if tree != src:
         shutil.rmtree(tree)
     objs = _native.image_objects_sized(str(data / "www" / "repo" / "images" / digest))
-    (data / "urls.txt").write_text("".join(f"{rel}\n" for rel, _h, _s in objs))
+    (data / "urls.txt").write_text("".join(f"{o.name}\n" for o in objs))
     stamp.write_text(spec)
     return data
 

@@ -165,13 +165,13 @@ def test_image_objects_walk_is_the_order_of_a_walk(tmp_path):
     r = cfsctl("import", src, "--name", "app", "--repo", remote, "--json")
     assert r.returncode == 0, r.stderr
     image = remote / "images" / json.loads(r.stdout)["digest"]
-    got = _native.image_objects_walk(str(image))
+    got = [(o.digest, o.size) for o in _native.image_objects_walk(str(image))]
     digest = {name: composefs_digest(src / name) for name in ("a/b", "a/c/d", "a/y", "b/a", "c")}
     # find's order: a/b, a/c/d, a/hard (= c), a/y (= b/z), b/a, b/z (seen), c (seen); small is inline
     assert [d for d, _size in got] == [digest["a/b"], digest["a/c/d"], digest["c"], digest["a/y"], digest["b/a"]]
     assert all(size == 5000 for _d, size in got)
     assert got == walk_order(image)
-    assert sorted(got) == sorted((h, s) for _rel, h, s in _native.image_objects_sized(str(image)))
+    assert sorted(got) == sorted((o.digest, o.size) for o in _native.image_objects_sized(str(image)))
 
 
 def composefs_digest(path: Path) -> str:
@@ -282,7 +282,7 @@ def test_readahead_one_reader_fetches_each_object_once(served):
     """One reader in walk order: after its first miss the objects ahead come without being asked;
     every later request is answered from a fetch under way or the store; one GET per object."""
     remote, image, local = served
-    order = [h for h, _s in _native.image_objects_walk(str(image))]
+    order = [o.digest for o in _native.image_objects_walk(str(image))]
     assert len(order) == 40
     srv = CountingServer(remote.parent, delay=0.02)
     d = Daemon(f"{srv.url}/repo", local, image, readahead=16)
@@ -305,7 +305,7 @@ def test_readahead_failure_is_not_an_answer(served, tmp_path):
     """A wrong copy met by read-ahead is not stored and not remembered: the request for it fetches
     it again itself and answers EIO, each time; read-ahead does not try it again."""
     remote, image, local = served
-    order = [h for h, _s in _native.image_objects_walk(str(image))]
+    order = [o.digest for o in _native.image_objects_walk(str(image))]
     bad = order[3]
     victim = remote / "objects" / bad[:2] / bad[2:]
     victim.chmod(0o644)
@@ -333,7 +333,7 @@ def test_readahead_never_delays_a_request(served):
     a request for an object only queued is taken off the queue and fetched at once, one outside
     the window likewise; each object still fetched once."""
     remote, image, local = served
-    order = [h for h, _s in _native.image_objects_walk(str(image))]
+    order = [o.digest for o in _native.image_objects_walk(str(image))]
     srv = CountingServer(remote.parent, delay=0.6)
     d = Daemon(f"{srv.url}/repo", local, image, readahead=64)
     try:
@@ -374,7 +374,7 @@ def test_readahead_never_delays_a_request(served):
 def test_readahead_over_the_python_transport(served):
     """file:// (as https://) goes through remote.fetch_object: read-ahead works the same."""
     remote, image, local = served
-    order = [h for h, _s in _native.image_objects_walk(str(image))]
+    order = [o.digest for o in _native.image_objects_walk(str(image))]
     d = Daemon(f"file://{remote}", local, image, readahead=8)
     try:
         assert d.fetch(order[5]) == 0

@@ -182,7 +182,7 @@ def test_matches_fsverity_utils(tmp_path, data, p):
 @pytest.fixture(scope="module")
 def large_file(tmp_path_factory):
     """A file larger than the default parallel threshold, not a multiple of any block size."""
-    threshold, chunk = _native.fsverity_chunking_defaults()
+    threshold, chunk = _native.FSVERITY_PARALLEL_THRESHOLD, _native.FSVERITY_CHUNK_SIZE
     size = threshold + 2 * chunk + 12345
     data = random.Random(7).randbytes(size)
     path = tmp_path_factory.mktemp("large") / "large"
@@ -191,7 +191,7 @@ def large_file(tmp_path_factory):
 
 
 def test_defaults_split_large_files():
-    threshold, chunk = _native.fsverity_chunking_defaults()
+    threshold, chunk = _native.FSVERITY_PARALLEL_THRESHOLD, _native.FSVERITY_CHUNK_SIZE
     assert 0 < chunk <= threshold <= 64 << 20
 
 
@@ -202,7 +202,7 @@ def test_defaults_split_large_files():
 )
 def test_parallel_large_file_equals_sequential(large_file, algorithm, block_size, salt):
     path, data = large_file
-    threshold, _ = _native.fsverity_chunking_defaults()
+    threshold = _native.FSVERITY_PARALLEL_THRESHOLD
     assert len(data) > threshold
     seq = _native.fsverity_digest_file(str(path), algorithm, block_size, salt, parallel_threshold=SEQUENTIAL)
     p = dict(algorithm=algorithm, block_size=block_size, salt=salt)

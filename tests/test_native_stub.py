@@ -139,6 +139,10 @@ def conforms(value, annotation: ast.expr) -> bool:
             s = annotation.slice
             return value in [e.value for e in (s.elts if isinstance(s, ast.Tuple) else [s])]
     if isinstance(annotation, ast.Name):
+        alias = next((n.value for n in stub_tree().body if isinstance(n, ast.Assign)
+                      and [t.id for t in n.targets if isinstance(t, ast.Name)] == [annotation.id]), None)
+        if alias is not None:  # the stub's own type aliases (_Action = Literal[...])
+            return conforms(value, alias)
         if annotation.id in BUILTINS:
             return type(value) is BUILTINS[annotation.id]  # a bool is no int here
         return type(value) is getattr(_native, annotation.id)
@@ -209,13 +213,40 @@ def test_results_are_frozen_classes_of_the_stubs_types(tmp_path):
         *_native.image_entries(str(image)),
         *_native.image_entries(str(image), full=False),
     ]
+    from composefs.repository import Repository
+
+    repo = Repository.init(tmp_path / "repo")
+    repo.import_directory(str(src), "named")
+    (tmp_path / "layer.tar").write_bytes(_layer_tar())
+    plan = _native.image_bytes_plan(image.read_bytes())
+    big = _native.store_insert(str(store), str(src / "sub" / "big"))
+    results += [
+        _native.store_insert(str(store), str(src / "small")),
+        *_native.store_insert_many(str(store), [str(src / "small"), str(src / "sub" / "big")]),
+        _native.ObjectStore(str(store)).insert_stream(io.BytesIO(b"b" * 5000), big.digest, 5000),
+        *_native.image_objects_sized(str(image)),
+        *_native.image_objects_walk(str(image)),
+        plan,
+        *_native.tar_index(tmp_path / "layer.tar"),
+        _native.repo_image_for_mount(repo.path, "named"),
+    ]
+    with open(src / "small", "rb") as f:
+        try:
+            results.append(_native.measure_verity(f.fileno()))
+        except OSError:
+            pass  # no fs-verity here (the guest suite's kernel has it)
     seen: set[str] = set()
     for r in results:
         check_result(r, seen)
     assert {"BuildResult", "ScanResult", "ScanStats", "StoreStats", "ScanEntry", "Xattr", "ImageEntry",
-            "MountOptions"} <= seen
+            "MountOptions", "StoredObject", "ImageObject", "ImagePlan", "TarMember", "MountableImage"} <= seen
     # What the classes hold, where a wrong field would not show as a wrong type.
     assert (built.entries, built.hardlinks, built.whiteouts, built.objects) == (7, 1, 1, 1)
+    assert (big.size, big.action) == (5000, "reused")
+    assert [(o.name, o.size) for o in plan.objects] == [(o.name, o.size) for o in _native.image_objects_sized(image)]
+    assert plan.entries == built.entries
+    assert [(m.name, m.kind, m.link) for m in _native.tar_index(tmp_path / "layer.tar")] == [
+        (b"etc/hostname", "file", b""), (b"usr/big", "file", b""), (b"usr/link", "symlink", b"big")]
     entries = {e.path: e for e in _native.image_entries(str(image))}
     odd = entries[os.fsdecode(b"/na\xffme")]
     assert (odd.inline, [(x.key, x.value) for x in odd.xattrs]) == (b"a\x00c", [(b"user.k\xfe", b"\x01\x02")])

@@ -46,12 +46,12 @@ def test_tar_index_reads_what_tarfile_wrote(tmp_path, entries):
     path = tmp_path / "a.tar"
     path.write_bytes(data)
     got = _native.tar_index(path)
-    names = [os.fsdecode(m[0]).rstrip("/") for m in got]
+    names = [os.fsdecode(m.name).rstrip("/") for m in got]
     assert names == [tarfile.TarInfo(n).name.rstrip("/") for n, _, _ in entries]
-    for (name, kind, offset, size, _link), (_, want_kind, body) in zip(got, entries):
-        assert kind == {"file": "file", "dir": "dir", "sym": "symlink"}[want_kind]
-        if kind == "file":
-            assert data[offset:offset + size] == body
+    for m, (_, want_kind, body) in zip(got, entries):
+        assert m.kind == {"file": "file", "dir": "dir", "sym": "symlink"}[want_kind]
+        if m.kind == "file":
+            assert data[m.offset:m.offset + m.size] == body
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -236,7 +236,7 @@ def test_gc_waits_for_lock_holders(repo, tmp_path):
     f = tmp_path / "content"
     f.write_bytes(os.urandom(100000))
     with r.locked():
-        digest = _native.store_insert(r.objects, f)[0]
+        digest = _native.store_insert(r.objects, f).digest
         obj = repo / "objects" / digest[:2] / digest[2:]
         gc = subprocess.Popen([sys.executable, "-m", "composefs.cli", "gc", "--repo", repo, "--json"],
                               stdout=subprocess.PIPE)

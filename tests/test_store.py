@@ -96,10 +96,11 @@ def test_store_insert_single_file(tmp_path):
     f = tmp_path / "f"
     f.write_bytes(os.urandom(300_000))
     store = tmp_path / "s"
-    d, size, how = _native.store_insert(str(store), str(f))
-    assert (size, how) == (300_000, "stored")
+    got = _native.store_insert(str(store), str(f))
+    d = got.digest
+    assert (got.size, got.action) == (300_000, "stored")
     assert fsverity_digests([str(f).encode()])[str(f).encode()] == d
-    assert _native.store_insert(str(store), str(f))[2] == "reused"
+    assert _native.store_insert(str(store), str(f)).action == "reused"
     assert check_objects(str(store)) == [d[:2] + "/" + d[2:]]
 
 
@@ -213,8 +214,8 @@ def test_store_insert_many_matches_single_inserts(tmp_path):
         files.append(str(f))
     got = _native.store_insert_many(str(tmp_path / "many"), files)
     one = [_native.store_insert(str(tmp_path / "one"), f) for f in files]
-    assert [(d, s) for d, s, _ in got] == [(d, s) for d, s, _ in one]  # in path order
-    assert [h for _, _, h in got].count("reused") == 1  # the duplicate, whichever came second
+    assert [(o.digest, o.size) for o in got] == [(o.digest, o.size) for o in one]  # in path order
+    assert [o.action for o in got].count("reused") == 1  # the duplicate, whichever came second
     assert check_objects(str(tmp_path / "many")) == check_objects(str(tmp_path / "one"))
     assert _native.store_insert_many(str(tmp_path / "many"), []) == []
     with pytest.raises(OSError) as e:

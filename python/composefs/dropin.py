@@ -231,9 +231,9 @@ def measure_file(path: str) -> str:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
-            alg, digest = measure_verity(fd)
-            if alg == FS_VERITY_HASH_ALG_SHA256:
-                return digest.hex()
+            measured = measure_verity(fd)
+            if measured.algorithm == FS_VERITY_HASH_ALG_SHA256:
+                return measured.digest.hex()
         except OSError as e:
             if e.errno not in (errno.ENODATA, errno.EOPNOTSUPP, errno.ENOTTY):
                 raise

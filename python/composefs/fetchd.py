@@ -203,7 +203,8 @@ def serve(fd: int, url: str, basedir: str, image: str, jobs: int = JOBS, tls_ver
     from .remote import ObjectSource, Remote
 
     store = _native.ObjectStore(basedir)
-    objs = _Objects(_native.image_objects_walk(image), store, readahead, readahead_bytes)
+    walk = [(o.digest, o.size) for o in _native.image_objects_walk(image)]
+    objs = _Objects(walk, store, readahead, readahead_bytes)
     source = ObjectSource(Remote(url, tls_verify=tls_verify), store)
     work: queue.Queue[tuple[int, str]] = queue.Queue()
     plans: queue.Queue[str] = queue.Queue()

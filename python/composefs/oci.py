@@ -287,10 +287,10 @@ class TarArchive(Source):
         except _native.FormatError as e:
             raise ImageError(f"not an image archive: {_tail(e, path)}") from None
         self.members: dict[str, tuple[str, int, int, str]] = {}
-        for name, kind, offset, size, link in members:
-            n = _norm(os.fsdecode(name))
+        for m in members:
+            n = _norm(os.fsdecode(m.name))
             if n is not None:
-                self.members[n] = (kind, offset, size, os.fsdecode(link))
+                self.members[n] = (m.kind, m.offset, m.size, os.fsdecode(m.link))
         self.docker = "index.json" not in self.members and "manifest.json" in self.members
 
     def _find(self, name: str, what: str) -> tuple[int, int]:

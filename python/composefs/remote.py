@@ -141,7 +141,7 @@ class ObjectSource:
     def fetch(self, hexd: str, size: int) -> str:
         """One object: "stored" or "reused"."""
         if self.native is None:
-            return fetch_object(self.remote, self.store, hexd, size, self.counter, self.attempts)[1]
+            return fetch_object(self.remote, self.store, hexd, size, self.counter, self.attempts).action
         try:
             return self.native.fetch(hexd, size)
         except _native.FetchError as e:
@@ -220,14 +220,15 @@ def pull(repo, url: str, name: str, as_name: str | None = None, objects_only: bo
     if got != ref:
         raise CfsError(f"image {ref}: digest mismatch (the server sent {got})", url)
     try:
-        entries, objects = _native.image_bytes_plan(image)
+        plan = _native.image_bytes_plan(image)
     except _native.FormatError as e:
         raise CfsError(f"image {ref}: {e}", url) from None
-    for rel, hexd, _size in objects:
-        if not re.fullmatch(r"[0-9a-f]{2}/[0-9a-f]{62}", rel) or rel.replace("/", "") != hexd:
-            raise CfsError(f"image {ref}: object path {rel!r} is not its digest", url)
+    entries, objects = plan.entries, plan.objects
+    for o in objects:
+        if not re.fullmatch(r"[0-9a-f]{2}/[0-9a-f]{62}", o.name) or o.name.replace("/", "") != o.digest:
+            raise CfsError(f"image {ref}: object path {o.name!r} is not its digest", url)
     store = _native.ObjectStore(repo.objects)
-    missing = [(hexd, size) for _rel, hexd, size in objects if not store.contains(hexd)]
+    missing = [(o.digest, o.size) for o in objects if not store.contains(o.digest)]
     source = ObjectSource(remote, store)
     bad = source.fetch_all(missing, jobs, progress)
     if bad:
@@ -242,5 +243,5 @@ def pull(repo, url: str, name: str, as_name: str | None = None, objects_only: bo
             info = {"source": url, "kind": "pull", "entries": entries, "imported": int(time.time())}
             repo._commit_image(work, tmp_image, ref, local_name, info)
     return {"name": local_name, "digest": ref, "objects": len(objects), "objects_fetched": len(missing),
-            "bytes_fetched": source.bytes, "object_bytes": sum(o[2] for o in objects),
+            "bytes_fetched": source.bytes, "object_bytes": sum(o.size for o in objects),
             "objects_only": objects_only, "seconds": round(time.monotonic() - started, 3)}

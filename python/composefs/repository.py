@@ -673,5 +673,5 @@ def verified_image_for_mount(repo: Repository, name_or_digest: str) -> tuple[str
     before it is opened for mounting, so this guards against corruption, not against a root
     process rewriting the repository between the check and the mount.
     """
-    path, digest = _native.repo_image_for_mount(repo.path, name_or_digest)
-    return os.fsdecode(path), digest
+    found = _native.repo_image_for_mount(repo.path, name_or_digest)
+    return os.fsdecode(found.path), found.digest

@@ -31,7 +31,7 @@ def main() -> int:
                 print(f"enable_verity: {path}: fs-verity not supported", flush=True)
                 return 1
             name = path[-64:] if "/images/" in path else path[-65:-63] + path[-62:]
-            if _native.measure_verity(fd)[1].hex() != name:
+            if _native.measure_verity(fd).digest.hex() != name:
                 print(f"enable_verity: {path}: measured digest is not its name", flush=True)
                 bad += 1
         finally:

@@ -4,6 +4,7 @@
 
 use super::errors::os_error;
 use super::scan::to_path;
+use super::types::{bytes_repr, Bytes};
 use crate::fsio;
 use pyo3::prelude::*;
 use rustix::fd::BorrowedFd;
@@ -32,12 +33,35 @@ fn enable_verity(py: Python<'_>, fd: RawFd) -> PyResult<bool> {
     }
 }
 
-/// FS_IOC_MEASURE_VERITY: (hash algorithm number, digest) of a file with fs-verity; OSError
-/// (ENODATA, ENOTTY, EOPNOTSUPP…) otherwise.
+/// What FS_IOC_MEASURE_VERITY reports of a file: its hash algorithm (`FS_VERITY_HASH_ALG_*`: 1
+/// sha256, 2 sha512) and its fs-verity digest.
+#[pyclass(module = "composefs._native", frozen, get_all, eq)]
+#[derive(PartialEq)]
+pub struct VerityMeasurement {
+    algorithm: u16,
+    digest: Bytes,
+}
+
+#[pymethods]
+impl VerityMeasurement {
+    fn __repr__(&self) -> String {
+        format!(
+            "VerityMeasurement(algorithm={}, digest={})",
+            self.algorithm,
+            bytes_repr(&self.digest.0)
+        )
+    }
+}
+
+/// FS_IOC_MEASURE_VERITY on a file with fs-verity; OSError (ENODATA, ENOTTY, EOPNOTSUPP…)
+/// otherwise.
 #[pyfunction]
-fn measure_verity(fd: RawFd) -> PyResult<(u16, pyo3::Py<pyo3::types::PyBytes>)> {
-    let (alg, d) = fsio::measure_verity(borrow(fd)?).map_err(|e| os_error(&e, None))?;
-    Python::with_gil(|py| Ok((alg, pyo3::types::PyBytes::new(py, &d).unbind())))
+fn measure_verity(fd: RawFd) -> PyResult<VerityMeasurement> {
+    let (algorithm, d) = fsio::measure_verity(borrow(fd)?).map_err(|e| os_error(&e, None))?;
+    Ok(VerityMeasurement {
+        algorithm,
+        digest: Bytes(d),
+    })
 }
 
 /// Whether process `pid` exists.
@@ -88,6 +112,7 @@ fn check_options(skip_xattrs: bool, user_xattrs: bool) -> PyResult<()> {
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<VerityMeasurement>()?;
     m.add_function(wrap_pyfunction!(check_options, m)?)?;
     m.add_function(wrap_pyfunction!(configure_process, m)?)?;
     m.add_function(wrap_pyfunction!(enable_verity, m)?)?;

@@ -133,18 +133,13 @@ fn fsverity_sha256_backend(choice: Option<&str>) -> PyResult<&'static str> {
     })
 }
 
-/// Default `(parallel_threshold, chunk_size)` in bytes.
-#[pyfunction]
-fn fsverity_chunking_defaults() -> (u64, u64) {
-    let d = Chunking::default();
-    (d.parallel_threshold, d.chunk_size)
-}
-
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fsverity_digest_file, m)?)?;
     m.add_function(wrap_pyfunction!(fsverity_digest_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(fsverity_digest_files, m)?)?;
-    m.add_function(wrap_pyfunction!(fsverity_chunking_defaults, m)?)?;
+    // the defaults of fsverity_digest_files' parallel_threshold and chunk_size, in bytes
+    m.add("FSVERITY_PARALLEL_THRESHOLD", fsverity::DEFAULT_PARALLEL_THRESHOLD)?;
+    m.add("FSVERITY_CHUNK_SIZE", fsverity::DEFAULT_CHUNK_SIZE)?;
     m.add_function(wrap_pyfunction!(fsverity_sha256_backend, m)?)?;
     Ok(())
 }

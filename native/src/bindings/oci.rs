@@ -4,6 +4,7 @@
 use super::errors::{os_error, FormatError};
 use super::image::{count_entries, BuildResult};
 use super::pyio::PyRead;
+use super::types::{bytes_repr, Bytes};
 use crate::erofs::build;
 use crate::erofs::writer::Options;
 use crate::oci::digest::{self, BlobDigest};
@@ -13,7 +14,6 @@ use crate::oci::tar::{self, Kind, TarReader};
 use crate::store::{self, Store};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
 use std::io::{self, Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -194,7 +194,32 @@ fn oci_build_image<'py>(
 }
 
 /// (name, kind, data offset, size, link target) of one archive member.
-type Member = (Py<PyBytes>, &'static str, u64, u64, Py<PyBytes>);
+/// One member of a tar archive, from its header: its name, its kind (`"file"`, `"hardlink"`,
+/// `"symlink"`, `"dir"` or `"other"`), where its data starts in the archive and how long it is,
+/// and its link target (empty unless a link).
+#[pyclass(module = "composefs._native", frozen, get_all, eq)]
+#[derive(PartialEq)]
+pub struct TarMember {
+    name: Bytes,
+    kind: &'static str,
+    offset: u64,
+    size: u64,
+    link: Bytes,
+}
+
+#[pymethods]
+impl TarMember {
+    fn __repr__(&self) -> String {
+        format!(
+            "TarMember(name={}, kind='{}', offset={}, size={}, link={})",
+            bytes_repr(&self.name.0),
+            self.kind,
+            self.offset,
+            self.size,
+            bytes_repr(&self.link.0)
+        )
+    }
+}
 
 /// A buffered file whose skips seek instead of reading.
 struct FileSource(io::BufReader<std::fs::File>);
@@ -215,10 +240,9 @@ impl tar::Source for FileSource {
     }
 }
 
-/// The members of the tar archive at `path`: (name, kind, data offset, size, link target), with
-/// kind one of "file", "hardlink", "symlink", "dir", "other". Only headers are read.
+/// The members of the tar archive at `path`, in archive order. Only headers are read.
 #[pyfunction]
-fn tar_index(py: Python<'_>, path: PathBuf) -> PyResult<Vec<Member>> {
+fn tar_index(py: Python<'_>, path: PathBuf) -> PyResult<Vec<TarMember>> {
     let entries = py.allow_threads(|| -> PyResult<Vec<tar::Entry>> {
         let f = std::fs::File::open(&path).map_err(|e| os_error(&e, Some(&path)))?;
         let mut r = TarReader::new(FileSource(io::BufReader::new(f)), tar::Limits::default());
@@ -241,13 +265,13 @@ fn tar_index(py: Python<'_>, path: PathBuf) -> PyResult<Vec<Member>> {
                 Kind::Directory => "dir",
                 _ => "other",
             };
-            (
-                PyBytes::new(py, &e.path).unbind(),
+            TarMember {
+                name: Bytes(e.path),
                 kind,
-                e.data_offset,
-                e.size,
-                PyBytes::new(py, &e.link).unbind(),
-            )
+                offset: e.data_offset,
+                size: e.size,
+                link: Bytes(e.link),
+            }
         })
         .collect())
 }
@@ -260,6 +284,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(oci_build_image, m)?)?;
     m.add_function(wrap_pyfunction!(tar_index, m)?)?;
     m.add_class::<OciLayer>()?;
+    m.add_class::<TarMember>()?;
     m.add_class::<LayerCounts>()?;
     Ok(())
 }

@@ -6,9 +6,10 @@
 //! own errors keep their usual types.
 use super::errors::{os_error, to_pyerr, FormatError};
 use super::pyio::PyRead;
+use super::types::StoredObject;
 use crate::erofs::reader;
 use crate::fetch::{self, Fetcher, Object, Outcome};
-use crate::store::{Inserted, Store};
+use crate::store::Store;
 use crate::tree::InodeData;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
@@ -70,15 +71,8 @@ impl ObjectStore {
 
     /// Store what `source.read(n)` yields as object `digest` (hex), at most `max` bytes; it is
     /// hashed before it gets a name, and FormatError("... does not match its digest") leaves
-    /// nothing behind. Returns (size, "stored" | "reused"). The source's own exceptions are
-    /// raised unchanged.
-    fn insert_stream(
-        &self,
-        py: Python<'_>,
-        source: Py<PyAny>,
-        digest: &str,
-        max: u64,
-    ) -> PyResult<(u64, &'static str)> {
+    /// nothing behind. The source's own exceptions are raised unchanged.
+    fn insert_stream(&self, py: Python<'_>, source: Py<PyAny>, digest: &str, max: u64) -> PyResult<StoredObject> {
         let want = parse_hex(digest)?;
         let error = Arc::new(Mutex::new(None));
         let reader = PyRead::new(source, error.clone());
@@ -89,7 +83,7 @@ impl ObjectStore {
             return Err(e);
         }
         let (size, how) = r.map_err(to_pyerr)?;
-        Ok((size, if how == Inserted::Stored { "stored" } else { "reused" }))
+        Ok(StoredObject::new(&want, size, how))
     }
 
     /// Flush the store's filesystem (one `syncfs`).
@@ -193,12 +187,48 @@ impl RemoteFetcher {
     }
 }
 
-type SizedObjects = Vec<(String, String, u64)>;
+/// One object an image refers to: its name in the store as the image records it (`XX/<62
+/// hex>`), the hex fs-verity digest the module asks for (the digest the entry records, else the
+/// name without its `/`), and its size.
+#[pyclass(module = "composefs._native", frozen, get_all, eq)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ImageObject {
+    name: String,
+    digest: String,
+    size: u64,
+}
 
-/// The object of an inode, if it has one: (`XX/<62 hex>` as the image names it, the hex digest
-/// the module asks for, size). The digest is the fs-verity digest the entry records, else the
-/// object's name without its `/`.
-fn object_of(ino: &crate::tree::Inode) -> Option<(String, String, u64)> {
+#[pymethods]
+impl ImageObject {
+    fn __repr__(&self) -> String {
+        format!(
+            "ImageObject(name='{}', digest='{}', size={})",
+            self.name, self.digest, self.size
+        )
+    }
+}
+
+/// An image read from memory: its entry count (as `image_count_paths` counts them) and its
+/// objects (as `image_objects_sized` lists them).
+#[pyclass(module = "composefs._native", frozen, get_all)]
+pub struct ImagePlan {
+    entries: u64,
+    objects: Vec<Py<ImageObject>>,
+}
+
+#[pymethods]
+impl ImagePlan {
+    fn __repr__(&self) -> String {
+        format!(
+            "ImagePlan(entries={}, objects=[{} objects])",
+            self.entries,
+            self.objects.len()
+        )
+    }
+}
+
+/// The object of an inode, if it has one.
+fn object_of(ino: &crate::tree::Inode) -> Option<ImageObject> {
     let InodeData::Regular {
         payload: Some(p),
         digest,
@@ -208,31 +238,35 @@ fn object_of(ino: &crate::tree::Inode) -> Option<(String, String, u64)> {
         return None;
     };
     let name = String::from_utf8_lossy(p).into_owned();
-    let hex: String = match digest {
+    let digest: String = match digest {
         Some(d) => crate::dump::write::hex_digest(d),
         None => name.replace('/', ""),
     };
-    Some((name, hex, ino.size))
+    Some(ImageObject {
+        name,
+        digest,
+        size: ino.size,
+    })
 }
 
-/// The distinct objects of a loaded image: (`XX/<62 hex>`, hex digest, size), sorted by name.
-fn sized_objects(loaded: &reader::Loaded) -> SizedObjects {
-    let mut out: SizedObjects = loaded.tree.inodes.iter().filter_map(object_of).collect();
+/// The distinct objects of a loaded image, sorted by name.
+fn sized_objects(loaded: &reader::Loaded) -> Vec<ImageObject> {
+    let mut out: Vec<ImageObject> = loaded.tree.inodes.iter().filter_map(object_of).collect();
     out.sort();
-    out.dedup_by(|a, b| a.0 == b.0);
+    out.dedup_by(|a, b| a.name == b.name);
     out
 }
 
 /// The distinct objects of a loaded image in the order a depth-first walk of its directories
-/// in their stored (name-sorted) order meets them, as `find` and `ls -R` do on a mount:
-/// (hex digest, size), each at the first path that names it.
-fn walk_objects(loaded: &reader::Loaded) -> Vec<(String, u64)> {
+/// in their stored (name-sorted) order meets them, as `find` and `ls -R` do on a mount, each at
+/// the first path that names it.
+fn walk_objects(loaded: &reader::Loaded) -> Vec<ImageObject> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     crate::dump::for_each_path(&loaded.tree, |_path, ino, _link| {
-        if let Some((_name, hex, size)) = object_of(ino) {
-            if seen.insert(hex.clone()) {
-                out.push((hex, size));
+        if let Some(o) = object_of(ino) {
+            if seen.insert(o.digest.clone()) {
+                out.push(o);
             }
         }
         Ok(())
@@ -241,40 +275,50 @@ fn walk_objects(loaded: &reader::Loaded) -> Vec<(String, u64)> {
     out
 }
 
-/// The distinct objects an image refers to in walk order (see [`walk_objects`]): (hex digest,
-/// size). What `cfsctl fetchd` may fetch, and the order it reads ahead in.
+fn read_image_file(image_path: &Path) -> PyResult<Vec<u8>> {
+    std::fs::read(image_path).map_err(|e| os_error(&e, Some(image_path)))
+}
+
+/// The distinct objects an image refers to in walk order (see [`walk_objects`]). What
+/// `cfsctl fetchd` may fetch, and the order it reads ahead in.
 #[pyfunction]
-fn image_objects_walk(py: Python<'_>, image_path: PathBuf) -> PyResult<Vec<(String, u64)>> {
+fn image_objects_walk(py: Python<'_>, image_path: PathBuf) -> PyResult<Vec<ImageObject>> {
     py.allow_threads(|| {
-        let bytes = std::fs::read(&image_path).map_err(|e| os_error(&e, Some(Path::new(&image_path))))?;
+        let bytes = read_image_file(&image_path)?;
         let loaded = reader::read_image(&bytes).map_err(|e| FormatError::new_err(e.to_string()))?;
         Ok(walk_objects(&loaded))
     })
 }
 
-/// The distinct objects an image refers to: (`XX/<62 hex>`, hex digest, size), sorted by name.
+/// The distinct objects an image refers to, sorted by name.
 #[pyfunction]
-fn image_objects_sized(py: Python<'_>, image_path: PathBuf) -> PyResult<SizedObjects> {
+fn image_objects_sized(py: Python<'_>, image_path: PathBuf) -> PyResult<Vec<ImageObject>> {
     py.allow_threads(|| {
-        let bytes = std::fs::read(&image_path).map_err(|e| os_error(&e, Some(Path::new(&image_path))))?;
+        let bytes = read_image_file(&image_path)?;
         let loaded = reader::read_image(&bytes).map_err(|e| FormatError::new_err(e.to_string()))?;
         Ok(sized_objects(&loaded))
     })
 }
 
-/// An image held in memory, read once: (its entry count, as `image_count_paths` counts them,
-/// and its objects as `image_objects_sized` lists them).
+/// An image held in memory, read once: its entry count and its objects.
 #[pyfunction]
-fn image_bytes_plan(py: Python<'_>, data: &[u8]) -> PyResult<(u64, SizedObjects)> {
-    py.allow_threads(|| {
+fn image_bytes_plan(py: Python<'_>, data: &[u8]) -> PyResult<ImagePlan> {
+    let (entries, objects) = py.allow_threads(|| {
         let loaded = reader::read_image(data).map_err(|e| FormatError::new_err(e.to_string()))?;
-        Ok((crate::dump::count_paths(&loaded.tree), sized_objects(&loaded)))
-    })
+        PyResult::Ok((crate::dump::count_paths(&loaded.tree), sized_objects(&loaded)))
+    })?;
+    let objects = objects
+        .into_iter()
+        .map(|o| Py::new(py, o))
+        .collect::<PyResult<Vec<_>>>()?;
+    Ok(ImagePlan { entries, objects })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ObjectStore>()?;
     m.add_class::<RemoteFetcher>()?;
+    m.add_class::<ImageObject>()?;
+    m.add_class::<ImagePlan>()?;
     m.add("FetchError", m.py().get_type::<FetchError>())?;
     m.add_function(wrap_pyfunction!(image_objects_sized, m)?)?;
     m.add_function(wrap_pyfunction!(image_objects_walk, m)?)?;

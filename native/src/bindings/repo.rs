@@ -101,18 +101,36 @@ fn repo_resolve(path: &Bound<'_, PyAny>, name: &Bound<'_, PyAny>) -> PyResult<St
     open(path)?.resolve(&name_bytes(name)?).map_err(to_py)
 }
 
-/// (image path, digest for the mount or None when checked here) of NAME|DIGEST.
+/// The image file of NAME|DIGEST in a repository and the digest to give its mount: None when
+/// the file had no fs-verity and its digest was computed and checked here instead.
+#[pyclass(module = "composefs._native", frozen, get_all, eq)]
+#[derive(PartialEq)]
+pub struct MountableImage {
+    path: std::path::PathBuf,
+    digest: Option<String>,
+}
+
+#[pymethods]
+impl MountableImage {
+    fn __repr__(&self) -> String {
+        format!(
+            "MountableImage(path={:?}, digest={})",
+            self.path.display().to_string(),
+            self.digest.as_deref().map_or("None".into(), |d| format!("'{d}'"))
+        )
+    }
+}
+
+/// The image of NAME|DIGEST, checked for mounting (see `MountableImage`).
 #[pyfunction]
-fn repo_image_for_mount(
-    py: Python<'_>,
-    path: &Bound<'_, PyAny>,
-    name: &Bound<'_, PyAny>,
-) -> PyResult<(std::path::PathBuf, Option<String>)> {
+fn repo_image_for_mount(py: Python<'_>, path: &Bound<'_, PyAny>, name: &Bound<'_, PyAny>) -> PyResult<MountableImage> {
     let (r, name) = (open(path)?, name_bytes(name)?);
-    py.allow_threads(|| r.image_for_mount(&name)).map_err(to_py)
+    let (path, digest) = py.allow_threads(|| r.image_for_mount(&name)).map_err(to_py)?;
+    Ok(MountableImage { path, digest })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<MountableImage>()?;
     m.add_function(wrap_pyfunction!(repo_name_problem, m)?)?;
     m.add_function(wrap_pyfunction!(repo_check_name, m)?)?;
     m.add_function(wrap_pyfunction!(repo_trusted, m)?)?;

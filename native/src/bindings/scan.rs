@@ -5,7 +5,7 @@
 
 use super::errors::{os_error, ToPyErr};
 use super::image::{count_entries, BuildResult};
-use super::types::{bytes_repr, Bytes, Xattr};
+use super::types::{bytes_repr, Bytes, StoredObject, Xattr};
 use crate::scan::{self, ScanOptions, ScanStats};
 use crate::store::{self, Store, StoreStats};
 use crate::tree::{InodeData, Tree};
@@ -489,26 +489,14 @@ fn build_from_directory<'py>(
     BuildResult::new(py, built, objects, entries, Some(scan), store)
 }
 
-/// Insert one file into an object store; returns (hex digest, size, "stored" | "reused").
+/// Insert one file into an object store.
 #[pyfunction]
-fn store_insert(
-    py: Python<'_>,
-    store: &Bound<'_, PyAny>,
-    path: &Bound<'_, PyAny>,
-) -> PyResult<(String, u64, &'static str)> {
+fn store_insert(py: Python<'_>, store: &Bound<'_, PyAny>, path: &Bound<'_, PyAny>) -> PyResult<StoredObject> {
     let (store, path) = (to_path(store)?, to_path(path)?);
     py.allow_threads(|| {
         let s = Store::open(&store).map_err(|e| e.to_pyerr())?;
         let (d, size, how) = s.insert_path(&path).map_err(|e| e.to_pyerr())?;
-        Ok((
-            hex(&d),
-            size,
-            if how == store::Inserted::Stored {
-                "stored"
-            } else {
-                "reused"
-            },
-        ))
+        Ok(StoredObject::new(&d, size, how))
     })
 }
 

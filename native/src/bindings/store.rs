@@ -3,13 +3,14 @@
 //! store opened once, the files hashed and copied on the rayon pool with the GIL released).
 
 use super::errors::ToPyErr;
-use super::scan::{hex, to_path};
-use crate::store::{Inserted, Store};
+use super::scan::to_path;
+use super::types::StoredObject;
+use crate::store::Store;
 use pyo3::prelude::*;
 use rayon::prelude::*;
 
 /// Insert every file of `paths` into the object store at `store`, in parallel; returns one
-/// (hex digest, size, "stored" | "reused") per path, in order. The first error (in path order)
+/// StoredObject per path, in order. The first error (in path order)
 /// is raised; files inserted before it stay in the store (unreferenced objects are what
 /// `gc` removes).
 #[pyfunction]
@@ -17,7 +18,7 @@ fn store_insert_many(
     py: Python<'_>,
     store: &Bound<'_, PyAny>,
     paths: Vec<Bound<'_, PyAny>>,
-) -> PyResult<Vec<(String, u64, &'static str)>> {
+) -> PyResult<Vec<StoredObject>> {
     let store = to_path(store)?;
     let paths = paths.iter().map(to_path).collect::<PyResult<Vec<_>>>()?;
     py.allow_threads(|| {
@@ -27,7 +28,7 @@ fn store_insert_many(
             .into_iter()
             .map(|r| {
                 let (d, size, how) = r.map_err(|e| e.to_pyerr())?;
-                Ok((hex(&d), size, if how == Inserted::Stored { "stored" } else { "reused" }))
+                Ok(StoredObject::new(&d, size, how))
             })
             .collect()
     })

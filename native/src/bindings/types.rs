@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
-//! Pieces shared by the result classes of several bindings: bytes as Python `bytes`, and an
-//! extended attribute.
+//! Pieces shared by the result classes of several bindings: bytes as Python `bytes`, an
+//! extended attribute, and an object put into a store.
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
@@ -65,6 +65,40 @@ impl Xattr {
     }
 }
 
+/// One object put into an object store: its fs-verity digest (hex), its size, and whether this
+/// call wrote it (`"stored"`) or found it there already (`"reused"`). What `store_insert`,
+/// `store_insert_many` and `ObjectStore.insert_stream` return.
+#[pyclass(module = "composefs._native", frozen, get_all, eq)]
+#[derive(Clone, PartialEq)]
+pub struct StoredObject {
+    digest: String,
+    size: u64,
+    action: &'static str,
+}
+
+impl StoredObject {
+    pub fn new(digest: &crate::tree::Digest, size: u64, how: crate::store::Inserted) -> StoredObject {
+        StoredObject {
+            digest: crate::dump::hex(digest),
+            size,
+            action: match how {
+                crate::store::Inserted::Stored => "stored",
+                crate::store::Inserted::Reused => "reused",
+            },
+        }
+    }
+}
+
+#[pymethods]
+impl StoredObject {
+    fn __repr__(&self) -> String {
+        format!(
+            "StoredObject(digest='{}', size={}, action='{}')",
+            self.digest, self.size, self.action
+        )
+    }
+}
+
 /// `bytes` as Python's repr shows it: `b'...'` with `\xNN` escapes.
 pub fn bytes_repr(b: &[u8]) -> String {
     let mut s = String::from("b'");
@@ -84,5 +118,6 @@ pub fn bytes_repr(b: &[u8]) -> String {
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<Xattr>()
+    m.add_class::<Xattr>()?;
+    m.add_class::<StoredObject>()
 }

@@ -170,7 +170,7 @@ def prepare_root(work: Path, kver: str, modules: list[Path]) -> Path:
 def make_initrd(work: Path, root: Path, kver: str) -> Path:
     out = work / "initrd"
     listing = chroot_mkinitramfs(root, kver, out)
-    for want in ("/composefs.ko", "scripts/local-bottom/composefs", "bin/composefs-mount"):
+    for want in ("/composefs.ko", "scripts/local-bottom/composefs", "bin/composefs-setup-root"):
         if want not in listing:
             log(f"FAIL: the initrd lacks {want}")
             sys.exit(1)

@@ -8,9 +8,10 @@
 //!   2. the root partition moves to /run/composefs/sysroot (it travels into the booted system
 //!      with /run) and is remounted read-write unless it already is;
 //!   3. composefs/images/<digest> and state/deploy/<digest> must exist there;
-//!   4. one `modprobe -a` for the fastest sha256 the kernel has (fs-verity picks one the first
-//!      time it hashes, see the hook), overlayfs (/etc and /var) and the composefs module; a
-//!      second one for erofs and loop only when the module did not come (the stock path);
+//!   4. the modules (modules.rs, without modprobe where it can): the fastest sha256 the kernel
+//!      has (fs-verity picks one the first time it hashes, see the hook), overlayfs (/etc and
+//!      /var) and the composefs module; erofs only when the module did not come (the stock
+//!      path), and loop only when EROFS does not mount from the image file itself;
 //!   5. the image mounted read-only at ROOTMNT with the digest enforced, by the mount crate's
 //!      `mount_image` (the module with digest=, or EROFS + overlayfs with verity=require and the
 //!      objects as a data-only layer; the image's fs-verity digest measured first either way);
@@ -24,16 +25,20 @@
 //! the boot does not go on, and panic's shell shows them as they were.
 //!
 //! Started under QEMU/TCG at every boot, so: no dynamic libraries beyond libc (the Makefile links
-//! it statically where glibc's libc.a is installed), no other program but modprobe.
+//! it statically where glibc's libc.a is installed), and no other program (modprobe only where
+//! modules.rs cannot load a module itself).
 
 mod config;
+mod modules;
 
 use std::ffi::{CStr, OsString};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
-use composefs_mount::{escape_layer, kernel_module_available, mount_image, Backend, Error, ErrorKind, Request};
+use composefs_mount::{
+    escape_layer, kernel_module_available, mount_image, Backend, ErofsSource, Error, ErrorKind, Request,
+};
 use config::{Config, ConfigError, EtcMode, VarMode, BOOT_CONF};
 use rustix::fs::StatVfsMountFlags as St;
 use rustix::mount::{self as rm, MountFlags};
@@ -75,12 +80,16 @@ fn read_conf() -> Result<Option<String>, ConfigError> {
     }
 }
 
-/// `modprobe -q -a MODULES`; whether they came is for the caller to find out (a module missing
-/// or refused, as with module_blacklist=, is not an error here).
-fn modprobe(modules: &[&str]) {
+/// Load MODULES (names or aliases) as `modprobe -q -a` would: in this process (modules.rs), or
+/// by modprobe where that cannot. Whether they came is for the caller to find out (a module
+/// missing or refused, as with module_blacklist=, is not an error here).
+fn load_modules(names: &[&str]) {
+    if modules::load(names) == modules::Loaded::Done {
+        return;
+    }
     let _ = Command::new("modprobe")
         .args(["-q", "-a"])
-        .args(modules)
+        .args(names)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -147,17 +156,26 @@ fn detail(e: &Error, image: &Path) -> String {
 /// Mount the image at `rootmnt` with its digest enforced; how it was done, for the final line.
 fn mount_root(cfg: &Config, repo: &Path, image: &Path, rootmnt: &Path) -> Result<&'static str, Stop> {
     let d = &cfg.digest;
-    modprobe(&["crypto-sha256", "overlay", "composefs"]);
+    load_modules(&["crypto-sha256", "overlay", "composefs"]);
     let module = kernel_module_available();
-    if !module {
-        modprobe(&["erofs", "loop"]);
-    }
     let mut req = Request::new(image.to_path_buf(), rootmnt.to_path_buf());
     req.basedirs = vec![repo.join("objects")];
     req.digest = Some(d.clone());
     req.image_nofollow = true;
     req.backend = if module { Backend::Kernel } else { Backend::Overlay };
-    match mount_image(&req) {
+    if !module {
+        load_modules(&["erofs"]);
+        // EROFS straight from the image file (Linux 6.12+, EROFS_FS_BACKED_BY_FILE) needs no
+        // loop device: loop is loaded, and the mount tried again with one, only where that fails.
+        req.erofs_source = ErofsSource::File;
+    }
+    let mut result = mount_image(&req);
+    if matches!(&result, Err(e) if !module && e.kind != ErrorKind::Digest) {
+        load_modules(&["loop"]);
+        req.erofs_source = ErofsSource::Auto;
+        result = mount_image(&req);
+    }
+    match result {
         Ok(_) if module => Ok("composefs module"),
         Ok(_) => Ok("erofs+overlayfs"),
         // The module checks the digest itself as well: any refusal of it may be a wrong image.

@@ -25,10 +25,11 @@ APT_PACKAGES := fsverity erofs-utils e2fsprogs attr util-linux python3-venv open
 	docker-registry skopeo debootstrap apache2-utils iproute2 iptables nginx-light fuse3 python3-click man-db
 
 # pkgdata/: the wheel's data directory (pyproject.toml's tool.maturin data): data/share/ holds the
-# man pages and completions; scripts/ the two binaries of the native/mount crate, staged there by
+# man pages and completions; scripts/ the three binaries of the native/mount crate, staged there by
 # stage-helper: the mount(8) helper (no Python at mount time), installed as bin/mount.composefs,
-# and the cfsctl front (mount/umount natively, every other command handed to the Python CLI,
-# installed as bin/cfsctl-py), installed as bin/cfsctl.
+# the cfsctl front (mount/umount natively, every other command handed to the Python CLI,
+# installed as bin/cfsctl-py), installed as bin/cfsctl, and composefs-setup-root, the initramfs's
+# root mounter, which `cfsctl boot install-initramfs` copies into an OS tree.
 NATIVE_SRC := $(shell find native/src native/mount/src native/base/src -name '*.rs') native/Cargo.toml native/mount/Cargo.toml \
 	native/base/Cargo.toml \
 	native/Cargo.lock pyproject.toml $(shell find pkgdata/data -type f)
@@ -62,19 +63,31 @@ $(STAMPS)/venv: $(STAMPS)/apt pyproject.toml
 	@$(PY) -m pip install -q 'maturin>=1.5,<2' 'click>=8.1' pytest hypothesis pytest-virtualenv pyroute2
 	@touch $@
 
+# composefs-setup-root runs in the initramfs (scripts/local-bottom/composefs), where every
+# program started costs: linked statically against glibc's libc.a (libc6-dev) where the C compiler
+# finds one, else dynamically against libc alone. Built for an explicit --target so that its
+# RUSTFLAGS do not touch (and rebuild) the other binaries: its own directory under native/target.
+HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+SETUP_ROOT_STAGED := $(CURDIR)/pkgdata/scripts/composefs-setup-root
+
 stage-helper:
-	@cd native && cargo build -q --release -p composefs-mount --bins
+	@cd native && cargo build -q --release -p composefs-mount --bin mount-composefs --bin cfsctl
 	@install -D -m 0755 native/target/release/mount-composefs $(HELPER_STAGED)
 	@install -D -m 0755 native/target/release/cfsctl $(FRONT_STAGED)
+	@cd native && static=$$([ -f "$$(cc -print-file-name=libc.a)" ] && echo "-C target-feature=+crt-static"); \
+		RUSTFLAGS="$$static -C strip=symbols" cargo build -q --release -p composefs-mount \
+		--bin composefs-setup-root --target $(HOST_TRIPLE)
+	@install -D -m 0755 native/target/$(HOST_TRIPLE)/release/composefs-setup-root $(SETUP_ROOT_STAGED)
 
 # Release build of the Rust extension, installed into .venv (Python sources are linked, not copied),
 # and the mount helper and the cfsctl front beside the Python CLI (cfsctl-py).
 $(STAMPS)/native: $(STAMPS)/venv $(NATIVE_SRC)
-	@echo ">> building composefs._native and mount.composefs (release)"
+	@echo ">> building composefs._native, mount.composefs and composefs-setup-root (release)"
 	@$(MAKE) -s stage-helper
 	@cd $(CURDIR) && VIRTUAL_ENV=$(VENV) PATH=$(VENV)/bin:$$PATH $(VENV)/bin/maturin develop --release -q
 	@install -m 0755 $(HELPER_STAGED) $(VENV)/bin/mount.composefs
 	@install -m 0755 $(FRONT_STAGED) $(VENV)/bin/cfsctl
+	@install -m 0755 $(SETUP_ROOT_STAGED) $(VENV)/bin/composefs-setup-root
 	@touch $@
 
 # The package is installed in editable mode, so nothing byte-compiles its modules when

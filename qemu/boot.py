@@ -6,6 +6,7 @@ Usage (as root, from the repository root, after `make setup`; `make qemu-boot-te
 
     qemu/boot.py                  # prepare, then every boot below
     qemu/boot.py --only module    # boots whose name contains this (repeatable)
+    qemu/boot.py --exclude tampered --exclude wrong   # not these (a full boot alone, for timing)
     qemu/boot.py --keep           # keep qemu/work/boot/ after a passing run
 
 What happens:
@@ -17,7 +18,7 @@ What happens:
      tampered with later, and the hook and boot script through `cfsctl boot install-initramfs`.
      mkinitramfs runs once in a chroot; the initrd holds the module, and the stock path (EROFS +
      overlayfs) is booted from the same initrd with `module_blacklist=composefs`, which makes the
-     boot script's `modprobe composefs` fail as on a kernel without the module.
+     boot program's `modprobe` of composefs fail as on a kernel without the module.
   3. The disk: `cfsctl import` of that root into DISK/composefs, `cfsctl boot deploy`, then
      `mkfs.ext4 -O verity -d DISK`; one busybox guest (qemu/run.py --job
      qemu/boot/enable_verity.py) enables fs-verity on every object and image (the host has none).
@@ -170,7 +171,7 @@ def prepare_root(work: Path, kver: str, modules: list[Path]) -> Path:
 def make_initrd(work: Path, root: Path, kver: str) -> Path:
     out = work / "initrd"
     listing = chroot_mkinitramfs(root, kver, out)
-    for want in ("/composefs.ko", "scripts/local-bottom/composefs", "bin/composefs-mount"):
+    for want in ("/composefs.ko", "scripts/local-bottom/composefs", "bin/composefs-setup-root"):
         if want not in listing:
             log(f"FAIL: the initrd lacks {want}")
             sys.exit(1)
@@ -227,8 +228,8 @@ def tamper_image(img: Path, digest: str, work: Path) -> None:
     debugfs(img, f"rm {path}", f"write {copy} {path}")
 
 
-# the kernel command line that sends a boot down the stock path: the boot script's modprobe of
-# the module fails, as on a kernel that lacks it
+# the kernel command line that sends a boot down the stock path: composefs-setup-root's modprobe
+# of the module fails, as on a kernel that lacks it
 STOCK_ARG = "module_blacklist=composefs"
 
 
@@ -316,6 +317,7 @@ def kernel_problems(name: str, text: str) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description="Boot Debian from a composefs image under QEMU (see the top of this file).")
     ap.add_argument("--only", action="append", default=[], help="run only boots whose name contains this")
+    ap.add_argument("--exclude", action="append", default=[], help="skip boots whose name contains this")
     ap.add_argument("--keep", action="store_true", help="keep qemu/work/boot after a passing run")
     ap.add_argument("--work", type=Path, default=HERE / "work" / "boot")
     ap.add_argument("--mem", default="1G")
@@ -381,6 +383,8 @@ def run_all(args, work: Path, kver: str, modules: list[Path], t0: float) -> int:
     if args.only:
         full = [b for b in full if any(o in b[0] for o in args.only)]
         stopped = [b for b in stopped if any(o in b[0] for o in args.only)]
+    full = [b for b in full if not any(x in b[0] for x in args.exclude)]
+    stopped = [b for b in stopped if not any(x in b[0] for x in args.exclude)]
     problems: list[str] = []
     times = []
 

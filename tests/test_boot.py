@@ -105,7 +105,16 @@ def test_install_initramfs(tmp_path):
     out = ok("boot", "install-initramfs", "--root", root).split()
     base = root / "etc" / "initramfs-tools"
     want = [base / "hooks" / "composefs", base / "scripts" / "local-bottom" / "composefs"]
-    assert out == [str(p) for p in want]
+    program = root / "usr" / "local" / "lib" / "composefs" / "composefs-setup-root"
+    assert out == [str(p) for p in want + [program]]
+    # the program the boot script runs, where the hook copies it from
+    assert stat.S_IMODE(program.stat().st_mode) == 0o755
+    assert program.read_bytes()[:4] == b"\x7fELF"
+    assert "/usr/local/lib/composefs/composefs-setup-root" in want[0].read_text()
+    # a wrong call is one "boot stopped" line, which the script hands to panic
+    r = subprocess.run([str(program)], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.startswith("composefs: boot stopped: usage: composefs-setup-root ROOTMNT") and r.stderr.count("\n") == 1
     for p in want:
         assert stat.S_IMODE(p.stat().st_mode) == 0o755
         assert p.read_bytes().startswith(b"#!/bin/sh\n")

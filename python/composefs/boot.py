@@ -13,9 +13,10 @@ The layout on the target root (``--root DIR``, the partition the initramfs mount
                                         deployment (what survives an upgrade)
 
 The early-boot side (``data/initramfs-tools``, installed into a root's /etc/initramfs-tools by
-``install_initramfs``) reads ``composefs=<digest>`` from the kernel command line and mounts
-exactly that image with its digest enforced; this module is the one place that writes the layout
-it reads. The kernel argument is ``composefs=<64 hex>`` (the image's fs-verity sha256 digest), as
+``install_initramfs``, and the native ``composefs-setup-root`` its boot script runs, installed into
+the root's /usr/local/lib/composefs) reads ``composefs=<digest>`` from the kernel command line and
+mounts exactly that image with its digest enforced; this module is the one place that writes the
+layout it reads. The kernel argument is ``composefs=<64 hex>`` (the image's fs-verity sha256 digest), as
 composefs-rs spells it for the same format.
 """
 
@@ -26,6 +27,7 @@ from importlib import resources
 
 from . import _native
 from .errors import CfsError
+from .mount import native_binary
 from .repository import DIGEST_RE, Repository
 
 # Where the repository and the state live on a root partition.
@@ -35,6 +37,10 @@ VAR_MODES = ("overlay", "bind", "transient")
 ETC_MODES = ("overlay", "transient")
 # Files shipped with the package and where they go under a root's /etc/initramfs-tools.
 INITRAMFS_FILES = ("hooks/composefs", "scripts/local-bottom/composefs")
+# The program the boot script runs (native/mount/src/setup_root), and where the hook finds it in
+# the root it builds an initramfs for.
+SETUP_ROOT = "composefs-setup-root"
+SETUP_ROOT_DIR = "usr/local/lib/composefs"
 
 
 def karg(digest: str) -> str:
@@ -84,11 +90,13 @@ def deploy(root: str, name_or_digest: str) -> dict:
 
 
 def install_initramfs(root: str) -> list[str]:
-    """Copy the initramfs-tools hook and boot script into ``root``/etc/initramfs-tools (mode 0755,
-    replacing older copies); returns the paths written."""
+    """Copy the initramfs-tools hook and boot script into ``root``/etc/initramfs-tools and the
+    program the script runs into ``root``/usr/local/lib/composefs (mode 0755, replacing older
+    copies); returns the paths written."""
     etc = os.path.join(root, "etc", "initramfs-tools")
     if not os.path.isdir(etc):
         raise CfsError("no etc/initramfs-tools here (is initramfs-tools installed in this root?)", root)
+    program = native_binary(SETUP_ROOT)
     src = resources.files(__package__).joinpath("data", "initramfs-tools")
     written = []
     for rel in INITRAMFS_FILES:
@@ -96,4 +104,9 @@ def install_initramfs(root: str) -> list[str]:
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         _native.write_atomic(dst, src.joinpath(rel).read_bytes(), 0o755)
         written.append(dst)
+    dst = os.path.join(root, SETUP_ROOT_DIR, SETUP_ROOT)
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    with open(program, "rb") as f:
+        _native.write_atomic(dst, f.read(), 0o755)
+    written.append(dst)
     return written

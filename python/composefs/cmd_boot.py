@@ -54,10 +54,12 @@ def karg_cmd(image, root, as_json):
 
 @boot_group.command("install-initramfs")
 @click.option("--root", default="/", show_default=True, type=click.Path(file_okay=False),
-              help="The root whose /etc/initramfs-tools gets the hook and boot script.")
+              help="The root whose /etc/initramfs-tools gets the hook and boot script "
+              "(and /usr/local/lib/composefs the program the script runs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the files written as JSON.")
 def install_initramfs_cmd(root, as_json):
-    """Install the initramfs-tools hook and boot script (then run update-initramfs in ROOT)."""
+    """Install the initramfs-tools hook and boot script, and composefs-setup-root, the program
+    the script runs (then run update-initramfs in ROOT)."""
     written = boot.install_initramfs(root)
     if as_json:
         click.echo(json.dumps({"written": written}, indent=2))

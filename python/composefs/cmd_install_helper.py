@@ -5,25 +5,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import sys
 
 import click
 
 from .errors import CfsError
+from .mount import native_binary
 
 HELPER = "mount.composefs"
 
 
 def helper_script() -> str:
     """The installed ``mount.composefs`` (the native helper, next to this Python's cfsctl)."""
-    beside = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), HELPER)
-    if os.access(beside, os.X_OK):
-        return beside
-    found = shutil.which(HELPER)
-    if found:
-        return os.path.abspath(found)
-    raise CfsError(f"the {HELPER} helper is not installed with this Python (reinstall the package)")
+    return native_binary(HELPER)
 
 
 def install_helper(prefix: str, force: bool = False) -> dict:

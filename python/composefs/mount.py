@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
+import sys
 from dataclasses import asdict, dataclass, field, fields
 
 from . import _native
@@ -24,6 +26,18 @@ BACKENDS = ("auto", "kernel", "overlay")
 OVERLAY_SOURCE = "composefs"
 KERNEL_FSTYPE = "composefs"
 MOUNT_APIS = ("auto", "new", "new-paths", "attached", "mixed", "legacy")
+
+
+def native_binary(name: str) -> str:
+    """An installed binary of the native mount crate (``mount.composefs``,
+    ``composefs-setup-root``): the one next to this Python's cfsctl, else the one on PATH."""
+    beside = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), name)
+    if os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which(name)
+    if found:
+        return os.path.abspath(found)
+    raise CfsError(f"{name} is not installed with this Python (reinstall the package)")
 
 
 class MountError(CfsError):

@@ -21,7 +21,7 @@ mod sys;
 
 use std::path::PathBuf;
 
-pub use mount::{kernel_module_available, mount_image, validate, Outcome};
+pub use mount::{escape_layer, kernel_module_available, mount_image, validate, Outcome};
 pub use sys::{enter_mount_ns, measure_verity, umount, SysError};
 
 /// What kind of failure, for the exit status of mount(8) helpers and for Python's exceptions.
@@ -33,6 +33,9 @@ pub enum ErrorKind {
     Permission,
     /// The system refused, or the image or a directory is unusable (exit status 32).
     Failure,
+    /// The image is not the one its digest names: another fs-verity digest, or none (exit
+    /// status 32; a boot tells "tampered or wrong image" from other failures by it).
+    Digest,
 }
 
 /// A mount error: what went wrong, and the path it concerns.
@@ -65,7 +68,7 @@ impl Error {
     pub fn exit_status(&self) -> i32 {
         match self.kind {
             ErrorKind::Usage | ErrorKind::Permission => 1,
-            ErrorKind::Failure => 32,
+            ErrorKind::Failure | ErrorKind::Digest => 32,
         }
     }
 }

@@ -165,16 +165,24 @@ fn no_verity(errno: i32) -> bool {
     matches!(errno, libc::EOPNOTSUPP | libc::ENOTTY | libc::ENOSYS | libc::EINVAL)
 }
 
+/// The image is not the one the digest names (ErrorKind::Digest).
+fn digest_error(message: impl Into<String>, p: &Path) -> Error {
+    Error {
+        kind: ErrorKind::Digest,
+        ..fail(message, Some(p))
+    }
+}
+
 fn measure_image_digest(f: &File, p: &Path) -> Result<String, Error> {
     match sys::measure_verity(f.as_fd()) {
         Ok((alg, d)) if alg == sys::FS_VERITY_HASH_ALG_SHA256 => Ok(d.iter().map(|b| format!("{b:02x}")).collect()),
-        Ok((alg, _)) => Err(fail(
+        Ok((alg, _)) => Err(digest_error(
             format!("the image's fs-verity uses hash algorithm {alg}, composefs digests are sha256"),
-            Some(p),
+            p,
         )),
-        Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Err(fail(
+        Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Err(digest_error(
             "a digest was given but the image has no fs-verity (enable it with 'fsverity enable IMAGE')",
-            Some(p),
+            p,
         )),
         Err(e) if no_verity(e.raw_os_error().unwrap_or(0)) => Err(fail(
             "a digest was given but the filesystem holding the image does not support fs-verity, so the digest \
@@ -260,9 +268,9 @@ pub fn mount_image(req: &Request) -> Result<Outcome, Error> {
     if let Some(want) = &req.digest {
         let got = measure_image_digest(&img, &image)?;
         if &got != want {
-            return Err(fail(
+            return Err(digest_error(
                 format!("image digest mismatch: expected {want}, the image has {got}"),
-                Some(&image),
+                &image,
             ));
         }
     }
@@ -405,7 +413,8 @@ fn temp_dir(cl: &mut Cleanups) -> Result<PathBuf, Error> {
 
 use std::os::unix::fs::DirBuilderExt;
 
-fn escape_layer(p: &Path) -> Vec<u8> {
+/// A path as one overlayfs layer in a mount(2) option string (backslash, `:` and `,` escaped).
+pub fn escape_layer(p: &Path) -> Vec<u8> {
     let mut out = Vec::new();
     for &c in p.as_os_str().as_bytes() {
         if matches!(c, b'\\' | b':' | b',') {

@@ -22,7 +22,7 @@ fn mount_err(e: cm::Error) -> PyErr {
     let kind = match e.kind {
         cm::ErrorKind::Usage => "usage",
         cm::ErrorKind::Permission => "permission",
-        cm::ErrorKind::Failure => "failure",
+        cm::ErrorKind::Failure | cm::ErrorKind::Digest => "failure",
     };
     MountFailed::new_err((e.message, e.path.map(|p| p.into_os_string()), kind))
 }

@@ -15,7 +15,8 @@ set -euo pipefail
 MIRROR=${1:?usage: boot-rootfs.sh MIRROR SECURITY_MIRROR DEST}
 SECMIRROR=${2:?usage}
 DEST=${3:?usage}
-INCLUDE=systemd,systemd-sysv,udev,kmod,initramfs-tools,fsverity,util-linux
+# xz-utils (Priority: standard, in every standard install): the composefs hook unpacks its modules
+INCLUDE=systemd,systemd-sysv,udev,kmod,initramfs-tools,fsverity,util-linux,xz-utils
 KPKG=linux-image-6.12-amd64
 
 TMP=$(dirname "$DEST")/.tmp-$(basename "$DEST")-$$

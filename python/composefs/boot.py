@@ -33,8 +33,6 @@ from .repository import DIGEST_RE, Repository
 # Where the repository and the state live on a root partition.
 REPO_DIR = "composefs"
 STATE_DIR = "state"
-VAR_MODES = ("overlay", "bind", "transient")
-ETC_MODES = ("overlay", "transient")
 # Files shipped with the package and where they go under a root's /etc/initramfs-tools.
 INITRAMFS_FILES = ("hooks/composefs", "scripts/local-bottom/composefs")
 # The program the boot script runs (native/mount/src/setup_root), and where the hook finds it in

@@ -118,7 +118,7 @@ fn build_err(e: BuildError) -> PyErr {
     }
 }
 
-fn read_err(e: ReadError) -> PyErr {
+pub(super) fn read_err(e: ReadError) -> PyErr {
     FormatError::new_err(e.to_string())
 }
 
@@ -129,7 +129,7 @@ fn read_file(path: &Path) -> PyResult<Vec<u8>> {
 /// Where an image is read from: a path (followed if a symlink: the caller named it), or a
 /// descriptor the caller opened (the repository opens its images itself, refusing symlinks).
 #[derive(FromPyObject)]
-enum ImageSource {
+pub(super) enum ImageSource {
     Fd(RawFd),
     Path(PathBuf),
 }
@@ -161,7 +161,7 @@ fn image_bytes(src: &ImageSource) -> PyResult<Vec<u8>> {
     r.map_err(|e| os_error(&e, path))?.map_err(read_err)
 }
 
-fn load_image(src: &ImageSource) -> PyResult<reader::Loaded> {
+pub(super) fn load_image(src: &ImageSource) -> PyResult<reader::Loaded> {
     reader::read_image(&image_bytes(src)?).map_err(read_err)
 }
 

@@ -193,7 +193,6 @@ fn oci_build_image<'py>(
     BuildResult::new(py, built, objects, entries, None, None)
 }
 
-/// (name, kind, data offset, size, link target) of one archive member.
 /// One member of a tar archive, from its header: its name, its kind (`"file"`, `"hardlink"`,
 /// `"symlink"`, `"dir"` or `"other"`), where its data starts in the archive and how long it is,
 /// and its link target (empty unless a link).

@@ -4,7 +4,8 @@
 //! in the order a walk of its tree meets them), and the HTTP object fetcher ([`crate::fetch`]).
 //! Fetch errors become `composefs._native.FetchError` with `(message, url or None)`; the store's
 //! own errors keep their usual types.
-use super::errors::{os_error, to_pyerr, FormatError};
+use super::errors::{to_pyerr, FormatError};
+use super::image::{load_image, read_err, ImageSource};
 use super::pyio::PyRead;
 use super::types::StoredObject;
 use crate::erofs::reader;
@@ -14,7 +15,7 @@ use crate::tree::InodeData;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -275,36 +276,24 @@ fn walk_objects(loaded: &reader::Loaded) -> Vec<ImageObject> {
     out
 }
 
-fn read_image_file(image_path: &Path) -> PyResult<Vec<u8>> {
-    std::fs::read(image_path).map_err(|e| os_error(&e, Some(image_path)))
-}
-
 /// The distinct objects an image refers to in walk order (see [`walk_objects`]). What
 /// `cfsctl fetchd` may fetch, and the order it reads ahead in.
 #[pyfunction]
 fn image_objects_walk(py: Python<'_>, image_path: PathBuf) -> PyResult<Vec<ImageObject>> {
-    py.allow_threads(|| {
-        let bytes = read_image_file(&image_path)?;
-        let loaded = reader::read_image(&bytes).map_err(|e| FormatError::new_err(e.to_string()))?;
-        Ok(walk_objects(&loaded))
-    })
+    py.allow_threads(|| Ok(walk_objects(&load_image(&ImageSource::Path(image_path))?)))
 }
 
 /// The distinct objects an image refers to, sorted by name.
 #[pyfunction]
 fn image_objects_sized(py: Python<'_>, image_path: PathBuf) -> PyResult<Vec<ImageObject>> {
-    py.allow_threads(|| {
-        let bytes = read_image_file(&image_path)?;
-        let loaded = reader::read_image(&bytes).map_err(|e| FormatError::new_err(e.to_string()))?;
-        Ok(sized_objects(&loaded))
-    })
+    py.allow_threads(|| Ok(sized_objects(&load_image(&ImageSource::Path(image_path))?)))
 }
 
 /// An image held in memory, read once: its entry count and its objects.
 #[pyfunction]
 fn image_bytes_plan(py: Python<'_>, data: &[u8]) -> PyResult<ImagePlan> {
     let (entries, objects) = py.allow_threads(|| {
-        let loaded = reader::read_image(data).map_err(|e| FormatError::new_err(e.to_string()))?;
+        let loaded = reader::read_image(data).map_err(read_err)?;
         PyResult::Ok((crate::dump::count_paths(&loaded.tree), sized_objects(&loaded)))
     })?;
     let objects = objects

@@ -12,7 +12,9 @@
 //!    become [`Op::Whiteout`] / [`Op::Opaque`];
 //! 4. a regular file's contents over [`INLINE_MAX`] bytes go to the store: small ones through
 //!    memory, large ones through a temporary file in the store; hashing and linking run on the
-//!    rayon pool while the stream is read on, with at most [`IN_FLIGHT`] bytes waiting;
+//!    rayon pool while the stream is read on, with at most [`IN_FLIGHT`] bytes waiting (one
+//!    budget for every layer this process reads at once, so memory stays bounded however many
+//!    layers are read in parallel and however slow the store is);
 //! 5. at the end of the archive at most [`MAX_TRAILER`] more bytes are drained (tar padding),
 //!    then `diff_id` and the blob digest and size are compared. Only a layer whose every check
 //!    passed is returned; objects stored before a failure stay (they are named by their content).
@@ -31,7 +33,7 @@ use std::sync::{mpsc, Arc, Condvar, Mutex};
 
 /// Contents up to this size are hashed from memory; larger ones are streamed to a store file.
 const SMALL: u64 = 1 << 20;
-/// Bytes of contents read but not yet stored, at most.
+/// Bytes of contents read but not yet stored, at most, summed over every layer being read.
 const IN_FLIGHT: u64 = 64 << 20;
 /// Bytes allowed after the end-of-archive marker (tar pads to records of 10 KiB).
 const MAX_TRAILER: u64 = 1 << 20;
@@ -610,10 +612,10 @@ fn read_content<R: tar::Source>(tar: &mut TarReader<R>, sink: &Sink, size: u64) 
         return Ok(Content::Inline(buf));
     }
     let job = if size <= SMALL {
-        sink.reserve(size);
+        let reserved = sink.reserve(size);
         let mut buf = Vec::with_capacity(size as usize);
         tar.read_data_to_end(&mut buf, SMALL as usize)?;
-        sink.spawn(Work::Bytes(buf), size)
+        sink.spawn(Work::Bytes(buf), reserved)
     } else {
         let mut w = sink.store.object_writer()?;
         let mut buf = vec![0u8; 1 << 20];
@@ -627,8 +629,8 @@ fn read_content<R: tar::Source>(tar: &mut TarReader<R>, sink: &Sink, size: u64) 
                 source,
             })?;
         }
-        sink.reserve(size);
-        sink.spawn(Work::File(w), size)
+        let reserved = sink.reserve(size);
+        sink.spawn(Work::File(w), reserved)
     };
     // The job number stands in the digest's place until the jobs are done.
     let mut slot = [0u8; 32];
@@ -641,15 +643,53 @@ enum Work {
     File(store::ObjectWriter),
 }
 
+/// The bytes read but not yet stored, over every [`Sink`] of the process (see [`IN_FLIGHT`]).
+struct Budget {
+    used: Mutex<u64>,
+    freed: Condvar,
+}
+
+static BUDGET: Budget = Budget {
+    used: Mutex::new(0),
+    freed: Condvar::new(),
+};
+
+impl Budget {
+    /// Wait until `size` more bytes fit (when nothing is in flight, any size does: a single file
+    /// larger than the budget still goes, alone). Store jobs never wait on a reader, so every
+    /// wait here ends when jobs already spawned finish.
+    fn take(&self, size: u64) {
+        let mut used = self.used.lock().unwrap();
+        while *used > 0 && *used + size > IN_FLIGHT {
+            used = self.freed.wait(used).unwrap();
+        }
+        *used += size;
+    }
+
+    fn give_back(&self, size: u64) {
+        *self.used.lock().unwrap() -= size;
+        self.freed.notify_all();
+    }
+}
+
+/// Bytes taken from [`BUDGET`], given back when dropped: by the store job that holds them, or
+/// at once when the read fails before the job is spawned (the budget outlives any one layer).
+struct Reserved(u64);
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        BUDGET.give_back(self.0);
+    }
+}
+
 #[derive(Default)]
 struct SinkState {
-    in_flight: u64,
     running: usize,
     digests: Vec<Digest>,
     error: Option<store::Error>,
 }
 
-/// Store jobs of one layer on the rayon pool, with a bound on the bytes waiting.
+/// Store jobs of one layer on the rayon pool, within the process's bound on the bytes waiting.
 struct Sink {
     store: Arc<Store>,
     state: Arc<(Mutex<SinkState>, Condvar)>,
@@ -665,17 +705,13 @@ impl Sink {
         }
     }
 
-    /// Wait until `size` more bytes may be in flight (a single larger file always may go).
-    fn reserve(&self, size: u64) {
-        let (m, cv) = &*self.state;
-        let mut s = m.lock().unwrap();
-        while s.in_flight > 0 && s.in_flight + size > IN_FLIGHT {
-            s = cv.wait(s).unwrap();
-        }
-        s.in_flight += size;
+    /// Wait until `size` more bytes may be in flight.
+    fn reserve(&self, size: u64) -> Reserved {
+        BUDGET.take(size);
+        Reserved(size)
     }
 
-    fn spawn(&self, work: Work, size: u64) -> usize {
+    fn spawn(&self, work: Work, reserved: Reserved) -> usize {
         let (m, _) = &*self.state;
         let job = {
             let mut s = m.lock().unwrap();
@@ -704,9 +740,10 @@ impl Sink {
                     s.error.get_or_insert(e);
                 }
             }
-            s.in_flight -= size;
             s.running -= 1;
             cv.notify_all();
+            drop(s);
+            drop(reserved);
         });
         job
     }
@@ -1130,6 +1167,32 @@ mod tests {
         assert_eq!(l.ops.len(), 2);
         assert!(matches!(&l.ops[1], Op::Put { path, node } if path == b"d/f"
             && matches!(&node.data, NodeData::Regular { size: 3, content: Content::Inline(c) } if c == b"abc")));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The in-flight budget is the process's: a read that fails between reserving and storing
+    /// must give its bytes back, or enough failed layers would leave every later read waiting
+    /// for ever. More truncated 1 MiB files than the budget holds, then a good layer.
+    #[test]
+    fn failed_reads_give_their_budget_back() {
+        let (store, dir) = store();
+        let (done, wait) = mpsc::channel();
+        let s = store.clone();
+        std::thread::spawn(move || {
+            let mut plain = header(b"f", b'0', SMALL, b"").to_vec();
+            plain.extend_from_slice(&[0x5a; 9]);
+            for _ in 0..IN_FLIGHT / SMALL + 8 {
+                let r = read_layer(&plain[..], &Expect::default(), &s, tar::Limits::default());
+                assert!(matches!(r, Err(LayerError::Tar(TarError::Truncated { .. }))), "{r:?}");
+            }
+            let plain = sample();
+            done.send(read_layer(&plain[..], &Expect::default(), &s, tar::Limits::default()).map(|l| l.ops.len()))
+                .unwrap();
+        });
+        let r = wait
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("a read waited for budget never given back");
+        assert_eq!(r.unwrap(), 7);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -20,7 +20,10 @@ largest of the process and its waited-for descendants, e.g. skopeo under compose
     fetches through `skopeo experimental-image-proxy`; Debian's skopeo 1.9 ignores
     CONTAINERS_REGISTRIES_CONF, so a `skopeo` shim first on PATH adds `--registries-conf` naming
     the plain-HTTP registry as insecure.
-Target (issue #12): >= 1.5x faster than the faster of the other two, peak RSS under 150 MB.
+Target (issue #12): >= 1.5x faster than the faster of the other two, peak RSS under 150 MB. The
+speed-up is reported as the ratio of the medians and as the median of each round's own ratio
+(paired: the runs of one round share the machine's state of the moment); the target counts as met
+only when both are at least 1.5x.
 """
 
 from __future__ import annotations
@@ -173,6 +176,7 @@ def run(workdir: Path) -> list[dict]:
         if rs:
             tools.append((RS, rs_pull, rs_env))
         samples: dict[str, list[tuple[float, float, int]]] = {t[0]: [] for t in tools}
+        by_round: dict[str, dict[int, float]] = {t[0]: {} for t in tools}
         failed: dict[str, str] = {}
         digests: dict[str, set[str]] = {}
         loads = []
@@ -199,6 +203,7 @@ def run(workdir: Path) -> list[dict]:
                 log(f"round {i + 1}: {label}: {wall:.3f} s wall, {cpu:.3f} s cpu, {mib(rss)} peak RSS "
                     f"(load {loadavg()})")
                 samples[label].append((wall, cpu, rss))
+                by_round[label][i] = wall
     finally:
         reg.stop()
         shutil.rmtree(workdir / "runs", ignore_errors=True)  # now, not before the next run
@@ -218,8 +223,14 @@ def run(workdir: Path) -> list[dict]:
             if others:
                 fastest = min(others, key=others.get)
                 x = others[fastest] / wall
-                note.append(f"{x:.2f}x the faster other way ({fastest}): target >= {TARGET_SPEEDUP}x "
-                            f"{'met' if x >= TARGET_SPEEDUP else 'MISSED'}")
+                # Paired too: a round's runs share the machine's state of the moment (this VM's
+                # cost of a fresh page, writeback), which moves between rounds more than the
+                # tools differ. The target counts as met only when both measures meet it.
+                paired = [by_round[fastest][j] / w for j, w in by_round[OURS].items() if j in by_round[fastest]]
+                px = statistics.median(paired) if paired else 0.0
+                met = x >= TARGET_SPEEDUP and px >= TARGET_SPEEDUP
+                note.append(f"{x:.2f}x the faster other way ({fastest}; median of the rounds' own ratios "
+                            f"{px:.2f}x): target >= {TARGET_SPEEDUP}x {'met' if met else 'MISSED'}")
             note.append(f"RSS target < {TARGET_RSS / 1e6:.0f} MB {'met' if rss < TARGET_RSS else 'MISSED'}")
         if label in failed:
             note.append(f"failed once: {failed[label]}")

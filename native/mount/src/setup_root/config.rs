@@ -64,6 +64,10 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(pub String);
 
+/// The kernel command line's `composefs.KEY=` settings read here. They look like parameters of
+/// a module named composefs (which has none): the module loader knows to leave them alone.
+pub const CMDLINE_KEYS: [&str; 2] = ["composefs.etc", "composefs.var"];
+
 /// One setting as given, and how to show it in an error (`composefs.etc=X`, `ETC=X (BOOT_CONF line N)`).
 struct Given {
     value: String,

@@ -12,10 +12,12 @@
 //! on the command line, signature enforcement) or ENODEV (a CPU without the feature) did not
 //! come, and modprobe -q would not say anything either.
 //!
-//! What it leaves out (modprobe.d: options, install commands, blacklists of aliases; alias
-//! patterns with wildcards; softdep `post:`): none of it concerns these modules in an initramfs
-//! built by our hook. Anything it cannot do itself (no modules.dep, a decompression this kernel
-//! lacks, any other error) it hands to `modprobe -q -a` with the names asked for.
+//! What modprobe would take from its configuration is modprobe's to apply: when modprobe.d (its
+//! `*.conf` files) has an `options`, `install`, `remove`, `blacklist`, `softdep` or `alias` line
+//! for a module of the plan or a name asked for, or the kernel command line a `MODULE.param` or
+//! `modprobe.blacklist=` naming one, nothing is loaded here and the names go to modprobe. So do
+//! names this cannot do itself (no modules.dep, a decompression this kernel lacks, any other
+//! error). Left out otherwise: alias patterns with wildcards, softdep `post:`.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -146,6 +148,61 @@ impl Index {
     }
 }
 
+/// Where modprobe reads its configuration (kmod's directories; only `*.conf` files count).
+const CONF_DIRS: [&str; 5] = [
+    "/etc/modprobe.d",
+    "/run/modprobe.d",
+    "/usr/local/lib/modprobe.d",
+    "/lib/modprobe.d",
+    "/usr/lib/modprobe.d",
+];
+
+/// The text of every modprobe.d `*.conf` file there is (unreadable ones count as configuring
+/// everything: modprobe decides then).
+fn read_confs() -> Result<Vec<String>, ()> {
+    let mut out = Vec::new();
+    for dir in CONF_DIRS {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".conf") {
+                out.push(std::fs::read_to_string(e.path()).map_err(|_| ())?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether modprobe's configuration says anything of `names` (normalised module names and the
+/// names asked for): a modprobe.d line of `confs` or a parameter of `cmdline`.
+fn configured(names: &HashSet<String>, confs: &[String], cmdline: &str) -> bool {
+    let named = |w: &str| names.contains(w) || names.contains(&norm(w));
+    for text in confs {
+        // A backslash at the end of a line continues it (kmod); `#` starts a comment line.
+        let text = text.replace("\\\n", " ");
+        for line in text.lines() {
+            let mut w = line.split_whitespace();
+            match (w.next(), w.next()) {
+                (Some("options" | "install" | "remove" | "blacklist" | "softdep" | "alias"), Some(m)) if named(m) => {
+                    return true
+                }
+                _ => {}
+            }
+        }
+    }
+    cmdline.split_whitespace().any(|arg| {
+        let key = arg.split('=').next().unwrap_or(arg);
+        if key == "modprobe.blacklist" {
+            return arg.split_once('=').is_some_and(|(_, v)| v.split(',').any(named));
+        }
+        match key.split_once('.') {
+            Some((m, _)) => named(m) && !super::config::CMDLINE_KEYS.contains(&key),
+            None => false,
+        }
+    })
+}
+
 /// What loading a list of modules came to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Loaded {
@@ -186,7 +243,15 @@ pub fn load(names: &[&str]) -> Loaded {
     let Some(index) = Index::open(Path::new("/lib/modules").join(release)) else {
         return Loaded::Modprobe;
     };
-    for path in index.plan(names) {
+    let plan = index.plan(names);
+    let mut concerned: HashSet<String> = names.iter().map(|n| n.to_string()).collect();
+    concerned.extend(plan.iter().map(|p| module_name(&p.to_string_lossy())));
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    match read_confs() {
+        Ok(confs) if !configured(&concerned, &confs, &cmdline) => {}
+        _ => return Loaded::Modprobe,
+    }
+    for path in plan {
         match load_file(&path) {
             // Refused (EPERM: module_blacklist=, unsigned under lockdown; ENODEV: a CPU-specific
             // module on a CPU without the feature): this one did not come, as with modprobe -q;
@@ -285,5 +350,49 @@ alias fs-composefs composefs
             assert_eq!(got, want, "{names:?}");
         }
         assert!(compressed("a/b.ko.zst") && !compressed("updates/composefs.ko"));
+    }
+
+    /// What makes the loading modprobe's: configuration naming a module of the plan (or a name
+    /// asked for), and nothing else.
+    #[test]
+    fn configuration_goes_to_modprobe() {
+        let names: HashSet<String> = ["overlay", "fs-erofs", "erofs", "libcrc32c", "sha256_ssse3"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        // Debian's own modprobe.d (kmod, systemd, fbdev blacklists): none of ours.
+        let debian = "# comment\nalias char-major-10-175 agpgart\nalias block-major-7-* loop\n\
+                      options bonding max_bonds=0\nblacklist vga16fb\n";
+        let cases: &[(&str, &str, bool)] = &[
+            ("", "", false),
+            (debian, "root=/dev/vda1 ro quiet", false),
+            // our own settings look like parameters of the composefs module
+            ("", "composefs=abc composefs.etc=transient composefs.var=bind", false),
+            ("options overlay metacopy=on\n", "", true),
+            ("  options   overlay redirect_dir=on\n", "", true),
+            ("# options overlay metacopy=on\n", "", false),
+            ("options overlayfs x=1\n", "", false),
+            ("install erofs /bin/false\n", "", true),
+            ("remove erofs /bin/true\n", "", true),
+            ("blacklist libcrc32c\n", "", true),
+            ("blacklist sha256-ssse3\n", "", true),
+            ("softdep overlay pre: nls_utf8\n", "", true),
+            ("alias fs-erofs squashfs\n", "", true),
+            ("alias fs-squashfs erofs\n", "", false),
+            // a continued line is one line
+            ("options \\\n overlay index=off\n", "", true),
+            ("", "overlay.metacopy=Y", true),
+            ("", "sha256-ssse3.x=1", true),
+            ("", "ext4.x=1 nfs.y", false),
+            ("", "modprobe.blacklist=nouveau,erofs", true),
+            ("", "modprobe.blacklist=nouveau", false),
+        ];
+        for (conf, cmdline, want) in cases {
+            assert_eq!(
+                configured(&names, &[conf.to_string()], cmdline),
+                *want,
+                "{conf:?} {cmdline:?}"
+            );
+        }
     }
 }

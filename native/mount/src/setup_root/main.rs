@@ -83,8 +83,8 @@ fn read_conf() -> Result<Option<String>, ConfigError> {
 /// Load MODULES (names or aliases) as `modprobe -q -a` would: in this process (modules.rs), or
 /// by modprobe where that cannot. Whether they came is for the caller to find out (a module
 /// missing or refused, as with module_blacklist=, is not an error here).
-fn load_modules(names: &[&str]) {
-    if modules::load(names) == modules::Loaded::Done {
+fn load_modules(loader: &modules::Loader, names: &[&str]) {
+    if loader.load(names) == modules::Loaded::Done {
         return;
     }
     let _ = Command::new("modprobe")
@@ -154,9 +154,15 @@ fn detail(e: &Error, image: &Path) -> String {
 }
 
 /// Mount the image at `rootmnt` with its digest enforced; how it was done, for the final line.
-fn mount_root(cfg: &Config, repo: &Path, image: &Path, rootmnt: &Path) -> Result<&'static str, Stop> {
+fn mount_root(
+    cfg: &Config,
+    loader: &modules::Loader,
+    repo: &Path,
+    image: &Path,
+    rootmnt: &Path,
+) -> Result<&'static str, Stop> {
     let d = &cfg.digest;
-    load_modules(&["crypto-sha256", "overlay", "composefs"]);
+    load_modules(loader, &["crypto-sha256", "overlay", "composefs"]);
     let module = kernel_module_available();
     let mut req = Request::new(image.to_path_buf(), rootmnt.to_path_buf());
     req.basedirs = vec![repo.join("objects")];
@@ -164,14 +170,14 @@ fn mount_root(cfg: &Config, repo: &Path, image: &Path, rootmnt: &Path) -> Result
     req.image_nofollow = true;
     req.backend = if module { Backend::Kernel } else { Backend::Overlay };
     if !module {
-        load_modules(&["erofs"]);
+        load_modules(loader, &["erofs"]);
         // EROFS straight from the image file (Linux 6.12+, EROFS_FS_BACKED_BY_FILE) needs no
         // loop device: loop is loaded, and the mount tried again with one, only where that fails.
         req.erofs_source = ErofsSource::File;
     }
     let mut result = mount_image(&req);
     if matches!(&result, Err(e) if !module && e.kind != ErrorKind::Digest) {
-        load_modules(&["loop"]);
+        load_modules(loader, &["loop"]);
         req.erofs_source = ErofsSource::Auto;
         result = mount_image(&req);
     }
@@ -219,7 +225,7 @@ fn run(rootmnt: &Path, started: &str) -> Result<Option<String>, Stop> {
             "image sha256:{d} is not deployed (no /state/deploy/{d}; run cfsctl boot deploy)"
         ));
     }
-    let how = mount_root(&cfg, &repo, &image, rootmnt)?;
+    let how = mount_root(&cfg, &modules::Loader::open(&cmdline), &repo, &image, rootmnt)?;
 
     let transient = run.join("transient");
     if cfg.etc == EtcMode::Transient || cfg.var == VarMode::Transient {

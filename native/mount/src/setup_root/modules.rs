@@ -236,31 +236,48 @@ fn load_file(path: &Path) -> Result<(), rustix::io::Errno> {
     }
 }
 
-/// Load `names` (module names or aliases) as `modprobe -q -a` would.
-pub fn load(names: &[&str]) -> Loaded {
-    let release = rustix::system::uname();
-    let release = release.release().to_string_lossy().into_owned();
-    let Some(index) = Index::open(Path::new("/lib/modules").join(release)) else {
-        return Loaded::Modprobe;
-    };
-    let plan = index.plan(names);
-    let mut concerned: HashSet<String> = names.iter().map(|n| n.to_string()).collect();
-    concerned.extend(plan.iter().map(|p| module_name(&p.to_string_lossy())));
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    match read_confs() {
-        Ok(confs) if !configured(&concerned, &confs, &cmdline) => {}
-        _ => return Loaded::Modprobe,
-    }
-    for path in plan {
-        match load_file(&path) {
-            // Refused (EPERM: module_blacklist=, unsigned under lockdown; ENODEV: a CPU-specific
-            // module on a CPU without the feature): this one did not come, as with modprobe -q;
-            // the caller looks at what is there.
-            Ok(()) | Err(rustix::io::Errno::PERM | rustix::io::Errno::NODEV) => {}
-            Err(_) => return Loaded::Modprobe,
+/// What loading needs, read once for the whole boot: the running kernel's module index (None
+/// without a readable modules.dep), modprobe's configuration (Err when a file of it is
+/// unreadable) and the kernel command line (as the caller read it for its own settings).
+pub struct Loader {
+    index: Option<Index>,
+    confs: Result<Vec<String>, ()>,
+    cmdline: String,
+}
+
+impl Loader {
+    pub fn open(cmdline: &str) -> Loader {
+        let release = rustix::system::uname();
+        let release = release.release().to_string_lossy().into_owned();
+        Loader {
+            index: Index::open(Path::new("/lib/modules").join(release)),
+            confs: read_confs(),
+            cmdline: cmdline.to_string(),
         }
     }
-    Loaded::Done
+
+    /// Load `names` (module names or aliases) as `modprobe -q -a` would.
+    pub fn load(&self, names: &[&str]) -> Loaded {
+        let (Some(index), Ok(confs)) = (&self.index, &self.confs) else {
+            return Loaded::Modprobe;
+        };
+        let plan = index.plan(names);
+        let mut concerned: HashSet<String> = names.iter().map(|n| n.to_string()).collect();
+        concerned.extend(plan.iter().map(|p| module_name(&p.to_string_lossy())));
+        if configured(&concerned, confs, &self.cmdline) {
+            return Loaded::Modprobe;
+        }
+        for path in plan {
+            match load_file(&path) {
+                // Refused (EPERM: module_blacklist=, unsigned under lockdown; ENODEV: a
+                // CPU-specific module on a CPU without the feature): this one did not come, as
+                // with modprobe -q; the caller looks at what is there.
+                Ok(()) | Err(rustix::io::Errno::PERM | rustix::io::Errno::NODEV) => {}
+                Err(_) => return Loaded::Modprobe,
+            }
+        }
+        Loaded::Done
+    }
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ import stat
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 from . import _native
 from .build import ScanOptions, build_image
@@ -535,14 +535,21 @@ class Repository:
             st = top.stat(follow_symlinks=False)
             if not re.fullmatch(r"[0-9a-f]{2}", top.name):
                 report("stray", path, "not an object directory (objects/ holds only 00..ff)")
-            elif not stat.S_ISDIR(st.st_mode):
-                report("object-dir-refused", path, "not a directory (a symlink is never followed)")
-            elif st.st_uid not in self.trusted:
-                report("object-dir-refused", path, f"owned by uid {st.st_uid}, not by the repository's owner")
+            elif why := self._refusal(st, stat.S_ISDIR, "directory"):
+                report("object-dir-refused", path, why)
             else:
                 if st.st_mode & 0o022:
                     report("mode", path, _OPEN_MODE)
                 yield top.name, path, sorted(os.scandir(path), key=lambda e: e.name)
+
+    def _refusal(self, st: os.stat_result, is_type: Callable[[int], bool], noun: str) -> str | None:
+        """Why an entry (``lstat`` result) is not one the repository trusts: not of the type
+        wanted, or not owned by the repository's owner or root; None when it is."""
+        if not is_type(st.st_mode):
+            return f"not a {noun} (a symlink is never followed)"
+        if st.st_uid not in self.trusted:
+            return f"owned by uid {st.st_uid}, not by the repository's owner"
+        return None
 
     # --- checking ------------------------------------------------------------------------------
 
@@ -556,12 +563,8 @@ class Repository:
                 if not re.fullmatch(r"[0-9a-f]{62}", e.name):
                     if not _native.is_temp_name(e.name):
                         problems.append({"kind": "stray", "path": p, "message": "not named by an object digest"})
-                elif not stat.S_ISREG(st.st_mode):
-                    problems.append({"kind": "object-refused", "path": p,
-                                     "message": "not a regular file (a symlink is never followed)"})
-                elif st.st_uid not in self.trusted:
-                    problems.append({"kind": "object-refused", "path": p,
-                                     "message": f"owned by uid {st.st_uid}, not by the repository's owner"})
+                elif why := self._refusal(st, stat.S_ISREG, "regular file"):
+                    problems.append({"kind": "object-refused", "path": p, "message": why})
                 else:
                     paths.append(p)
                     names.append(sub + e.name)
@@ -569,12 +572,8 @@ class Repository:
         for d in self.image_digests():
             p = self.image_path(d)
             st = os.lstat(p)
-            if not stat.S_ISREG(st.st_mode):
-                problems.append({"kind": "image-refused", "path": p,
-                                 "message": "not a regular file (a symlink is never followed)"})
-            elif st.st_uid not in self.trusted:
-                problems.append({"kind": "image-refused", "path": p,
-                                 "message": f"owned by uid {st.st_uid}, not by the repository's owner"})
+            if why := self._refusal(st, stat.S_ISREG, "regular file"):
+                problems.append({"kind": "image-refused", "path": p, "message": why})
             else:
                 images.append(d)
         problems.extend(self._strays())

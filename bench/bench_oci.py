@@ -9,7 +9,7 @@ temporary config under bench/work/oci/, plain HTTP).
 
 Timed, each into an empty repository, the tools alternated round by round (the order rotates;
 BENCH_REPEAT rounds, medians reported), page cache warm, `sync` and quiet writeback before each
-run; wall time, CPU time (user + system) and peak RSS from the child's `wait4` rusage (RSS: the
+run, and what each run wrote dropped from the page cache after it (`evict`); wall time, CPU time (user + system) and peak RSS from the child's `wait4` rusage (RSS: the
 largest of the process and its waited-for descendants, e.g. skopeo under composefs-rs):
   * `cfsctl oci pull` (this project);
   * `skopeo copy docker://... oci:DIR` then `cfsctl oci import DIR` (what users do without pull;
@@ -91,6 +91,25 @@ class Registry:
         self.proc.wait(timeout=30)
 
 
+def evict(dirs: list[Path]) -> None:
+    """Drop what a run wrote from the page cache (written back already: `settle` ran), keeping
+    the files. Each run then starts from the same memory state: on this VM a page freed a while
+    ago was handed back to the host and costs a host fault when first touched again, while one
+    freed recently does not, so without this the first tool of a round writes into cheap pages
+    and the later ones into dear ones (see bench/README.md)."""
+    for top in dirs:
+        for dirpath, _dirs, files in os.walk(top):
+            for name in files:
+                try:
+                    fd = os.open(os.path.join(dirpath, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+                except OSError:
+                    continue
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
+
+
 def image(workdir: Path) -> tuple[Path, Path]:
     """The root and its two-layer layout (each made once)."""
     (workdir.parent / "repo").mkdir(exist_ok=True)
@@ -149,9 +168,12 @@ def run(workdir: Path) -> list[dict]:
             time.sleep(35)
         runs.mkdir()
 
+        made: list[Path] = []
+
         def fresh(name: str) -> Path:
             d = runs / name
             shutil.rmtree(d, ignore_errors=True)
+            made.append(d)
             return d
 
         def ours_pull(i: int):
@@ -188,6 +210,7 @@ def run(workdir: Path) -> list[dict]:
                     continue
                 wall = cpu = 0.0
                 rss = 0
+                made.clear()
                 try:
                     for args in steps(i):
                         settle()
@@ -199,6 +222,9 @@ def run(workdir: Path) -> list[dict]:
                     failed[label] = str(e).strip().splitlines()[-1][:200]
                     log(f"{label}: {e}")
                     continue
+                finally:
+                    settle()
+                    evict(made)
                 loads.append(os.getloadavg()[0])
                 log(f"round {i + 1}: {label}: {wall:.3f} s wall, {cpu:.3f} s cpu, {mib(rss)} peak RSS "
                     f"(load {loadavg()})")

@@ -106,6 +106,8 @@ def evict(dirs: list[Path]) -> None:
                     continue
                 try:
                     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                except OSError:
+                    pass  # not a regular file (ESPIPE) or the like: nothing cached to drop
                 finally:
                     os.close(fd)
 

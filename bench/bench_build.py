@@ -181,9 +181,9 @@ def tree_stats(root: Path) -> tuple[int, int, int]:
     return entries, content, work
 
 
-def warm(root: Path) -> None:
-    """Read every regular file once, so the page cache holds the tree."""
-    buf = bytearray(1 << 20)
+def each_file(root: Path, use) -> None:
+    """Call ``use(fd)`` on every file below ``root``, opened read-only without following a
+    symlink or blocking on a fifo; a file that cannot be opened or used is passed over."""
     for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:
             try:
@@ -191,13 +191,23 @@ def warm(root: Path) -> None:
             except OSError:
                 continue
             try:
-                if os.fstat(fd).st_mode & 0o170000 == 0o100000:
-                    while os.readv(fd, [buf]):
-                        pass
+                use(fd)
             except OSError:
                 pass
             finally:
                 os.close(fd)
+
+
+def warm(root: Path) -> None:
+    """Read every regular file once, so the page cache holds the tree."""
+    buf = bytearray(1 << 20)
+
+    def read(fd: int) -> None:
+        if os.fstat(fd).st_mode & 0o170000 == 0o100000:
+            while os.readv(fd, [buf]):
+                pass
+
+    each_file(root, read)
 
 
 def run_child(args: list[str], stdout=subprocess.DEVNULL, env=None) -> tuple[float, float, int, bytes]:

@@ -9,8 +9,9 @@ temporary config under bench/work/oci/, plain HTTP).
 
 Timed, each into an empty repository, the tools alternated round by round (the order rotates;
 BENCH_REPEAT rounds, medians reported), page cache warm, `sync` and quiet writeback before each
-run, and what each run wrote dropped from the page cache after it (`evict`); wall time, CPU time (user + system) and peak RSS from the child's `wait4` rusage (RSS: the
-largest of the process and its waited-for descendants, e.g. skopeo under composefs-rs):
+run, and what each run wrote dropped from the page cache after it (`evict`); wall time, CPU
+time (user + system) and peak RSS from the child's `wait4` rusage (RSS: the largest of the
+process and its waited-for descendants, e.g. skopeo under composefs-rs):
   * `cfsctl oci pull` (this project);
   * `skopeo copy docker://... oci:DIR` then `cfsctl oci import DIR` (what users do without pull;
     times and CPU add up, RSS is the larger of the two);
@@ -37,7 +38,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from bench_build import loadavg, log, run_child, settle, warm
+from bench_build import each_file, loadavg, log, run_child, settle, warm
 from bench_repo import make_layout, make_root, mib
 
 TITLE = "oci pull from a local registry: cfsctl oci pull vs skopeo copy + cfsctl oci import vs composefs-rs"
@@ -98,18 +99,7 @@ def evict(dirs: list[Path]) -> None:
     freed recently does not, so without this the first tool of a round writes into cheap pages
     and the later ones into dear ones (see bench/README.md)."""
     for top in dirs:
-        for dirpath, _dirs, files in os.walk(top):
-            for name in files:
-                try:
-                    fd = os.open(os.path.join(dirpath, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-                except OSError:
-                    continue
-                try:
-                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-                except OSError:
-                    pass  # not a regular file (ESPIPE) or the like: nothing cached to drop
-                finally:
-                    os.close(fd)
+        each_file(top, lambda fd: os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED))
 
 
 def image(workdir: Path) -> tuple[Path, Path]:

@@ -10,6 +10,9 @@
 //! - the *temporary file* is hashed (a plain copy hashes the very bytes it writes) and must give
 //!   the digest the caller computed from the source, so a source that changed between hashing and
 //!   copying is reported ([`Error::Changed`]) instead of being stored under a wrong name;
+//! - contents that arrive as a stream ([`Store::object_writer`]) are hashed as they are written
+//!   into the temporary file, a megabyte at a time, with direct I/O where the filesystem has it
+//!   ([`fsio::direct`]: a layer's large files do not fill the page cache on their way in);
 //! - fs-verity is enabled (sha256, 4 KiB blocks) where the filesystem supports it;
 //! - only then is the file linked under its digest name with `linkat`, which never replaces an
 //!   existing file. A `kill -9` at any point leaves either nothing (`O_TMPFILE`), or a named
@@ -327,22 +330,30 @@ impl Store {
     }
 
     /// A temporary file in the store for contents that arrive as a stream (too large to hold in
-    /// memory): write them, then [`Store::commit_object`] names the file by its digest.
+    /// memory): write them, then [`Store::commit_object`] names the file by its digest. They are
+    /// hashed as they are written, and written past the page cache where the filesystem allows
+    /// ([`fsio::direct`]).
     pub fn object_writer(&self) -> Result<ObjectWriter, Error> {
         let tmp = self.temporary()?;
         let path = tmp.display_path(&self.root);
-        Ok(ObjectWriter { tmp, path })
+        let staged = fsio::direct::DirectWriter::new(tmp.file.as_fd());
+        Ok(ObjectWriter {
+            tmp,
+            path,
+            staged,
+            digest: fsverity::StreamDigest::new(&fsverity::Params::default()),
+        })
     }
 
-    /// Hash what was written to `w` and link it under its digest (or drop it when the store has
-    /// the object already). The bytes hashed are the file's own, read back.
+    /// Write the rest of `w` and link it under its digest (or drop it when the store has the
+    /// object already). The bytes hashed are the very bytes written to the file.
     pub fn commit_object(&self, w: ObjectWriter) -> Result<(Digest, u64, Inserted), Error> {
-        let (digest, size) = hash_fd(&w.tmp.file).map_err(io_at(&w.path))?;
+        let (tmp, digest, size) = w.finish()?;
         if self.lookup(&digest)? {
             self.count_reused(size);
             return Ok((digest, size, Inserted::Reused));
         }
-        Ok((digest, size, self.publish(w.tmp, &digest, size)?))
+        Ok((digest, size, self.publish(tmp, &digest, size)?))
     }
 
     /// Insert contents read from `r` that must be the object `want` (at most `max` bytes): the
@@ -392,7 +403,7 @@ impl Store {
         if SMALL + copied > max {
             return Err(too_long());
         }
-        let (digest, size) = hash_fd(&w.tmp.file).map_err(io_at(&w.path))?;
+        let (tmp, digest, size) = w.finish()?;
         if digest != *want {
             return Err(Error::Mismatch {
                 path: name.to_path_buf(),
@@ -402,7 +413,7 @@ impl Store {
             self.count_reused(size);
             return Ok((size, Inserted::Reused));
         }
-        Ok((size, self.publish(w.tmp, want, size)?))
+        Ok((size, self.publish(tmp, want, size)?))
     }
 
     /// The last steps of every insertion, for a temporary file whose contents hash to `digest`:
@@ -492,15 +503,22 @@ impl Store {
 }
 
 /// Contents being streamed into the store (see [`Store::object_writer`]); dropping it without
-/// committing leaves nothing behind.
+/// committing leaves nothing behind. Fill it with `Write`, or without a copy through
+/// [`ObjectWriter::spare`] and [`ObjectWriter::advance`].
 pub struct ObjectWriter {
     tmp: Temp,
     path: PathBuf,
+    staged: fsio::direct::DirectWriter,
+    digest: fsverity::StreamDigest,
 }
 
 impl Write for ObjectWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tmp.file.write(buf)
+        let spare = self.staged.spare();
+        let n = buf.len().min(spare.len());
+        spare[..n].copy_from_slice(&buf[..n]);
+        self.advance(n)?;
+        Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -511,6 +529,30 @@ impl ObjectWriter {
     /// The temporary file's name, for error messages.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Room for the next bytes (never empty); say how many were put there with
+    /// [`ObjectWriter::advance`].
+    pub fn spare(&mut self) -> &mut [u8] {
+        self.staged.spare()
+    }
+
+    /// Take `n` more bytes from [`ObjectWriter::spare`] (written out, and hashed, a whole
+    /// staging buffer at a time).
+    pub fn advance(&mut self, n: usize) -> io::Result<()> {
+        if let Some(block) = self.staged.advance(self.tmp.file.as_fd(), n)? {
+            self.digest.update(block);
+        }
+        Ok(())
+    }
+
+    /// Write the rest; the temporary file, the digest of everything written, and its size.
+    fn finish(mut self) -> Result<(Temp, Digest, u64), Error> {
+        let tail = self.staged.finish(self.tmp.file.as_fd()).map_err(io_at(&self.path))?;
+        self.digest.update(tail);
+        let size = self.digest.total();
+        let digest = self.digest.finish().try_into().expect("sha256 digest is 32 bytes");
+        Ok((self.tmp, digest, size))
     }
 }
 

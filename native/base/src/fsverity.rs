@@ -271,6 +271,11 @@ impl StreamDigest {
         self.partial.extend_from_slice(&data[whole..]);
     }
 
+    /// How many bytes [`StreamDigest::update`] was given.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
     /// The digest of everything given to [`StreamDigest::update`].
     pub fn finish(mut self) -> Vec<u8> {
         hash_blocks(

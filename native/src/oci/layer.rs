@@ -11,10 +11,12 @@
 //!    components dropped, `..` resolved; a path that leaves the root is an error), OCI whiteouts
 //!    become [`Op::Whiteout`] / [`Op::Opaque`];
 //! 4. a regular file's contents over [`INLINE_MAX`] bytes go to the store: small ones through
-//!    memory, large ones through a temporary file in the store; hashing and linking run on the
-//!    rayon pool while the stream is read on, with at most [`IN_FLIGHT`] bytes waiting (one
-//!    budget for every layer this process reads at once, so memory stays bounded however many
-//!    layers are read in parallel and however slow the store is);
+//!    memory (hashed and written on the rayon pool), large ones straight into a temporary file
+//!    in the store (hashed as they are written, past the page cache where the filesystem
+//!    allows); looking up and linking run on the rayon pool while the stream is read on, with
+//!    at most [`IN_FLIGHT`] bytes waiting (one budget for every layer this process reads at
+//!    once, so memory stays bounded however many layers are read in parallel and however slow
+//!    the store is);
 //! 5. at the end of the archive at most [`MAX_TRAILER`] more bytes are drained (tar padding),
 //!    then `diff_id` and the blob digest and size are compared. Only a layer whose every check
 //!    passed is returned; objects stored before a failure stay (they are named by their content).
@@ -27,7 +29,7 @@ use super::tar::{self, Kind, TarError, TarReader};
 use crate::scan::INLINE_MAX;
 use crate::store::{self, Store};
 use crate::tree::{mode, Digest, Timespec, Xattr};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 
@@ -619,20 +621,21 @@ fn read_content<R: tar::Source>(tar: &mut TarReader<R>, sink: &Sink, size: u64) 
         tar.read_data_to_end(&mut buf, SMALL as usize)?;
         sink.spawn(Work::Bytes(buf), reserved)
     } else {
+        // Read straight into the writer's staging buffer: hashed and written a megabyte at a
+        // time, past the page cache where the store's filesystem allows.
         let mut w = sink.store.object_writer()?;
-        let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = tar.read_data(&mut buf)?;
+            let n = tar.read_data(w.spare())?;
             if n == 0 {
                 break;
             }
-            w.write_all(&buf[..n]).map_err(|source| store::Error::Io {
+            w.advance(n).map_err(|source| store::Error::Io {
                 path: w.path().to_path_buf(),
                 source,
             })?;
         }
         let reserved = sink.reserve(size);
-        sink.spawn(Work::File(w), reserved)
+        sink.spawn(Work::File(Box::new(w)), reserved)
     };
     // The job number stands in the digest's place until the jobs are done.
     let mut slot = [0u8; 32];
@@ -642,7 +645,7 @@ fn read_content<R: tar::Source>(tar: &mut TarReader<R>, sink: &Sink, size: u64) 
 
 enum Work {
     Bytes(Vec<u8>),
-    File(store::ObjectWriter),
+    File(Box<store::ObjectWriter>),
 }
 
 /// The bytes read but not yet stored, over every [`Sink`] of the process (see [`IN_FLIGHT`]).
@@ -727,7 +730,7 @@ impl Sink {
         rayon::spawn(move || {
             let r = match work {
                 Work::Bytes(b) => store.insert_bytes(&b).map(|(d, how)| (d, b.len() as u64, how)),
-                Work::File(w) => store.commit_object(w),
+                Work::File(w) => store.commit_object(*w),
             };
             let (m, cv) = &*state;
             let mut s = m.lock().unwrap();
@@ -985,6 +988,7 @@ impl Layer {
 mod tests {
     use super::*;
     use crate::oci::tar::tests::{archive, header};
+    use std::io::Write;
 
     fn store() -> (Arc<Store>, std::path::PathBuf) {
         static N: AtomicU64 = AtomicU64::new(0);

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 //! The file protocols every part of the toolchain shares, in one place: enabling and measuring
-//! fs-verity, `syncfs`, whether a process lives, and atomic files (a temporary file beside the
+//! fs-verity, `syncfs`, whether a process lives, atomic files (a temporary file beside the
 //! target, then a rename) with one temporary-name scheme and one sweep of the temporaries that
-//! killed processes left. The object store, the image writer and (through pyo3) the Python
+//! killed processes left, and large contents written past the page cache ([`direct`]). The object store, the image writer and (through pyo3) the Python
 //! repository, mount and boot code all call these; none keeps a copy.
 //!
 //! Temporary names: `.<TARGET>.tmp-<pid>-<n>`, TARGET being the file name the temporary will be
@@ -12,6 +12,8 @@
 //! output directory left by one is still cleaned: `<TARGET>.tmp-<pid>-<n>` (the Python
 //! repository's, and with an empty TARGET the object store's `.tmp-<pid>-<n>`) and
 //! `.<TARGET>.tmp<pid>-<nonce>-<n>` (the image writer's, `.cfs.tmp…` for long names).
+
+pub mod direct;
 
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, Mode, OFlags};

@@ -113,6 +113,8 @@ pub struct Store {
     owner: u32,
     /// The `00`..`ff` directories, opened once each (without following symlinks) and checked.
     subdirs: [OnceLock<OwnedFd>; 256],
+    /// Set for the `XX` directories this store created: see [`Store::known`].
+    created: [AtomicBool; 256],
     /// Cleared after the first `O_TMPFILE` refusal: use named temporaries from then on.
     tmpfile_ok: AtomicBool,
     /// Cleared once the filesystem says it has no fs-verity.
@@ -165,6 +167,7 @@ impl Store {
             dir,
             owner,
             subdirs: std::array::from_fn(|_| OnceLock::new()),
+            created: std::array::from_fn(|_| AtomicBool::new(false)),
             tmpfile_ok: AtomicBool::new(true),
             verity_ok: AtomicBool::new(true),
             counters: Counters::default(),
@@ -213,6 +216,19 @@ impl Store {
         Ok(true)
     }
 
+    /// Whether an insertion finds its object stored already (so need not write it): a
+    /// [`Store::lookup`], except in an `XX` directory this store created, where nothing is
+    /// looked up. Such a directory holds only what was linked into it since, and `linkat`
+    /// refuses to replace any of that: an object stored meanwhile (by this process or another)
+    /// is then found at the link, and counted as reused, after a write for nothing. A pull into
+    /// an empty repository saves one failing lookup per object this way.
+    fn known(&self, digest: &Digest) -> Result<bool, Error> {
+        if self.created[digest[0] as usize].load(Relaxed) {
+            return Ok(false);
+        }
+        self.lookup(digest)
+    }
+
     fn trusted(&self, uid: u32) -> bool {
         uid == self.owner || uid == 0
     }
@@ -242,6 +258,7 @@ impl Store {
                 let fd = open().map_err(|e| self.subdir_error(e, path()))?;
                 if created {
                     fix_dir_mode(&fd).map_err(io_at(path()))?;
+                    self.created[b as usize].store(true, Relaxed);
                 }
                 fd
             }
@@ -292,7 +309,7 @@ impl Store {
     /// fs-verity digest the caller computed as `digest` over `size` bytes. The object is stored
     /// only if a fresh copy of the file hashes to `digest`; otherwise [`Error::Changed`].
     pub fn insert_fd(&self, src: &File, path: &Path, digest: &Digest, size: u64) -> Result<Inserted, Error> {
-        if self.lookup(digest)? {
+        if self.known(digest)? {
             self.count_reused(size);
             return Ok(Inserted::Reused);
         }
@@ -319,7 +336,7 @@ impl Store {
         let d = fsverity::digest_bytes(data, &fsverity::Params::default());
         let digest: Digest = d.try_into().expect("sha256 digest is 32 bytes");
         let size = data.len() as u64;
-        if self.lookup(&digest)? {
+        if self.known(&digest)? {
             self.count_reused(size);
             return Ok((digest, Inserted::Reused));
         }
@@ -349,7 +366,7 @@ impl Store {
     /// object already). The bytes hashed are the very bytes written to the file.
     pub fn commit_object(&self, w: ObjectWriter) -> Result<(Digest, u64, Inserted), Error> {
         let (tmp, digest, size) = w.finish()?;
-        if self.lookup(&digest)? {
+        if self.known(&digest)? {
             self.count_reused(size);
             return Ok((digest, size, Inserted::Reused));
         }
@@ -384,7 +401,7 @@ impl Store {
                 });
             }
             let size = head.len() as u64;
-            if self.lookup(want)? {
+            if self.known(want)? {
                 self.count_reused(size);
                 return Ok((size, Inserted::Reused));
             }
@@ -409,7 +426,7 @@ impl Store {
                 path: name.to_path_buf(),
             });
         }
-        if self.lookup(want)? {
+        if self.known(want)? {
             self.count_reused(size);
             return Ok((size, Inserted::Reused));
         }
@@ -612,6 +629,9 @@ struct TempName {
     dir: Arc<OwnedFd>,
 }
 
+/// Cleared when `linkat(AT_EMPTY_PATH)` is refused to this process (see [`link_temp`]).
+static EMPTY_PATH_LINKS: AtomicBool = AtomicBool::new(true);
+
 /// Give a temporary file (named `name` in `dir`, or unnamed and open as `file`) the name
 /// `target` in `dirfd`; never replaces.
 fn link_temp(
@@ -624,10 +644,30 @@ fn link_temp(
     let r = match name {
         Some(n) => rustix::fs::linkat(dir, n, dirfd, target.as_c_str(), AtFlags::empty()),
         None => {
-            let p = format!("/proc/self/fd/{}", file.as_raw_fd());
-            match rustix::fs::linkat(rustix::fs::CWD, p, dirfd, target.as_c_str(), AtFlags::SYMLINK_FOLLOW) {
-                // No /proc: AT_EMPTY_PATH works with CAP_DAC_READ_SEARCH.
-                Err(Errno::NOENT) => rustix::fs::linkat(file, c"", dirfd, target.as_c_str(), AtFlags::EMPTY_PATH),
+            // `AT_EMPTY_PATH` names the descriptor itself: allowed to anyone since Linux 6.10,
+            // before that only with CAP_DAC_READ_SEARCH (ENOENT otherwise). Without it, the
+            // file's /proc/self/fd link (a path walk through procfs per object), and the process
+            // remembers which one works.
+            let empty = || rustix::fs::linkat(file, c"", dirfd, target.as_c_str(), AtFlags::EMPTY_PATH);
+            let r = if EMPTY_PATH_LINKS.load(Relaxed) {
+                empty()
+            } else {
+                Err(Errno::NOENT)
+            };
+            match r {
+                Err(Errno::NOENT) => {
+                    let p = format!("/proc/self/fd/{}", file.as_raw_fd());
+                    match rustix::fs::linkat(rustix::fs::CWD, p, dirfd, target.as_c_str(), AtFlags::SYMLINK_FOLLOW) {
+                        Ok(()) => {
+                            EMPTY_PATH_LINKS.store(false, Relaxed);
+                            Ok(())
+                        }
+                        // No /proc either: the ENOENT of AT_EMPTY_PATH, or try it now.
+                        Err(Errno::NOENT) if EMPTY_PATH_LINKS.load(Relaxed) => Err(Errno::NOENT),
+                        Err(Errno::NOENT) => empty(),
+                        r => r,
+                    }
+                }
                 r => r,
             }
         }
@@ -829,6 +869,33 @@ mod tests {
             (1, 100_000, 1, 100_000)
         );
         store.sync().unwrap();
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn created_directories_skip_lookups_not_checks() {
+        let base = tmpdir("created");
+        let root = base.join("objects");
+        let (a, b) = (Store::open(&root).unwrap(), Store::open(&root).unwrap());
+        let data = b"stored through two stores".repeat(100);
+        let (d, how) = a.insert_bytes(&data).unwrap();
+        assert_eq!(how, Inserted::Stored);
+        assert!(a.created[d[0] as usize].load(Relaxed));
+        // `b` did not create the directory: it looks the object up.
+        assert_eq!(b.insert_bytes(&data).unwrap().1, Inserted::Reused);
+        // `a` skips the lookup and finds the object at the link.
+        assert_eq!(a.insert_bytes(&data).unwrap().1, Inserted::Reused);
+        assert_eq!(std::fs::read(a.object_path(&d)).unwrap(), data);
+        // A symlink planted under an object's name in a directory `a` created is refused at
+        // the link, never counted as the object.
+        let other = b"planted".repeat(100);
+        let d2: Digest = fsverity::sha256_digest(&other);
+        a.subdir(d2[0], true).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", a.object_path(&d2)).unwrap();
+        let e = a.insert_bytes(&other).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let s = a.stats();
+        assert_eq!((s.objects_stored, s.objects_reused), (1, 1));
         std::fs::remove_dir_all(&base).unwrap();
     }
 

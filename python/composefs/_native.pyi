@@ -528,7 +528,7 @@ def oci_verify_bytes(data: bytes, digest: str, size: int | None = None) -> None:
 def oci_sha256(data: bytes) -> str: ...
 def oci_read_layer(
     source: Any,
-    store_dir: _Path,
+    store: ObjectStore | _Path,
     *,
     digest: str | None = None,
     size: int | None = None,

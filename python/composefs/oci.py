@@ -531,7 +531,7 @@ def import_resolved(repo, src: Source, res: Resolved, name: str, ref_label: str,
             with stream:
                 try:
                     return _native.oci_read_layer(
-                        _Counted(stream, counter), repo.objects,
+                        _Counted(stream, counter), store,
                         digest=spec.desc.digest if spec.desc else None,
                         size=spec.desc.size if spec.desc else None, diff_id=spec.diff_id)
                 except _native.FormatError as e:

@@ -4,6 +4,7 @@
 use super::errors::{os_error, FormatError};
 use super::image::{count_entries, BuildResult};
 use super::pyio::PyRead;
+use super::remote::ObjectStore;
 use super::types::{bytes_repr, Bytes};
 use crate::erofs::build;
 use crate::erofs::writer::Options;
@@ -136,14 +137,15 @@ impl OciLayer {
 
 /// Read one layer blob from `source` (an object with `read(n) -> bytes`), checking it against
 /// `digest`/`size` (the blob) and `diff_id` (the uncompressed tar), storing file contents in
-/// the object store at `store_dir`. FormatError on anything wrong with the input; the source's
-/// own exceptions are raised unchanged.
+/// `store` (an ObjectStore, or the path of one: an ObjectStore shared by the layers of one
+/// image knows which directories it created, see `Store::known`). FormatError on anything
+/// wrong with the input; the source's own exceptions are raised unchanged.
 #[pyfunction]
-#[pyo3(signature = (source, store_dir, *, digest=None, size=None, diff_id=None))]
+#[pyo3(signature = (source, store, *, digest=None, size=None, diff_id=None))]
 fn oci_read_layer(
     py: Python<'_>,
     source: Py<PyAny>,
-    store_dir: PathBuf,
+    store: &Bound<'_, PyAny>,
     digest: Option<&str>,
     size: Option<u64>,
     diff_id: Option<&str>,
@@ -155,8 +157,17 @@ fn oci_read_layer(
     };
     let error = Arc::new(Mutex::new(None));
     let reader = PyRead::new(source, error.clone());
+    let shared = store.downcast::<ObjectStore>().ok().map(|s| s.get().store.clone());
+    let store_dir = match shared {
+        Some(_) => None,
+        None => Some(store.extract::<PathBuf>()?),
+    };
     let r = py.allow_threads(|| -> Result<Layer, LayerError> {
-        let store = Arc::new(Store::open(&store_dir)?);
+        let store = match (shared, store_dir) {
+            (Some(s), _) => s,
+            (None, Some(dir)) => Arc::new(Store::open(&dir)?),
+            (None, None) => unreachable!("a store or its path"),
+        };
         layer::read_layer(reader, &expect, &store, tar::Limits::default())
     });
     if let Some(e) = error.lock().unwrap().take() {

@@ -53,8 +53,8 @@ fn parse_hex(hex: &str) -> PyResult<[u8; 32]> {
 
 /// An object store opened once (leftover temporaries of dead processes swept then).
 #[pyclass(frozen, module = "composefs._native")]
-struct ObjectStore {
-    store: Arc<Store>,
+pub struct ObjectStore {
+    pub(crate) store: Arc<Store>,
 }
 
 #[pymethods]

@@ -25,6 +25,7 @@
 //! and skip the layer's download next time; [`Layer::decode`] checks every length it reads.
 
 use super::digest::{self, Algorithm, BlobDigest, Verified, VerifyError};
+use super::gzip::Gunzip;
 use super::tar::{self, Kind, TarError, TarReader};
 use crate::scan::INLINE_MAX;
 use crate::store::{self, Store};
@@ -443,7 +444,7 @@ fn fill<B: BufRead>(b: &mut B) -> io::Result<Vec<u8>> {
 }
 
 enum Decoder<B: BufRead> {
-    Gzip(Box<flate2::bufread::MultiGzDecoder<B>>),
+    Gzip(Box<Gunzip<B>>),
     Zstd(zstd::stream::read::Decoder<'static, B>),
     Plain(B),
 }
@@ -451,7 +452,7 @@ enum Decoder<B: BufRead> {
 impl<B: BufRead> Decoder<B> {
     fn new(b: B, head: &[u8]) -> io::Result<Decoder<B>> {
         if head.starts_with(&[0x1f, 0x8b]) {
-            return Ok(Decoder::Gzip(Box::new(flate2::bufread::MultiGzDecoder::new(b))));
+            return Ok(Decoder::Gzip(Box::new(Gunzip::new(b))));
         }
         if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
             let mut d = zstd::stream::read::Decoder::with_buffer(b)?;

@@ -216,12 +216,13 @@ impl Store {
         Ok(true)
     }
 
-    /// Whether an insertion finds its object stored already (so need not write it): a
-    /// [`Store::lookup`], except in an `XX` directory this store created, where nothing is
-    /// looked up. Such a directory holds only what was linked into it since, and `linkat`
-    /// refuses to replace any of that: an object stored meanwhile (by this process or another)
-    /// is then found at the link, and counted as reused, after a write for nothing. A pull into
-    /// an empty repository saves one failing lookup per object this way.
+    /// Whether an insertion of contents already in hand (in memory, or streamed into a
+    /// temporary) finds its object stored already, so need not write it: a [`Store::lookup`],
+    /// except in an `XX` directory this store created, where nothing is looked up. Such a
+    /// directory holds only what was linked into it since, and `linkat` refuses to replace any
+    /// of that: an object stored meanwhile (by this process or another) is then found at the
+    /// link, and counted as reused, after a write for nothing. A pull into an empty repository
+    /// saves one failing lookup per object this way.
     fn known(&self, digest: &Digest) -> Result<bool, Error> {
         if self.created[digest[0] as usize].load(Relaxed) {
             return Ok(false);
@@ -309,7 +310,9 @@ impl Store {
     /// fs-verity digest the caller computed as `digest` over `size` bytes. The object is stored
     /// only if a fresh copy of the file hashes to `digest`; otherwise [`Error::Changed`].
     pub fn insert_fd(&self, src: &File, path: &Path, digest: &Digest, size: u64) -> Result<Inserted, Error> {
-        if self.known(digest)? {
+        // A lookup even in a directory this store created: a tree's duplicate files would each
+        // be copied before the link found the first ([`Store::known`] is for contents in hand).
+        if self.lookup(digest)? {
             self.count_reused(size);
             return Ok(Inserted::Reused);
         }

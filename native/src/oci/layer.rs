@@ -192,17 +192,16 @@ pub fn read_layer<R: Read + Send>(
         // fault in and zero for every megabyte).
         let (recycle, recycled) = mpsc::channel::<Vec<u8>>();
         let parser = scope.spawn(|| {
-            let plain = Verified::new(
-                Staged {
-                    rx,
-                    recycle,
-                    buf: Vec::new(),
-                    pos: 0,
-                },
-                diff_alg,
-                None,
-            );
-            let mut tar = TarReader::new(io::BufReader::with_capacity(256 << 10, plain), limits);
+            let plain = Staged {
+                rx,
+                recycle,
+                buf: Vec::new(),
+                pos: 0,
+                hasher: digest::Hasher::new(diff_alg),
+                received: 0,
+            };
+            // The tar reader reads straight from the received chunks (no buffer between).
+            let mut tar = TarReader::new(plain, limits);
             let read = read_entries(&mut tar, &sink, &mut ops);
             // Whatever happened, wait for the store jobs: none may outlive this call.
             let digests = sink.finish();
@@ -273,21 +272,19 @@ pub fn read_layer<R: Read + Send>(
 
 /// After the end-of-archive marker: at most [`MAX_TRAILER`] bytes of padding, then the diff_id.
 /// Returns the uncompressed size.
-fn check_plain_end<R: Read>(plain: &mut BufReader<Verified<R>>, expect: &Expect) -> Result<u64, LayerError> {
+fn check_plain_end(plain: &mut Staged, expect: &Expect) -> Result<u64, LayerError> {
     let trailer = io::copy(&mut (&mut *plain).take(MAX_TRAILER + 1), &mut io::sink())
         .map_err(|e| decorate(LayerError::Tar(e.into()), expect))?;
     if trailer > MAX_TRAILER {
         return Err(LayerError::Trailer(trailer));
     }
-    // Drained to its end, the buffer is empty: the verifier below has seen every byte.
-    let v = plain.get_mut();
-    match &expect.diff_id {
-        Some(want) => v.check(want).map_err(|e| match e {
-            VerifyError::Mismatch { .. } => LayerError::DiffId { want: want.clone() },
-            e => LayerError::Blob(e),
-        }),
-        None => Ok(v.bytes_read()),
+    // Drained to its end: every chunk was received, and hashed as it came.
+    if let Some(want) = &expect.diff_id {
+        if plain.hasher.clone().finish() != *want {
+            return Err(LayerError::DiffId { want: want.clone() });
+        }
     }
+    Ok(plain.received)
 }
 
 /// Uncompressed chunks queued between the two stages of [`read_layer`] (bounded memory).
@@ -329,19 +326,26 @@ fn pump<R: Read>(mut r: R, tx: &mpsc::SyncSender<io::Result<Vec<u8>>>, recycled:
     }
 }
 
-/// The tar stage's end of the channel, as a reader.
+/// The tar stage's end of the channel, as a reader. Each chunk is hashed (for the diff_id)
+/// and counted as it is received.
 struct Staged {
     rx: mpsc::Receiver<io::Result<Vec<u8>>>,
     recycle: mpsc::Sender<Vec<u8>>,
     buf: Vec<u8>,
     pos: usize,
+    hasher: digest::Hasher,
+    received: u64,
 }
+
+impl tar::Source for Staged {}
 
 impl Read for Staged {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         while self.pos == self.buf.len() {
             match self.rx.recv() {
                 Ok(Ok(b)) => {
+                    self.hasher.update(&b);
+                    self.received += b.len() as u64;
                     let used = std::mem::replace(&mut self.buf, b);
                     if used.capacity() == STAGE_CHUNK {
                         let _ = self.recycle.send(used); // the fetching stage may be gone
@@ -480,8 +484,6 @@ impl<B: BufRead> Read for Decoder<B> {
         }
     }
 }
-
-impl<R: Read> tar::Source for Verified<R> {}
 
 /// Normalise a tar path: components without `.`/empty, `..` resolved; `None` if it leaves the root.
 pub fn normalize(raw: &[u8]) -> Option<Vec<u8>> {

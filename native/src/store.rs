@@ -652,12 +652,8 @@ fn link_temp(
             // file's /proc/self/fd link (a path walk through procfs per object), and the process
             // remembers which one works.
             let empty = || rustix::fs::linkat(file, c"", dirfd, target.as_c_str(), AtFlags::EMPTY_PATH);
-            let r = if EMPTY_PATH_LINKS.load(Relaxed) {
-                empty()
-            } else {
-                Err(Errno::NOENT)
-            };
-            match r {
+            let tried = EMPTY_PATH_LINKS.load(Relaxed);
+            match if tried { empty() } else { Err(Errno::NOENT) } {
                 Err(Errno::NOENT) => {
                     let p = format!("/proc/self/fd/{}", file.as_raw_fd());
                     match rustix::fs::linkat(rustix::fs::CWD, p, dirfd, target.as_c_str(), AtFlags::SYMLINK_FOLLOW) {
@@ -665,9 +661,8 @@ fn link_temp(
                             EMPTY_PATH_LINKS.store(false, Relaxed);
                             Ok(())
                         }
-                        // No /proc either: the ENOENT of AT_EMPTY_PATH, or try it now.
-                        Err(Errno::NOENT) if EMPTY_PATH_LINKS.load(Relaxed) => Err(Errno::NOENT),
-                        Err(Errno::NOENT) => empty(),
+                        // No /proc either: AT_EMPTY_PATH is all there is (unless it just failed).
+                        Err(Errno::NOENT) if !tried => empty(),
                         r => r,
                     }
                 }

@@ -157,16 +157,15 @@ fn oci_read_layer(
     };
     let error = Arc::new(Mutex::new(None));
     let reader = PyRead::new(source, error.clone());
-    let shared = store.downcast::<ObjectStore>().ok().map(|s| s.get().store.clone());
-    let store_dir = match shared {
-        Some(_) => None,
-        None => Some(store.extract::<PathBuf>()?),
+    // The store itself, or the path of one to open.
+    let store: Result<Arc<Store>, PathBuf> = match store.downcast::<ObjectStore>() {
+        Ok(s) => Ok(s.get().store.clone()),
+        Err(_) => Err(store.extract()?),
     };
     let r = py.allow_threads(|| -> Result<Layer, LayerError> {
-        let store = match (shared, store_dir) {
-            (Some(s), _) => s,
-            (None, Some(dir)) => Arc::new(Store::open(&dir)?),
-            (None, None) => unreachable!("a store or its path"),
+        let store = match store {
+            Ok(s) => s,
+            Err(dir) => Arc::new(Store::open(&dir)?),
         };
         layer::read_layer(reader, &expect, &store, tar::Limits::default())
     });

@@ -181,10 +181,6 @@ impl<R: Read> Verified<R> {
         }
     }
 
-    pub fn bytes_read(&self) -> u64 {
-        self.read
-    }
-
     /// Read what is left (up to the limit, plus one byte to detect an overrun), compare size and
     /// digest, and return the bytes read.
     pub fn finish(self, want: &BlobDigest) -> Result<u64, VerifyError> {
@@ -199,16 +195,6 @@ impl<R: Read> Verified<R> {
             return Err(VerifyError::Mismatch { got });
         }
         Ok((self.inner, n))
-    }
-
-    /// Drain and compare without giving the reader up; returns the byte count.
-    pub fn check(&mut self, want: &BlobDigest) -> Result<u64, VerifyError> {
-        let n = self.drain()?;
-        let got = self.hasher.clone().finish();
-        if &got != want {
-            return Err(VerifyError::Mismatch { got });
-        }
-        Ok(n)
     }
 
     /// Read what is left and check the size only (for a blob no digest names).

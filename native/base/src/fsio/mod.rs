@@ -2,8 +2,9 @@
 //! The file protocols every part of the toolchain shares, in one place: enabling and measuring
 //! fs-verity, `syncfs`, whether a process lives, atomic files (a temporary file beside the
 //! target, then a rename) with one temporary-name scheme and one sweep of the temporaries that
-//! killed processes left, and large contents written past the page cache ([`direct`]). The object store, the image writer and (through pyo3) the Python
-//! repository, mount and boot code all call these; none keeps a copy.
+//! killed processes left, and large contents written past the page cache ([`direct`]). The
+//! object store, the image writer and (through pyo3) the Python repository, mount and boot code
+//! all call these; none keeps a copy.
 //!
 //! Temporary names: `.<TARGET>.tmp-<pid>-<n>`, TARGET being the file name the temporary will be
 //! renamed to (`object` for the object store's, which are linked under a digest name), `<n>` a

@@ -12,7 +12,8 @@
 //!   copying is reported ([`Error::Changed`]) instead of being stored under a wrong name;
 //! - contents that arrive as a stream ([`Store::object_writer`]) are hashed as they are written
 //!   into the temporary file, a megabyte at a time, with direct I/O where the filesystem has it
-//!   ([`fsio::direct`]: a layer's large files do not fill the page cache on their way in);
+//!   and has no fs-verity ([`fsio::direct`]: a layer's large files do not fill the page cache on
+//!   their way in, unless fs-verity is to read them back);
 //! - fs-verity is enabled (sha256, 4 KiB blocks) where the filesystem supports it;
 //! - only then is the file linked under its digest name with `linkat`, which never replaces an
 //!   existing file. A `kill -9` at any point leaves either nothing (`O_TMPFILE`), or a named
@@ -352,11 +353,14 @@ impl Store {
     /// A temporary file in the store for contents that arrive as a stream (too large to hold in
     /// memory): write them, then [`Store::commit_object`] names the file by its digest. They are
     /// hashed as they are written, and written past the page cache where the filesystem allows
-    /// ([`fsio::direct`]).
+    /// and fs-verity will not read them back ([`fsio::direct`]).
     pub fn object_writer(&self) -> Result<ObjectWriter, Error> {
         let tmp = self.temporary()?;
         let path = tmp.display_path(&self.root);
-        let staged = fsio::direct::DirectWriter::new(tmp.file.as_fd());
+        // Until the first object is published the store assumes fs-verity (the page cache is
+        // never wrong, only slower).
+        let direct = !self.verity_ok.load(Relaxed);
+        let staged = fsio::direct::DirectWriter::new(tmp.file.as_fd(), direct);
         Ok(ObjectWriter {
             tmp,
             path,

@@ -61,3 +61,31 @@ def test_repository_with_fsverity(tmp_path):
             assert (mnt / k).read_bytes() == v
     finally:
         assert cfsctl("umount", mnt).returncode == 0
+
+
+def test_oci_large_objects_not_read_back(tmp_path):
+    """A layer's large files (streamed into the store) get fs-verity without being read back
+    from the device: they are written through the page cache, where enabling fs-verity finds
+    them. Direct I/O (which the store uses on filesystems without fs-verity) would make the
+    kernel read each one back to build its Merkle tree."""
+    import ocireg
+
+    big = {f"big{i}": os.urandom(8 << 20) for i in range(2)}
+    lay = ocireg.Layout(tmp_path / "layout")  # on the guest's tmpfs: its reads are no block I/O
+    entries = [ocireg.E(k, v) for k, v in big.items()] + [ocireg.E("small", b"s" * 5000)]
+    ocireg.tag(lay, [ocireg.build_image(lay, [(entries, "gzip")])])
+    repo = os.path.join(VERITY_DIR, "repo-" + uuid.uuid4().hex[:8])
+    assert cfsctl("init", "--repo", repo).returncode == 0
+    # Waited for with wait4, for the block reads of the import itself (ru_inblock, 512-byte units).
+    p = subprocess.Popen([sys.executable, "-m", "composefs.cli", "oci", "import", str(lay.root), "--name", "x",
+                          "--repo", repo], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = p.stderr.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    assert p.returncode == 0, err
+    read = usage.ru_inblock * 512
+    assert read < (8 << 20), f"{read} bytes read from the device: large objects were read back"
+    objs = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(repo, "objects")) for f in fs]
+    assert sorted(os.path.getsize(o) for o in objs) == [5000, 8 << 20, 8 << 20]
+    for o in objs:
+        assert measure(o) == os.path.basename(os.path.dirname(o)) + os.path.basename(o)

@@ -131,10 +131,18 @@ pub struct Head {
     close: bool,
 }
 
-/// One keep-alive connection to one `host:port`.
-pub struct Conn {
+impl Head {
+    /// The body's length, when the server gave one (never for a chunked body).
+    pub fn content_length(&self) -> Option<u64> {
+        self.length
+    }
+}
+
+/// One keep-alive connection to one `host:port`: a TCP socket, or any byte stream (the fuzz
+/// target's replayed server, see [`Conn::over`]).
+pub struct Conn<S = TcpStream> {
     key: (String, u16),
-    sock: BufReader<TcpStream>,
+    sock: BufReader<S>,
     /// Requests answered on it so far (a reused connection may have been closed by the server).
     pub used: u32,
 }
@@ -148,11 +156,7 @@ impl Conn {
                     s.set_read_timeout(Some(timeout))?;
                     s.set_write_timeout(Some(timeout))?;
                     s.set_nodelay(true)?;
-                    return Ok(Conn {
-                        key: (url.host.clone(), url.port),
-                        sock: BufReader::with_capacity(64 << 10, s),
-                        used: 0,
-                    });
+                    return Ok(Conn::over(s, url));
                 }
                 Err(e) => last = e,
             }
@@ -160,14 +164,25 @@ impl Conn {
         Err(last)
     }
 
-    /// Whether this connection goes where `url` points.
-    pub fn serves(&self, url: &Url) -> bool {
-        self.key.0 == url.host && self.key.1 == url.port
-    }
-
     /// A second handle on the socket, to shut it down from another thread (a stop).
     pub fn handle(&self) -> io::Result<TcpStream> {
         self.sock.get_ref().try_clone()
+    }
+}
+
+impl<S: Read + Write> Conn<S> {
+    /// A connection to `url`'s host over `stream`, already connected.
+    pub fn over(stream: S, url: &Url) -> Conn<S> {
+        Conn {
+            key: (url.host.clone(), url.port),
+            sock: BufReader::with_capacity(64 << 10, stream),
+            used: 0,
+        }
+    }
+
+    /// Whether this connection goes where `url` points.
+    pub fn serves(&self, url: &Url) -> bool {
+        self.key.0 == url.host && self.key.1 == url.port
     }
 
     /// Send `GET url` and read the response head; the body follows through [`Conn::body`].
@@ -255,7 +270,7 @@ impl Conn {
     }
 
     /// The body of the response whose head was just read.
-    pub fn body<'a>(&'a mut self, head: &Head) -> Body<'a> {
+    pub fn body<'a>(&'a mut self, head: &Head) -> Body<'a, S> {
         let state = if head.chunked {
             State::ChunkStart
         } else if let Some(n) = head.length {
@@ -288,13 +303,13 @@ enum State {
 
 /// A response body as a reader: the end of the body is end of file; a connection that ends
 /// before the body does is an `UnexpectedEof` error, never a short body.
-pub struct Body<'a> {
-    conn: &'a mut Conn,
+pub struct Body<'a, S = TcpStream> {
+    conn: &'a mut Conn<S>,
     state: State,
     close: bool,
 }
 
-impl Body<'_> {
+impl<S: Read + Write> Body<'_, S> {
     /// Whether the body was read to its end on a connection the server keeps open.
     pub fn reusable(&self) -> bool {
         matches!(self.state, State::Done) && !self.close
@@ -326,7 +341,7 @@ fn early_eof(left: Option<u64>) -> io::Error {
     io::Error::new(io::ErrorKind::UnexpectedEof, msg)
 }
 
-impl Read for Body<'_> {
+impl<S: Read + Write> Read for Body<'_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             match self.state {
@@ -542,6 +557,48 @@ mod tests {
             }
         }
         server.join().unwrap();
+    }
+
+    /// Any byte stream carries a connection ([`Conn::over`], what the fuzz target uses): two
+    /// responses on one connection, and the requests that went out.
+    #[test]
+    fn over_a_stream_in_memory() {
+        struct Mem {
+            input: io::Cursor<Vec<u8>>,
+            output: Vec<u8>,
+        }
+        impl Read for Mem {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                self.input.read(buf)
+            }
+        }
+        impl Write for Mem {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.output.write(buf)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let input = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nab\
+                      HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\ncde\r\n0\r\n\r\n";
+        let stream = Mem {
+            input: io::Cursor::new(input.to_vec()),
+            output: Vec::new(),
+        };
+        let url = Url::parse("http://h:8/a/b").unwrap();
+        let mut c = Conn::over(stream, &url);
+        assert!(c.serves(&url));
+        for want in [&b"ab"[..], b"cde"] {
+            let head = c.get(&url).unwrap();
+            let mut body = c.body(&head);
+            let mut got = Vec::new();
+            body.read_to_end(&mut got).unwrap();
+            assert_eq!(got, want);
+            assert!(body.reusable());
+        }
+        let sent = String::from_utf8(c.sock.get_ref().output.clone()).unwrap();
+        assert_eq!(sent.matches("GET /a/b HTTP/1.1\r\nHost: h:8\r\n").count(), 2, "{sent}");
     }
 
     #[test]

@@ -26,6 +26,7 @@ the object that started it.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import fcntl
@@ -342,7 +343,7 @@ class Registry:
     ``prefix`` runs it through a command that enters a network namespace (NetPair.server_cmd)."""
 
     def __init__(self, root: Path, host: str = "127.0.0.1", port: int | None = None,
-                 htpasswd: str | None = None, prefix: list[str] | None = None):
+                 htpasswd: str | None = None, prefix: list[str] | None = None, token: "TokenServer | None" = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.host, self.prefix = host, prefix or []
@@ -353,6 +354,9 @@ class Registry:
         if htpasswd is not None:
             (self.root / "htpasswd").write_text(htpasswd)
             auth = f"auth:\n  htpasswd:\n    realm: cfs-test\n    path: {self.root / 'htpasswd'}\n"
+        if token is not None:
+            auth = (f"auth:\n  token:\n    realm: {token.realm}\n    service: {TokenServer.SERVICE}\n"
+                    f"    issuer: {TokenServer.ISSUER}\n    rootcertbundle: {token.cert}\n")
         (self.root / "config.yml").write_text(
             "version: 0.1\n"
             "log:\n  level: info\n  formatter: json\n  accesslog:\n    disabled: true\n"
@@ -440,6 +444,97 @@ class Registry:
         raw = subprocess.run([*cmd, f"docker://{self.addr}/{repo}:{tag_}"], capture_output=True, check=True,
                              timeout=60).stdout
         return digest(raw)
+
+
+class TokenServer:
+    """The token service of the registry's bearer-token authentication (distribution's
+    `auth: token`), on 127.0.0.1: ``GET /token?service=..&scope=..`` with the user's Basic
+    credentials gets a JWT (RS256, signed with ``openssl`` by a key whose self-signed
+    certificate is the registry's ``rootcertbundle``) granting the scope's actions. Without
+    credentials, or wrong ones, the answer is 401. ``reply`` replaces the answer (a hostile
+    token service); ``seen`` records (scope, user, agent) of every request."""
+
+    SERVICE = "cfs-test-registry"
+    ISSUER = "cfs-test-issuer"
+
+    def __init__(self, root: Path, user: str, password: str):
+        import http.server
+        import threading
+
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.key, self.cert = self.root / "token.key", self.root / "token.crt"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", "/CN=cfs-test-token", "-keyout", self.key, "-out", self.cert],
+                       check=True, capture_output=True, timeout=60)
+        der = subprocess.run(["openssl", "x509", "-in", self.cert, "-outform", "DER"], check=True,
+                             capture_output=True, timeout=60).stdout
+        spki = subprocess.run(["openssl", "x509", "-in", self.cert, "-noout", "-pubkey"], check=True,
+                              capture_output=True, timeout=60).stdout
+        spki_der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=spki, check=True,
+                                  capture_output=True, timeout=60).stdout
+        self.x5c = base64.b64encode(der).decode()
+        # libtrust's key id: the SHA-256 of the public key, 240 bits in base32, in groups of 4
+        kid = base64.b32encode(hashlib.sha256(spki_der).digest()[:30]).decode().rstrip("=")
+        self.kid = ":".join(kid[i:i + 4] for i in range(0, len(kid), 4))
+        self.creds = f"{user}:{password}"
+        self.reply: tuple[int, bytes] | None = None
+        self.seen: list[tuple[str, str | None, str]] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                from urllib.parse import parse_qs, urlsplit
+
+                q = parse_qs(urlsplit(self.path).query)
+                user = None
+                auth = self.headers.get("Authorization", "")
+                if auth.startswith("Basic "):
+                    with contextlib.suppress(ValueError):
+                        user = base64.b64decode(auth[6:]).decode()
+                scope = (q.get("scope") or [""])[0]
+                server.seen.append((scope, user and user.split(":")[0], self.headers.get("User-Agent", "")))
+                if server.reply is not None:
+                    status, body = server.reply
+                elif user != server.creds or q.get("service") != [TokenServer.SERVICE]:
+                    status, body = 401, b'{"errors": [{"code": "UNAUTHORIZED"}]}'
+                else:
+                    status, body = 200, json.dumps({"token": server.token(user.split(":")[0], scope)}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.realm = f"http://127.0.0.1:{self.httpd.server_address[1]}/token"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def token(self, user: str, scope: str) -> str:
+        """A JWT for ``scope`` (``repository:NAME:ACTIONS``, or none)."""
+        def b64(b: bytes) -> str:
+            return base64.urlsafe_b64encode(b).decode().rstrip("=")
+
+        access = []
+        parts = scope.split(":")
+        if len(parts) == 3 and parts[0] == "repository":
+            access.append({"type": "repository", "name": parts[1], "actions": parts[2].split(",")})
+        now = int(time.time())
+        claims = {"iss": TokenServer.ISSUER, "sub": user, "aud": TokenServer.SERVICE, "exp": now + 600,
+                  "nbf": now - 60, "iat": now, "jti": os.urandom(8).hex(), "access": access}
+        header = {"typ": "JWT", "alg": "RS256", "kid": self.kid, "x5c": [self.x5c]}
+        signing = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+        sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", self.key], input=signing.encode(),
+                             check=True, capture_output=True, timeout=60).stdout
+        return f"{signing}.{b64(sig)}"
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 @contextlib.contextmanager

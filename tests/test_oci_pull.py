@@ -245,6 +245,50 @@ def test_pull_basic_auth(auth_registry, repo, tmp_path):
     assert set(refs(repo)) == {"authfile", "xdg", "docker-config"}
 
 
+@pytest.fixture(scope="session")
+def token_registry(tmp_path_factory):
+    """A registry with bearer-token authentication, and its token service."""
+    root = tmp_path_factory.mktemp("token-registry")
+    tokens = ocireg.TokenServer(root / "tokens", USER, PASSWORD)
+    reg = Registry(root / "registry", token=tokens).start()
+    yield reg, tokens
+    reg.stop()
+    tokens.stop()
+
+
+def test_pull_token_auth(token_registry, repo, tmp_path):
+    """Bearer-token authentication (the registry answers 401 with a realm; the token service
+    takes the user's credentials and grants a pull scope): the token is asked for with the
+    credentials from auth.json and the repository's pull scope. Without credentials, and from a
+    token service that answers wrongly, a one-line error and the repository as it was."""
+    reg, tokens = token_registry
+    lay, _ = make_layout(tmp_path / "lay")
+    ref = reg.push(lay.root, "t", "cfs/tokened", creds=f"{USER}:{PASSWORD}")
+    clean = {k: v for k, v in os.environ.items() if k not in ("REGISTRY_AUTH_FILE", "DOCKER_CONFIG")}
+    env = {**clean, "HOME": str(tmp_path), "XDG_RUNTIME_DIR": str(tmp_path)}
+    authfile = tmp_path / "auth.json"
+    authfile.write_text(json.dumps(_auth_json(reg)))
+    before = RepoState.of(repo)
+    seen = len(tokens.seen)
+    assert_refused(pull(repo, ref, "anon", env=env), repo, before, "token", what="no credentials")
+    assert [s[1] for s in tokens.seen[seen:]] == [None], tokens.seen[seen:]
+
+    for reply, phrase in [((200, b'{"token": ""}'), "holds no token"), ((200, b"[1, 2]"), "holds no token"),
+                          ((200, b"not json"), "holds no token"), ((500, b"down"), "token")]:
+        tokens.reply = reply
+        try:
+            assert_refused(pull(repo, ref, "bad", "--authfile", authfile, env=env), repo, before, phrase,
+                           what=f"token service answering {reply}")
+        finally:
+            tokens.reply = None
+
+    seen = len(tokens.seen)
+    got = pull_ok(repo, ref, "tokened", "--authfile", authfile, env=env)
+    ours = tokens.seen[seen:]
+    assert ours and all(s == ("repository:cfs/tokened:pull", USER, "cfsctl") for s in ours), ours
+    assert refs(repo) == {"tokened": got["digest"]}
+
+
 def test_pull_skips_layers_already_imported(registry, repo, tmp_path):
     """A second image sharing the first two layers fetches only its third: layers are known by
     diff_id, however they were compressed."""

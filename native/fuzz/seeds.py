@@ -6,8 +6,8 @@ Seeds are small on purpose: each dump seed is a few dozen entries picked from on
 devices, long symlinks, inline contents, object files over 4 GiB, xattrs to escape), with their
 parent directories and hardlink targets; plus a directory wide enough to spill over several
 dirent blocks. Image seeds are the images our writer makes of those dumps, in both format
-versions. fs-verity seeds choose each algorithm, block size and a salt. Deterministic: the same
-conformance data gives the same files.
+versions. fs-verity seeds choose each algorithm, block size and a salt; HTTP seeds are a server's
+replies of each kind. Deterministic: the same conformance data gives the same files.
 
 usage: python seeds.py CONFORMANCE_DUMPS_DIR CORPUS_DIR
 """
@@ -171,6 +171,27 @@ def layer_tars() -> dict:
     return out
 
 
+def http_seeds() -> dict:
+    """What a server sends on one connection (after 3 choice bytes: the server's piece size and
+    the caller's read size): lengths, chunks with extensions and trailers, redirects (relative,
+    scheme-relative, IPv6), keep-alive runs, HTTP/1.0 bodies to the close, and refusals."""
+    replies = {
+        "length": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+        "chunked-then-length": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n"
+                               b"3\r\nabc\r\n0\r\nTrailer: x\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        "redirects": b"HTTP/1.1 301 Moved\r\nLocation: ../other/x?y=1\r\nContent-Length: 0\r\n\r\n"
+                     b"HTTP/1.1 302 Found\r\nLocation: http://[::1]:8080/a\r\nContent-Length: 3\r\n\r\nabc"
+                     b"HTTP/1.1 307 Temporary\r\nLocation: //mirror.test/b\r\ncontent-length: 0\r\n\r\n",
+        "until-close": b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\nuntil the end of the connection",
+        "close": b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found",
+        "two-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nContent-Length: 11\r\n\r\n0123456789",
+        "gzip-chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 4\r\n\r\n"
+                        b"4\r\nabcd\r\n0\r\n\r\n",
+        "cut-short": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\ncut short",
+    }
+    return {name: bytes([i * 37 % 256, i * 911 % 256, i]) + r for i, (name, r) in enumerate(replies.items())}
+
+
 def main() -> None:
     dumps_dir, corpus = Path(sys.argv[1]), Path(sys.argv[2])
     rng = random.Random(17)
@@ -195,6 +216,8 @@ def main() -> None:
             put("image_reader", f"{name}-v{v}", image)
     for name, data in fsverity_seeds().items():
         put("fsverity", name, data)
+    for name, data in http_seeds().items():
+        put("http_response", name, data)
     # oci_layer: the first byte picks the path (0 layer blob, 3 the same with its digest
     # expected, 1 a kept layer record, 2 the tar reader alone).
     with tempfile.TemporaryDirectory() as tmp:

@@ -77,7 +77,8 @@ class Reference:
                 repo = "library/" + repo
         if not re.fullmatch(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*", repo):
             raise CfsError(f"invalid image reference {text!r}: bad repository name {repo!r}")
-        if not re.fullmatch(r"[A-Za-z0-9.-]+(?::[0-9]{1,5})?|\[[0-9a-fA-F:]+\](?::[0-9]{1,5})?", host):
+        m = re.fullmatch(r"(?:[A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\])(?::([0-9]{1,5}))?", host)
+        if not m or (m.group(1) is not None and not 0 < int(m.group(1)) < 65536):
             raise CfsError(f"invalid image reference {text!r}: bad registry host {host!r}")
         if tag is None and digest is None:
             tag = "latest"

@@ -28,6 +28,7 @@ import pytest
 
 import ocireg
 from cfsrun import cfsctl
+from webrepo import Nginx, needs_nginx
 from ocireg import (
     E,
     Layout,
@@ -287,6 +288,39 @@ def test_pull_token_auth(token_registry, repo, tmp_path):
     ours = tokens.seen[seen:]
     assert ours and all(s == ("repository:cfs/tokened:pull", USER, "cfsctl") for s in ours), ours
     assert refs(repo) == {"tokened": got["digest"]}
+
+
+@needs_nginx
+def test_pull_follows_blob_redirects_and_refuses_bad_ones(registry, repo, tmp_path):
+    """Registries send blobs from elsewhere (a storage service) by redirecting their GETs: nginx in
+    front of the registry answers blob requests with a 307, to the registry itself (followed: the
+    pull completes and the blobs are fetched from the target), or to somewhere this client does
+    not go — another scheme, a port out of range (which getaddrinfo would wrap) — a one-line
+    error and the repository as it was."""
+    lay, _ = make_layout(tmp_path / "lay")
+    for name in ("redir", "redir-ftp", "redir-port"):
+        registry.push(lay.root, "t", f"cfs/{name}")
+    up = registry.addr
+    locations = f"""
+        location ~ ^/v2/cfs/redir/blobs/(.*)$ {{ return 307 http://{up}/v2/cfs/redir/blobs/$1; }}
+        location ~ ^/v2/cfs/redir-ftp/blobs/(.*)$ {{ return 307 ftp://{up}/$1; }}
+        location ~ ^/v2/cfs/redir-port/blobs/(.*)$ {{ return 307 http://127.0.0.1:99999/$1; }}
+        location /v2/ {{ proxy_pass http://{up}; proxy_set_header Host $http_host; }}
+    """
+    front = Nginx(tmp_path, tmp_path, locations=locations)
+    try:
+        host = f"{front.host}:{front.port}"
+        start = len(registry.requests())
+        got = pull_ok(repo, f"docker://{host}/cfs/redir:t", "redir")
+        assert front.requests("/v2/cfs/redir/blobs/") >= 2  # the config and the layers, redirected
+        assert len(registry.blob_gets(start)) >= 2  # ... and fetched from the registry itself
+        assert refs(repo) == {"redir": got["digest"]}
+        before = RepoState.of(repo)
+        for name in ("redir-ftp", "redir-port"):
+            assert_refused(pull(repo, f"docker://{host}/cfs/{name}:t", name), repo, before, "redirect to",
+                           what=name)
+    finally:
+        front.stop()
 
 
 def test_pull_skips_layers_already_imported(registry, repo, tmp_path):

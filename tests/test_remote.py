@@ -58,6 +58,40 @@ def test_pull_over_http_and_file(served, tmp_path):
     assert json.loads(cfsctl("images", "--repo", other, "--json").stdout) == []  # not named
 
 
+def test_redirects_followed_and_bad_ones_refused(served, tmp_path):
+    """A server that moved the repository answers with redirects (nginx ``return 30x``): followed
+    to an http URL, for the ref and the image (through the Python client) and the objects
+    (through the core's); a redirect that leads nowhere this client goes (another scheme, no
+    host, a port out of range) is a one-line error, the local repository unchanged."""
+    remote, local, digest = served
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    remote.rename(moved / "repo")
+    locations = """
+        location ~ ^/repo/(.*)$ { return 301 /moved/repo/$1; }
+        location ~ ^/ftp/(.*)$ { return 302 ftp://127.0.0.1/$1; }
+        location ~ ^/nohost/(.*)$ { return 302 https:///$1; }
+        location ~ ^/port/(.*)$ { return 307 http://127.0.0.1:99999/$1; }
+        location ~ ^/user/(.*)$ { return 307 http://user@127.0.0.1/$1; }
+    """
+    srv = Nginx(tmp_path, tmp_path, locations=locations)
+    try:
+        r = pull(f"{srv.url}/repo", "app", local)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["digest"] == digest
+        assert srv.requests("GET /repo/refs/app ") == 1 and srv.requests("GET /moved/repo/refs/app ") == 1
+        assert srv.requests("GET /moved/repo/objects/") == len(remote_objects(moved / "repo"))
+        for bad in ("ftp", "nohost", "port", "user"):
+            r = pull(f"{srv.url}/{bad}/repo", "app", local, "--as", bad)
+            err = r.stderr.decode(errors="replace").strip()  # under --json: {"error": TEXT}
+            assert r.returncode == 1 and err.count("\n") == 0 and "Traceback" not in err, (bad, r.stderr)
+            assert "redirect to" in err and "not an http(s) URL" in err, (bad, err)
+        imgs = json.loads(cfsctl("images", "--repo", local, "--json").stdout)
+        assert [i["name"] for i in imgs] == ["app"]
+    finally:
+        srv.stop()
+
+
 @pytest.mark.parametrize("victim", ["small", "big"])
 def test_tampered_object_is_refused(served, tmp_path, victim):
     remote, local, _ = served

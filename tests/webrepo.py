@@ -32,10 +32,11 @@ CFSCTL = [sys.executable, "-m", "composefs.cli"]
 
 class Nginx:
     """nginx serving ROOT on HOST:PORT; ``limit_rate`` slows every response down; ``prefix`` runs
-    it through a command that enters a network namespace."""
+    it through a command that enters a network namespace; ``locations`` adds nginx ``location``
+    blocks to the server (redirects, a proxy)."""
 
     def __init__(self, tmp: Path, root: Path, limit_rate: str | None = None, host: str = "127.0.0.1",
-                 port: int | None = None, prefix: list[str] | None = None):
+                 port: int | None = None, prefix: list[str] | None = None, locations: str = ""):
         self.dir = tmp / "nginx"
         self.dir.mkdir(exist_ok=True)
         self.host, self.prefix = host, prefix or []
@@ -64,6 +65,7 @@ http {{
         root {root};
         autoindex off;
         {rate}
+        {locations}
     }}
 }}
 """)

@@ -226,9 +226,7 @@ class Registry(Source):
             if resp.status in (301, 302, 303, 307, 308):
                 loc = resp.getheader("Location")
                 resp.read(MAX_SMALL)
-                if not loc:
-                    raise ImageError(f"{what}: redirect without a location")
-                url = urllib.parse.urljoin(url, loc)
+                url = redirected(url, loc, what)
                 continue
             if resp.status == 401 and same_host and not authed_once:
                 challenge = resp.getheader("WWW-Authenticate") or ""
@@ -292,9 +290,9 @@ class Registry(Source):
             q = {"service": p.get("service", "")}
             q["scope"] = p.get("scope") or f"repository:{self.ref.repo}:pull"
             url = p["realm"] + ("&" if "?" in p["realm"] else "?") + urllib.parse.urlencode(q)
-            u = urllib.parse.urlsplit(url)
-            if u.scheme not in ("http", "https"):
-                raise CfsError(f"{what}: bad token realm {p['realm']!r}")
+            u = web_url(url)
+            if u is None:
+                raise CfsError(f"{what}: bad token realm {p['realm'][:100]!r}")
             headers = {"User-Agent": "cfsctl"}
             if self.creds:
                 token = base64.b64encode(f"{self.creds[0]}:{self.creds[1]}".encode()).decode()
@@ -439,6 +437,31 @@ def _describe(status: int, body: bytes) -> str:
         msg = ""
     text = {401: "unauthorized", 403: "forbidden", 404: "not found"}.get(status, f"HTTP {status}")
     return f"{text} ({msg[:200]})" if msg else text
+
+
+def web_url(url: str) -> urllib.parse.SplitResult | None:
+    """``url`` split, if it is one this client may connect to: http or https, a host, no user
+    part, a port (if any) of 1-65535 — the checks on every URL a server hands over (a redirect's
+    target, a token realm). A bad port would otherwise reach getaddrinfo, which wraps it."""
+    u = urllib.parse.urlsplit(url)
+    try:
+        port = u.port
+    except ValueError:  # not a number, or out of range
+        return None
+    if u.scheme not in ("http", "https") or not u.hostname or "@" in u.netloc or port == 0:
+        return None
+    return u
+
+
+def redirected(url: str, location: str | None, what: str) -> str:
+    """Where a redirect from ``url`` to ``location`` leads (a CfsError if nowhere this client
+    goes)."""
+    if not location:
+        raise CfsError(f"{what}: redirect without a location")
+    target = urllib.parse.urljoin(url, location)
+    if web_url(target) is None:
+        raise CfsError(f"{what}: redirect to {location[:100]!r}, not an http(s) URL with a valid host")
+    return target
 
 
 def retrying(fn: Callable[[], object], what: str, attempts: int = RETRIES, delay: float = 0.5):

@@ -37,7 +37,7 @@ import urllib.parse
 from . import _native
 from .errors import CfsError
 from .oci import Counter, Transient, _Counted, _rate, _wait
-from .registry import MAX_REDIRECTS, RETRIES, TIMEOUT, Body, Connections, _oserr, retrying
+from .registry import MAX_REDIRECTS, RETRIES, TIMEOUT, Body, Connections, _oserr, redirected, retrying, web_url
 
 MAX_IMAGE = 256 << 20
 JOBS = 16
@@ -48,7 +48,7 @@ class Remote:
 
     def __init__(self, url: str, tls_verify: bool = True, timeout: float = TIMEOUT):
         u = urllib.parse.urlsplit(url)
-        if u.scheme not in ("http", "https", "file") or (u.scheme != "file" and not u.netloc):
+        if u.scheme != "file" and web_url(url) is None:
             raise CfsError(f"invalid repository URL {url!r} (http://, https:// or file://)")
         self.url = url
         self.scheme = u.scheme
@@ -80,7 +80,7 @@ class Remote:
                 raise Transient(f"{what}: {_oserr(e)}") from None
             if resp.status in (301, 302, 303, 307, 308) and resp.getheader("Location"):
                 resp.read(1 << 16)
-                url = urllib.parse.urljoin(url, resp.getheader("Location"))
+                url = redirected(url, resp.getheader("Location"), what)
                 continue
             if resp.status == 200:
                 return Body(resp, what, drop=lambda: self.conns.drop(u.scheme, u.netloc))

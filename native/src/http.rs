@@ -77,7 +77,7 @@ impl Url {
         };
         let port = match port {
             None | Some("") => 80,
-            Some(p) => p.parse::<u16>().map_err(|_| bad())?,
+            Some(p) => p.parse::<u16>().ok().filter(|&n| n != 0).ok_or_else(bad)?,
         };
         if host.is_empty() {
             return Err(bad());
@@ -421,6 +421,7 @@ mod tests {
             "https://h/",
             "http://",
             "http://h:99999/",
+            "http://h:0/",
             "http://u@h/",
             "http://h/a b",
             "ftp://h/",

@@ -469,9 +469,7 @@ class TokenServer:
                        check=True, capture_output=True, timeout=60)
         der = subprocess.run(["openssl", "x509", "-in", self.cert, "-outform", "DER"], check=True,
                              capture_output=True, timeout=60).stdout
-        spki = subprocess.run(["openssl", "x509", "-in", self.cert, "-noout", "-pubkey"], check=True,
-                              capture_output=True, timeout=60).stdout
-        spki_der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=spki, check=True,
+        spki_der = subprocess.run(["openssl", "pkey", "-in", self.key, "-pubout", "-outform", "DER"], check=True,
                                   capture_output=True, timeout=60).stdout
         self.x5c = base64.b64encode(der).decode()
         # libtrust's key id: the SHA-256 of the public key, 240 bits in base32, in groups of 4

@@ -77,8 +77,9 @@ class Reference:
                 repo = "library/" + repo
         if not re.fullmatch(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*", repo):
             raise CfsError(f"invalid image reference {text!r}: bad repository name {repo!r}")
-        m = re.fullmatch(r"(?:[A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\])(?::([0-9]{1,5}))?", host)
-        if not m or (m.group(1) is not None and not 0 < int(m.group(1)) < 65536):
+        # The characters here; the port's range is web_url's rule, as for every URL.
+        if not re.fullmatch(r"(?:[A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\])(?::[0-9]{1,5})?", host) \
+                or web_url(f"https://{host}/") is None:
             raise CfsError(f"invalid image reference {text!r}: bad registry host {host!r}")
         if tag is None and digest is None:
             tag = "latest"
